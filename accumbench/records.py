@@ -1,0 +1,270 @@
+"""The result record: one JSON object per measured case, one per line of a JSONL file.
+
+The field names are the public contract (see DESIGN.md, "Result record"): the report, the
+regression gate and outside tools read them. Extend with new optional fields; never rename.
+Bytes and seconds are stored raw; formatting happens at the edges (CLI, report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "oom", "error")
+METERS = ("cuda", "cpu", "estimate")
+BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
+
+
+class RecordError(ValueError):
+    """A results file or record that cannot be read: the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measured (or estimated, or failed) case.
+
+    Identity fields say what ran, outcome fields whether it worked, memory and speed fields what
+    it cost, provenance fields where and with what. Optional fields are None when not known.
+    """
+
+    # identity
+    run_id: str
+    case_id: str
+    workload: str
+    scenario: str
+    micro_batch: int
+    accum_steps: int
+    effective_batch: int
+    amp: str
+    set_to_none: bool
+    optimizer: str
+    loss_norm: str = "mean"
+    tasks: tuple[str, ...] | None = None
+    layout: str | None = None
+    retain_graph: bool = False
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    warmup_steps: int = 0
+    measured_steps: int = 0
+    # outcome
+    status: str = "ok"
+    error: str | None = None
+    # memory, bytes
+    peak_allocated: int | None = None
+    first_step_peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    baseline_allocated: int | None = None
+    breakdown: dict[str, int] | None = None
+    device_total_memory: int | None = None
+    # speed
+    step_times_s: tuple[float, ...] = ()
+    samples_per_s: float | None = None
+    tokens_per_s: float | None = None
+    flops_per_step: int | None = None
+    mfu: float | None = None
+    parameters: int | None = None
+    # optional blocks written by other commands (check, distributed runs, timelines)
+    equivalence: dict[str, Any] | None = None
+    distributed: dict[str, Any] | None = None
+    timeline: str | None = None
+    # provenance
+    meter: str = "cpu"
+    device_name: str = ""
+    torch_version: str = ""
+    cuda_version: str | None = None
+    accumbench_version: str = ""
+    git_commit: str | None = None
+    timestamp: str = ""
+    hostname: str = ""
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """Serialise to one JSON line (no trailing newline), fields in declaration order."""
+        return json.dumps(_jsonable(dataclasses.asdict(self)), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Record":
+        """Build a record from a parsed JSON object of the current schema.
+
+        Unknown keys are kept out (a newer minor writer may add fields); missing required keys
+        and wrongly typed values raise `RecordError` with the offending field named.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [
+            name
+            for name, f in known.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            and name not in data
+        ]
+        if missing:
+            raise RecordError(f"missing field(s): {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("tasks") is not None:
+            values["tasks"] = tuple(values["tasks"])
+        values["step_times_s"] = tuple(values.get("step_times_s") or ())
+        record = cls(**values)
+        record.validate()
+        return record
+
+    def validate(self) -> None:
+        """Raise `RecordError` when a field holds a value the contract does not allow."""
+        if self.status not in STATUSES:
+            raise RecordError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.meter not in METERS:
+            raise RecordError(f"meter {self.meter!r} is not one of {', '.join(METERS)}")
+        for name in ("micro_batch", "accum_steps", "effective_batch", "world_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RecordError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("peak_allocated", "first_step_peak_allocated", "peak_reserved",
+                     "baseline_allocated", "flops_per_step"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise RecordError(f"{name} must be a non-negative integer of bytes, got {value!r}")
+        if self.status == "ok" and self.peak_allocated is None:
+            raise RecordError("an ok record needs peak_allocated")
+        if any(not isinstance(t, (int, float)) or t < 0 for t in self.step_times_s):
+            raise RecordError("step_times_s must hold non-negative numbers of seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tuples into lists and reject NaN/inf early with a useful message."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --- schema upgrades: each function takes a dict of schema N-1 and returns schema N. -----------
+# There is only schema 1 so far; the chain is where a future `upgrade_to_2` goes.
+UPGRADES: dict[int, Any] = {}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a parsed record up to `SCHEMA_VERSION` through the `UPGRADES` chain."""
+    version = data.get("schema")
+    if not isinstance(version, int):
+        raise RecordError("no integer 'schema' field: not an accumbench record")
+    if version > SCHEMA_VERSION:
+        raise RecordError(
+            f"schema {version} is newer than this accumbench understands ({SCHEMA_VERSION}); "
+            "upgrade accumbench"
+        )
+    while version < SCHEMA_VERSION:
+        step = UPGRADES.get(version + 1)
+        if step is None:
+            raise RecordError(f"schema {version} is too old and has no upgrade path")
+        data = step(data)
+        version = data["schema"]
+    return data
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def append_record(path: str | os.PathLike[str], record: Record) -> None:
+    """Append one record to a JSONL file and flush it to disk.
+
+    Called once per measured case, so a crash or Ctrl-C loses nothing already measured.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = record.to_json() + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> None:
+    """Write records to a new JSONL file, replacing it atomically (write, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(record.to_json() + "\n")
+    os.replace(tmp, path)
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Yield the records of one JSONL file; raise `RecordError` naming file and line on bad input.
+
+    Blank lines are skipped. A truncated last line (a run killed mid-write) is an error too:
+    the message says which line, so the user can delete it and `--resume`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: no such file")
+    if path.is_dir():
+        raise RecordError(f"{path}: is a directory, expected a .jsonl results file")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(data, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
+            try:
+                yield Record.from_dict(upgrade(data))
+            except (RecordError, TypeError) as exc:
+                raise RecordError(f"{path}:{lineno}: {exc}") from None
+
+
+def read_records(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Record]:
+    """Read every record of one or several JSONL files, in file order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    records: list[Record] = []
+    for path in paths:
+        records.extend(iter_records(path))
+    return records
+
+
+def records_to_frame(records: Sequence[Record]):
+    """One row per record, one column per field (pandas DataFrame).
+
+    Adds `median_step_time_s` derived from `step_times_s` (derived, never stored).
+    """
+    import pandas as pd
+
+    columns = [f.name for f in dataclasses.fields(Record)]
+    rows = [dataclasses.asdict(r) for r in records]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["median_step_time_s"] = [
+        statistics.median(times) if len(times) else math.nan for times in frame["step_times_s"]
+    ]
+    return frame
+
+
+def load_results(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]):
+    """Read one or several results files into a pandas DataFrame (one row per record).
+
+    A column `source` names the file each row came from. Raises `RecordError` for a missing,
+    corrupt or foreign file, naming the file and line.
+    """
+    import pandas as pd
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    frames = []
+    for path in paths:
+        frame = records_to_frame(list(iter_records(path)))
+        frame["source"] = str(path)
+        frames.append(frame)
+    if not frames:
+        return records_to_frame([]).assign(source=pd.Series(dtype=str))
+    return pd.concat(frames, ignore_index=True)

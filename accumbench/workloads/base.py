@@ -1,0 +1,78 @@
+"""The `Workload` contract: how to build a model, make a batch and compute its loss(es)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+Batch = Any
+LossOutput = "torch.Tensor | dict[str, torch.Tensor]"
+
+
+def batch_inputs(batch: Batch) -> Any:
+    """The part of a batch the model's forward takes: `batch[0]` of a tuple/list,
+    `batch["inputs"]` of a dict, else the batch itself."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, Mapping):
+        return batch["inputs"]
+    return batch
+
+
+def default_forward(model: nn.Module, batch: Batch, task: str | None = None) -> Any:
+    """Call the model on the batch's inputs (see `batch_inputs`); `task` is ignored."""
+    return model(batch_inputs(batch))
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW with `foreach=True`: the stated default on every device (CPU and CUDA would
+    otherwise pick different implementations, and the implementation changes the peak)."""
+    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model, its data and its loss, as the scenarios need them.
+
+    - `build_model()` builds the model on the CPU (the runner moves it to the device).
+    - `make_batch(n, generator)` returns a batch of `n` samples as CPU tensors, deterministic for a
+      seeded generator. Default convention: `(inputs, targets)`; `forward` reads `batch[0]`.
+    - `loss(output, batch)` returns a scalar tensor, or for multi-task workloads a dict with one
+      scalar per task (the multi-task scenarios need the dict).
+    - `tokens_per_sample`: tokens in one sample, for tokens/s (None when not a token model).
+    - `build_optimizer(params)`: default AdamW(foreach=True), see `default_optimizer`.
+
+    Extensions beyond DESIGN.md's minimal contract, all optional:
+    - `forward(model, batch, task)`: how to run the model; for `layout="separate"` it must
+      honour `task` (run only that task's model) so the sequential scenario holds one graph.
+    - `tasks` and `layout` (`"separate"` or `"shared-trunk"`): multi-task structure.
+    - `count_loss_elements(batch)`: how many elements (valid tokens) the loss averages over;
+      needed for `loss_norm="token"`.
+    - `options`: the keyword options the factory was called with, recorded with each result.
+    """
+
+    name: str
+    build_model: Callable[[], nn.Module]
+    make_batch: Callable[[int, torch.Generator], Batch]
+    loss: Callable[[Any, Batch], Any]
+    tokens_per_sample: int | None = None
+    build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None
+    forward: Callable[..., Any] = default_forward
+    tasks: tuple[str, ...] = ()
+    layout: str | None = None
+    count_loss_elements: Callable[[Batch], int] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def is_multitask(self) -> bool:
+        """True when the loss returns one value per task."""
+        return len(self.tasks) > 1
+
+    def optimizer_for(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Build this workload's optimizer over the model's parameters."""
+        factory = self.build_optimizer or default_optimizer
+        return factory(model.parameters())
