@@ -1,0 +1,206 @@
+"""Cases: what to measure. A suite (TOML) or CLI flags expand into a list of `Case`s.
+
+Suite file format (see `accumbench/suites/smoke.toml`):
+
+    description = "..."
+    [defaults]                 # any Case knob: warmup, steps, amp, set_to_none, loss_norm
+    warmup = 2
+    steps = 5
+
+    [[group]]                  # one or more groups
+    workload = "gpt"           # built-in or plug-in spec
+    options = { size = "tiny" }
+    scenarios = ["large-batch", "accumulated"]
+    micro_batch = [2, 4, 8]
+    accum_steps = [1, 2, 4]    # or: effective_batch = [32] (accum = effective / micro)
+    max_effective_batch = 64   # optional cap
+    amp = "bf16"               # optional per-group override of a default
+
+Expansion: the (micro_batch, accum_steps) grid; `large-batch` runs one batch of each distinct
+effective size (accum 1); `accumulated` runs the pairs with accum >= 2 (accum 1 *is* the large
+batch); the multi-task scenarios run every pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_SUITES = ("smoke", "default")
+CASE_KNOBS = ("warmup", "steps", "amp", "set_to_none", "loss_norm")
+
+
+class SuiteError(ValueError):
+    """A suite file or case selection that cannot be expanded; one line for the user."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration to measure: frozen, hashable, with a stable `case_id`."""
+
+    workload: str
+    scenario: str
+    micro_batch: int
+    accum_steps: int = 1
+    options: tuple[tuple[str, Any], ...] = ()
+    amp: str = "none"
+    set_to_none: bool = True
+    loss_norm: str = "mean"
+    warmup: int = 2
+    steps: int = 5
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step."""
+        return self.micro_batch * self.accum_steps
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        """The workload factory's keyword options."""
+        return dict(self.options)
+
+    def label(self) -> str:
+        """A short human description for progress lines."""
+        return f"{self.workload} {self.scenario} mb={self.micro_batch} x{self.accum_steps}"
+
+
+def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1) -> str:
+    """Stable identity of a case across runs: workload (as named by its factory, which includes
+    its size options), scenario and every knob that changes the numbers. Warm-up and step counts
+    are not part of it: they change how well, not what, is measured."""
+    parts = [
+        workload_name,
+        case.scenario,
+        f"mb{case.micro_batch}",
+        f"acc{case.accum_steps}",
+        f"amp-{case.amp}",
+        "set_to_none" if case.set_to_none else "zero_grad",
+        f"norm-{case.loss_norm}",
+        optimizer,
+    ]
+    if world_size != 1:
+        parts.append(f"ws{world_size}")
+    return "/".join(parts)
+
+
+def expand_group(
+    workload: str,
+    scenarios: Sequence[str],
+    micro_batches: Sequence[int],
+    accum_steps: Sequence[int] = (1,),
+    effective_batches: Sequence[int] | None = None,
+    max_effective_batch: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    knobs: Mapping[str, Any] | None = None,
+) -> list[Case]:
+    """Expand one group of the grid into cases (see the module docstring for the rules)."""
+    if not scenarios:
+        raise SuiteError(f"group for workload {workload!r} names no scenarios")
+    for value in list(micro_batches) + list(accum_steps) + list(effective_batches or []):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SuiteError(f"batch sizes and accumulation steps must be positive integers, got {value!r}")
+    if effective_batches:
+        pairs = [(m, e // m) for e in effective_batches for m in micro_batches if e % m == 0]
+        if not pairs:
+            raise SuiteError(f"no micro-batch in {list(micro_batches)} divides effective batches {list(effective_batches)}")
+    else:
+        pairs = [(m, a) for m in micro_batches for a in accum_steps]
+    if max_effective_batch is not None:
+        pairs = [(m, a) for m, a in pairs if m * a <= max_effective_batch]
+    base = dict(knobs or {})
+    unknown = set(base) - set(CASE_KNOBS)
+    if unknown:
+        raise SuiteError(f"unknown case setting(s): {', '.join(sorted(unknown))}; known: {', '.join(CASE_KNOBS)}")
+    frozen_options = tuple(sorted((options or {}).items()))
+    cases: list[Case] = []
+    seen: set[Case] = set()
+    for scenario in scenarios:
+        if scenario == "large-batch":
+            chosen = [(e, 1) for e in sorted({m * a for m, a in pairs})]
+        elif scenario == "accumulated":
+            chosen = [(m, a) for m, a in pairs if a >= 2]
+        else:
+            chosen = pairs
+        for m, a in chosen:
+            case = Case(workload, scenario, m, a, frozen_options, **base)
+            if case not in seen:
+                seen.add(case)
+                cases.append(case)
+    return cases
+
+
+def _int_list(value: Any, key: str, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    raise SuiteError(f"{where}: {key} must be an integer or a list of integers, got {value!r}")
+
+
+def parse_suite(data: Mapping[str, Any], where: str = "suite") -> list[Case]:
+    """Expand a parsed suite (the TOML's dict) into cases; `SuiteError` names what is wrong."""
+    defaults = dict(data.get("defaults", {}))
+    groups = data.get("group")
+    if not isinstance(groups, list) or not groups:
+        raise SuiteError(f"{where}: needs at least one [[group]] table")
+    cases: list[Case] = []
+    for index, group in enumerate(groups, start=1):
+        label = f"{where}: group {index}"
+        group = dict(group)
+        try:
+            workload = group.pop("workload")
+            scenarios = group.pop("scenarios")
+            micro = _int_list(group.pop("micro_batch"), "micro_batch", label)
+        except KeyError as exc:
+            raise SuiteError(f"{label}: missing key {exc.args[0]!r}") from None
+        if isinstance(scenarios, str):
+            scenarios = [scenarios]
+        accum = _int_list(group.pop("accum_steps", [1]), "accum_steps", label)
+        effective = group.pop("effective_batch", None)
+        effective = _int_list(effective, "effective_batch", label) if effective is not None else None
+        cap = group.pop("max_effective_batch", None)
+        options = group.pop("options", {})
+        knobs = {**defaults, **group}
+        try:
+            cases += expand_group(workload, scenarios, micro, accum, effective, cap, options, knobs)
+        except SuiteError as exc:
+            raise SuiteError(f"{label}: {exc}") from None
+    return cases
+
+
+def load_suite(name_or_path: str) -> list[Case]:
+    """Load a built-in suite (`smoke`, `default`) or a suite TOML file."""
+    if name_or_path in BUILTIN_SUITES:
+        text = resources.files("accumbench.suites").joinpath(f"{name_or_path}.toml").read_text()
+        where = f"suite {name_or_path}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SuiteError(
+                f"suite {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_SUITES)}) nor a file"
+            )
+        text = path.read_text(encoding="utf-8")
+        where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{where}: not valid TOML ({exc})") from None
+    return parse_suite(data, where)
+
+
+def override(cases: Iterable[Case], **changes: Any) -> list[Case]:
+    """Return the cases with the given knobs replaced (CLI flags over a suite); None = keep."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return [dataclasses.replace(c, **changes) for c in cases] if changes else list(cases)
+
+
+__all__ = ["Case", "SuiteError", "case_id", "expand_group", "load_suite", "override", "parse_suite"]

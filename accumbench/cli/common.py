@@ -1,0 +1,82 @@
+"""Argument parsing and formatting shared by the commands (nothing here measures anything)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn, Sequence
+
+import click
+
+SCENARIO_NAMES = ["large-batch", "accumulated", "multitask-combined", "multitask-sequential"]
+SINGLE_LOSS_DEFAULT = ("large-batch", "accumulated")
+MULTITASK_DEFAULT = ("multitask-combined", "multitask-sequential")
+
+
+def fail_input(message: str) -> NoReturn:
+    """Print one clear line and exit 2 (usage or input error)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def format_bytes(n: int | float | None) -> str:
+    """Bytes for people: KiB/MiB/GiB with three significant digits."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    """Parse '8,16,32' into [8, 16, 32]; exit 2 with a message on anything else."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail_input(f"{flag} takes comma-separated positive integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        fail_input(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def workload_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """Parse repeated KEY=VALUE options (values typed by `parse_option_value`)."""
+    from accumbench.workloads import parse_option_value
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail_input(f"--workload-opt takes KEY=VALUE, got {pair!r}")
+        options[key.strip()] = parse_option_value(value)
+    return options
+
+
+def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_steps, amp, set_to_none,
+                 loss_norm, warmup, steps):
+    """The cases a command's flags select: from --workload and the grid flags, or from a suite
+    (filtered by --scenario, knobs overridden by the flags that were given)."""
+    from accumbench.cases import SuiteError, expand_group, load_suite, override
+    from accumbench.workloads import WorkloadError, load_workload
+
+    knobs = {"amp": amp, "set_to_none": set_to_none, "loss_norm": loss_norm, "warmup": warmup, "steps": steps}
+    try:
+        if workload is not None:
+            if not scenarios:
+                try:
+                    multitask = load_workload(workload, options).is_multitask
+                except WorkloadError as exc:
+                    fail_input(str(exc))
+                scenarios = MULTITASK_DEFAULT if multitask else SINGLE_LOSS_DEFAULT
+            cases = expand_group(workload, list(scenarios), micro_batches, accum_steps, options=options,
+                                 knobs={k: v for k, v in knobs.items() if v is not None})
+        else:
+            cases = load_suite(suite)
+            if scenarios:
+                cases = [c for c in cases if c.scenario in scenarios]
+            cases = override(cases, **knobs)
+    except SuiteError as exc:
+        fail_input(str(exc))
+    return cases

@@ -1,0 +1,196 @@
+"""`accumbench run`: measure cases and append one record per case to a JSONL file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from accumbench.cli.common import (
+    SCENARIO_NAMES,
+    fail_input,
+    format_bytes,
+    int_list,
+    select_cases,
+    workload_options,
+)
+
+
+class _LineProgress:
+    """One line per finished case: readable in CI logs and pipes."""
+
+    def case_started(self, index, total, case) -> None:
+        click.echo(f"[{index}/{total}] {case.label()} ...", err=True, nl=False)
+
+    def case_finished(self, index, total, case, record) -> None:
+        if record.status == "ok":
+            detail = f"peak {format_bytes(record.peak_allocated)}, {record.samples_per_s:,.1f} samples/s"
+        else:
+            detail = f"{record.status.upper()}: {record.error}"
+        click.echo(f" {detail}", err=True)
+
+
+class _RichProgress:
+    """A progress bar: case i/n, what runs now, the last peak."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[last]}"), transient=False,
+        )
+        self._task = self._progress.add_task("starting", total=total, last="")
+        self._progress.start()
+
+    def case_started(self, index, total, case) -> None:
+        self._progress.update(self._task, description=case.label(), completed=index - 1)
+
+    def case_finished(self, index, total, case, record) -> None:
+        last = (f"last peak {format_bytes(record.peak_allocated)}" if record.status == "ok"
+                else f"last: {record.status.upper()}")
+        self._progress.update(self._task, completed=index, last=last)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+@click.command()
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]),
+              help="auto takes CUDA when present. The meter follows the device: cuda (allocator "
+                   "statistics, CUDA events) or cpu (deterministic live-tensor bytes, wall clock).")
+@click.option("--suite", default=None,
+              help="smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
+                   "on CUDA, 'smoke' on CPU.")
+@click.option("--workload", "workload_spec", default=None,
+              help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
+                   "path/to/file.py:factory or package.module:factory. Defines the cases from flags.")
+@click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
+              help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true.")
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
+              help="Repeatable. With --workload: the scenarios to run (default: large-batch and "
+                   "accumulated, or both multi-task ones). With a suite: keep only these.")
+@click.option("--micro-batch", default="4,8,16", show_default=True, help="Comma-separated micro-batch sizes (with --workload).")
+@click.option("--accum-steps", default="1,2,4", show_default=True, help="Comma-separated accumulation steps (with --workload).")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
+              help="Autocast dtype; fp16 uses a GradScaler across the accumulation window. Default: none, or the suite's.")
+@click.option("--set-to-none/--zero-grads", "set_to_none", default=None,
+              help="zero_grad(set_to_none=True) frees gradients between steps (default); --zero-grads keeps them allocated as zeros.")
+@click.option("--loss-norm", type=click.Choice(["mean", "token"]), default=None,
+              help="mean: each micro-batch's mean loss / N. token: weight by valid-token count (sum / total tokens).")
+@click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Measured optimizer steps (default 5, or the suite's).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("results/run.jsonl"), show_default=True, help="JSONL file; one record is appended per case.")
+@click.option("--resume", is_flag=True, help="Skip the cases already in --out (ok or oom) and append the rest.")
+@click.option("--overwrite", is_flag=True, help="Start --out afresh (the old file is kept as FILE.bak).")
+@click.option("--list", "list_only", is_flag=True, help="Print the cases that would run, and exit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for model initialisation and batches.")
+def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
+        loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed) -> None:
+    """Measure peak memory and throughput of training-step scenarios.
+
+    Every case is warmed up (optimizer state created, workspaces allocated), then measured; its
+    record is appended to --out as soon as it is measured, so Ctrl-C or a crash loses nothing.
+    An out-of-memory case is recorded as status "oom" and the run goes on.
+
+    \b
+    Examples:
+      accumbench run --suite smoke --device cpu --out results/smoke.jsonl
+      accumbench run --device cuda --suite default --out results/h100.jsonl --resume
+      accumbench run --workload gpt --workload-opt size=small --micro-batch 4,8 --accum-steps 1,4
+      accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
+
+    Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an
+    error, 2 bad input, 130 interrupted.
+    """
+
+    from accumbench.records import RecordError, append_record, iter_records
+    from accumbench.runner import Runner, resolve_device
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        fail_input(str(exc))
+    options = workload_options(workload_opts)
+    if suite is None and workload_spec is None:
+        suite = "default" if torch_device.type == "cuda" else "smoke"
+    cases = select_cases(
+        suite=suite, workload=workload_spec, options=options, scenarios=scenarios,
+        micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
+        amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=warmup, steps=steps,
+    )
+    runner = Runner(torch_device, seed=seed)
+    _validate(runner, cases)
+    if list_only:
+        for case in cases:
+            click.echo(runner.case_id(case))
+        click.echo(f"{len(cases)} case(s)", err=True)
+        return
+
+    done: set[str] = set()
+    if out_path.exists() and out_path.stat().st_size > 0:
+        if resume:
+            try:
+                done = {r.case_id for r in iter_records(out_path) if r.status in ("ok", "oom")}
+            except RecordError as exc:
+                fail_input(f"cannot resume: {exc}")
+        elif overwrite:
+            out_path.replace(out_path.with_name(out_path.name + ".bak"))
+        else:
+            fail_input(f"{out_path} already holds results; pass --resume to add the missing cases, "
+                       "--overwrite to start afresh, or another --out")
+    todo = [c for c in cases if runner.case_id(c) not in done]
+    click.echo(
+        f"accumbench: {len(todo)} case(s) on {runner.meter.name} ({torch_device})"
+        + (f", {len(cases) - len(todo)} already in {out_path}" if done else "")
+        + f" -> {out_path}", err=True,
+    )
+    progress = _RichProgress(len(todo)) if sys.stderr.isatty() else _LineProgress()
+    records = []
+    try:
+        records = runner.run(todo, sink=lambda r: (append_record(out_path, r), records.append(r)),
+                             progress=progress)
+    except KeyboardInterrupt:
+        _close(progress)
+        click.echo(f"\ninterrupted: {len(records)} record(s) kept in {out_path}; "
+                   "run again with --resume to measure the rest", err=True)
+        sys.exit(130)
+    _close(progress)
+    _print_summary(records)
+    errors = [r for r in records if r.status == "error"]
+    click.echo(f"wrote {len(records)} record(s) to {out_path}", err=True)
+    if errors:
+        click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
+        sys.exit(1)
+
+
+def _validate(runner, cases) -> None:
+    """Load every workload and check every scenario fits it before measuring anything."""
+    from accumbench.scenarios import check_compatible
+    from accumbench.workloads import WorkloadError
+
+    if not cases:
+        fail_input("no cases selected")
+    for case in cases:
+        try:
+            check_compatible(case.scenario, runner.workload(case))
+        except (WorkloadError, ValueError) as exc:
+            fail_input(str(exc))
+
+
+def _close(progress) -> None:
+    if hasattr(progress, "close"):
+        progress.close()
+
+
+def _print_summary(records) -> None:
+    if not records:
+        return
+    width = max(len(r.case_id) for r in records)
+    click.echo(f"{'case':<{width}}  {'status':<6}  {'peak':>10}  {'samples/s':>12}")
+    for r in records:
+        peak = format_bytes(r.peak_allocated) if r.peak_allocated is not None else "-"
+        speed = f"{r.samples_per_s:,.1f}" if r.samples_per_s else "-"
+        click.echo(f"{r.case_id:<{width}}  {r.status:<6}  {peak:>10}  {speed:>12}")

@@ -1,0 +1,112 @@
+"""What a meter returns, and the interface every meter (cuda, cpu, estimate) implements."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from accumbench.scenarios import TrainingState
+
+Step = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Raw numbers of one measured case: bytes and seconds, nothing derived.
+
+    - `peak_allocated`: peak over the measured (steady-state) steps.
+    - `first_step_peak_allocated`: peak of the very first step (optimizer state being created,
+      workspaces allocated), often higher.
+    - `baseline_allocated`: live bytes just before the measured steps.
+    - `step_times_s`: one duration per measured optimizer step.
+    """
+
+    peak_allocated: int
+    first_step_peak_allocated: int
+    baseline_allocated: int
+    step_times_s: tuple[float, ...]
+    peak_reserved: int | None = None
+    breakdown: dict[str, int] | None = None
+
+
+class Meter(abc.ABC):
+    """Measures a training step: warm-up, then steady-state peak memory and step times."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def measure(
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+    ) -> Measurement:
+        """Run `warmup` then `steps` calls of `step` and return what they cost.
+
+        `state` and `batches` let a meter see the tensors alive before the step (parameters,
+        optimizer state, gradients, inputs). `warmup` is at least 1: the first step creates
+        the optimizer state and is measured separately.
+        """
+
+    def case_context(self) -> contextlib.AbstractContextManager:
+        """Context under which a case is built and measured (the estimate meter enters a fake
+        tensor mode here); by default none."""
+        return contextlib.nullcontext()
+
+    def release(self, device: torch.device) -> None:
+        """Free what a finished (or failed) case left, so it does not leak into the next."""
+        gc.collect()
+
+    def device_info(self, device: torch.device) -> dict[str, Any]:
+        """`device_name` and `device_total_memory` (bytes, or None) for the records."""
+        return {"device_name": device.type, "device_total_memory": None}
+
+
+def flat_tensors(obj: Any) -> Iterable[torch.Tensor]:
+    """Every tensor inside nested tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from flat_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from flat_tensors(value)
+
+
+def live_tensors(state: TrainingState, batches: Sequence[Any]) -> dict[str, list[torch.Tensor]]:
+    """The tensors alive between steps, by breakdown category."""
+    params = list(state.model.parameters()) + list(state.model.buffers())
+    grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+    optimizer_state = [
+        t for per_param in state.optimizer.state.values() for t in flat_tensors(per_param)
+    ]
+    return {"params": params, "grads": grads, "optimizer": optimizer_state,
+            "other": list(flat_tensors(list(batches)))}
+
+
+class WallClockTimer:
+    """Times each call with a host clock (injectable, so tests can use a fake one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+
+    def time_steps(self, step: Step, steps: int) -> tuple[float, ...]:
+        """Run `step` `steps` times; return each call's duration in seconds."""
+        times = []
+        for _ in range(steps):
+            start = self.clock()
+            step()
+            times.append(self.clock() - start)
+        return tuple(times)
+
+
+def check_counts(warmup: int, steps: int) -> None:
+    """Reject counts that would measure nothing or skip the optimizer-state step."""
+    if warmup < 1:
+        raise ValueError("warmup must be at least 1: the first step creates the optimizer state")
+    if steps < 1:
+        raise ValueError("steps must be at least 1")

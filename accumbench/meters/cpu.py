@@ -1,0 +1,71 @@
+"""The cpu meter: deterministic peak of live tensor bytes, wall-clock step times."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any, Sequence
+
+import torch
+
+from accumbench.meters.base import (
+    Measurement,
+    Meter,
+    Step,
+    WallClockTimer,
+    check_counts,
+    live_tensors,
+)
+from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.scenarios import TrainingState
+
+
+class CpuMeter(Meter):
+    """Peak memory from `LiveBytesTracker`, step times from a host clock.
+
+    The tracker's Python dispatch slows every op, so memory and time come from different
+    steps: warm-up and one steady-state step run tracked (memory), then `steps` run untracked
+    (time). In steady state no storage outlives a step that was not born in a tracked one, so
+    nothing is missed.
+    """
+
+    name = "cpu"
+
+    def __init__(self, timer: WallClockTimer | None = None, memory_steps: int = 1) -> None:
+        self.timer = timer or WallClockTimer()
+        self.memory_steps = memory_steps
+
+    def measure(
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+    ) -> Measurement:
+        check_counts(warmup, steps)
+        tracker = LiveBytesTracker("cpu")
+        tracker.adopt(live_tensors(state, batches))
+        previous_observer = state.observer
+        state.observer = tracker
+        try:
+            with tracker:
+                tracker.watch_gradients(state.model.parameters())
+                tracker.reset_peak()
+                step()
+                first_peak = tracker.peak
+                for _ in range(warmup - 1):
+                    step()
+                baseline = tracker.current
+                tracker.reset_peak()
+                for _ in range(self.memory_steps):
+                    step()
+                peak, breakdown = tracker.peak, dict(tracker.peak_breakdown)
+        finally:
+            state.observer = previous_observer
+        times = self.timer.time_steps(step, steps)
+        return Measurement(
+            peak_allocated=peak,
+            first_step_peak_allocated=first_peak,
+            baseline_allocated=baseline,
+            step_times_s=times,
+            breakdown=breakdown,
+        )
+
+    def device_info(self, device: torch.device) -> dict[str, Any]:
+        return {"device_name": f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)",
+                "device_total_memory": None}

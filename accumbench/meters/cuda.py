@@ -1,0 +1,95 @@
+"""The cuda meter: the caching allocator's peak statistics and CUDA-event step times."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Sequence
+
+import torch
+
+from accumbench.meters.base import Measurement, Meter, Step, check_counts
+from accumbench.scenarios import TrainingState
+
+
+class TorchCudaProbe:
+    """The allocator statistics the meter reads, behind an object so tests can fake it."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def max_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def max_reserved(self) -> int:
+        return torch.cuda.max_memory_reserved(self.device)
+
+
+class CudaEventTimer:
+    """Times each step with a pair of CUDA events; one synchronisation after the last step, so
+    the host never waits between steps (as in training)."""
+
+    def time_steps(self, step: Step, steps: int) -> tuple[float, ...]:
+        """Run `step` `steps` times; return each one's GPU duration in seconds."""
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(steps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize()
+        return tuple(start.elapsed_time(end) / 1000.0 for start, end in events)
+
+
+class CudaMeter(Meter):
+    """Steady-state `max_memory_allocated` after warm-up, first-step peak, reserved peak."""
+
+    name = "cuda"
+
+    def __init__(self, probe: Any = None, timer: Any = None) -> None:
+        self.probe = probe or TorchCudaProbe()
+        self.timer = timer or CudaEventTimer()
+
+    def measure(
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+    ) -> Measurement:
+        check_counts(warmup, steps)
+        probe = self.probe
+        probe.synchronize()
+        probe.reset_peak()
+        step()
+        probe.synchronize()
+        first_peak = probe.max_allocated()
+        for _ in range(warmup - 1):
+            step()
+        probe.synchronize()
+        # Steady state: optimizer state exists, cuBLAS workspaces are allocated.
+        baseline = probe.allocated()
+        probe.reset_peak()
+        times = self.timer.time_steps(step, steps)
+        probe.synchronize()
+        return Measurement(
+            peak_allocated=probe.max_allocated(),
+            first_step_peak_allocated=first_peak,
+            baseline_allocated=baseline,
+            step_times_s=tuple(times),
+            peak_reserved=probe.max_reserved(),
+        )
+
+    def release(self, device: torch.device) -> None:
+        """Collect garbage and return cached blocks: the next case starts from an empty cache."""
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+    def device_info(self, device: torch.device) -> dict[str, Any]:
+        props = torch.cuda.get_device_properties(device)
+        return {"device_name": props.name, "device_total_memory": int(props.total_memory)}

@@ -1,0 +1,262 @@
+"""The runner: builds each case, measures it with a meter, turns the result into a Record.
+
+It knows nothing of files or the CLI: each finished record goes to a `sink` callback (the CLI
+appends it to the JSONL file at once, so a crash or Ctrl-C loses nothing measured), and progress
+goes to an optional `RunProgress`. An out-of-memory error is a result (`status: oom`), memory is
+freed, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from accumbench.cases import Case, case_id
+from accumbench.environment import peak_flops, provenance, utc_timestamp
+from accumbench.meters import Meter, meter_for
+from accumbench.meters.base import Measurement
+from accumbench.records import Record
+from accumbench.scenarios import (
+    SCENARIOS,
+    StepOptions,
+    TrainingState,
+    check_compatible,
+    loss_weights,
+    needs_retain_graph,
+    new_training_state,
+)
+from accumbench.workloads import Workload, load_workload
+
+DEFAULT_SEED = 0
+
+
+class RunProgress(Protocol):
+    """Told when each case starts and ends (the CLI draws a progress bar from this)."""
+
+    def case_started(self, index: int, total: int, case: Case) -> None: ...
+
+    def case_finished(self, index: int, total: int, case: Case, record: Record) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; `cuda`/`cpu` as asked (CUDA must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"unsupported device {name!r}; use auto, cuda or cpu")
+    return device
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or an allocator failure on the CPU."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move every tensor in nested tuples/lists/dicts to `device` (once, before timing)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def pin_determinism() -> None:
+    """Settings that would otherwise change the numbers between runs."""
+    torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class PreparedCase:
+    """A case ready to step: state on the device, micro-batches on the device, loss weights."""
+
+    scenario: str
+    workload: Workload
+    state: TrainingState
+    batches: list[Any]
+    weights: list[float]
+
+    def step(self) -> None:
+        """One optimizer step of the case's scenario."""
+        SCENARIOS[self.scenario](self.state, self.batches, self.weights)
+
+
+def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int = DEFAULT_SEED) -> PreparedCase:
+    """Build model, optimizer and batches for a case, seeded so every run builds the same ones."""
+    check_compatible(case.scenario, workload)
+    options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
+    torch.manual_seed(seed)
+    model = workload.build_model().to(device)
+    state = new_training_state(workload, model, device, options)
+    generator = torch.Generator().manual_seed(seed)
+    host_batches = [workload.make_batch(case.micro_batch, generator) for _ in range(case.accum_steps)]
+    weights = loss_weights(workload, host_batches, case.loss_norm)
+    batches = [to_device(b, device) for b in host_batches]
+    return PreparedCase(case.scenario, workload, state, batches, weights)
+
+
+class _FlopCountingStep:
+    """Runs the step; its first call also counts FLOPs (the first step is warm-up anyway)."""
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        self._step = step
+        self.flops: int | None = None
+
+    def __call__(self) -> None:
+        if self.flops is None:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                self._step()
+            self.flops = int(counter.get_total_flops())
+        else:
+            self._step()
+
+
+def _record_fields(case: Case, workload: Workload, optimizer_name: str) -> dict[str, Any]:
+    return {
+        "case_id": case_id(workload.name, case, optimizer_name),
+        "workload": workload.name,
+        "scenario": case.scenario,
+        "micro_batch": case.micro_batch,
+        "accum_steps": case.accum_steps,
+        "effective_batch": case.effective_batch,
+        "amp": case.amp,
+        "set_to_none": case.set_to_none,
+        "optimizer": optimizer_name,
+        "loss_norm": case.loss_norm,
+        "tasks": workload.tasks or None,
+        "layout": workload.layout,
+        "retain_graph": needs_retain_graph(case.scenario, workload),
+        "workload_options": dict(workload.options) or case.options_dict,
+        "warmup_steps": case.warmup,
+        "measured_steps": case.steps,
+    }
+
+
+def optimizer_label(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's class and implementation, e.g. `AdamW(foreach)`."""
+    defaults = optimizer.defaults
+    impl = "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else "for-loop"
+    return f"{type(optimizer).__name__}({impl})"
+
+
+def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops: int | None,
+                 device_name: str) -> dict[str, Any]:
+    """Throughput from the median step time (robust to the odd slow step)."""
+    median = statistics.median(measurement.step_times_s)
+    samples_per_s = case.effective_batch / median if median > 0 else None
+    peak = peak_flops(device_name, case.amp)
+    return {
+        "step_times_s": measurement.step_times_s,
+        "samples_per_s": samples_per_s,
+        "tokens_per_s": samples_per_s * workload.tokens_per_sample
+        if samples_per_s and workload.tokens_per_sample else None,
+        "flops_per_step": flops,
+        "mfu": flops / median / peak if (flops and peak and median > 0) else None,
+    }
+
+
+class Runner:
+    """Measures cases on one device with one meter; workloads are loaded once per spec."""
+
+    def __init__(self, device: torch.device, meter: Meter | None = None, seed: int = DEFAULT_SEED,
+                 run_id: str | None = None) -> None:
+        self.device = device
+        self.meter = meter or meter_for(device.type)
+        self.seed = seed
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._workloads: dict[tuple, Workload] = {}
+        self._provenance = {**provenance(), **self.meter.device_info(device), "meter": self.meter.name}
+
+    def workload(self, case: Case) -> Workload:
+        """Load (once) the workload a case names."""
+        key = (case.workload, case.options)
+        if key not in self._workloads:
+            self._workloads[key] = load_workload(case.workload, case.options_dict)
+        return self._workloads[key]
+
+    def measure(self, case: Case) -> Record:
+        """Measure one case; never raises for a failing case (OOM and errors become records),
+        except for KeyboardInterrupt and a workload that cannot be loaded at all."""
+        workload = self.workload(case)
+        try:
+            with self.meter.case_context():
+                return self._measure_ok(case, workload)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a failing case is data, not the end of the run
+            status = "oom" if is_out_of_memory(exc) else "error"
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            exc.__traceback__ = None  # the traceback's frames hold the case's tensors
+            return Record(
+                run_id=self.run_id,
+                **self._provenance,
+                **_record_fields(case, workload, default_optimizer_label(workload)),
+                status=status,
+                error=f"{type(exc).__name__}: {first_line}".strip()[:500],
+                timestamp=utc_timestamp(),
+            )
+        finally:
+            self.meter.release(self.device)
+
+    def _measure_ok(self, case: Case, workload: Workload) -> Record:
+        prepared = prepare_case(case, workload, self.device, self.seed)
+        step = _FlopCountingStep(prepared.step)
+        measurement = self.meter.measure(step, prepared.state, prepared.batches, case.warmup, case.steps)
+        return Record(
+            run_id=self.run_id,
+            **self._provenance,
+            **_record_fields(case, workload, optimizer_label(prepared.state.optimizer)),
+            status="ok",
+            peak_allocated=measurement.peak_allocated,
+            first_step_peak_allocated=measurement.first_step_peak_allocated,
+            peak_reserved=measurement.peak_reserved,
+            baseline_allocated=measurement.baseline_allocated,
+            breakdown=measurement.breakdown,
+            parameters=sum(p.numel() for p in prepared.state.model.parameters()),
+            timestamp=utc_timestamp(),
+            **speed_fields(measurement, case, workload, step.flops, self._provenance["device_name"]),
+        )
+
+    def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,
+            skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
+        """Measure every case in order; `skip` holds case ids already measured (resume)."""
+        pin_determinism()
+        skip = set(skip)
+        records: list[Record] = []
+        total = len(cases)
+        for index, case in enumerate(cases, start=1):
+            if skip and self.case_id(case) in skip:
+                continue
+            if progress:
+                progress.case_started(index, total, case)
+            record = self.measure(case)
+            if sink:
+                sink(record)
+            records.append(record)
+            if progress:
+                progress.case_finished(index, total, case, record)
+        return records
+
+    def case_id(self, case: Case) -> str:
+        """The id a case's record will carry (needs the workload's name and optimizer)."""
+        workload = self.workload(case)
+        return case_id(workload.name, case, default_optimizer_label(workload))
+
+
+def default_optimizer_label(workload: Workload) -> str:
+    """The workload's optimizer label, from an optimizer built over a one-weight stand-in model."""
+    return optimizer_label(workload.optimizer_for(torch.nn.Linear(1, 1, bias=False)))

@@ -1,0 +1,115 @@
+"""Built-in workloads and the plug-in loader.
+
+`--workload NAME` picks a built-in from `BUILTIN_WORKLOADS`; `--workload path/to/file.py:factory`
+or `--workload package.module:factory` loads a plug-in whose factory returns a `Workload`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from accumbench.workloads.base import Workload, batch_inputs, default_forward, default_optimizer
+from accumbench.workloads.gpt import gpt
+from accumbench.workloads.multitask import shared_trunk, two_models
+from accumbench.workloads.vision import convnet_bn, convnet_gn, mlp
+
+# A literal registry: name -> factory taking keyword options.
+BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
+    "gpt": gpt,
+    "convnet-bn": convnet_bn,
+    "convnet-gn": convnet_gn,
+    "mlp": mlp,
+    "two-models": two_models,
+    "shared-trunk": shared_trunk,
+}
+
+
+class WorkloadError(ValueError):
+    """A workload spec that cannot be loaded; the message is one line for the user."""
+
+
+def parse_option_value(text: str) -> Any:
+    """Turn a `KEY=VALUE` option's text into int, float, bool or str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _load_factory(spec: str) -> Callable[..., Any]:
+    target, _, attribute = spec.rpartition(":")
+    if not target or not attribute:
+        raise WorkloadError(
+            f"unknown workload {spec!r}: not a built-in ({', '.join(BUILTIN_WORKLOADS)}) "
+            "and not of the form path/to/file.py:factory or package.module:factory"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise WorkloadError(f"workload file not found: {path}")
+        module_name = f"accumbench_plugin_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise WorkloadError(f"cannot import workload file {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # a plug-in can raise anything on import
+            raise WorkloadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise WorkloadError(f"cannot import module {target!r}: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise WorkloadError(f"{target} has no attribute {attribute!r}")
+    if not callable(factory):
+        raise WorkloadError(f"{target}:{attribute} is not callable")
+    return factory
+
+
+def load_workload(spec: str, options: Mapping[str, Any] | None = None) -> Workload:
+    """Resolve a workload spec (built-in name or plug-in `file.py:factory` / `module:factory`).
+
+    `options` are keyword arguments for the factory (built-ins: e.g. `size`, `seq_len`,
+    `padded`). Raises `WorkloadError` with one clear line for a missing file or attribute, a
+    factory that raises, or one that returns something other than a `Workload`.
+    """
+    options = dict(options or {})
+    factory = BUILTIN_WORKLOADS.get(spec) or _load_factory(spec)
+    try:
+        workload = factory(**options)
+    except TypeError as exc:
+        raise WorkloadError(f"workload {spec!r} does not take options {sorted(options)}: {exc}") from exc
+    except Exception as exc:
+        raise WorkloadError(f"workload factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(workload, Workload):
+        raise WorkloadError(
+            f"workload factory {spec!r} returned {type(workload).__name__}, expected accumbench.Workload"
+        )
+    return workload
+
+
+__all__ = [
+    "BUILTIN_WORKLOADS",
+    "Workload",
+    "WorkloadError",
+    "batch_inputs",
+    "default_forward",
+    "default_optimizer",
+    "load_workload",
+    "parse_option_value",
+]
