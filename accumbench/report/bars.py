@@ -1,0 +1,191 @@
+"""The bar figures: multi-task strategies, where the memory goes, gradient equivalence.
+
+Same conventions as `figures`: prepared frame in, `Figure` (or None when no record carries what
+the figure shows) out; every bar series is a labelled `BarContainer` in `ax.containers`, so the
+drawn values can be read back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from accumbench.records import BREAKDOWN_CATEGORIES
+from accumbench.report.data import in_display_order, scenario_name
+from accumbench.report.layout import OOM_COLOR, PANEL_SIZE, finish_axes, grid, panels_by
+from accumbench.report.units import memory_unit
+
+MULTITASK_SCENARIOS = ("multitask-combined", "multitask-sequential")
+MULTITASK_COLORS = {"multitask-combined": "#ff7f0e", "multitask-sequential": "#1f77b4"}
+BREAKDOWN_COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868",
+                    "activations": "#c44e52", "other": "#8c8c8c"}
+VERDICT_COLORS = {"equivalent": "#2ca02c", "not-equivalent": "#d62728"}
+
+
+def multitask_key(row: Any) -> str:
+    """Category label of a multi-task case: workload, layout, micro-batch x steps."""
+    layout = row.layout if isinstance(row.layout, str) and row.layout else "layout ?"
+    label = f"{row.workload}\n{layout}, {row.micro_batch}×{row.accum_steps}"
+    return label + (f"\n{row.variant}" if row.variant else "")
+
+
+def multitask_comparison(frame: pd.DataFrame) -> Figure | None:
+    """Combined loss vs sequential backward, per layout: peak memory and throughput side by side.
+
+    One row per section, two panels: memory (left) and samples/s (right). A case that ran out of
+    memory has no bar and an 'OOM' mark instead. The sequential bar is annotated with its
+    difference from the combined one.
+    """
+    data = frame[frame["scenario"].isin(MULTITASK_SCENARIOS)]
+    if data.empty:
+        return None
+    data = data.assign(category=[multitask_key(r) for r in data.itertuples()])
+    panels = panels_by(data, ["section"])
+    fig, axes = grid(2 * len(panels), columns=2)
+    for i, panel in enumerate(panels):
+        _multitask_panel(axes[2 * i], panel, "peak_allocated", memory=True)
+        _multitask_panel(axes[2 * i + 1], panel, "samples_per_s_", memory=False)
+    return fig
+
+
+def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
+    data = panel.frame
+    categories = list(dict.fromkeys(data.sort_values(["workload", "micro_batch"])["category"]))
+    values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
+    unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
+    width = 0.38
+    by_scenario: dict[str, dict[str, float]] = {}
+    for offset, scenario in zip((-width / 2, width / 2), MULTITASK_SCENARIOS):
+        rows = data[data["scenario"] == scenario]
+        heights = {c: math.nan for c in categories}
+        statuses = dict(zip(rows["category"], rows["status"]))
+        for category, value in zip(rows["category"], values[rows.index]):
+            heights[category] = value / size
+        by_scenario[scenario] = heights
+        xs = [i + offset for i in range(len(categories))]
+        ys = [0.0 if math.isnan(h) else h for h in heights.values()]
+        ax.bar(xs, ys, width=width, label=scenario_name(scenario),
+               color=MULTITASK_COLORS[scenario])
+        for x, cat in zip(xs, categories):
+            if cat in statuses and statuses[cat] != "ok":
+                # No bar for a case that did not run: say why where the bar would be.
+                ax.text(x, 0, statuses[cat].upper(), ha="center", va="bottom", color=OOM_COLOR,
+                        fontsize=9, fontweight="bold")
+    combined, sequential = (by_scenario[s] for s in MULTITASK_SCENARIOS)
+    for i, cat in enumerate(categories):
+        c, s = combined[cat], sequential[cat]
+        if c and s and not (math.isnan(c) or math.isnan(s)):
+            ax.annotate(f"{(s - c) / c:+.0%}".replace("-", "\u2212"), (i + width / 2, s), ha="center", va="bottom",
+                        fontsize=9, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(categories)), categories, fontsize=8)
+    ax.set_ylabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
+    ax.margins(y=0.15)
+    finish_axes(ax, ("peak memory" if memory else "throughput")
+                + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
+
+
+def breakdown_label(row: Any) -> str:
+    """Bar label of a breakdown: scenario and micro-batch x accumulation steps."""
+    label = f"{scenario_name(row.scenario)} {row.micro_batch}×{row.accum_steps}"
+    return label + (f" ({row.variant})" if row.variant else "")
+
+
+def memory_breakdown(frame: pd.DataFrame) -> Figure | None:
+    """Where the peak goes: params, grads, optimizer state, activations, other, stacked.
+
+    One horizontal bar per successful record that carries a breakdown, one panel per section and
+    workload. Categories absent from a breakdown count as zero.
+    """
+    has = frame["breakdown"].map(lambda b: isinstance(b, dict) and bool(b))
+    data = frame[has & (frame["status"] == "ok")]
+    if data.empty:
+        return None
+    data = in_display_order(data)
+    panels = panels_by(data, ["section", "workload"])
+    most = max(len(p.frame) for p in panels)
+    fig, axes = grid(len(panels), panel_size=(PANEL_SIZE[0], 1.6 + 0.32 * most))
+    for ax, panel in zip(axes, panels):
+        _breakdown_panel(ax, panel)
+    return fig
+
+
+def _breakdown_panel(ax: Axes, panel) -> None:
+    data = panel.frame
+    totals = [sum(v for v in b.values() if isinstance(v, (int, float))) for b in data["breakdown"]]
+    unit, size = memory_unit(max(totals, default=1))
+    labels = [breakdown_label(r) for r in data.itertuples()]
+    left = [0.0] * len(data)
+    for category in BREAKDOWN_CATEGORIES:
+        widths = [float(b.get(category) or 0) / size for b in data["breakdown"]]
+        ax.barh(range(len(data)), widths, left=left, label=category,
+                color=BREAKDOWN_COLORS[category], height=0.7)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(range(len(data)), labels, fontsize=8)
+    ax.invert_yaxis()  # first record on top, as in the table below the figure
+    ax.set_xlabel(f"memory at the peak ({unit})")
+    ax.margins(x=0.02)
+    finish_axes(ax, panel.title, legend_below=True)
+
+
+def equivalence_label(row: Any) -> str:
+    """Bar label of an equivalence result: workload, accumulation steps, dtype when known."""
+    eq = row.equivalence
+    steps = eq.get("accum_steps", row.accum_steps)
+    label = f"{row.workload}, {steps} steps"
+    if eq.get("dtype"):
+        label += f", {eq['dtype']}"
+    return label + (f" ({row.variant})" if row.variant else "")
+
+
+def has_rel_error(value: Any) -> bool:
+    """True for an equivalence dict with a finite, non-negative numeric `rel_error`."""
+    if not isinstance(value, dict):
+        return False
+    err = value.get("rel_error")
+    return isinstance(err, (int, float)) and not isinstance(err, bool) and math.isfinite(err) \
+        and err >= 0
+
+
+def gradient_equivalence(frame: pd.DataFrame) -> Figure | None:
+    """Relative gradient error of accumulation vs one large batch, as points on a log axis.
+
+    One point per record whose `equivalence` block has a numeric `rel_error`: green when its
+    verdict is 'equivalent', red when 'not-equivalent', grey otherwise (one labelled line per
+    verdict, points on the rows of their records); one panel per section. A zero error is drawn
+    a decade below the smallest positive one, so that it stays on the log axis.
+    """
+    data = frame[frame["equivalence"].map(has_rel_error)]
+    if data.empty:
+        return None
+    panels = panels_by(data, ["section"])
+    most = max(len(p.frame) for p in panels)
+    fig, axes = grid(len(panels), panel_size=(PANEL_SIZE[0] * 1.4, 1.5 + 0.4 * most), columns=1)
+    for ax, panel in zip(axes, panels):
+        rows = panel.frame
+        errors = [float(e["rel_error"]) for e in rows["equivalence"]]
+        floor = min((e for e in errors if e > 0), default=1e-12) / 10
+        verdicts = [e.get("verdict") if e.get("verdict") in VERDICT_COLORS else None
+                    for e in rows["equivalence"]]
+        for verdict in list(VERDICT_COLORS) + [None]:
+            picked = [i for i, v in enumerate(verdicts) if v == verdict]
+            if not picked:
+                continue
+            ax.plot([max(errors[i], floor) for i in picked], picked, linestyle="none",
+                    marker="o", markersize=9, color=VERDICT_COLORS.get(verdict, "#8c8c8c"),
+                    label=verdict or "no verdict")
+        for i, err in enumerate(errors):
+            ax.annotate(f"{err:.2g}", (max(err, floor), i), xytext=(8, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), [equivalence_label(r) for r in rows.itertuples()],
+                      fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first record on top
+        ax.set_xscale("log")
+        low = min(max(e, floor) for e in errors)
+        ax.set_xlim(low / 10, max(errors + [low]) * 30)
+        ax.set_xlabel("relative gradient error, accumulated vs large batch (log scale)")
+        finish_axes(ax, panel.title)
+    return fig

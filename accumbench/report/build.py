@@ -1,0 +1,241 @@
+"""Assemble the report: per section, each figure with its tables and findings; then write it.
+
+The figure kinds are a literal registry (`FIGURES`): what each is called, what it shows, how it
+is built and which tables go under it. `build_report` runs them per section and hands the result
+to `html.render_page` and `markdown.render_summary`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from accumbench.report import bars, figures, findings, tables
+from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
+from accumbench.report.layout import save
+from accumbench.report.tables import Table
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """One kind of figure: file name, heading, what it shows, and how to make it and its tables.
+
+    `build(frame, fits)`, `tables(frame, fits)` and `findings(frame, fits)` get the rows of one
+    section (or all rows, for the top-level file) and the memory fits of those rows. `absent`
+    says why the figure is missing when `build` returns None; `optional` figures are then left
+    out without a word (e.g. tokens/s for a workload without tokens).
+    """
+
+    name: str
+    title: str
+    caption: str
+    build: Callable[[pd.DataFrame, pd.DataFrame], Figure | None]
+    tables: Callable[[pd.DataFrame, pd.DataFrame], tuple[Table, ...]]
+    findings: Callable[[pd.DataFrame, pd.DataFrame], list[str]]
+    absent: str
+    optional: bool = False
+
+
+def _no_findings(frame: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
+    return []
+
+
+FIGURES: tuple[FigureKind, ...] = (
+    FigureKind(
+        "memory_vs_effective_batch", "Peak memory vs effective batch",
+        "Peak allocated memory of one optimizer step (steady state, after warm-up) against the "
+        "effective batch, on a log2 axis. The large batch holds every sample's activations at "
+        "once, so it climbs with the batch; accumulation holds one micro-batch's activations plus "
+        "the gradients, so each micro-batch's line stays flat however many steps it accumulates "
+        "(it starts from the large batch at its micro-batch: one step is no accumulation). "
+        "Workloads measured at a single effective batch are in the table only. "
+        "A red × is a case that ran out of memory, drawn where the memory-vs-micro-batch line "
+        "predicts its peak (dotted from the last case that fitted), or on the device-memory line "
+        "when there is no line to extrapolate; the dashed line is the device's total memory.",
+        lambda f, fits: figures.memory_vs_effective_batch(f),
+        lambda f, fits: (tables.memory_table(f),),
+        lambda f, fits: findings.memory_findings(f),
+        "no workload was measured (run or out of memory) at two or more effective batches",
+    ),
+    FigureKind(
+        "throughput_vs_effective_batch", "Throughput vs effective batch",
+        "Samples per second of the optimizer step at the median step time; the bars span the "
+        "step-time quartiles. Small micro-batches under-use the device, so accumulating many "
+        "small steps costs throughput; a micro-batch large enough to fill the device runs close "
+        "to the large batch.",
+        lambda f, fits: figures.throughput_vs_effective_batch(f, "samples"),
+        lambda f, fits: (tables.throughput_table(f),),
+        lambda f, fits: findings.throughput_findings(f),
+        "no workload has step times at two or more effective batches",
+    ),
+    FigureKind(
+        "tokens_vs_effective_batch", "Tokens per second vs effective batch",
+        "The same throughput counted in tokens, for workloads whose samples are token sequences.",
+        lambda f, fits: figures.throughput_vs_effective_batch(f, "tokens"),
+        lambda f, fits: (),
+        _no_findings,
+        "no workload counts tokens",
+        optional=True,
+    ),
+    FigureKind(
+        "memory_vs_micro_batch", "Peak memory vs micro-batch, with the fitted line",
+        "Each scenario's peaks against the micro-batch, with the least-squares line through them: "
+        "the slope is what one more sample costs, the intercept what the step holds whatever the "
+        "batch (parameters, gradients, optimizer state). `accumbench plan` extrapolates these "
+        "lines to pick a micro-batch that fits a memory budget.",
+        lambda f, fits: figures.memory_vs_micro_batch(f, fits),
+        lambda f, fits: (tables.fit_table(fits),),
+        lambda f, fits: findings.fit_findings(fits),
+        "no scenario ran at two or more micro-batch sizes",
+    ),
+    FigureKind(
+        "multitask_comparison", "Multi-task: combined loss vs sequential backward",
+        "For each multi-task layout, the peak memory (left) and throughput (right) of summing the "
+        "task losses into one backward versus one backward per task. With separate models the "
+        "sequential backward frees each task's graph before the next; with a shared trunk it must "
+        "retain the trunk's graph, saves nothing and runs the trunk's backward twice.",
+        lambda f, fits: bars.multitask_comparison(f),
+        lambda f, fits: (tables.multitask_table(f),),
+        lambda f, fits: findings.multitask_findings(f),
+        "no multi-task records",
+        optional=True,
+    ),
+    FigureKind(
+        "memory_breakdown", "Where the peak goes",
+        "The peak split into parameters, gradients, optimizer state, activations and the rest, as "
+        "the meter attributed it. Accumulation shrinks the activations; the other categories do "
+        "not depend on the batch.",
+        lambda f, fits: bars.memory_breakdown(f),
+        lambda f, fits: (tables.breakdown_table(f),),
+        _no_findings,
+        "no record carries a memory breakdown",
+    ),
+    FigureKind(
+        "gradient_equivalence", "Gradient equivalence",
+        "Relative error between the gradients of accumulation and of one large batch (from "
+        "`accumbench check`). Plain models agree to float rounding; BatchNorm and a per-micro-batch "
+        "token mean over padded sequences do not, and the causes column says why.",
+        lambda f, fits: bars.gradient_equivalence(f),
+        lambda f, fits: (tables.equivalence_table(f),),
+        _no_findings,
+        "no record carries equivalence results (run `accumbench check`)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class FigureBlock:
+    """One figure of one section as the page shows it; `png` is None when it could not be drawn."""
+
+    kind: FigureKind
+    file: str | None
+    png: bytes | None
+    tables: tuple[Table, ...]
+    findings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SectionReport:
+    """Everything the page shows for one section (one device and results file)."""
+
+    title: str
+    slug: str
+    environment: Table
+    blocks: tuple[FigureBlock, ...]
+    absent: tuple[str, ...]
+    failures: Table
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What `build_report` wrote and what it noticed.
+
+    `figures` maps each top-level figure file name (without extension) to its `Figure`, so that
+    callers and tests can read the plotted data back.
+    """
+
+    out_dir: Path
+    files: tuple[Path, ...]
+    sections: tuple[SectionReport, ...]
+    notes: tuple[str, ...]
+    figures: dict[str, Figure]
+    records: int
+
+
+def build_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]],
+                 out_dir: str | os.PathLike[str], title: str = "accumbench report") -> ReportResult:
+    """Write `index.html`, `summary.md` and the figures (PNG and SVG) into `out_dir`.
+
+    `results` is a frame from `accumbench.records.load_results` or a list of results files.
+    Raises `ReportInputError` when there is nothing to report and
+    `accumbench.records.RecordError` for a corrupt or foreign file; anything missing short of
+    that (a file with only OOMs, no breakdowns) is said in the report and in `notes`.
+    """
+    # Imported here: html and markdown import this module for the dataclasses above.
+    from accumbench.report.html import render_page
+    from accumbench.report.markdown import render_summary
+
+    notes: list[str] = []
+    if isinstance(results, pd.DataFrame):
+        frame = results
+    else:
+        frame, notes = load_frame(list(results))
+    frame, more = prepare(frame)
+    notes.extend(more)
+    fits = memory_fits(frame)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    top: dict[str, Figure] = {}
+    section_ids = list(dict.fromkeys(frame["section"]))
+    single = len(section_ids) == 1
+
+    sections = []
+    for number, section in enumerate(section_ids, start=1):
+        rows = frame[frame["section"] == section]
+        sec_fits = fits[fits["section"] == section]
+        slug = f"section-{number}"
+        blocks, absent = [], []
+        for kind in FIGURES:
+            fig = kind.build(rows, sec_fits)
+            if fig is None:
+                if not kind.optional:
+                    absent.append(f"{kind.title}: {kind.absent}")
+                continue
+            # One section: its figures are the top-level files. Several: each section's
+            # figure gets its own file and the top-level file shows all sections' panels.
+            name = kind.name if single else f"{kind.name}--{slug}"
+            png = save(fig, out, name)
+            written += [out / f"{name}.png", out / f"{name}.svg"]
+            if single:
+                top[kind.name] = fig
+            blocks.append(FigureBlock(kind, name, png, kind.tables(rows, sec_fits),
+                                      tuple(kind.findings(rows, sec_fits))))
+        sections.append(SectionReport(rows["section_title"].iloc[0], slug,
+                                      tables.environment_table(rows), tuple(blocks),
+                                      tuple(absent), tables.failures_table(rows)))
+
+    if not single:
+        for kind in FIGURES:
+            fig = kind.build(frame, fits)
+            if fig is not None:
+                save(fig, out, kind.name)
+                written += [out / f"{kind.name}.png", out / f"{kind.name}.svg"]
+                top[kind.name] = fig
+
+    index = out / "index.html"
+    files = frame["source"].nunique()
+    index.write_text(render_page(title, sections, notes, len(frame), files), encoding="utf-8")
+    summary = out / "summary.md"
+    summary.write_text(render_summary(title, sections, notes), encoding="utf-8")
+    written += [index, summary]
+    return ReportResult(out, tuple(written), tuple(sections), tuple(notes), top, len(frame))
+
+
+__all__ = ["FIGURES", "FigureKind", "ReportResult", "ReportInputError", "build_report"]

@@ -1,0 +1,109 @@
+"""One-line readings of the numbers, for the "what this shows" text under each figure.
+
+Each function takes one section of a prepared frame and returns sentences about what the data
+in it says (not what it should say): the largest large batch that fitted, what accumulation
+saved there, what it cost in throughput. Empty list when the data does not allow the sentence.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from accumbench.report.data import scenario_name
+from accumbench.report.units import format_bytes, format_percent
+
+
+def _by_workload(frame: pd.DataFrame):
+    for workload in dict.fromkeys(frame["workload"]):
+        yield workload, frame[frame["workload"] == workload]
+
+
+def memory_findings(frame: pd.DataFrame) -> list[str]:
+    """Per workload: the large batch's largest fit and first OOM, and accumulation's peak there."""
+    sentences = []
+    for workload, data in _by_workload(frame):
+        large = data[data["scenario"] == "large-batch"]
+        accum = data[(data["scenario"] == "accumulated") & (data["status"] == "ok")
+                     & (data["accum_steps"] > 1)]
+        ok_large = large[large["status"] == "ok"]
+        oom_large = large[large["status"] == "oom"]
+        parts = []
+        if not ok_large.empty:
+            top = ok_large.loc[ok_large["effective_batch"].idxmax()]
+            parts.append(f"the large batch peaks at {format_bytes(top['peak_allocated'])} at "
+                         f"effective batch {top['effective_batch']}")
+        if not oom_large.empty:
+            parts.append(f"runs out of memory from effective batch "
+                         f"{oom_large['effective_batch'].min()}")
+        if not accum.empty:
+            target = accum["effective_batch"].max()
+            at = accum[accum["effective_batch"] == target]
+            best = at.loc[at["peak_allocated"].idxmin()]
+            sentence = (f"accumulating {best['micro_batch']} × {best['accum_steps']} reaches "
+                        f"{target} at {format_bytes(best['peak_allocated'])}")
+            same = ok_large[ok_large["effective_batch"] == target]
+            if target in set(oom_large["effective_batch"]):
+                sentence += ", where the large batch ran out of memory"
+            elif not same.empty:
+                ref = same["peak_allocated"].iloc[0]
+                sentence += f" ({format_percent((best['peak_allocated'] - ref) / ref, signed=True)}" \
+                            " vs the large batch)"
+            parts.append(sentence)
+        if parts:
+            sentences.append(f"{workload}: " + "; ".join(parts) + ".")
+    return sentences
+
+
+def throughput_findings(frame: pd.DataFrame) -> list[str]:
+    """Per workload: accumulated throughput as a share of the large batch's, at one batch size.
+
+    Uses the largest effective batch at which both the large batch and accumulation ran.
+    """
+    sentences = []
+    ok = frame[(frame["status"] == "ok") & frame["samples_per_s_"].notna()]
+    for workload, data in _by_workload(ok):
+        large = data[data["scenario"] == "large-batch"]
+        accum = data[(data["scenario"] == "accumulated") & (data["accum_steps"] > 1)]
+        common = sorted(set(large["effective_batch"]) & set(accum["effective_batch"]))
+        if not common:
+            continue
+        target = common[-1]
+        ref = large.loc[large["effective_batch"] == target, "samples_per_s_"].iloc[0]
+        shares = [
+            f"micro-batch {r.micro_batch}: {format_percent(r.samples_per_s_ / ref)}"
+            for r in accum[accum["effective_batch"] == target].sort_values("micro_batch").itertuples()
+        ]
+        sentences.append(f"{workload}, effective batch {target}: accumulation runs at "
+                         + ", ".join(shares) + " of the large batch's samples/s.")
+    return sentences
+
+
+def fit_findings(fits: pd.DataFrame) -> list[str]:
+    """Per fitted line: what one more sample costs and the fixed cost."""
+    return [
+        f"{f.workload}, {scenario_name(f.scenario)}{f' ({f.variant})' if f.variant else ''}: "
+        f"{format_bytes(f.bytes_per_sample)} per sample on top of "
+        f"{format_bytes(f.intercept_bytes)} (r² {f.r2:.3f}, {f.points} points)."
+        for f in fits.itertuples()
+    ]
+
+
+def multitask_findings(frame: pd.DataFrame) -> list[str]:
+    """Per multi-task configuration: sequential backward's memory and speed vs the combined loss."""
+    sentences = []
+    data = frame[frame["status"] == "ok"]
+    keys = ["workload", "layout", "micro_batch", "accum_steps", "variant"]
+    for key, group in data.groupby(keys, sort=False, dropna=False):
+        by = {r.scenario: r for r in group.itertuples()}
+        comb, seq = by.get("multitask-combined"), by.get("multitask-sequential")
+        if comb is None or seq is None:
+            continue
+        mem = (seq.peak_allocated - comb.peak_allocated) / comb.peak_allocated
+        speed = ""
+        if comb.samples_per_s_ and seq.samples_per_s_ == seq.samples_per_s_:
+            change = (seq.samples_per_s_ - comb.samples_per_s_) / comb.samples_per_s_
+            speed = f" and {format_percent(change, signed=True)} samples/s"
+        layout = key[1] if isinstance(key[1], str) else "?"
+        sentences.append(f"{key[0]} ({layout}, {key[2]}×{key[3]}): sequential backward needs "
+                         f"{format_percent(mem, signed=True)} peak memory{speed} vs the combined loss.")
+    return sentences
