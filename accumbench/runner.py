@@ -63,14 +63,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move every tensor in nested tuples/lists/dicts to `device` (once, before timing)."""
+def pin_host_batch(obj: Any) -> Any:
+    """Page-locked copies of a host batch's tensors, so the per-micro-step copy to the GPU is
+    asynchronous, as with a DataLoader(pin_memory=True)."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        return obj.pin_memory()
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: pin_host_batch(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(pin_host_batch(v) for v in obj)
     return obj
 
 
@@ -81,7 +82,7 @@ def pin_determinism() -> None:
 
 @dataclass
 class PreparedCase:
-    """A case ready to step: state on the device, micro-batches on the device, loss weights."""
+    """A case ready to step: state on the device, host micro-batches, loss weights."""
 
     scenario: str
     workload: Workload
@@ -104,8 +105,9 @@ def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int
     generator = torch.Generator().manual_seed(seed)
     host_batches = [workload.make_batch(case.micro_batch, generator) for _ in range(case.accum_steps)]
     weights = loss_weights(workload, host_batches, case.loss_norm)
-    batches = [to_device(b, device) for b in host_batches]
-    return PreparedCase(case.scenario, workload, state, batches, weights)
+    if device.type == "cuda":
+        host_batches = [pin_host_batch(b) for b in host_batches]
+    return PreparedCase(case.scenario, workload, state, host_batches, weights)
 
 
 class _FlopCountingStep:

@@ -1,8 +1,10 @@
 """The training-step strategies, in plain PyTorch, each readable as the loop a user would write.
 
 One call of a scenario is one optimizer step: forward/backward over its micro-batches, then
-`optimizer.step()`, then `zero_grad()`. The runner builds the `TrainingState` and the batches
-(already on the device) and hands the step to a meter. `state.mark(...)` calls tell an optional
+`optimizer.step()`, then `zero_grad()`. The runner builds the `TrainingState` and the host
+micro-batches (made before timing, pinned for CUDA) and hands the step to a meter. Each
+micro-step copies its micro-batch to the device, as a training loop does, so the device holds
+one micro-batch at a time whatever N is. `state.mark(...)` calls tell an optional
 observer (the memory timeline, the live-bytes tracker) where in the step we are; by default
 they do nothing.
 """
@@ -81,6 +83,11 @@ class TrainingState:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def to_device(self, host_batch: Any) -> Any:
+        """This micro-batch's copy on the device (a real copy on the CPU too, so every device
+        holds exactly one micro-batch; the host batches stand for the data loader's memory)."""
+        return copy_to_device(host_batch, self.device)
+
     def grad_sync(self, micro_step: int, micro_steps: int) -> contextlib.AbstractContextManager:
         """Under DDP with `skip_sync_until_last`, `model.no_sync()` on every micro-step but the
         last (gradients all-reduced once per optimizer step); otherwise a null context."""
@@ -112,6 +119,20 @@ class TrainingState:
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=self.options.set_to_none)
         self.mark("end")
+
+
+def copy_to_device(obj: Any, device: torch.device) -> Any:
+    """Copy every tensor in nested tuples/lists/dicts to `device` (asynchronously from pinned
+    host memory on CUDA); tensors already there are cloned."""
+    if isinstance(obj, torch.Tensor):
+        if obj.device == device:
+            return obj.clone()
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: copy_to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_to_device(v, device) for v in obj)
+    return obj
 
 
 def new_training_state(
@@ -149,8 +170,9 @@ def _scaled(loss: torch.Tensor, weight: float) -> torch.Tensor:
 
 def large_batch_step(state: TrainingState, micro_batches: Sequence[Any], weights: Sequence[float]) -> None:
     """One forward and backward over the whole batch, then step: the reference."""
-    (batch,) = micro_batches
+    (host_batch,) = micro_batches
     state.mark("forward", 0)
+    batch = state.to_device(host_batch)
     loss = state.forward_loss(batch)
     state.mark("backward", 0)
     state.backward(loss)
@@ -159,9 +181,10 @@ def large_batch_step(state: TrainingState, micro_batches: Sequence[Any], weights
 
 def accumulated_step(state: TrainingState, micro_batches: Sequence[Any], weights: Sequence[float]) -> None:
     """N micro-batches, gradients summed by autograd across the backward calls, one step."""
-    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+    for i, (host_batch, weight) in enumerate(zip(micro_batches, weights)):
         with state.grad_sync(i, len(micro_batches)):
             state.mark("forward", i)
+            batch = state.to_device(host_batch)  # the previous micro-batch's copy is freed
             loss = state.forward_loss(batch)
             state.mark("backward", i)
             # loss / N (or count_i / total): summed gradients then equal the large batch's.
@@ -172,8 +195,9 @@ def accumulated_step(state: TrainingState, micro_batches: Sequence[Any], weights
 
 def multitask_combined_step(state: TrainingState, micro_batches: Sequence[Any], weights: Sequence[float]) -> None:
     """`(l1 + l2).backward()`: one forward for all tasks, both graphs alive until the backward."""
-    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+    for i, (host_batch, weight) in enumerate(zip(micro_batches, weights)):
         state.mark("forward", i)
+        batch = state.to_device(host_batch)
         losses = state.forward_loss(batch)
         state.mark("backward", i)
         state.backward(_scaled(sum(losses.values()), weight))
@@ -189,7 +213,8 @@ def multitask_sequential_step(state: TrainingState, micro_batches: Sequence[Any]
     """
     tasks = state.workload.tasks
     separate = state.workload.layout == "separate"
-    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+    for i, (host_batch, weight) in enumerate(zip(micro_batches, weights)):
+        batch = state.to_device(host_batch)
         if separate:
             for task in tasks:
                 state.mark("forward", i)

@@ -77,15 +77,15 @@ def flat_tensors(obj: Any) -> Iterable[torch.Tensor]:
             yield from flat_tensors(value)
 
 
-def live_tensors(state: TrainingState, batches: Sequence[Any]) -> dict[str, list[torch.Tensor]]:
-    """The tensors alive between steps, by breakdown category."""
+def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
+    """The device tensors alive between steps, by breakdown category. The host micro-batches
+    are not among them: each micro-step copies its own to the device."""
     params = list(state.model.parameters()) + list(state.model.buffers())
     grads = [p.grad for p in state.model.parameters() if p.grad is not None]
     optimizer_state = [
         t for per_param in state.optimizer.state.values() for t in flat_tensors(per_param)
     ]
-    return {"params": params, "grads": grads, "optimizer": optimizer_state,
-            "other": list(flat_tensors(list(batches)))}
+    return {"params": params, "grads": grads, "optimizer": optimizer_state}
 
 
 class WallClockTimer:

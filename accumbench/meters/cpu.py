@@ -39,7 +39,7 @@ class CpuMeter(Meter):
     ) -> Measurement:
         check_counts(warmup, steps)
         tracker = LiveBytesTracker("cpu")
-        tracker.adopt(live_tensors(state, batches))
+        tracker.adopt(live_tensors(state))
         previous_observer = state.observer
         state.observer = tracker
         try:

@@ -1,0 +1,110 @@
+"""`accumbench run` end to end through click's CliRunner, on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from accumbench.cli import main
+from accumbench.records import read_records
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_plugin_workload_runs_every_scenario_it_supports(tmp_path, plugin_path):
+    out = tmp_path / "single.jsonl"
+    result = invoke("run", "--device", "cpu", "--workload", f"{plugin_path}:single", "--micro-batch", "2,4",
+                    "--accum-steps", "1,2", "--steps", "2", "--warmup", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    records = read_records(out)
+    assert {r.scenario for r in records} == {"large-batch", "accumulated"}
+    assert all(r.status == "ok" and r.workload == "plugin-mlp" for r in records)
+
+    out = tmp_path / "multi.jsonl"
+    result = invoke("run", "--device", "cpu", "--workload", f"{plugin_path}:multitask", "--micro-batch", "2",
+                    "--accum-steps", "1,2", "--steps", "1", "--warmup", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    records = read_records(out)
+    assert {r.scenario for r in records} == {"multitask-combined", "multitask-sequential"}
+    assert all(r.status == "ok" and r.tasks == ("a", "b") for r in records)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workload", "missing.py:build"], "error: workload file not found: missing.py"),
+        (["--workload", "{plugin}:raises"], "raised RuntimeError: boom in factory"),
+        (["--workload", "{plugin}:not_a_workload"], "expected accumbench.Workload"),
+        (["--workload", "mlp", "--scenario", "multitask-combined"], "needs a multi-task workload"),
+        (["--workload", "mlp", "--micro-batch", "8,x"], "--micro-batch takes comma-separated"),
+        (["--suite", "nope"], "neither a built-in"),
+        (["--workload", "mlp", "--workload-opt", "size"], "--workload-opt takes KEY=VALUE"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, plugin_path, args, message):
+    args = [a.format(plugin=plugin_path) for a in args]
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--out", str(tmp_path / "o.jsonl"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_scenario_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--scenario", "huge-batch"])
+    assert result.exit_code == 2
+    assert "huge-batch" in result.output
+
+
+def test_existing_output_needs_resume_or_overwrite(tmp_path):
+    out = tmp_path / "r.jsonl"
+    base = ["run", "--device", "cpu", "--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2",
+            "--accum-steps", "1,2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    assert invoke(*base[:-6], "--micro-batch", "2", "--accum-steps", "1", "--steps", "1", "--warmup", "1",
+                  "--out", str(out)).exit_code == 0
+    assert len(read_records(out)) == 1
+    refused = CliRunner().invoke(main, base)
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    resumed = invoke(*base, "--resume")
+    assert resumed.exit_code == 0
+    records = read_records(out)
+    assert len(records) == 3 and len({r.case_id for r in records}) == 3  # the first case not repeated
+    overwritten = invoke(*base, "--overwrite")
+    assert overwritten.exit_code == 0
+    assert len(read_records(out)) == 3 and len(read_records(tmp_path / "r.jsonl.bak")) == 3
+
+
+def test_resume_from_a_corrupt_file_names_the_line(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"schema": 1\n')
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--workload", "mlp", "--out", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert "r.jsonl:1: not valid JSON" in result.output
+
+
+def test_list_prints_case_ids_without_running(tmp_path):
+    result = invoke("run", "--device", "cpu", "--suite", "smoke", "--list")
+    assert result.exit_code == 0
+    ids = result.output.strip().splitlines()[:-1] if "case(s)" in result.output else result.output.split()
+    assert any(i.startswith("gpt-tiny/accumulated/mb2/acc4") for i in ids)
+
+
+def test_progress_lines_show_case_count_and_peak(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--workload", "mlp", "--workload-opt", "size=tiny",
+                                       "--micro-batch", "2", "--accum-steps", "1", "--steps", "1", "--warmup", "1",
+                                       "--out", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0
+    assert "[1/1] mlp large-batch mb=2 x1 ... peak" in result.output
+    line = (tmp_path / "p.jsonl").read_text().splitlines()[0]
+    assert json.loads(line)["status"] == "ok"
+
+
+def test_smoke_suite_runs_clean(tmp_path):
+    out = tmp_path / "smoke.jsonl"
+    result = invoke("run", "--device", "cpu", "--suite", "smoke", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    records = read_records(out)
+    assert len(records) >= 30 and all(r.status == "ok" for r in records)

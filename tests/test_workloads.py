@@ -1,0 +1,75 @@
+"""Built-in workloads and the plug-in loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from accumbench.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
+from accumbench.workloads.gpt import IGNORE_INDEX
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_WORKLOADS))
+def test_builtin_workloads_build_batch_and_loss(name):
+    workload = load_workload(name)
+    model = workload.build_model()
+    batch = workload.make_batch(3, torch.Generator().manual_seed(0))
+    loss = workload.loss(workload.forward(model, batch), batch)
+    losses = loss if isinstance(loss, dict) else {"loss": loss}
+    assert set(losses) == (set(workload.tasks) or {"loss"})
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+
+
+def test_batches_are_deterministic_for_a_seed():
+    workload = load_workload("gpt", {"padded": True})
+    a = workload.make_batch(4, torch.Generator().manual_seed(3))
+    b = workload.make_batch(4, torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_padded_gpt_batches_vary_in_valid_tokens():
+    workload = load_workload("gpt", {"padded": True, "size": "tiny"})
+    _, labels = workload.make_batch(8, torch.Generator().manual_seed(0))
+    per_sample = (labels != IGNORE_INDEX).sum(dim=1)
+    assert per_sample.min() < per_sample.max() <= labels.shape[1]
+    assert workload.count_loss_elements((None, labels)) == int(per_sample.sum())
+
+
+def test_gpt2_size_is_about_124m_parameters():
+    from accumbench.workloads.gpt import GPT_SIZES
+
+    assert 120e6 < GPT_SIZES["gpt2"].approx_parameters < 130e6
+
+
+def test_plugin_from_file(plugin_path):
+    workload = load_workload(f"{plugin_path}:single")
+    assert isinstance(workload, Workload) and workload.name == "plugin-mlp"
+
+
+def test_plugin_from_module():
+    workload = load_workload("accumbench.workloads.vision:mlp", {"size": "tiny"})
+    assert workload.name == "mlp-tiny"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no-such-workload", "unknown workload 'no-such-workload'"),
+        ("missing/file.py:build", "workload file not found: missing/file.py"),
+        ("{plugin}:absent", "has no attribute 'absent'"),
+        ("{plugin}:not_a_workload", "returned int, expected accumbench.Workload"),
+        ("{plugin}:raises", "raised RuntimeError: boom in factory"),
+        ("no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
+    ],
+)
+def test_bad_workload_specs_give_one_clear_line(plugin_path, spec, message):
+    with pytest.raises(WorkloadError, match=message) as info:
+        load_workload(spec.format(plugin=plugin_path))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_option_for_builtin():
+    with pytest.raises(WorkloadError, match="does not take options"):
+        load_workload("mlp", {"colour": "red"})
+    with pytest.raises(WorkloadError, match="unknown mlp size"):
+        load_workload("mlp", {"size": "huge"})

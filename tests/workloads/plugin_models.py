@@ -1,0 +1,88 @@
+"""Plug-in workloads for the tests: loaded by path, as a user's file would be."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accumbench import Workload
+
+
+def _batch(n, generator):
+    return torch.randn(n, 16, generator=generator), torch.randint(0, 4, (n,), generator=generator)
+
+
+def single() -> Workload:
+    """A one-loss plug-in: a small MLP classifier."""
+    return Workload(
+        name="plugin-mlp",
+        build_model=lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)),
+        make_batch=_batch,
+        loss=lambda out, batch: F.cross_entropy(out, batch[1]),
+    )
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.b = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x, task=None):
+        tasks = ("a", "b") if task is None else (task,)
+        return {t: getattr(self, t)(x) for t in tasks}
+
+
+def _two_losses(out, batch):
+    losses = {}
+    if "a" in out:
+        losses["a"] = F.cross_entropy(out["a"], batch[1])
+    if "b" in out:
+        losses["b"] = out["b"].pow(2).mean()
+    return losses
+
+
+def multitask() -> Workload:
+    """A two-task plug-in with separate models, honouring `task` in forward."""
+    return Workload(
+        name="plugin-two-heads",
+        build_model=_TwoHeads,
+        make_batch=_batch,
+        loss=_two_losses,
+        forward=lambda model, batch, task=None: model(batch[0], task=task),
+        tasks=("a", "b"),
+        layout="separate",
+    )
+
+
+def sgd() -> Workload:
+    """The single plug-in with plain SGD: the record must name it."""
+    w = single()
+    return Workload(**{**w.__dict__, "name": "plugin-mlp-sgd",
+                       "build_optimizer": lambda params: torch.optim.SGD(params, lr=0.1, foreach=True)})
+
+
+def not_a_workload():
+    return 42
+
+
+def raises():
+    raise RuntimeError("boom in factory")
+
+
+class _Exploding(nn.Module):
+    """Raises a CUDA-style OOM on a large batch: OOM handling tested without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+
+    def forward(self, x):
+        if x.shape[0] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (fake)")
+        return self.lin(x)
+
+
+def oom_above_8() -> Workload:
+    """OOMs (fake) for batches above 8 samples."""
+    return Workload(name="plugin-oom", build_model=_Exploding, make_batch=_batch,
+                    loss=lambda out, batch: F.cross_entropy(out, batch[1]))
