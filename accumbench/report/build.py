@@ -130,13 +130,18 @@ FIGURES: tuple[FigureKind, ...] = (
 
 @dataclass(frozen=True)
 class FigureBlock:
-    """One figure of one section as the page shows it; `png` is None when it could not be drawn."""
+    """One figure of one section as the page shows it, with its tables.
+
+    `png` and `file` are None when the figure could not be drawn but its tables have rows
+    (e.g. every workload measured at a single batch size); `kind.absent` then says why.
+    """
 
     kind: FigureKind
     file: str | None
     png: bytes | None
     tables: tuple[Table, ...]
     findings: tuple[str, ...]
+    svg_beside: bool = True  # False: the SVG is the top-level file with every section
 
 
 @dataclass(frozen=True)
@@ -204,19 +209,23 @@ def build_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]],
         blocks, absent = [], []
         for kind in FIGURES:
             fig = kind.build(rows, sec_fits)
-            if fig is None:
+            kind_tables = tuple(t for t in kind.tables(rows, sec_fits) if t.rows)
+            if fig is None and not kind_tables:
                 if not kind.optional:
                     absent.append(f"{kind.title}: {kind.absent}")
                 continue
-            # One section: its figures are the top-level files. Several: each section's
-            # figure gets its own file and the top-level file shows all sections' panels.
-            name = kind.name if single else f"{kind.name}--{slug}"
-            png = save(fig, out, name)
-            written += [out / f"{name}.png", out / f"{name}.svg"]
-            if single:
-                top[kind.name] = fig
-            blocks.append(FigureBlock(kind, name, png, kind.tables(rows, sec_fits),
-                                      tuple(kind.findings(rows, sec_fits))))
+            name, png = None, None
+            if fig is not None:
+                # One section: its figures are the top-level files (PNG and SVG). Several: each
+                # section's figure is a PNG of its own for the page, and the top-level files
+                # show every section's panels.
+                name = kind.name if single else f"{kind.name}--{slug}"
+                png = save(fig, out, name, svg=single)
+                written += [out / f"{name}.png"] + ([out / f"{name}.svg"] if single else [])
+                if single:
+                    top[kind.name] = fig
+            blocks.append(FigureBlock(kind, name, png, kind_tables,
+                                      tuple(kind.findings(rows, sec_fits)), single))
         sections.append(SectionReport(rows["section_title"].iloc[0], slug,
                                       tables.environment_table(rows), tuple(blocks),
                                       tuple(absent), tables.failures_table(rows)))

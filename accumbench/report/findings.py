@@ -13,6 +13,13 @@ from accumbench.report.data import scenario_name
 from accumbench.report.units import format_bytes, format_percent
 
 
+def change_text(fraction: float, less: str, more: str) -> str:
+    """A relative change in words: `-0.4` -> '40.0% less', `0` -> 'the same' (below 0.05%)."""
+    if abs(fraction) < 0.0005:
+        return "the same"
+    return f"{format_percent(abs(fraction))} {less if fraction < 0 else more}"
+
+
 def _by_workload(frame: pd.DataFrame):
     for workload in dict.fromkeys(frame["workload"]):
         yield workload, frame[frame["workload"] == workload]
@@ -46,8 +53,9 @@ def memory_findings(frame: pd.DataFrame) -> list[str]:
                 sentence += ", where the large batch ran out of memory"
             elif not same.empty:
                 ref = same["peak_allocated"].iloc[0]
-                sentence += f" ({format_percent((best['peak_allocated'] - ref) / ref, signed=True)}" \
-                            " vs the large batch)"
+                change = change_text((best["peak_allocated"] - ref) / ref, "less", "more")
+                sentence += f" ({change} than the large batch)" if change != "the same" \
+                    else " (the same as the large batch)"
             parts.append(sentence)
         if parts:
             sentences.append(f"{workload}: " + "; ".join(parts) + ".")
@@ -70,10 +78,10 @@ def throughput_findings(frame: pd.DataFrame) -> list[str]:
         target = common[-1]
         ref = large.loc[large["effective_batch"] == target, "samples_per_s_"].iloc[0]
         shares = [
-            f"micro-batch {r.micro_batch}: {format_percent(r.samples_per_s_ / ref)}"
+            f"{format_percent(r.samples_per_s_ / ref)} (micro-batch {r.micro_batch})"
             for r in accum[accum["effective_batch"] == target].sort_values("micro_batch").itertuples()
         ]
-        sentences.append(f"{workload}, effective batch {target}: accumulation runs at "
+        sentences.append(f"{workload}, effective batch {target}: accumulation reaches "
                          + ", ".join(shares) + " of the large batch's samples/s.")
     return sentences
 
@@ -98,12 +106,13 @@ def multitask_findings(frame: pd.DataFrame) -> list[str]:
         comb, seq = by.get("multitask-combined"), by.get("multitask-sequential")
         if comb is None or seq is None:
             continue
-        mem = (seq.peak_allocated - comb.peak_allocated) / comb.peak_allocated
+        mem = change_text((seq.peak_allocated - comb.peak_allocated) / comb.peak_allocated,
+                          "less", "more")
         speed = ""
-        if comb.samples_per_s_ and seq.samples_per_s_ == seq.samples_per_s_:
+        if comb.samples_per_s_ and seq.samples_per_s_ == seq.samples_per_s_:  # not NaN
             change = (seq.samples_per_s_ - comb.samples_per_s_) / comb.samples_per_s_
-            speed = f" and {format_percent(change, signed=True)} samples/s"
+            speed = f" and runs at {change_text(change, 'lower', 'higher')} samples/s"
         layout = key[1] if isinstance(key[1], str) else "?"
-        sentences.append(f"{key[0]} ({layout}, {key[2]}×{key[3]}): sequential backward needs "
-                         f"{format_percent(mem, signed=True)} peak memory{speed} vs the combined loss.")
+        sentences.append(f"{key[0]} ({layout}, {key[2]}×{key[3]}): compared with the combined "
+                         f"loss, sequential backward needs {mem} peak memory{speed}.")
     return sentences

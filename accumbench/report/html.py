@@ -106,14 +106,23 @@ def render_environment(table: Table, element_id: str) -> str:
 def _block(section: SectionReport, block: FigureBlock) -> str:
     kind = block.kind
     anchor = f"{section.slug}-{kind.name}"
-    parts = [f'<h3 id="{anchor}">{escape(kind.title)}</h3>', "<figure>"]
-    data = base64.b64encode(block.png).decode("ascii")
-    parts.append(f'<img src="data:image/png;base64,{data}" alt="{escape(kind.title)}: '
-                 f'{escape(section.title)}" data-figure="{escape(kind.name)}">')
-    links = (f' <a href="{escape(block.file)}.svg">SVG</a> · '
-             f'<a href="{escape(block.file)}.png">PNG</a>')
-    parts.append(f"<figcaption><strong>What this shows.</strong> {escape(kind.caption)}{links}"
-                 "</figcaption></figure>")
+    parts = [f'<h3 id="{anchor}">{escape(kind.title)}</h3>']
+    if block.png is None:
+        parts.append(f'<p class="absent">No figure: {escape(kind.absent)}. The numbers:</p>')
+    else:
+        data = base64.b64encode(block.png).decode("ascii")
+        if block.svg_beside:
+            svg = f'<a href="{escape(block.file)}.svg">SVG</a>'
+        else:
+            svg = f'<a href="{escape(kind.name)}.svg">SVG (all sections)</a>'
+        links = f' <a href="{escape(block.file)}.png">PNG</a> · {svg}'
+        parts += [
+            "<figure>",
+            f'<img src="data:image/png;base64,{data}" alt="{escape(kind.title)}: '
+            f'{escape(section.title)}" data-figure="{escape(kind.name)}">',
+            f"<figcaption><strong>What this shows.</strong> {escape(kind.caption)}{links}"
+            "</figcaption></figure>",
+        ]
     if block.findings:
         items = "".join(f"<li>{escape(s)}</li>" for s in block.findings)
         parts.append(f'<p class="findings-title">In these results</p><ul class="findings">{items}</ul>')

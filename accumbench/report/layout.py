@@ -142,14 +142,16 @@ def finish_axes(ax: Axes, title: str, legend_below: bool = False, columns: int =
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
 
 
-def save(fig: Figure, directory: Path, name: str) -> bytes:
-    """Write `name.png` and `name.svg` into `directory`; return the PNG bytes for embedding."""
+def save(fig: Figure, directory: Path, name: str, svg: bool = True) -> bytes:
+    """Write `name.png` (and `name.svg` unless `svg` is False) into `directory`; return the PNG
+    bytes for embedding."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PNG_DPI)
     png = buffer.getvalue()
     (directory / f"{name}.png").write_bytes(png)
-    # The layout was solved while drawing the PNG; freezing it halves the cost of the SVG.
-    fig.set_layout_engine("none")
-    # No date in the SVG, so the same results make the same file (diffable, cacheable).
-    fig.savefig(directory / f"{name}.svg", format="svg", metadata={"Date": None})
+    if svg:
+        # The layout was solved while drawing the PNG; freezing it makes the SVG cheaper.
+        fig.set_layout_engine("none")
+        # No date in the SVG, so the same results make the same file (diffable, cacheable).
+        fig.savefig(directory / f"{name}.svg", format="svg", metadata={"Date": None})
     return png

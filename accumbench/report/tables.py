@@ -59,7 +59,11 @@ def number(value: Any, formatter=str) -> Cell:
     """A numeric cell: formatted text plus the raw value (None when missing)."""
     if is_missing(value):
         return Cell(MISSING)
-    return Cell(formatter(value), value.item() if hasattr(value, "item") else value)
+    raw = value.item() if hasattr(value, "item") else value
+    if isinstance(raw, float) and raw.is_integer() and abs(raw) < 2**53:
+        # Bytes come back as floats from a pandas column that also holds NaN: keep them exact.
+        raw = int(raw)
+    return Cell(formatter(value), raw)
 
 
 def case_text(row: Any) -> str:
