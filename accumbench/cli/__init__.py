@@ -16,6 +16,7 @@ from accumbench import __version__
 # name -> "module:attribute"; a literal registry, not discovery.
 COMMANDS: dict[str, str] = {
     "run": "accumbench.cli.run:run",
+    "check": "accumbench.cli.check:check",
     "report": "accumbench.cli.report:report",
 }
 

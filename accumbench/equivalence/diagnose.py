@@ -1,0 +1,193 @@
+"""The usual reasons accumulation is not the large batch, found in the model and the batches,
+each with its explanation in plain words and its fix.
+
+- BatchNorm in training mode: statistics per micro-batch (and running statistics updated N times).
+- A per-micro-batch mean loss over a varying number of valid tokens, divided by N.
+- Dropout, or other randomness in the forward pass: different random numbers per pass.
+
+Each cause names a counterfactual: the same comparison with that cause switched off (BatchNorm
+in eval mode, `loss_norm="token"`, dropout p=0). When the counterfactual is equivalent, the cause
+is confirmed as the whole story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+# Counterfactual keys: the comparison rerun with one cause (or every cause) switched off.
+BATCHNORM_EVAL = "batchnorm-eval"
+TOKEN_NORM = "token-norm"
+DROPOUT_OFF = "dropout-off"
+ALL_REMOVED = "all-causes-removed"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One diagnosed reason for a gradient difference.
+
+    `kind` is a short tag (batchnorm, token-mean, dropout, random-forward), `summary` one line
+    for tables and records, `explanation` why it breaks equivalence, `fix` what to do, and
+    `counterfactual` the key of the comparison with this cause switched off (None when it cannot
+    be switched off from outside the model).
+    """
+
+    kind: str
+    summary: str
+    explanation: str
+    fix: str
+    counterfactual: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSetting:
+    """How the model runs in one comparison: as built, or with causes switched off."""
+
+    batchnorm_eval: bool = False
+    dropout_off: bool = False
+
+
+def batchnorm_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the BatchNorm modules that normalise with batch statistics (every
+    `_BatchNorm` subclass in training mode, or one without running statistics)."""
+    return [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and (module.training or not module.track_running_stats)
+    ]
+
+
+def dropout_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the active dropout modules (`_DropoutNd` with p > 0, and
+    `MultiheadAttention` with attention dropout) in training mode."""
+    found = []
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            found.append(name or type(model).__name__)
+        elif isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            found.append(name or type(model).__name__)
+    return found
+
+
+def apply_setting(model: nn.Module, setting: ModelSetting) -> nn.Module:
+    """Switch causes off in place: BatchNorm to eval mode (running statistics, per sample);
+    dropout probability to 0. Returns the model."""
+    if setting.batchnorm_eval:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                # Eval mode only normalises with the running statistics if it has them.
+                if module.track_running_stats:
+                    module.eval()
+    if setting.dropout_off:
+        for module in model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.p = 0.0
+            elif isinstance(module, nn.MultiheadAttention):
+                module.dropout = 0.0
+    return model
+
+
+def running_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Running mean and variance of every BatchNorm module, by buffer name."""
+    stats = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in ("running_mean", "running_var"):
+                value = getattr(module, buffer, None)
+                if value is not None:
+                    stats[f"{name}.{buffer}" if name else buffer] = value.detach().clone()
+    return stats
+
+
+def _names(layers: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(layers[:limit])
+    return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
+
+
+def batchnorm_cause(layers: Sequence[str]) -> Cause:
+    """BatchNorm normalises each micro-batch with its own statistics."""
+    return Cause(
+        kind="batchnorm",
+        summary=f"BatchNorm ({_names(layers)}): statistics per micro-batch",
+        explanation=(
+            "BatchNorm normalises each micro-batch with that micro-batch's own mean and variance, so N "
+            "micro-batches are not one large batch: every sample's output, and so every gradient, depends "
+            "on which samples share its micro-batch. The running statistics are also updated N times "
+            "(momentum applied each time) from smaller samples, instead of once from the large batch."
+        ),
+        fix=(
+            "use a normalisation with per-sample statistics (GroupNorm, LayerNorm), or compute the "
+            "statistics over the whole effective batch (SyncBatchNorm-style, across the micro-batches), "
+            "or use micro-batches large enough that their statistics are stable; frozen BatchNorm "
+            "(eval mode, as in fine-tuning) accumulates exactly"
+        ),
+        counterfactual=BATCHNORM_EVAL,
+    )
+
+
+def token_mean_cause(counts: Sequence[int]) -> Cause:
+    """A mean loss per micro-batch over different numbers of valid tokens, divided by N."""
+    total = sum(counts)
+    shown = ", ".join(str(c) for c in counts[:8]) + (", ..." if len(counts) > 8 else "")
+    return Cause(
+        kind="token-mean",
+        summary=f"mean loss per micro-batch over varying valid tokens ({min(counts)} to {max(counts)}), "
+                "divided by N",
+        explanation=(
+            "Each micro-batch's loss is the mean over its own valid (non-padding) tokens, then divided by "
+            "N: a token in a micro-batch with few valid tokens weighs more than one in a full micro-batch. "
+            f"The large batch averages over all its tokens at once, every token weighing the same (at "
+            f"N={len(counts)}: {shown} valid tokens per micro-batch, {total} in all)."
+        ),
+        fix=(
+            "sum the per-token losses and divide by the effective batch's total valid-token count: "
+            "`--loss-norm token` (each micro-batch loss x count_i / total)"
+        ),
+        counterfactual=TOKEN_NORM,
+    )
+
+
+def dropout_cause(layers: Sequence[str]) -> Cause:
+    """Dropout draws different masks in the large batch and in the micro-batches."""
+    return Cause(
+        kind="dropout",
+        summary=f"dropout ({_names(layers)}): different random masks",
+        explanation=(
+            "Dropout draws a fresh random mask in every forward pass; the large batch and the "
+            "micro-batches draw different masks, so their gradients differ sample by sample and agree "
+            "only in expectation. This is noise, not a flaw of the accumulation."
+        ),
+        fix="nothing to fix for training; to check the accumulation itself, compare with dropout off "
+            "(done here)",
+        counterfactual=DROPOUT_OFF,
+    )
+
+
+def random_forward_cause() -> Cause:
+    """The forward pass draws random numbers that no module setting switches off."""
+    return Cause(
+        kind="random-forward",
+        summary="random forward pass (not a dropout module)",
+        explanation=(
+            "The same large batch run twice with different random seeds gives different gradients, "
+            "so the forward pass draws random numbers (functional dropout, stochastic depth, noise); "
+            "the large batch and the micro-batches draw different ones."
+        ),
+        fix="make the forward deterministic for the check (a flag that turns the randomness off), "
+            "then check again",
+        counterfactual=None,
+    )
+
+
+CAUSE_LABELS: dict[str, str] = {
+    "batchnorm": "BatchNorm",
+    "token-mean": "mean loss / N over varying tokens",
+    "dropout": "dropout",
+    "random-forward": "random forward",
+}
