@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "run": "accumbench.cli.run:run",
     "check": "accumbench.cli.check:check",
     "report": "accumbench.cli.report:report",
+    "compare": "accumbench.cli.compare:compare",
+    "baseline": "accumbench.cli.compare:baseline",
 }
 
 

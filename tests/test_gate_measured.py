@@ -1,0 +1,106 @@
+"""The gate on real measurements: `accumbench run --device cpu` on plug-in workloads, then
+`accumbench compare` on the files it wrote.
+
+tests/workloads/leaky_mlp.py gives three variants of one workload under one name, so their
+cases share a case_id: the reference, one that keeps an extra activation alive (memory), one
+that does extra matmuls (time).
+
+Timing on a shared CPU: the runs use one intra-op thread (torch.set_num_threads(1)). With
+several threads, a busy neighbour process makes OpenMP threads wait on each other and a step
+can take 100x longer (measured on a 2-core machine); one thread is slowed only by its share of
+the CPU. The two runs of the noise test run back to back in this process, so the machine's load
+has little time to change between them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from accumbench.cli import main
+from accumbench.records import read_records
+from workloads import leaky_mlp
+
+WORKLOADS = Path(__file__).parent / "workloads" / "leaky_mlp.py"
+CASE = "gate-mlp/accumulated/mb16/acc2/amp-none/set_to_none/norm-mean/AdamW(foreach)"
+RUN_ARGS = ["--device", "cpu", "--scenario", "accumulated", "--micro-batch", "16", "--accum-steps", "2",
+            "--warmup", "2", "--steps", "30"]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """Results files: two runs of the reference, one of each defective variant."""
+    out = tmp_path_factory.mktemp("measured")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        paths = {}
+        for name, factory in (("plain1", "mlp_plain"), ("plain2", "mlp_plain"),
+                              ("leaky", "mlp_leaky"), ("slow", "mlp_slow")):
+            paths[name] = out / f"{name}.jsonl"
+            result = CliRunner().invoke(
+                main, ["run", "--workload", f"{WORKLOADS}:{factory}", *RUN_ARGS, "--out", str(paths[name])],
+                catch_exceptions=False,
+            )
+            assert result.exit_code == 0, result.output
+    finally:
+        torch.set_num_threads(threads)
+    return paths
+
+
+def compare(baseline: Path, current: Path, *extra: str):
+    result = CliRunner().invoke(main, ["compare", str(baseline), str(current), "--json", *extra],
+                                catch_exceptions=False)
+    return result.exit_code, json.loads(result.stdout) if result.stdout.startswith("{") else result.output
+
+
+def test_variants_share_the_case_id(measured):
+    ids = {name: [r.case_id for r in read_records(path)] for name, path in measured.items()}
+    assert all(v == [CASE] for v in ids.values()), ids
+
+
+def test_cpu_peak_repeats_to_the_byte(measured):
+    (a,), (b,) = read_records(measured["plain1"]), read_records(measured["plain2"])
+    assert a.peak_allocated == b.peak_allocated
+
+
+def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured):
+    # Pure noise: the two samples come from the same code. The gate fires only when the
+    # Mann-Whitney test is significant at p < 0.002 AND the median moved by more than 10%, which
+    # the run-to-run noise of one thread on a quiet-enough machine stays inside (see
+    # benchmarks/throughput_noise.py for the measured false-positive rate).
+    code, report = compare(measured["plain1"], measured["plain2"])
+    assert code == 0, report
+    (case,) = report["cases"]
+    assert case["verdict"] == "same"
+    assert case["throughput"]["verdict"] == "same", case["throughput"]["reason"]
+    assert case["memory"]["change"] == 0
+
+
+def test_kept_tensor_is_a_memory_regression_naming_the_case(measured):
+    result = CliRunner().invoke(main, ["compare", str(measured["plain1"]), str(measured["leaky"])])
+    assert result.exit_code == 1
+    assert f"  {CASE}: memory: peak +" in result.stdout
+    code, report = compare(measured["plain1"], measured["leaky"])
+    (case,) = report["cases"]
+    assert case["memory"]["verdict"] == "regression", case["memory"]
+    # One 16 x HIDDEN float32 activation is kept: at least its bytes more at the peak.
+    assert case["memory"]["current"] - case["memory"]["baseline"] >= 16 * leaky_mlp.HIDDEN * 4
+    # The CI self-gate's flags: the memory regression still fails with throughput not gated.
+    assert compare(measured["plain1"], measured["leaky"], "--no-throughput-gate")[0] == 1
+
+
+def test_extra_work_is_a_throughput_regression(measured):
+    code, report = compare(measured["plain1"], measured["slow"])
+    assert code == 1
+    (case,) = report["cases"]
+    assert case["throughput"]["verdict"] == "regression", case["throughput"]
+    assert case["throughput"]["p_value"] < 0.002 and case["throughput"]["change"] > 0.10
+    assert case["memory"]["verdict"] == "same", case["memory"]  # wasted time, not memory
+    # Reported but not gated: passes, and says it is slower.
+    code, report = compare(measured["plain1"], measured["slow"], "--no-throughput-gate")
+    assert code == 0 and report["cases"][0]["verdict"] == "warning", report["cases"][0]
