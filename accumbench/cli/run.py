@@ -87,8 +87,17 @@ class _RichProgress:
 @click.option("--overwrite", is_flag=True, help="Start --out afresh (the old file is kept as FILE.bak).")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would run, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for model initialisation and batches.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run under DistributedDataParallel on N local processes (one GPU each on CUDA, gloo on "
+                   "the CPU): launches torchrun with --distributed and these flags. accumulated runs with "
+                   "and without no_sync(); multi-task scenarios are skipped.")
+@click.option("--distributed", is_flag=True,
+              help="This process is a rank of a torchrun job (torchrun --nproc-per-node N -m accumbench run "
+                   "--distributed ...); rank 0 writes --out. Collective timeout: $ACCUMBENCH_DIST_TIMEOUT "
+                   "seconds (default 300).")
 def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
-        loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed) -> None:
+        loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, nproc_per_node=None,
+        distributed=False) -> None:
     """Measure peak memory and throughput of training-step scenarios.
 
     Every case is warmed up (optimizer state created, workspaces allocated), then measured; its
@@ -101,6 +110,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
       accumbench run --device cuda --suite default --out results/h100.jsonl --resume
       accumbench run --workload gpt --workload-opt size=small --micro-batch 4,8 --accum-steps 1,4
       accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
+      accumbench run --nproc-per-node 2 --device cpu --workload gpt --micro-batch 4 --accum-steps 4
 
     Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an
     error, 2 bad input, 130 interrupted.
@@ -121,6 +131,12 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=warmup, steps=steps,
     )
+    if distributed or nproc_per_node is not None:  # DDP: see accumbench/cli/ddp.py
+        from accumbench.cli.ddp import run_ddp
+
+        return run_ddp(torch_device=torch_device, cases=cases, seed=seed, out_path=out_path, resume=resume,
+                       overwrite=overwrite, list_only=list_only, distributed=distributed,
+                       nproc_per_node=nproc_per_node)
     runner = Runner(torch_device, seed=seed)
     _validate(runner, cases)
     if list_only:
