@@ -290,6 +290,53 @@ def test_varying_knobs_name_the_lines_and_repeated_cases_keep_the_last():
     assert drawn["large batch (amp=none)"][1] == pytest.approx([7, 12])
 
 
+def test_sections_split_by_meter_and_world_size_and_name_them():
+    records = [rec(micro=8, peak_allocated=GiB), rec(micro=8, peak_allocated=GiB, meter="estimate"),
+               rec(micro=8, peak_allocated=GiB, world_size=2, device_name="")]
+    frame, _ = prepared(records)
+    assert list(dict.fromkeys(frame["section_title"])) == [
+        f"{H100} · cuda meter", f"{H100} · estimate meter", "unknown device · cuda meter · 2 processes"]
+
+
+def test_odd_records_make_a_report_not_a_traceback(tmp_path):
+    odd = [
+        rec(workload="w", scenario="custom-scenario", micro=4, peak_allocated=GiB),
+        rec(workload="w", scenario="custom-scenario", micro=8, peak_allocated=2 * GiB,
+            step_times_s=(0.0, 0.0)),  # a zero step time is an unknown rate, not infinity
+        rec(workload="w", micro=4, status="error", error="Traceback\nRuntimeError: " + "x" * 400),
+        rec(workload="w", micro=8, peak_allocated=3 * GiB, breakdown={"params": 5, "weird": 7}),
+        rec(workload="w", micro=16, peak_allocated=4 * GiB, step_times_s=(0.1,)),
+        rec(workload="w", scenario="accumulated", micro=4, accum=2, peak_allocated=GiB,
+            equivalence={"rel_error": "n/a", "worst_parameters": "none", "causes": "x|y"}),
+        rec(workload="w", scenario="accumulated", micro=4, accum=4, peak_allocated=GiB,
+            equivalence={"rel_error": 0.0, "verdict": "equivalent"}),
+        rec(workload="a|b<i>", micro=4, peak_allocated=GiB, step_times_s=(1.0,)),
+        rec(workload="a|b<i>", micro=8, peak_allocated=GiB, step_times_s=(2.0,)),
+    ]
+    path = tmp_path / "odd.jsonl"
+    write_records(path, odd)
+    result = build_report([path], tmp_path / "out")
+    assert result.notes == (f"{H100} · cuda meter: 1 case(s) failed with an error "
+                            "(listed under 'Failed cases')",)
+    drawn = lines(result.figures["memory_vs_effective_batch"].axes[0])
+    assert drawn["custom-scenario"] == ([4, 8], [1.0, 2.0])
+    assert figures.OOM_LABEL not in drawn  # an error is not an out-of-memory
+
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "a|b&lt;i&gt;" in html and "a|b<i>" not in html
+    page = parse(tmp_path / "out" / "index.html")
+    (failure,) = rows_by_header(page.tables["section-1-failures-table"])
+    assert failure["message"][0] == "RuntimeError: " + "x" * 143 + "..."
+    memory = rows_by_header(page.tables["section-1-memory"])
+    assert [r["predicted peak (fit)"][0] for r in memory if r["status"][0] == "error"] == ["—"]
+    eq = rows_by_header(page.tables["section-1-equivalence"])
+    assert [r["relative error"][0] for r in eq] == ["n/a", "0"]
+    assert lines(result.figures["gradient_equivalence"].axes[0])["equivalent"][0][0] > 0
+
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| a\\|b<i> | large batch | 4 × 1 |" in summary
+
+
 def test_prepare_refuses_frames_without_the_record_columns():
     frame = records_to_frame(gpt_records()).drop(columns=["peak_allocated"])
     with pytest.raises(ReportInputError, match="peak_allocated"):

@@ -80,9 +80,9 @@ def prepare(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     Added columns: `section` (0, 1, ... in order of appearance), `section_title`, `line` (the
     legend label of the line a record belongs to), `line_order`, `variant`, `samples_per_s_`,
     `tokens_per_sample_`, `step_q25_s`, `step_q75_s`, `step_median_s`, `predicted_peak` (for
-    cases that did not run: the memory line's value at their micro-batch). Returns the new frame and
-    notes (strings) about what was dropped or is missing. Raises `ReportInputError` for a frame
-    that has no rows or lacks a required column.
+    cases that ran out of memory: the memory line's value at their micro-batch). Returns the
+    new frame and notes (strings) about what was dropped or is missing. Raises
+    `ReportInputError` for a frame that has no rows or lacks a required column.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -293,7 +293,7 @@ def memory_fits(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_predictions(frame: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
-    """For records that did not run (OOM, error), the fitted peak at their micro-batch.
+    """For out-of-memory records, the fitted peak at their micro-batch.
 
     This is where an out-of-memory case would have been had the device been large enough; the
     memory figure draws its mark there.
@@ -302,7 +302,7 @@ def _add_predictions(frame: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     predicted = []
     for row in frame.to_dict("records"):
         fit = lines.get(tuple(row[k] for k in FIT_GROUP))
-        if row["status"] == "ok" or fit is None:
+        if row["status"] != "oom" or fit is None:
             predicted.append(math.nan)
         else:
             predicted.append(fit["intercept_bytes"] + fit["bytes_per_sample"] * row["micro_batch"])

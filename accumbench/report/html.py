@@ -9,6 +9,7 @@ failed to load (`data-images`, `data-broken-images`): a headless browser test re
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 from typing import Sequence
 
@@ -56,6 +57,8 @@ dl.env dt { color: var(--muted); }
 dl.env dd { margin: 0; overflow-wrap: anywhere; }
 .findings-title { margin: 12px 0 0; font-weight: 600; font-size: 14px; }
 .absent { color: var(--muted); font-size: 14px; }
+code { font: 13px ui-monospace, "DejaVu Sans Mono", monospace; background: var(--head);
+       padding: 0 3px; border-radius: 3px; }
 """
 
 # Sets data-images / data-broken-images on <body> once everything has loaded.
@@ -69,6 +72,11 @@ window.addEventListener("load", function () {
 """
 
 WRAP_COLUMNS = {"message", "causes", "worst parameters", "details"}
+
+
+def prose(text: str) -> str:
+    """Escape `text` for HTML and show its `backticked` words as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
 
 
 def render_table(table: Table, table_id: str, css_class: str = "") -> str:
@@ -108,7 +116,7 @@ def _block(section: SectionReport, block: FigureBlock) -> str:
     anchor = f"{section.slug}-{kind.name}"
     parts = [f'<h3 id="{anchor}">{escape(kind.title)}</h3>']
     if block.png is None:
-        parts.append(f'<p class="absent">No figure: {escape(kind.absent)}. The numbers:</p>')
+        parts.append(f'<p class="absent">No figure: {prose(kind.absent)}. The numbers:</p>')
     else:
         data = base64.b64encode(block.png).decode("ascii")
         if block.svg_beside:
@@ -120,7 +128,7 @@ def _block(section: SectionReport, block: FigureBlock) -> str:
             "<figure>",
             f'<img src="data:image/png;base64,{data}" alt="{escape(kind.title)}: '
             f'{escape(section.title)}" data-figure="{escape(kind.name)}">',
-            f"<figcaption><strong>What this shows.</strong> {escape(kind.caption)}{links}"
+            f"<figcaption><strong>What this shows.</strong> {prose(kind.caption)}{links}"
             "</figcaption></figure>",
         ]
     if block.findings:
@@ -144,7 +152,7 @@ def _section(section: SectionReport) -> str:
                      + render_table(section.failures, f"{section.slug}-failures-table")
                      + "</div>")
     if section.absent:
-        items = "".join(f"<li>{escape(a)}</li>" for a in section.absent)
+        items = "".join(f"<li>{prose(a)}</li>" for a in section.absent)
         parts.append(f'<div class="absent">Not shown for this section:<ul>{items}</ul></div>')
     parts.append("</section>")
     return "\n".join(parts)

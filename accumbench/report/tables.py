@@ -213,7 +213,7 @@ def failures_table(frame: pd.DataFrame) -> Table:
     """Cases that did not run (OOM or error) with their message, shortened to one line."""
     rows = []
     for r in in_display_order(frame[frame["status"] != "ok"]).itertuples():
-        message = (r.error or "").strip().splitlines()
+        message = r.error.strip().splitlines() if isinstance(r.error, str) else []
         short = message[-1] if message else None  # the last line of a traceback says what
         if short and len(short) > 160:
             short = short[:157] + "..."
