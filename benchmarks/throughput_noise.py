@@ -1,0 +1,107 @@
+"""How often would the throughput gate fire on pure noise? Measure it.
+
+Runs the same case N times, each in a fresh `accumbench run` process (as CI runs would), then
+applies the throughput check to consecutive runs (1 vs 2, 2 vs 3, ...) and counts how often it
+fires: that is the gate's false-positive rate on this machine. It also reports the median-vs-min
+statistic variants and the spread of the run-to-run median changes, which is what the
+tolerance has to cover.
+
+    python benchmarks/throughput_noise.py --runs 20 --steps 20
+    python benchmarks/throughput_noise.py --runs 20 --device cuda --workload gpt --workload-opt size=small \
+        --micro-batch 8 --accum-steps 4
+
+Not part of the test suite (it takes a minute or more); the suite's noise test is
+`tests/test_gate_measured.py::test_two_runs_of_the_same_case_pass_the_throughput_gate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from accumbench.gate.checks import REGRESSION, ThroughputCheck
+from accumbench.records import read_records
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_WORKLOAD = str(HERE.parent / "tests" / "workloads" / "leaky_mlp.py") + ":mlp_plain"
+
+
+def measure(args: argparse.Namespace, out: Path) -> list[list[float]]:
+    """Run the case `args.runs` times, each in its own process; return each run's step times."""
+    samples = []
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    for i in range(args.runs):
+        path = out / f"run{i:02d}.jsonl"
+        cmd = [
+            sys.executable, "-c", "from accumbench.cli import main; main()", "run", "--device", args.device,
+            "--workload", args.workload, "--scenario", args.scenario,
+            "--micro-batch", args.micro_batch, "--accum-steps", args.accum_steps,
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(path),
+        ]
+        for opt in args.workload_opt:
+            cmd += ["--workload-opt", opt]
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (record,) = read_records(path)
+        samples.append(list(record.step_times_s))
+        print(f"run {i + 1:2d}/{args.runs}: median {statistics.median(record.step_times_s) * 1e3:8.3f} ms", flush=True)
+    return samples
+
+
+def false_positives(samples: list[list[float]], check: ThroughputCheck, pairs) -> tuple[int, int]:
+    """(fired, compared): how many of the given (baseline, current) index pairs regress."""
+    fired = sum(check.evaluate(samples[a], samples[b]).verdict == REGRESSION for a, b in pairs)
+    return fired, len(pairs)
+
+
+def main() -> None:
+    """Parse arguments, measure, print the false-positive counts."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workload", default=DEFAULT_WORKLOAD)
+    parser.add_argument("--workload-opt", action="append", default=[])
+    parser.add_argument("--scenario", default="accumulated")
+    parser.add_argument("--micro-batch", default="64")
+    parser.add_argument("--accum-steps", default="2")
+    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0: leave as is)")
+    parser.add_argument("--tolerance", default="10%")
+    parser.add_argument("--alpha", type=float, default=0.002)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = measure(args, Path(tmp))
+    medians = [statistics.median(s) for s in samples]
+    consecutive = [(i, i + 1) for i in range(len(samples) - 1)]
+    all_pairs = list(itertools.permutations(range(len(samples)), 2))
+    changes = [medians[b] / medians[a] - 1 for a, b in consecutive]
+    print(f"\nrun-to-run change of the median step time: min {min(changes):+.1%}, "
+          f"median {statistics.median(changes):+.1%}, max {max(changes):+.1%}")
+    print(f"within-run spread (IQR/median), median over runs: "
+          f"{statistics.median(_iqr(s) for s in samples):.1%}")
+    for stat in ("median", "min"):
+        check = ThroughputCheck.parse(f"{stat}:{args.tolerance}", alpha=args.alpha)
+        fired, n = false_positives(samples, check, consecutive)
+        fired_all, n_all = false_positives(samples, check, all_pairs)
+        p_only = sum(ThroughputCheck.parse(f"{stat}:0%", alpha=args.alpha).evaluate(samples[a], samples[b]).verdict
+                     == REGRESSION for a, b in consecutive)
+        print(f"gate {stat}:{args.tolerance} and p<{args.alpha:g}: fired {fired}/{n} consecutive pairs, "
+              f"{fired_all}/{n_all} ordered pairs; the rank test alone (no tolerance) fired {p_only}/{n}")
+
+
+def _iqr(samples: list[float]) -> float:
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(samples)
+
+
+if __name__ == "__main__":
+    main()
