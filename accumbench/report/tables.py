@@ -133,18 +133,18 @@ def multitask_table(frame: pd.DataFrame) -> Table:
         by = {r.scenario: r for r in group.itertuples()}
         comb, seq = by.get("multitask-combined"), by.get("multitask-sequential")
 
-        def value(rec, column):
+        def _value(rec, column):
             return getattr(rec, column) if rec is not None and rec.status == "ok" else math.nan
 
-        def status(rec):
+        def _status(rec):
             return MISSING if rec is None else rec.status
 
-        mem_c, mem_s = value(comb, "peak_allocated"), value(seq, "peak_allocated")
-        thr_c, thr_s = value(comb, "samples_per_s_"), value(seq, "samples_per_s_")
+        mem_c, mem_s = _value(comb, "peak_allocated"), _value(seq, "peak_allocated")
+        thr_c, thr_s = _value(comb, "samples_per_s_"), _value(seq, "samples_per_s_")
         layout = key[1] if isinstance(key[1], str) else MISSING
         rows.append((
             text(key[0]), text(layout), text(f"{key[2]}×{key[3]}" + (f" ({key[4]})" if key[4] else "")),
-            text(f"{status(comb)} / {status(seq)}"),
+            text(f"{_status(comb)} / {_status(seq)}"),
             number(mem_c, format_bytes), number(mem_s, format_bytes),
             number(_relative(mem_s, mem_c), lambda v: format_percent(v, signed=True)),
             number(thr_c, lambda v: format_rate(v, "")), number(thr_s, lambda v: format_rate(v, "")),
