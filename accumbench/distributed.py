@@ -471,9 +471,10 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         root = [r for r in failed if not r.collective] or failed
         primary = next((r for r in root if r.status == "oom"), root[0])
         error = f"rank {primary.rank}: {primary.error}"
-        others = [str(r.rank) for r in failed if r is not primary]
-        if others:
-            error += f" (rank {', '.join(others)} failed too)"
+        for waited, what in ((False, "failed too"), (True, "gave up waiting for it")):
+            ranks = [str(r.rank) for r in failed if r is not primary and r.collective is waited]
+            if ranks:
+                error += f" (rank {', '.join(ranks)} {what})"
         status = "oom" if any(r.status == "oom" for r in failed) else "error"
         return {"status": status, "error": error[:500]}
     worst = max(results, key=lambda r: r.peak_allocated or 0)
