@@ -8,6 +8,7 @@ freed, and the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from accumbench.environment import peak_flops, provenance, utc_timestamp
 from accumbench.meters import Meter, meter_for
 from accumbench.meters.base import Measurement
 from accumbench.records import Record
+from accumbench.timeline import Timeline
 from accumbench.scenarios import (
     SCENARIOS,
     StepOptions,
@@ -95,12 +97,14 @@ class PreparedCase:
         SCENARIOS[self.scenario](self.state, self.batches, self.weights)
 
 
-def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int = DEFAULT_SEED) -> PreparedCase:
-    """Build model, optimizer and batches for a case, seeded so every run builds the same ones."""
+def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int = DEFAULT_SEED,
+                 meter: Meter | None = None) -> PreparedCase:
+    """Build model, optimizer and batches for a case, seeded so every run builds the same ones.
+    With a `meter`, the meter builds the model (the estimate meter makes it of fake tensors)."""
     check_compatible(case.scenario, workload)
     options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
     torch.manual_seed(seed)
-    model = workload.build_model().to(device)
+    model = meter.build_model(workload, device) if meter else workload.build_model().to(device)
     state = new_training_state(workload, model, device, options)
     generator = torch.Generator().manual_seed(seed)
     host_batches = [workload.make_batch(case.micro_batch, generator) for _ in range(case.accum_steps)]
@@ -157,7 +161,11 @@ def optimizer_label(optimizer: torch.optim.Optimizer) -> str:
 
 def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops: int | None,
                  device_name: str) -> dict[str, Any]:
-    """Throughput from the median step time (robust to the odd slow step)."""
+    """Throughput from the median step time (robust to the odd slow step); no speeds without
+    step times (the estimate meter times nothing)."""
+    if not measurement.step_times_s:
+        return {"step_times_s": (), "samples_per_s": None, "tokens_per_s": None,
+                "flops_per_step": flops, "mfu": None}
     median = statistics.median(measurement.step_times_s)
     samples_per_s = case.effective_batch / median if median > 0 else None
     peak = peak_flops(device_name, case.amp)
@@ -175,8 +183,13 @@ class Runner:
     """Measures cases on one device with one meter; workloads are loaded once per spec."""
 
     def __init__(self, device: torch.device, meter: Meter | None = None, seed: int = DEFAULT_SEED,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None,
+                 timeline_sink: Callable[[Record, Timeline], str] | None = None) -> None:
+        """`timeline_sink`, when given, turns tracing on: after each measured case one more step
+        is traced and handed over with its record; the sink stores it and returns the reference
+        the record's `timeline` field keeps."""
         self.device = device
+        self.timeline_sink = timeline_sink
         self.meter = meter or meter_for(device.type)
         self.seed = seed
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -215,10 +228,10 @@ class Runner:
             self.meter.release(self.device)
 
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
-        prepared = prepare_case(case, workload, self.device, self.seed)
+        prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
         step = _FlopCountingStep(prepared.step)
         measurement = self.meter.measure(step, prepared.state, prepared.batches, case.warmup, case.steps)
-        return Record(
+        record = Record(
             run_id=self.run_id,
             **self._provenance,
             **_record_fields(case, workload, optimizer_label(prepared.state.optimizer)),
@@ -228,10 +241,17 @@ class Runner:
             peak_reserved=measurement.peak_reserved,
             baseline_allocated=measurement.baseline_allocated,
             breakdown=measurement.breakdown,
+            assumptions=measurement.assumptions,
             parameters=sum(p.numel() for p in prepared.state.model.parameters()),
             timestamp=utc_timestamp(),
             **speed_fields(measurement, case, workload, step.flops, self._provenance["device_name"]),
         )
+        if self.timeline_sink is not None:
+            # After the measured steps, so tracing never touches the record's numbers.
+            timeline = self.meter.trace(prepared.step, prepared.state)
+            timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
+            record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
+        return record
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,
             skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:

@@ -87,6 +87,10 @@ class _RichProgress:
 @click.option("--overwrite", is_flag=True, help="Start --out afresh (the old file is kept as FILE.bak).")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would run, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for model initialisation and batches.")
+@click.option("--timeline", is_flag=True,
+              help="Also trace one more step per case and store its memory curve with phase marks in "
+                   "OUT.timelines.jsonl (the record's 'timeline' field names it). Off by default; never "
+                   "changes the measured numbers.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
               help="Run under DistributedDataParallel on N local processes (one GPU each on CUDA, gloo on "
                    "the CPU): launches torchrun with --distributed and these flags. accumulated runs with "
@@ -96,8 +100,8 @@ class _RichProgress:
                    "--distributed ...); rank 0 writes --out. Collective timeout: $ACCUMBENCH_DIST_TIMEOUT "
                    "seconds (default 300).")
 def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
-        loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, nproc_per_node=None,
-        distributed=False) -> None:
+        loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, timeline=False,
+        nproc_per_node=None, distributed=False) -> None:
     """Measure peak memory and throughput of training-step scenarios.
 
     Every case is warmed up (optimizer state created, workspaces allocated), then measured; its
@@ -110,6 +114,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
       accumbench run --device cuda --suite default --out results/h100.jsonl --resume
       accumbench run --workload gpt --workload-opt size=small --micro-batch 4,8 --accum-steps 1,4
       accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
+      accumbench run --workload two-models --micro-batch 8 --accum-steps 1,2 --timeline
       accumbench run --nproc-per-node 2 --device cpu --workload gpt --micro-batch 4 --accum-steps 4
 
     Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an
@@ -118,6 +123,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
 
     from accumbench.records import RecordError, append_record, iter_records
     from accumbench.runner import Runner, resolve_device
+    from accumbench.timeline import sidecar_path
 
     try:
         torch_device = resolve_device(device)
@@ -137,7 +143,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         return run_ddp(torch_device=torch_device, cases=cases, seed=seed, out_path=out_path, resume=resume,
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
                        nproc_per_node=nproc_per_node)
-    runner = Runner(torch_device, seed=seed)
+    runner = Runner(torch_device, seed=seed, timeline_sink=_timeline_sink(out_path) if timeline else None)
     _validate(runner, cases)
     if list_only:
         for case in cases:
@@ -154,6 +160,9 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
                 fail_input(f"cannot resume: {exc}")
         elif overwrite:
             out_path.replace(out_path.with_name(out_path.name + ".bak"))
+            timelines = sidecar_path(out_path)
+            if timelines.exists():
+                timelines.replace(timelines.with_name(timelines.name + ".bak"))
         else:
             fail_input(f"{out_path} already holds results; pass --resume to add the missing cases, "
                        "--overwrite to start afresh, or another --out")
@@ -180,6 +189,20 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
     if errors:
         click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
         sys.exit(1)
+
+
+def _timeline_sink(out_path: Path):
+    """Append each timeline to OUT.timelines.jsonl; the record keeps that file's name."""
+    from accumbench.timeline import append_timeline, sidecar_path
+
+    path = sidecar_path(out_path)
+
+    def sink(record, timeline) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_timeline(path, timeline)
+        return path.name
+
+    return sink
 
 
 def _validate(runner, cases) -> None:

@@ -7,11 +7,14 @@ import contextlib
 import gc
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 
 from accumbench.scenarios import TrainingState
+
+if TYPE_CHECKING:
+    from accumbench.timeline import Timeline
 
 Step = Callable[[], None]
 
@@ -33,6 +36,8 @@ class Measurement:
     step_times_s: tuple[float, ...]
     peak_reserved: int | None = None
     breakdown: dict[str, int] | None = None
+    # What a prediction assumed (the estimate meter); None for measurements.
+    assumptions: dict[str, Any] | None = None
 
 
 class Meter(abc.ABC):
@@ -51,10 +56,18 @@ class Meter(abc.ABC):
         the optimizer state and is measured separately.
         """
 
+    def trace(self, step: Step, state: TrainingState) -> "Timeline":
+        """Run one more step and return its memory timeline (see `accumbench.timeline`)."""
+        raise NotImplementedError(f"the {self.name} meter cannot trace a memory timeline")
+
     def case_context(self) -> contextlib.AbstractContextManager:
         """Context under which a case is built and measured (the estimate meter enters a fake
         tensor mode here); by default none."""
         return contextlib.nullcontext()
+
+    def build_model(self, workload: Any, device: torch.device) -> torch.nn.Module:
+        """The workload's model on `device`; the estimate meter builds it on fake tensors."""
+        return workload.build_model().to(device)
 
     def release(self, device: torch.device) -> None:
         """Free what a finished (or failed) case left, so it does not leak into the next."""
@@ -86,6 +99,30 @@ def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
         t for per_param in state.optimizer.state.values() for t in flat_tensors(per_param)
     ]
     return {"params": params, "grads": grads, "optimizer": optimizer_state}
+
+
+def trace_with_tracker(step: Step, state: TrainingState, device_type: str,
+                       size_of: Callable[[int], int]) -> "Timeline":
+    """One step under a recording `LiveBytesTracker`: the same counter the cpu and estimate
+    meters measure with, so the curve's maximum is their steady-state peak to the byte."""
+    from accumbench.meters.tracker import LiveBytesTracker
+    from accumbench.timeline import Timeline, decimate
+
+    tracker = LiveBytesTracker(device_type, size_of=size_of, record=True)
+    tracker.adopt(live_tensors(state))
+    tracker.events[:] = [tracker.current]  # the curve starts at what lives between steps
+    tracker.reset_peak()
+    previous_observer = state.observer
+    state.observer = tracker
+    try:
+        with tracker:
+            tracker.watch_gradients(state.model.parameters())
+            step()
+    finally:
+        state.observer = previous_observer
+    values, marks = decimate(tracker.events, tracker.marks)
+    return Timeline(bytes=tuple(values), marks=tuple(marks), source="tracker",
+                    peak_breakdown=dict(tracker.peak_breakdown))
 
 
 class WallClockTimer:

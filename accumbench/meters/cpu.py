@@ -14,8 +14,9 @@ from accumbench.meters.base import (
     WallClockTimer,
     check_counts,
     live_tensors,
+    trace_with_tracker,
 )
-from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.meters.tracker import LiveBytesTracker, exact_bytes
 from accumbench.scenarios import TrainingState
 
 
@@ -65,6 +66,10 @@ class CpuMeter(Meter):
             step_times_s=times,
             breakdown=breakdown,
         )
+
+    def trace(self, step: Step, state: TrainingState):
+        """The live-bytes curve of one more step, from the same tracker as the measurement."""
+        return trace_with_tracker(step, state, "cpu", exact_bytes)
 
     def device_info(self, device: torch.device) -> dict[str, Any]:
         return {"device_name": f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)",

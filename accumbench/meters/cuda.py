@@ -84,6 +84,36 @@ class CudaMeter(Meter):
             peak_reserved=probe.max_reserved(),
         )
 
+    def trace(self, step: Step, state: TrainingState):
+        """One more step with `memory_allocated()` sampled after every aten op and at every
+        phase mark; the allocator's own peak of that step is kept beside the curve."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from accumbench.timeline import Timeline, _Sampler, decimate
+
+        sampler = _Sampler(read=self.probe.allocated)
+
+        class _SampleEveryOp(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                sampler.values.append(sampler.read())
+                return out
+
+        previous_observer = state.observer
+        state.observer = sampler
+        self.probe.synchronize()
+        self.probe.reset_peak()
+        try:
+            with _SampleEveryOp():
+                sampler.values.append(sampler.read())
+                step()
+        finally:
+            state.observer = previous_observer
+        self.probe.synchronize()
+        values, marks = decimate(sampler.values, sampler.marks)
+        return Timeline(bytes=tuple(values), marks=tuple(marks), source="cuda-sampled",
+                        allocator_peak=self.probe.max_allocated())
+
     def release(self, device: torch.device) -> None:
         """Collect garbage and return cached blocks: the next case starts from an empty cache."""
         gc.collect()

@@ -1,0 +1,124 @@
+"""Memory timelines on CPU: the curve agrees with the record and shows where the peak is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from accumbench.cases import Case
+from accumbench.cli import main
+from accumbench.records import read_records
+from accumbench.runner import Runner
+from accumbench.timeline import Timeline, decimate, find_timeline, sidecar_path
+from accumbench.workloads import load_workload
+
+TINY = (("size", "tiny"),)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """Records and timelines of a few cases, traced through the runner."""
+    stored: dict[str, Timeline] = {}
+
+    def sink(record, timeline):
+        stored[record.case_id] = timeline
+        return "memory"
+
+    runner = Runner(torch.device("cpu"), timeline_sink=sink)
+    cases = {
+        "large": Case("gpt", "large-batch", 8, 1, TINY, warmup=2, steps=1),
+        "acc4": Case("gpt", "accumulated", 8, 4, TINY, warmup=2, steps=1),
+        "combined": Case("two-models", "multitask-combined", 8, 1, TINY, warmup=2, steps=1),
+        "sequential": Case("two-models", "multitask-sequential", 8, 1, TINY, warmup=2, steps=1),
+    }
+    out = {}
+    for key, case in cases.items():
+        record = runner.measure(case)
+        assert record.status == "ok", record.error
+        out[key] = (record, stored[record.case_id])
+    return out
+
+
+def grad_bytes(name: str) -> int:
+    return sum(p.numel() * 4 for p in load_workload(name, dict(TINY)).build_model().parameters())
+
+
+def test_curve_maximum_equals_the_record_peak_to_the_byte(traced):
+    for record, timeline in traced.values():
+        assert timeline.peak == record.peak_allocated
+        assert record.timeline == "memory"
+        assert timeline.case_id == record.case_id and timeline.run_id == record.run_id
+
+
+def test_accumulation_shows_one_hump_per_micro_step(traced):
+    _, timeline = traced["acc4"]
+    forwards = [index for index, phase, _ in timeline.marks if phase == "forward"]
+    assert len(forwards) == 4
+    optimizer = next(index for index, phase, _ in timeline.marks if phase == "optimizer")
+    bounds = forwards + [optimizer]
+    activation_bytes = traced["large"][0].breakdown["activations"]
+    for start, end in zip(bounds, bounds[1:]):
+        floor = timeline.bytes[start]
+        hump = max(timeline.bytes[start:end])
+        assert hump - floor > activation_bytes // 2  # activations rise ...
+        assert timeline.bytes[end] - floor < activation_bytes // 10 or start == forwards[0]  # ... and fall
+
+
+def test_gradient_floor_appears_after_the_first_backward_and_stays_until_zero_grad(traced):
+    _, timeline = traced["acc4"]
+    forwards = [index for index, phase, _ in timeline.marks if phase == "forward"]
+    zero_grad = next(index for index, phase, _ in timeline.marks if phase == "zero_grad")
+    first, second = timeline.bytes[forwards[0]], timeline.bytes[forwards[1]]
+    inputs, labels = load_workload("gpt", dict(TINY)).make_batch(8, torch.Generator())
+    micro_batch_bytes = inputs.nbytes + labels.nbytes
+    # One fp32 gradient per parameter, plus what the loop variables still hold when the next
+    # micro-step starts: the previous loss (4 bytes) and the previous micro-batch's copy.
+    assert second - first == grad_bytes("gpt") + 4 + micro_batch_bytes
+    assert timeline.bytes[forwards[2]] == timeline.bytes[forwards[3]] == second
+    assert min(timeline.bytes[forwards[1]:zero_grad]) >= first + grad_bytes("gpt")
+    assert timeline.bytes[-1] < first + grad_bytes("gpt")  # set_to_none freed them
+
+
+def test_combined_holds_two_graphs_before_its_single_backward_and_sequential_is_lower(traced):
+    combined_record, combined = traced["combined"]
+    sequential_record, sequential = traced["sequential"]
+    backward = next(index for index, phase, _ in combined.marks if phase == "backward")
+    # Both graphs are alive when the single backward starts: the curve there already exceeds
+    # the sequential step's whole peak, and the peak itself comes with backward's first buffers.
+    assert combined.bytes[backward] > sequential.peak
+    assert combined.peak_phase == ("backward", 0)
+    assert sequential.peak < combined.peak
+    assert [p for _, p, _ in sequential.marks].count("backward") == 2  # two humps, one per task
+
+
+def test_peak_attribution_names_a_phase_and_categories(traced):
+    _, timeline = traced["acc4"]
+    phase, micro = timeline.peak_phase
+    assert phase in ("forward", "backward") and micro is not None and micro >= 1
+    assert sum(timeline.peak_breakdown.values()) == timeline.peak
+    assert timeline.peak_breakdown["grads"] == grad_bytes("gpt")
+
+
+def test_decimation_keeps_peak_and_remaps_marks():
+    values = [i % 100 for i in range(20000)]
+    values[12345] = 10**6
+    marks = [(0, "forward", 0), (15000, "backward", 0)]
+    small, new_marks = decimate(values, marks, max_points=1000)
+    assert len(small) <= 1000 and max(small) == 10**6
+    assert small[new_marks[1][0]] == values[15000] or new_marks[1][0] < len(small)
+
+
+def test_run_timeline_flag_writes_a_sidecar_and_keeps_the_numbers(tmp_path):
+    args = ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4",
+            "--accum-steps", "1,2", "--steps", "1", "--warmup", "1"]
+    plain, traced_out = tmp_path / "plain.jsonl", tmp_path / "traced.jsonl"
+    assert CliRunner().invoke(main, [*args, "--out", str(plain)]).exit_code == 0
+    assert CliRunner().invoke(main, [*args, "--out", str(traced_out), "--timeline"]).exit_code == 0
+    plain_records, traced_records = read_records(plain), read_records(traced_out)
+    assert [r.peak_allocated for r in plain_records] == [r.peak_allocated for r in traced_records]
+    assert all(r.timeline is None for r in plain_records)
+    assert sidecar_path(traced_out).exists() and not sidecar_path(plain).exists()
+    for record in traced_records:
+        timeline = find_timeline(traced_out, record.timeline, record.case_id, record.run_id)
+        assert timeline is not None and timeline.peak == record.peak_allocated
