@@ -75,6 +75,8 @@ class Record:
     equivalence: dict[str, Any] | None = None
     distributed: dict[str, Any] | None = None
     timeline: str | None = None
+    # estimate meter: what the prediction assumed (device kind, workspaces, attention kernel)
+    assumptions: dict[str, Any] | None = None
     # provenance
     meter: str = "cpu"
     device_name: str = ""
