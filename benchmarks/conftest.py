@@ -21,6 +21,7 @@ GPU_SUITE = HERE / "gpu.toml"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add --accumbench-device and --accumbench-suite."""
     group = parser.getgroup("accumbench benchmarks")
     group.addoption("--accumbench-device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="Device for the scenario benchmarks (auto: CUDA when present).")

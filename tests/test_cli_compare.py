@@ -114,6 +114,16 @@ def test_no_throughput_gate_reports_slowdown_without_failing_on_it(files):
     assert invoke("compare", "base.jsonl", "cur.jsonl").exit_code == 1
 
 
+def test_too_few_step_times_are_reported_not_tested(files):
+    write_records("few.jsonl", [record("a", times=QUICK[:5])])
+    write_records("few_slow.jsonl", [record("a", times=SLOW[:5])])
+    result = invoke("compare", "few.jsonl", "few_slow.jsonl")
+    assert result.exit_code == 0
+    assert "too few  ok" in result.stdout
+    assert ("Throughput not tested (1): fewer than 7 step times on a side cannot reach p < 0.002 "
+            "(measure more steps: accumbench run --steps N)") in result.stdout
+
+
 def test_tolerances_are_options(files):
     assert invoke("compare", "base.jsonl", "cur.jsonl", "--memory-tolerance", "2%",
                   "--throughput-tolerance", "60%", "--no-throughput-gate").exit_code == 1  # still the OOM

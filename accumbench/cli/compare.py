@@ -49,7 +49,7 @@ def _read(path: str, side: str):
     return records
 
 
-@click.command()
+@click.command(short_help="Compare results with a baseline; exit 1 on a regression.")
 @click.argument("baseline", metavar="BASELINE")
 @click.argument("current", metavar="CURRENT")
 @click.option("--memory-tolerance", "memory_check", default="0.5%", show_default=True,
@@ -134,7 +134,7 @@ def compare(baseline, current, memory_check, throughput_tolerance, alpha, throug
     sys.exit(comparison.exit_code)
 
 
-@click.group()
+@click.group(short_help="Accept a new baseline (never overwrites silently).")
 def baseline():
     """Manage baseline results files: the reference `accumbench compare` gates against.
 

@@ -57,7 +57,7 @@ class BaselinePlan:
         ]
         for key in self.removed:
             lines.append(f"  dropped: {key}")
-        for key in self.added:
+        for key in self.added if self.exists else ():  # a first baseline adds everything
             lines.append(f"  added:   {key}")
         for c in self.peak_changes:
             if c.old_status != c.new_status:

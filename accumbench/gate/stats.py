@@ -82,3 +82,4 @@ def spread(samples: Sequence[float]) -> float:
     q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
     median = statistics.median(samples)
     return (q3 - q1) / median if median else 0.0
+

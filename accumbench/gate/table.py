@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from accumbench.gate.checks import IMPROVEMENT, NOT_AVAILABLE, REGRESSION, SAME, UNTESTED, format_bytes
 from accumbench.gate.compare import VERDICTS, WARNING, CaseComparison, Comparison
+from accumbench.gate.stats import samples_needed
 
 VERDICT_LABELS = {
     REGRESSION: "REGRESSION",
@@ -121,7 +122,9 @@ def _details(comparison: Comparison, bullet: str, code) -> list[str]:
                 lines.append(f"{bullet}{code(case.key)}: " + "; ".join(case.reasons or ("throughput slower",)))
     untested = [c for c in comparison.cases if c.throughput.verdict == UNTESTED]
     if untested:
-        lines += ["", f"Throughput not tested ({len(untested)}): {untested[0].throughput.reason}"]
+        alpha = comparison.throughput_check.alpha
+        lines += ["", f"Throughput not tested ({len(untested)}): fewer than {samples_needed(alpha)} step times "
+                      f"on a side cannot reach p < {alpha:g} (measure more steps: accumbench run --steps N)"]
     missing_title = "Only in baseline (missing from current"
     missing_title += ", fails the gate)" if comparison.fail_on_missing else ")"
     for title, keys in ((missing_title, comparison.only_baseline),
