@@ -163,7 +163,7 @@ def test_memory_figure_draws_large_batch_accumulation_oom_and_device_memory():
 
 
 def test_oom_without_a_fitted_line_sits_on_device_memory_or_at_the_top():
-    base = [rec(micro=8, peak_allocated=5 * GiB), rec(micro=16, status="oom")]
+    base = [rec(micro=8, peak_allocated=30 * GiB), rec(micro=16, status="oom")]
     frame, _ = prepared(base)
     drawn = lines(figures.memory_vs_effective_batch(frame).axes[0])
     assert drawn[figures.OOM_LABEL] == ([16], [80.0])
@@ -174,6 +174,15 @@ def test_oom_without_a_fitted_line_sits_on_device_memory_or_at_the_top():
     (mark,) = [line for line in ax.get_lines() if line.get_label() == figures.OOM_UNPLACED_LABEL]
     assert list(mark.get_xdata()) == [16]
     assert mark.get_transform() == ax.get_xaxis_transform()  # y in axes coordinates: the top
+
+
+def test_device_memory_far_above_the_peaks_is_named_not_drawn():
+    # 1 and 2 GiB on an 80 GiB device: a line at 80 would flatten the data against the axis.
+    frame, _ = prepared([rec(micro=8, peak_allocated=GiB), rec(micro=16, peak_allocated=2 * GiB)])
+    ax = figures.memory_vs_effective_batch(frame).axes[0]
+    assert figures.device_memory_label(TOTAL) not in lines(ax)
+    assert ax.get_ylim()[1] < 3
+    assert [t.get_text() for t in ax.texts] == ["device memory (80.00 GiB): far above"]
 
 
 def test_throughput_figure_points_are_median_rates_and_bars_span_the_quartiles():
@@ -221,11 +230,11 @@ def test_memory_fit_recovers_bytes_per_sample_and_intercept_and_is_drawn():
 def test_multitask_bars_hold_peaks_and_rates_per_layout():
     frame, _ = prepared(multitask_records())
     memory_ax, speed_ax = bars.multitask_comparison(frame).axes
-    heights = {c.get_label(): [p.get_height() for p in c] for c in memory_ax.containers}
+    heights = {c.get_label(): [p.get_width() for p in c] for c in memory_ax.containers}
     # Categories in workload order: shared-trunk, two-models.
     assert heights["combined loss"] == pytest.approx([6, 6])
     assert heights["sequential backward"] == pytest.approx([6, 3.6])
-    speeds = {c.get_label(): [p.get_height() for p in c] for c in speed_ax.containers}
+    speeds = {c.get_label(): [p.get_width() for p in c] for c in speed_ax.containers}
     assert speeds["sequential backward"] == pytest.approx([16 / (0.05 / 0.7), 16 / 0.05])
     # Sequential needs retain_graph on a shared trunk: that is the scenario, not a variant.
     assert "retain_graph" not in " ".join(frame["line"])
@@ -273,6 +282,22 @@ def test_findings_read_the_numbers():
         "needs 40.0% less peak memory and runs at the same samples/s.",
         "shared-trunk (shared-trunk, 16×1): compared with the combined loss, sequential "
         "backward needs the same peak memory and runs at 30.0% lower samples/s."]
+
+
+def test_findings_compare_within_one_variant_only():
+    records = []
+    for amp, scale in (("bf16", 1), ("fp16", 2)):
+        records += [rec(micro=8, amp=amp, case_id=f"{amp}8", peak_allocated=scale * 10 * GiB),
+                    rec(micro=32, amp=amp, case_id=f"{amp}32", peak_allocated=scale * 40 * GiB),
+                    rec(scenario="accumulated", micro=8, accum=4, amp=amp, case_id=f"{amp}8x4",
+                        peak_allocated=scale * 11 * GiB)]
+    frame, _ = prepared(records)
+    assert findings.memory_findings(frame) == [
+        "gpt (amp=bf16): the large batch peaks at 40.00 GiB at effective batch 32; accumulating "
+        "8 × 4 reaches 32 at 11.00 GiB (72.5% less than the large batch).",
+        "gpt (amp=fp16): the large batch peaks at 80.00 GiB at effective batch 32; accumulating "
+        "8 × 4 reaches 32 at 22.00 GiB (72.5% less than the large batch).",
+    ]
 
 
 # --- preparation ----------------------------------------------------------------------------

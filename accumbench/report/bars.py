@@ -27,7 +27,7 @@ VERDICT_COLORS = {"equivalent": "#2ca02c", "not-equivalent": "#d62728"}
 
 
 def multitask_key(row: Any) -> str:
-    """Category label of a multi-task case: workload, layout, micro-batch x steps."""
+    """Category label of a multi-task case: workload, then layout and micro-batch x steps."""
     layout = row.layout if isinstance(row.layout, str) and row.layout else "layout ?"
     label = f"{row.workload}\n{layout}, {row.micro_batch}×{row.accum_steps}"
     return label + (f"\n{row.variant}" if row.variant else "")
@@ -36,16 +36,20 @@ def multitask_key(row: Any) -> str:
 def multitask_comparison(frame: pd.DataFrame) -> Figure | None:
     """Combined loss vs sequential backward, per layout: peak memory and throughput side by side.
 
-    One row per section, two panels: memory (left) and samples/s (right). A case that ran out of
-    memory has no bar and an 'OOM' mark instead. The sequential bar is annotated with its
-    difference from the combined one.
+    One row per section, two panels of horizontal bars (so that long workload names never
+    overlap): memory (left) and samples/s (right), one pair of bars per configuration, the
+    combined loss above the sequential backward. A case that did not run has no bar and its
+    status written instead. The sequential bar is annotated with its difference from the
+    combined one.
     """
     data = frame[frame["scenario"].isin(MULTITASK_SCENARIOS)]
     if data.empty:
         return None
     data = data.assign(category=[multitask_key(r) for r in data.itertuples()])
     panels = panels_by(data, ["section"])
-    fig, axes = grid(2 * len(panels), columns=2)
+    most = max(p.frame["category"].nunique() for p in panels)
+    fig, axes = grid(2 * len(panels), columns=2,
+                     panel_size=(PANEL_SIZE[0], 1.9 + 0.62 * most))
     for i, panel in enumerate(panels):
         _multitask_panel(axes[2 * i], panel, "peak_allocated", memory=True)
         _multitask_panel(axes[2 * i + 1], panel, "samples_per_s_", memory=False)
@@ -57,33 +61,34 @@ def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
     categories = list(dict.fromkeys(data.sort_values(["workload", "micro_batch"])["category"]))
     values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
     unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
-    width = 0.38
+    height = 0.38
     by_scenario: dict[str, dict[str, float]] = {}
-    for offset, scenario in zip((-width / 2, width / 2), MULTITASK_SCENARIOS):
+    for offset, scenario in zip((-height / 2, height / 2), MULTITASK_SCENARIOS):
         rows = data[data["scenario"] == scenario]
-        heights = {c: math.nan for c in categories}
+        widths = {c: math.nan for c in categories}
         statuses = dict(zip(rows["category"], rows["status"]))
         for category, value in zip(rows["category"], values[rows.index]):
-            heights[category] = value / size
-        by_scenario[scenario] = heights
-        xs = [i + offset for i in range(len(categories))]
-        ys = [0.0 if math.isnan(h) else h for h in heights.values()]
-        ax.bar(xs, ys, width=width, label=scenario_name(scenario),
-               color=MULTITASK_COLORS[scenario])
-        for x, cat in zip(xs, categories):
+            widths[category] = value / size
+        by_scenario[scenario] = widths
+        ys = [i + offset for i in range(len(categories))]
+        ax.barh(ys, [0.0 if math.isnan(w) else w for w in widths.values()], height=height,
+                label=scenario_name(scenario), color=MULTITASK_COLORS[scenario])
+        for y, cat in zip(ys, categories):
             if cat in statuses and statuses[cat] != "ok":
                 # No bar for a case that did not run: say why where the bar would be.
-                ax.text(x, 0, statuses[cat].upper(), ha="center", va="bottom", color=OOM_COLOR,
-                        fontsize=9, fontweight="bold")
+                ax.text(0, y, " " + statuses[cat].upper(), ha="left", va="center",
+                        color=OOM_COLOR, fontsize=8, fontweight="bold")
     combined, sequential = (by_scenario[s] for s in MULTITASK_SCENARIOS)
     for i, cat in enumerate(categories):
         c, s = combined[cat], sequential[cat]
         if c and s and not (math.isnan(c) or math.isnan(s)):
-            ax.annotate(f"{(s - c) / c:+.0%}".replace("-", "\u2212"), (i + width / 2, s), ha="center", va="bottom",
-                        fontsize=9, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(categories)), categories, fontsize=8)
-    ax.set_ylabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
-    ax.margins(y=0.15)
+            ax.annotate(f"{(s - c) / c:+.0%}".replace("-", "\u2212"), (s, i + height / 2),
+                        ha="left", va="center", fontsize=8, xytext=(3, 0),
+                        textcoords="offset points")
+    ax.set_yticks(range(len(categories)), categories, fontsize=8)
+    ax.set_ylim(len(categories) - 0.5, -0.5)  # first configuration on top
+    ax.set_xlabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
+    ax.margins(x=0.12)
     finish_axes(ax, ("peak memory" if memory else "throughput")
                 + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
 

@@ -56,7 +56,8 @@ FIGURES: tuple[FigureKind, ...] = (
         "Workloads measured at a single effective batch are in the table only. "
         "A red × is a case that ran out of memory, drawn where the memory-vs-micro-batch line "
         "predicts its peak (dotted from the last case that fitted), or on the device-memory line "
-        "when there is no line to extrapolate; the dashed line is the device's total memory.",
+        "when there is no line to extrapolate; the dashed line is the device's total memory (named "
+        "in the panel's corner instead when the peaks stay below a quarter of it).",
         lambda f, fits: figures.memory_vs_effective_batch(f),
         lambda f, fits: (tables.memory_table(f),),
         lambda f, fits: findings.memory_findings(f),

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from accumbench.report.data import FIT_GROUP, scenario_name
 from accumbench.report.layout import (
-    DEVICE_LINE_COLOR, OOM_COLOR, Panel, finish_axes, grid, line_styles, lines_in_order,
-    log2_batch_axis, panels_by, zero_based_ylim,
+    DEVICE_LINE_COLOR, OOM_COLOR, Panel, finish_axes, fit_height, grid, line_styles,
+    lines_in_order, log2_batch_axis, panel_rows, panels_by, zero_based_ylim,
 )
 from accumbench.report.units import format_bytes, memory_unit
 
@@ -56,19 +56,28 @@ def memory_vs_effective_batch(frame: pd.DataFrame) -> Figure | None:
     if drawable.empty:
         return None
     panels = panels_by(drawable, ["section", "workload"])
-    styles = line_styles(frame)
     fig, axes = grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        _memory_panel(ax, panel, styles)
+    rows = [_memory_panel(ax, panel, line_styles(panel_rows(frame, panel)))
+            for ax, panel in zip(axes, panels)]
+    fit_height(fig, rows)
     return fig
 
 
-def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> None:
+# The device-memory line is drawn when the panel's peaks reach this share of it; below, it
+# would squash the data into the bottom of the panel, so it is named in a corner instead.
+DEVICE_LINE_MIN_SHARE = 0.25
+
+
+def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> int:
     data = panel.frame
     ok = data[data["status"] == "ok"]
     oom = data[data["status"] == "oom"]
     totals = sorted({int(t) for t in data["device_total_memory"].dropna()})
-    scale_values = list(ok["peak_allocated"]) + list(oom["predicted_peak"].dropna()) + totals
+    measured = list(ok["peak_allocated"]) + list(oom["predicted_peak"].dropna())
+    reached = max(measured, default=0)
+    on_scale = [t for t in totals if not measured or reached >= DEVICE_LINE_MIN_SHARE * t]
+    off_scale = [t for t in totals if t not in on_scale]
+    scale_values = measured + on_scale
     unit, size = memory_unit(max(scale_values, default=1))
 
     for label, line in lines_in_order(ok):
@@ -76,14 +85,18 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> None:
                 linewidth=2.2 if line["scenario"].iloc[0] == "large-batch" else 1.6,
                 markersize=5, **styles[label])
 
-    for total in totals:
+    for total in on_scale:
         ax.axhline(total / size, linestyle="--", color=DEVICE_LINE_COLOR, linewidth=1.2,
                    label=device_memory_label(total))
+    if off_scale:
+        ax.text(0.02, 0.97, ", ".join(device_memory_label(t) for t in off_scale)
+                + ": far above", transform=ax.transAxes, ha="left", va="top", fontsize=8,
+                color=DEVICE_LINE_COLOR)
 
     placed_x, placed_y, unplaced_x = [], [], []
     for row in oom.sort_values("effective_batch").itertuples():
         y = row.predicted_peak if not math.isnan(row.predicted_peak) else (
-            totals[0] if totals else None)
+            on_scale[0] if on_scale else None)
         if y is None:
             unplaced_x.append(row.effective_batch)
             continue
@@ -108,7 +121,7 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> None:
     log2_batch_axis(ax, data["effective_batch"], EFFECTIVE_BATCH_LABEL)
     zero_based_ylim(ax, max(scale_values, default=0) / size)
     ax.set_ylabel(f"peak allocated memory ({unit})")
-    finish_axes(ax, panel.title, legend_below=True, columns=2)
+    return finish_axes(ax, panel.title, legend_below=True)
 
 
 THROUGHPUT_METRICS = {
@@ -131,14 +144,14 @@ def throughput_vs_effective_batch(frame: pd.DataFrame, metric: str = "samples") 
     if data.empty:
         return None
     panels = panels_by(data, ["section", "workload"])
-    styles = line_styles(frame)
     fig, axes = grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        _throughput_panel(ax, panel, styles, unit)
+    rows = [_throughput_panel(ax, panel, line_styles(panel_rows(frame, panel)), unit)
+            for ax, panel in zip(axes, panels)]
+    fit_height(fig, rows)
     return fig
 
 
-def _throughput_panel(ax: Axes, panel: Panel, styles: dict[str, dict], unit: str) -> None:
+def _throughput_panel(ax: Axes, panel: Panel, styles: dict[str, dict], unit: str) -> int:
     data = panel.frame
     ok = data[data["rate"].notna()]
     largest = 0.0
@@ -163,7 +176,7 @@ def _throughput_panel(ax: Axes, panel: Panel, styles: dict[str, dict], unit: str
     log2_batch_axis(ax, data["effective_batch"], EFFECTIVE_BATCH_LABEL)
     zero_based_ylim(ax, largest)
     ax.set_ylabel(f"throughput ({unit}, median and quartiles)")
-    finish_axes(ax, panel.title, legend_below=True, columns=2)
+    return finish_axes(ax, panel.title, legend_below=True)
 
 
 def fit_label(bytes_per_sample: float, intercept: float) -> str:
@@ -185,12 +198,11 @@ def memory_vs_micro_batch(frame: pd.DataFrame, fits: pd.DataFrame) -> Figure | N
     data = data[(data["status"] == "ok") & data["peak_allocated"].notna()]
     panels = panels_by(data, ["section", "workload"])
     fig, axes = grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        _fit_panel(ax, panel, fits)
+    fit_height(fig, [_fit_panel(ax, panel, fits) for ax, panel in zip(axes, panels)])
     return fig
 
 
-def _fit_panel(ax: Axes, panel: Panel, fits: pd.DataFrame) -> None:
+def _fit_panel(ax: Axes, panel: Panel, fits: pd.DataFrame) -> int:
     data = panel.frame
     here = fits.merge(data[FIT_GROUP].drop_duplicates(), on=FIT_GROUP)
     unit, size = memory_unit(data["peak_allocated"].max())
@@ -209,4 +221,4 @@ def _fit_panel(ax: Axes, panel: Panel, fits: pd.DataFrame) -> None:
     zero_based_ylim(ax, data["peak_allocated"].max() / size)
     ax.set_xlabel("micro-batch (samples per forward/backward)")
     ax.set_ylabel(f"peak allocated memory ({unit})")
-    finish_axes(ax, panel.title, legend_below=True, columns=2)
+    return finish_axes(ax, panel.title, legend_below=True)

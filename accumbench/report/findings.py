@@ -21,12 +21,15 @@ def change_text(fraction: float, less: str, more: str) -> str:
 
 
 def _by_workload(frame: pd.DataFrame):
-    for workload in dict.fromkeys(frame["workload"]):
-        yield workload, frame[frame["workload"] == workload]
+    """(name, rows) per workload and variant: numbers are compared only within one variant
+    (a bf16 large batch against a bf16 accumulation, never against an fp16 one)."""
+    for (workload, variant), rows in frame.groupby(["workload", "variant"], sort=False):
+        yield (f"{workload} ({variant})" if variant else workload), rows
 
 
 def memory_findings(frame: pd.DataFrame) -> list[str]:
-    """Per workload: the large batch's largest fit and first OOM, and accumulation's peak there."""
+    """Per workload (and variant): the large batch's largest fit and first OOM, and
+    accumulation's peak there."""
     sentences = []
     for workload, data in _by_workload(frame):
         large = data[data["scenario"] == "large-batch"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -68,21 +69,36 @@ def grid(count: int, panel_size: tuple[float, float] = PANEL_SIZE,
 
 
 def line_styles(frame: pd.DataFrame) -> dict[str, dict]:
-    """Colour and marker per line label, the same in every panel and figure of a report.
+    """Colour and marker per line label of one panel's records (all statuses).
 
-    The large batch is black (the reference the eye compares against); the other lines take
-    the palette in line order.
+    The large batch is black (the reference the eye compares against); accumulation lines run
+    through a sequential colour map in micro-batch order (dark: small micro-batch), so that a
+    panel with many of them still reads; any other line takes the palette. Computed from the
+    panel's full records, the same workload gets the same colours in every figure.
     """
     styles: dict[str, dict] = {}
     ordered = frame.sort_values("line_order", kind="stable").drop_duplicates("line")
+    accumulated = [r.line for r in ordered.itertuples() if r.scenario == "accumulated"]
+    ramp = colormaps["viridis"]
+    shades = {label: ramp(0.85 * i / max(1, len(accumulated) - 1))
+              for i, label in enumerate(accumulated)}
     colours = iter(PALETTE * (1 + len(ordered) // len(PALETTE)))
+    large_seen = False
     for row in ordered.itertuples():
-        if row.scenario == "large-batch" and not row.variant:
-            colour = LARGE_BATCH_COLOR
+        if row.scenario == "large-batch" and not large_seen:
+            colour, large_seen = LARGE_BATCH_COLOR, True
+        elif row.line in shades:
+            colour = shades[row.line]
         else:
             colour = next(colours)
         styles[row.line] = {"color": colour, "marker": SCENARIO_MARKERS.get(row.scenario, "D")}
     return styles
+
+
+def panel_rows(frame: pd.DataFrame, panel: "Panel") -> pd.DataFrame:
+    """All records of `frame` in the panel's section and workload, whatever their status."""
+    key = panel.frame.iloc[0]
+    return frame[(frame["section"] == key["section"]) & (frame["workload"] == key["workload"])]
 
 
 def lines_in_order(frame: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
@@ -124,22 +140,39 @@ def zero_based_ylim(ax: Axes, largest: float) -> None:
     ax.set_ylim(0, largest * 1.08 if largest > 0 else 1)
 
 
-def finish_axes(ax: Axes, title: str, legend_below: bool = False, columns: int = 5) -> None:
+LEGEND_ROW_INCHES = 0.19
+
+
+def finish_axes(ax: Axes, title: str, legend_below: bool = False, columns: int = 5) -> int:
     """Common look: title, light grid, a legend when something is labelled.
 
-    `legend_below` puts the legend under the axes, in up to `columns` columns, where it can
-    hide no data.
+    `legend_below` puts the legend under the axes, where it hides no data, in up to `columns`
+    columns (fewer for long labels, so that the legend is never wider than the axes). Returns
+    the number of legend rows under the axes (0 otherwise), for `fit_height`.
     """
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
-        return
-    if legend_below:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17),
-                  ncols=min(len(handles), columns), frameon=False)
-    else:
+        return 0
+    if not legend_below:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        return 0
+    longest = max(len(label) for label in labels)
+    fit = 1 if longest > 34 else 2 if longest > 22 else 3
+    ncols = min(len(handles), columns, fit)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=ncols,
+              frameon=False)
+    return -(-len(handles) // ncols)
+
+
+def fit_height(fig: Figure, legend_rows: Sequence[int], columns: int = MAX_COLUMNS,
+               plot_height: float = 4.2) -> None:
+    """Make each row of panels tall enough for its plot and the longest legend under it."""
+    rows = [max(legend_rows[i:i + columns], default=0)
+            for i in range(0, len(legend_rows), columns)]
+    width = fig.get_size_inches()[0]
+    fig.set_size_inches(width, sum(plot_height + LEGEND_ROW_INCHES * r for r in rows))
 
 
 def save(fig: Figure, directory: Path, name: str, svg: bool = True) -> bytes:
