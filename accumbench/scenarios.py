@@ -185,10 +185,10 @@ def accumulated_step(state: TrainingState, micro_batches: Sequence[Any], weights
         with state.grad_sync(i, len(micro_batches)):
             state.mark("forward", i)
             batch = state.to_device(host_batch)  # the previous micro-batch's copy is freed
-            loss = state.forward_loss(batch)
-            state.mark("backward", i)
             # loss / N (or count_i / total): summed gradients then equal the large batch's.
-            state.backward(_scaled(loss, weight))
+            loss = _scaled(state.forward_loss(batch), weight)
+            state.mark("backward", i)
+            state.backward(loss)
         # The graph (activations) is freed here; only .grad persists into the next micro-step.
     state.optimizer_step()
 

@@ -49,10 +49,10 @@ def test_accumulated_peak_is_independent_of_accumulation_steps(runner):
 def test_accumulated_peak_is_micro_batch_peak_plus_persisting_gradients(runner):
     large = peak(runner, "gpt", "large-batch", 8)
     accumulated = peak(runner, "gpt", "accumulated", 8, 4)
-    # GPT's peak is at the end of a forward. From the second micro-step on, the gradients of the
-    # first (one fp32 copy of the parameters) persist under it, and so does the previous
-    # micro-step's loss (one fp32 scalar, held by the loop variable until it is rebound).
-    assert accumulated - large == param_bytes("gpt") + 4
+    # The peak is where backward starts, activations all alive. From the second micro-step on,
+    # the gradients of the first (one fp32 copy of the parameters) persist under it: that, and
+    # nothing else, is what accumulation adds.
+    assert accumulated - large == param_bytes("gpt")
 
 
 def test_accumulation_beats_the_large_batch_of_the_same_effective_size(runner):
