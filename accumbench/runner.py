@@ -229,12 +229,25 @@ class Runner:
 
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
         prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
-        step = _FlopCountingStep(prepared.step)
+        # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
+        step = prepared.step if self.meter.counts_flops else _FlopCountingStep(prepared.step)
         measurement = self.meter.measure(step, prepared.state, prepared.batches, case.warmup, case.steps)
-        record = Record(
+        flops = measurement.flops_per_step if self.meter.counts_flops else step.flops
+        record = self.ok_record(case, workload, prepared.state, measurement, flops)
+        if self.timeline_sink is not None:
+            # After the measured steps, so tracing never touches the record's numbers.
+            timeline = self.meter.trace(prepared.step, prepared.state)
+            timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
+            record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
+        return record
+
+    def ok_record(self, case: Case, workload: Workload, state: TrainingState, measurement: Measurement,
+                  flops: int | None) -> Record:
+        """The record of a case measured (or estimated) without error."""
+        return Record(
             run_id=self.run_id,
             **self._provenance,
-            **_record_fields(case, workload, optimizer_label(prepared.state.optimizer)),
+            **_record_fields(case, workload, optimizer_label(state.optimizer)),
             status="ok",
             peak_allocated=measurement.peak_allocated,
             first_step_peak_allocated=measurement.first_step_peak_allocated,
@@ -242,16 +255,10 @@ class Runner:
             baseline_allocated=measurement.baseline_allocated,
             breakdown=measurement.breakdown,
             assumptions=measurement.assumptions,
-            parameters=sum(p.numel() for p in prepared.state.model.parameters()),
+            parameters=sum(p.numel() for p in state.model.parameters()),
             timestamp=utc_timestamp(),
-            **speed_fields(measurement, case, workload, step.flops, self._provenance["device_name"]),
+            **speed_fields(measurement, case, workload, flops, self._provenance["device_name"]),
         )
-        if self.timeline_sink is not None:
-            # After the measured steps, so tracing never touches the record's numbers.
-            timeline = self.meter.trace(prepared.step, prepared.state)
-            timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
-            record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
-        return record
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,
             skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:

@@ -38,12 +38,16 @@ class Measurement:
     breakdown: dict[str, int] | None = None
     # What a prediction assumed (the estimate meter); None for measurements.
     assumptions: dict[str, Any] | None = None
+    # FLOPs of one step, from meters that count them (`Meter.counts_flops`).
+    flops_per_step: int | None = None
 
 
 class Meter(abc.ABC):
     """Measures a training step: warm-up, then steady-state peak memory and step times."""
 
     name: str = ""
+    # True when `measure` fills `Measurement.flops_per_step` (the runner then adds no counter).
+    counts_flops: bool = False
 
     @abc.abstractmethod
     def measure(
