@@ -1,0 +1,189 @@
+"""What the estimate meter assumes about the device it predicts for, named and overridable.
+
+Fake tensors see every tensor a training step allocates, and nothing else. On a CUDA device the
+caching allocator also hands out memory that is no tensor of the step, and `max_memory_allocated`
+counts it. The estimate adds it from these assumptions, one frozen record per device kind, and
+every estimate record lists the ones it used (`Record.assumptions`):
+
+- `allocator_round_bytes` (512 on CUDA): the caching allocator rounds every block up to a
+  multiple of 512 bytes, so a 4-byte loss costs 512.
+- `cublas_workspace_bytes` x `gemm_threads`: cuBLAS gets a workspace from the caching allocator
+  for each (handle, stream) pair on its first GEMM and keeps it for the life of the process
+  (aten/src/ATen/cuda/CublasHandlePool.cpp, `getChosenWorkspaceSize`: 32 MiB on sm90, i.e.
+  H100/H200, else 4096 KiB x 2 + 16 KiB x 8 = 8 MiB + 128 KiB; `CUBLAS_WORKSPACE_CONFIG`
+  changes it). Handles are per thread, and a training step runs GEMMs on two threads: the
+  forward on the caller's thread, the backward on autograd's device thread; hence two.
+- `cublaslt_workspace_bytes` x `gemm_threads`: cuBLASLt (used for GEMMs with a bias, and for
+  bf16/fp16 GEMMs) keeps its own 1 MiB workspace per handle (`CUBLASLT_WORKSPACE_SIZE`, KiB).
+- `attention_kernel`: which `scaled_dot_product_attention` kernel CUDA runs. `auto` picks as
+  CUDA does for these shapes: flash for fp16/bf16 with head size <= 256 and a multiple of 8,
+  memory-efficient otherwise (fp32), math when neither applies. Flash and memory-efficient
+  keep the output and a (batch, heads, seq) fp32 log-sum-exp for the backward; math keeps the
+  (seq x seq) attention matrix. Override with flash, efficient or math.
+- `attention_scratch`: the flash backward allocates an fp32 accumulator for dQ (batch x
+  seq rounded up to 128 x heads x head size) and the softmax row sums (batch x heads x seq);
+  the memory-efficient backward the row sums only. They live for one attention backward call.
+- `scratch_bytes`: a flat allowance for kernel scratch not listed here (cuDNN convolution
+  workspaces, sort buffers of the embedding backward); 0 by default: not modelled.
+- `cuda_autocast`: apply CUDA's autocast policy (which ops run in fp32 under bf16/fp16: layer
+  and group norm, softmax, sums, losses...) rather than the CPU's; the estimate runs on fake
+  CPU tensors, because autograd cannot run on fake CUDA tensors without a CUDA build.
+- `total_memory_bytes` and `reserve_bytes`: the device's memory as torch reports it and what
+  the allocator cannot use (CUDA context, handles, fragmentation); a predicted peak above their
+  difference is reported as status `oom`.
+
+The `cpu` kind assumes nothing: exact sizes, no workspaces, the CPU's own kernels; it predicts
+the cpu meter's number to the byte, which is how the estimate is validated without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+MIB = 1 << 20
+GIB = 1 << 30
+ATTENTION_KERNELS = ("auto", "flash", "efficient", "math")
+
+
+@dataclass(frozen=True)
+class DeviceAssumptions:
+    """What an estimate assumes about one kind of device (see the module docstring)."""
+
+    kind: str
+    label: str
+    total_memory_bytes: int | None
+    reserve_bytes: int
+    allocator_round_bytes: int
+    cublas_workspace_bytes: int
+    cublaslt_workspace_bytes: int
+    gemm_threads: int
+    attention_kernel: str
+    attention_scratch: bool
+    scratch_bytes: int
+    cuda_autocast: bool
+
+    def __post_init__(self) -> None:
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
+                             f"got {self.attention_kernel!r}")
+        for name in ("reserve_bytes", "cublas_workspace_bytes", "cublaslt_workspace_bytes",
+                     "gemm_threads", "scratch_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.allocator_round_bytes < 1:
+            raise ValueError("allocator_round_bytes must be at least 1 (1 = exact sizes)")
+
+    @property
+    def usable_memory_bytes(self) -> int | None:
+        """Memory the allocator can hand out: total minus the reserve (None when unbounded)."""
+        return None if self.total_memory_bytes is None else self.total_memory_bytes - self.reserve_bytes
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "DeviceAssumptions":
+        """A copy with some fields replaced; values may be text ('32MiB', 'false', 'math')."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in fields or key in ("kind", "label"):
+                known = ", ".join(sorted(set(fields) - {"kind", "label"}))
+                raise ValueError(f"unknown assumption {key!r}; known: {known}")
+            changes[key] = _typed(key, value, fields[key].type)
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """The assumptions as a plain dict (what a record stores)."""
+        return dataclasses.asdict(self)
+
+
+def _typed(key: str, value: Any, annotation: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if "bool" in annotation:
+        if text.lower() in ("true", "yes", "on", "1"):
+            return True
+        if text.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"{key} takes true or false, got {value!r}")
+    if "int" in annotation:
+        if "None" in annotation and text.lower() == "none":
+            return None
+        return parse_size(text)
+    return text
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '24GiB' (binary), '24GB' (decimal), '80e9' or '512'; ValueError otherwise.
+
+    >>> parse_size("24GiB"), parse_size("24GB"), parse_size("80e9")
+    (25769803776, 24000000000, 80000000000)
+    """
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 24GiB, 24GB, 80e9)")
+    number, unit = match.groups()
+    return int(round(float(number) * _UNITS[(unit or "").lower()]))
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse repeated KEY=VALUE texts into a dict; ValueError names a malformed one."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--assume takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int) -> DeviceAssumptions:
+    return DeviceAssumptions(
+        kind=kind,
+        label=label,
+        total_memory_bytes=int(total_gib * GIB),
+        reserve_bytes=1 * GIB,
+        allocator_round_bytes=512,
+        cublas_workspace_bytes=cublas_workspace,
+        cublaslt_workspace_bytes=1 * MIB,
+        gemm_threads=2,
+        attention_kernel="auto",
+        attention_scratch=True,
+        scratch_bytes=0,
+        cuda_autocast=True,
+    )
+
+
+# The cuBLAS workspace default outside sm90: 4096 KiB x 2 + 16 KiB x 8.
+_PRE_HOPPER_CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
+
+# A literal registry: device kind -> assumptions. Totals are what torch reports for the 80 GB
+# H100/A100 and the 141 GB H200 (a little under the marketing size).
+DEVICE_ASSUMPTIONS: dict[str, DeviceAssumptions] = {
+    "h100": _cuda_kind("h100", "H100", 79.11, 32 * MIB),
+    "h200": _cuda_kind("h200", "H200", 139.8, 32 * MIB),
+    "a100": _cuda_kind("a100", "A100", 79.15, _PRE_HOPPER_CUBLAS_WORKSPACE),
+    "cpu": DeviceAssumptions(
+        kind="cpu", label="cpu", total_memory_bytes=None, reserve_bytes=0, allocator_round_bytes=1,
+        cublas_workspace_bytes=0, cublaslt_workspace_bytes=0, gemm_threads=0,
+        attention_kernel="auto", attention_scratch=False, scratch_bytes=0, cuda_autocast=False,
+    ),
+}
+
+
+def assumptions_for(kind: str, overrides: Mapping[str, Any] | None = None) -> DeviceAssumptions:
+    """The named device kind's assumptions with `overrides` applied; ValueError for bad input."""
+    if kind not in DEVICE_ASSUMPTIONS:
+        raise ValueError(f"unknown device kind {kind!r}; choose one of {', '.join(DEVICE_ASSUMPTIONS)}")
+    base = DEVICE_ASSUMPTIONS[kind]
+    return base.with_overrides(overrides) if overrides else base
+
+
+__all__ = ["ATTENTION_KERNELS", "DEVICE_ASSUMPTIONS", "DeviceAssumptions", "assumptions_for",
+           "parse_overrides", "parse_size"]

@@ -1,0 +1,636 @@
+"""The estimate meter: predicts a step's CUDA peak on fake tensors, with no GPU.
+
+How: the case's model is built under a `FakeTensorMode` (tensors with shapes, dtypes and storage
+sizes but no data, so GPT-2's 124M parameters cost nothing), the very same scenario step runs on
+them, and `LiveBytesTracker` (the cpu meter's probe) counts live storage bytes, here with a log of
+every allocation and free. One warm-up step (creates the optimizer state), then the step whose
+peak is reported. The log is replayed with the device's allocator rounding, and what fake tensors
+cannot see is added from named assumptions (`accumbench.estimate_assumptions`): cuBLAS/cuBLASLt
+workspaces, the attention kernel CUDA would pick and its backward scratch, a flat allowance.
+
+Why fake CPU tensors for a CUDA prediction: autograd needs the device's stream machinery, which a
+CPU-only torch lacks, so fake CUDA tensors cannot run a backward there. The CUDA-specific parts
+that change memory are emulated instead: CUDA's autocast policy (`CudaAutocastPolicy`: which ops
+run in fp32 under bf16/fp16), the 512-byte allocator rounding, the attention kernel choice.
+
+The log is kept so that `accumbench.estimate` can replay it at other micro-batch sizes (storage
+sizes are affine in the micro-batch) instead of running every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import flop_registry
+
+from accumbench.estimate_assumptions import DeviceAssumptions
+from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors
+from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.records import BREAKDOWN_CATEGORIES
+from accumbench.scenarios import TrainingState
+
+# --- the allocation log ------------------------------------------------------------------------
+
+NEW, FREE, MOVE, RESIZE = "new", "free", "move", "resize"
+# Ops that run on cuBLAS (one workspace per thread that runs any of them) ...
+GEMM_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "addr", "dot", "vdot",
+                      "_addmm_activation"})
+# ... and those that run on cuBLASLt (addmm with a 1-D bias: `gemm_and_bias`).
+LT_OPS = frozenset({"addmm", "_addmm_activation"})
+SDPA_FORWARD_CPU = "_scaled_dot_product_flash_attention_for_cpu"
+SDPA_BACKWARD_CPU = "_scaled_dot_product_flash_attention_for_cpu_backward"
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """The raw-byte allocation log of one tracked optimizer step, and what the assumptions need
+    to know about it.
+
+    `events` are `(NEW, entry, nbytes, category)`, `(FREE, entry)`, `(MOVE, entry, category)` and
+    `(RESIZE, entry, nbytes)`; entries number storages in order of first sight. Events before
+    `step_start` adopt what was alive before the step (parameters, optimizer state...).
+    `flops` counts the step's matmul/convolution/attention FLOPs as `FlopCounterMode` would.
+    """
+
+    events: tuple[tuple, ...]
+    step_start: int
+    gemm_threads: frozenset[str]
+    lt_threads: frozenset[str]
+    attention_calls: tuple[tuple[str, str], ...]  # (kernel assumed for CUDA, kernel the step ran)
+    flops: int
+
+    def sizes(self) -> list[int]:
+        """Every byte count in the log, in order (what differs between micro-batch sizes)."""
+        return [e[2] for e in self.events if e[0] in (NEW, RESIZE)]
+
+    def shape(self) -> tuple:
+        """The log without byte counts: equal for two runs that did the same thing."""
+        events = tuple(e if e[0] in (FREE, MOVE) else (e[0], e[1], *e[3:]) for e in self.events)
+        return (events, self.step_start, self.gemm_threads, self.lt_threads, self.attention_calls)
+
+    def with_sizes(self, sizes: Sequence[int], flops: int | None = None) -> "StepProfile":
+        """The same log with other byte counts (a replay at another micro-batch size)."""
+        it = iter(sizes)
+        events = tuple(e if e[0] in (FREE, MOVE) else (e[0], e[1], int(next(it)), *e[3:])
+                       for e in self.events)
+        return replace(self, events=events, flops=self.flops if flops is None else flops)
+
+    def replay(self, assumptions: DeviceAssumptions) -> "Replay":
+        """Live bytes before the step, the step's peak and its breakdown, with the device's
+        allocator rounding and the workspaces fake tensors cannot see."""
+        round_to = assumptions.allocator_round_bytes
+        size_of = (lambda n: n) if round_to == 1 else (lambda n: 0 if n == 0 else -(-n // round_to) * round_to)
+        baseline, peak, breakdown = _replay(self.events, size_of, self.step_start)
+        persistent = self.workspace_bytes(assumptions)
+        breakdown["other"] += persistent + assumptions.scratch_bytes
+        return Replay(baseline + persistent, peak + persistent + assumptions.scratch_bytes, breakdown)
+
+    def workspace_bytes(self, assumptions: DeviceAssumptions) -> int:
+        """cuBLAS and cuBLASLt workspaces the step's GEMM threads keep allocated."""
+        cublas = min(len(self.gemm_threads), assumptions.gemm_threads)
+        lt = min(len(self.lt_threads), assumptions.gemm_threads)
+        return cublas * assumptions.cublas_workspace_bytes + lt * assumptions.cublaslt_workspace_bytes
+
+    def applied(self, assumptions: DeviceAssumptions) -> dict[str, Any]:
+        """The record's `assumptions`: the device kind's values and which of them applied here."""
+        applied: list[str] = []
+        if assumptions.allocator_round_bytes > 1:
+            applied.append(f"allocator-rounding-{assumptions.allocator_round_bytes}")
+        cublas = min(len(self.gemm_threads), assumptions.gemm_threads)
+        lt = min(len(self.lt_threads), assumptions.gemm_threads)
+        if cublas and assumptions.cublas_workspace_bytes:
+            applied.append(f"cublas-workspace x{cublas}")
+        if lt and assumptions.cublaslt_workspace_bytes:
+            applied.append(f"cublaslt-workspace x{lt}")
+        if self.attention_calls:
+            kinds = sorted({assumed for assumed, _ in self.attention_calls})
+            applied += [f"{kind}-attention" for kind in kinds]
+            if assumptions.attention_scratch and any(k != "math" for k in kinds):
+                applied.append("attention-backward-scratch")
+            ran_math = sum(1 for assumed, ran in self.attention_calls if assumed != "math" and ran == "math")
+            if ran_math:
+                applied.append(f"attention-ran-math-on-cpu x{ran_math} (over-estimate)")
+        if assumptions.cuda_autocast:
+            applied.append("cuda-autocast-policy")
+        if assumptions.scratch_bytes:
+            applied.append("scratch-allowance")
+        values = {k: v for k, v in assumptions.describe().items() if k != "kind"}
+        return {"device_kind": assumptions.kind, **values, "applied": applied}
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Bytes of one replayed step: live before it, its peak, the peak's breakdown."""
+
+    baseline: int
+    peak: int
+    breakdown: dict[str, int]
+
+
+def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
+                         first: StepProfile | None = None, note: str | None = None) -> Measurement:
+    """The measurement an estimate reports: the steady step's replay, and the warm-up step's
+    peak when it was profiled at this size."""
+    replay = steady.replay(assumptions)
+    applied = steady.applied(assumptions)
+    if note:
+        applied["applied"] = [*applied["applied"], note]
+    return Measurement(
+        peak_allocated=replay.peak,
+        first_step_peak_allocated=first.replay(assumptions).peak if first is not None else None,
+        baseline_allocated=replay.baseline,
+        step_times_s=(),
+        breakdown=replay.breakdown,
+        assumptions=applied,
+        flops_per_step=steady.flops,
+    )
+
+
+def _replay(events: Sequence[tuple], size_of: Callable[[int], int], step_start: int
+            ) -> tuple[int, int, dict[str, int]]:
+    """Walk the log once: live bytes when the step starts, the step's peak, its breakdown."""
+    live: dict[int, list] = {}
+    by_category = dict.fromkeys(BREAKDOWN_CATEGORIES, 0)
+    current = baseline = 0
+    peak = -1
+    breakdown = dict(by_category)
+    for index, event in enumerate(events):
+        if index == step_start:
+            baseline = peak = current
+            breakdown = dict(by_category)
+        kind = event[0]
+        if kind == NEW:
+            size = size_of(event[2])
+            live[event[1]] = [size, event[3]]
+            current += size
+            by_category[event[3]] += size
+        elif kind == FREE:
+            size, category = live.pop(event[1])
+            current -= size
+            by_category[category] -= size
+        elif kind == MOVE:
+            entry = live[event[1]]
+            by_category[entry[1]] -= entry[0]
+            by_category[event[2]] += entry[0]
+            entry[1] = event[2]
+        else:  # RESIZE
+            entry = live[event[1]]
+            size = size_of(event[2])
+            current += size - entry[0]
+            by_category[entry[1]] += size - entry[0]
+            entry[0] = size
+        if index >= step_start and current > peak:
+            peak = current
+            breakdown = dict(by_category)
+    if step_start >= len(events):
+        baseline = peak = current
+        breakdown = dict(by_category)
+    return baseline, peak, breakdown
+
+
+class LoggingTracker(LiveBytesTracker):
+    """`LiveBytesTracker` with exact sizes that also logs every allocation, free and
+    re-categorisation (for replays with rounding and at other batch sizes), notes which phase
+    ran GEMMs (one cuBLAS workspace per thread), counts FLOPs and injects modelled scratch."""
+
+    def __init__(self, device_type: str, scratch: Callable[[Any, tuple, dict], int] | None = None) -> None:
+        super().__init__(device_type)
+        self.log: list[tuple] = []
+        self.step_start = 0
+        self.gemm_threads: set[str] = set()
+        self.lt_threads: set[str] = set()
+        self.cpu_flash_calls = 0
+        self.attention_calls: list[tuple[str, str]] = []
+        self.flops = 0
+        self._thread = "forward"
+        self._entries = 0
+        self._scratch = scratch
+
+    def start_step(self) -> None:
+        """Mark where the step starts (after adopting what was alive before it)."""
+        self.step_start = len(self.log)
+
+    def profile(self) -> StepProfile:
+        """What was logged, frozen."""
+        return StepProfile(
+            events=tuple(self.log), step_start=self.step_start,
+            gemm_threads=frozenset(self.gemm_threads), lt_threads=frozenset(self.lt_threads),
+            attention_calls=tuple(self.attention_calls), flops=int(self.flops),
+        )
+
+    # -- accounting, as the parent's, plus the log --------------------------------------
+    def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
+        if tensor.device.type != self.device_type:
+            return
+        storage = tensor.untyped_storage()
+        entry = self._live.get(storage)
+        size = storage.nbytes()
+        if entry is None:
+            entry = [size, category or self._category, self._entries]
+            self._entries += 1
+            self._live[storage] = entry
+            weakref.finalize(storage, self._release, entry)
+            self.log.append((NEW, entry[2], size, entry[1]))
+            self._change(size, entry[1])
+        elif entry[0] != size:
+            self.log.append((RESIZE, entry[2], size))
+            self._change(size - entry[0], entry[1])
+            entry[0] = size
+
+    def classify(self, tensor: torch.Tensor, category: str) -> None:
+        if tensor.device.type != self.device_type:
+            return
+        entry = self._live.get(tensor.untyped_storage())
+        if entry is not None and entry[1] != category:
+            self.log.append((MOVE, entry[2], category))
+        super().classify(tensor, category)
+
+    def _release(self, entry: list) -> None:
+        self.log.append((FREE, entry[2]))
+        super()._release(entry)
+
+    def transient(self, nbytes: int) -> None:
+        """Scratch a kernel allocates and frees within one call: counted for the peak only."""
+        if nbytes <= 0:
+            return
+        index = self._entries
+        self._entries += 1
+        self.log += [(NEW, index, nbytes, "other"), (FREE, index)]
+        self._change(nbytes, "other")
+        self._change(-nbytes, "other")
+
+    # -- phases: the backward runs on autograd's device thread on CUDA --------------------
+    def phase(self, name: str, micro_step: int | None) -> None:
+        super().phase(name, micro_step)
+        self._thread = "backward" if name == "backward" else "forward"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        packet = func.overloadpacket
+        name = packet.__name__
+        if name in GEMM_OPS:
+            self.gemm_threads.add(self._thread)
+            if name in LT_OPS and len(args) > 0 and isinstance(args[0], torch.Tensor) and args[0].dim() == 1:
+                self.lt_threads.add(self._thread)
+        elif name == SDPA_FORWARD_CPU:
+            self.cpu_flash_calls += 1
+        if packet in flop_registry:
+            self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
+        if self._scratch is not None:
+            self.transient(self._scratch(func, args, kwargs))
+        return out
+
+
+# --- CUDA's autocast policy on CPU tensors -------------------------------------------------------
+
+# Cast policy of every op with an AutocastCUDA kernel (aten/src/ATen/autocast_mode.cpp). A test
+# checks this table covers what the installed torch registers.
+LOWER, FP32, FP32_SET_DTYPE, FP32_APPEND_DTYPE, PROMOTE, BANNED = (
+    "lower_precision_fp", "fp32", "fp32_set_opt_dtype", "fp32_append_dtype", "promote", "banned")
+CUDA_AUTOCAST_POLICY: dict[str, str] = {
+    **dict.fromkeys((
+        "_convolution", "_convolution.deprecated", "conv1d", "conv2d", "conv3d", "conv_tbc",
+        "conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input", "convolution",
+        "cudnn_convolution", "cudnn_convolution_transpose", "prelu", "addmm", "addmv", "addr",
+        "matmul", "einsum", "mm", "mv", "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm",
+        "chain_matmul", "linalg_multi_dot", "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell",
+        "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell", "_scaled_dot_product_flash_attention",
+        "scaled_dot_product_attention"), LOWER),
+    **dict.fromkeys((
+        "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal",
+        "rsqrt", "sinh", "tan", "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar", "softplus",
+        "layer_norm", "native_layer_norm", "group_norm", "rms_norm", "frobenius_norm.dim", "nuclear_norm",
+        "nuclear_norm.dim", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss",
+        "nll_loss2d", "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss",
+        "mse_loss", "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss",
+        "triplet_margin_loss", "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist",
+        "cdist", "renorm", "logsumexp", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+        "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+        "upsample_linear1d", "upsample_bilinear2d", "_upsample_bilinear2d_aa", "upsample_trilinear3d",
+        "upsample_bicubic2d", "_upsample_bicubic2d_aa"), FP32),
+    **dict.fromkeys((
+        "prod", "prod.dim_int", "prod.dim_Dimname", "softmax.int", "softmax.Dimname", "log_softmax.int",
+        "log_softmax.Dimname", "cumprod", "cumprod.dimname", "cumsum", "cumsum.dimname",
+        "linalg_vector_norm", "linalg_matrix_norm", "linalg_matrix_norm.str_ord", "sum",
+        "sum.dim_IntList", "sum.dim_DimnameList"), FP32_SET_DTYPE),
+    **dict.fromkeys(("norm.Scalar", "norm.ScalarOpt_dim", "norm.names_ScalarOpt_dim"), FP32_APPEND_DTYPE),
+    **dict.fromkeys(("addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler",
+                     "index_put", "tensordot", "scatter_add"), PROMOTE),
+    "binary_cross_entropy": BANNED,
+}
+# Ops whose CPU kernel casts exactly as CUDA's would: keep the C++ kernel (it caches weight casts).
+_SAME_ON_CPU = frozenset(name for name, policy in CUDA_AUTOCAST_POLICY.items() if policy in (LOWER, FP32))
+_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+
+def _op(name: str) -> torch._ops.OpOverload:
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(torch.ops.aten, packet), overload or "default")
+
+
+def _eligible(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64
+
+
+def _cast_all(value: Any, dtype: torch.dtype) -> Any:
+    if _eligible(value):
+        return value if value.dtype == dtype else value.to(dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_all(v, dtype) for v in value)
+    return value
+
+
+def _tensors(values: Any) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(value)
+
+
+def _policy_kernel(name: str, policy: str) -> Callable[..., Any]:
+    """A Python AutocastCPU kernel that casts as CUDA's autocast would, then runs the op below
+    autocast (so autograd records the casts, as it does on CUDA)."""
+    op = _op(name)
+
+    def run(args: tuple, kwargs: dict) -> Any:
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+            return op(*args, **kwargs)
+
+    if policy == LOWER:
+        def kernel(*args, **kwargs):
+            dtype = torch.get_autocast_dtype("cpu")
+            return run(_cast_all(args, dtype), {k: _cast_all(v, dtype) for k, v in kwargs.items()})
+    elif policy == FP32:
+        def kernel(*args, **kwargs):
+            return run(_cast_all(args, torch.float32), {k: _cast_all(v, torch.float32) for k, v in kwargs.items()})
+    elif policy == FP32_SET_DTYPE:
+        arguments = op._schema.arguments
+        position = next(i for i, a in enumerate(arguments) if a.name == "dtype")
+        kwarg_only = arguments[position].kwarg_only
+
+        def kernel(*args, **kwargs):
+            given = kwargs.get("dtype") if kwarg_only or len(args) <= position else args[position]
+            if given is None and args and _eligible(args[0]):
+                if kwarg_only or len(args) <= position:
+                    kwargs = {**kwargs, "dtype": torch.float32}
+                else:
+                    args = (*args[:position], torch.float32, *args[position + 1:])
+            return run(args, kwargs)
+    elif policy == FP32_APPEND_DTYPE:
+        with_dtype = _op("norm.ScalarOpt_dtype" if name == "norm.Scalar" else
+                         "norm.names_ScalarOpt_dim_dtype" if "names" in name else "norm.ScalarOpt_dim_dtype")
+
+        def kernel(*args, **kwargs):
+            if args and _eligible(args[0]):
+                with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+                    return with_dtype(*args, **kwargs, dtype=torch.float32)
+            return run(args, kwargs)
+    elif policy == PROMOTE:
+        def kernel(*args, **kwargs):
+            dtype = torch.get_autocast_dtype("cpu")
+            for tensor in _tensors(list(args) + list(kwargs.values())):
+                if _eligible(tensor):
+                    dtype = torch.promote_types(dtype, tensor.dtype)
+            return run(_cast_all(args, dtype), {k: _cast_all(v, dtype) for k, v in kwargs.items()})
+    elif policy == BANNED:
+        def kernel(*args, **kwargs):
+            raise RuntimeError(f"torch.nn.functional.{name} is unsafe to autocast on CUDA; "
+                               "use binary_cross_entropy_with_logits")
+    else:  # passthrough: CUDA has no kernel for this op, the CPU has one
+        def kernel(*args, **kwargs):
+            return run(args, kwargs)
+    return kernel
+
+
+@contextlib.contextmanager
+def cuda_autocast_policy() -> Iterator[None]:
+    """While active, CPU autocast casts as CUDA autocast does: the AutocastCPU kernels of ops
+    whose CUDA policy differs (layer/group norm, softmax and sums in fp32...) are replaced by
+    Python kernels with CUDA's policy, and CPU-only autocast kernels by pass-throughs. The
+    registrations are removed on exit, which restores the CPU's own kernels."""
+    library = torch.library.Library("aten", "IMPL")
+    cuda_ops = set(torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCUDA"))
+    cpu_ops = set(torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCPU"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel": on purpose
+            for qualified in sorted(cuda_ops | cpu_ops):
+                name = qualified.split("::", 1)[1]
+                if name in _SAME_ON_CPU and qualified in cpu_ops:
+                    continue
+                policy = CUDA_AUTOCAST_POLICY.get(name, "passthrough") if qualified in cuda_ops else "passthrough"
+                library.impl(name, _policy_kernel(name, policy), "AutocastCPU")
+        yield
+    finally:
+        library._destroy()
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+def cuda_attention_kernel(assumed: str, dtype: torch.dtype, head_dim: int, has_mask: bool) -> str:
+    """The SDPA kernel CUDA runs (`assumed` unless "auto"): flash for fp16/bf16 with a head size
+    <= 256 and a multiple of 8 and no explicit mask; memory-efficient for fp32/fp16/bf16 with an
+    aligned head size; else math."""
+    if assumed != "auto":
+        return assumed
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half and head_dim <= 256 and head_dim % 8 == 0 and not has_mask:
+        return "flash"
+    if (half and head_dim % 8 == 0) or (dtype == torch.float32 and head_dim % 4 == 0):
+        return "efficient"
+    return "math"
+
+
+def attention_backward_scratch(kernel: str, query: torch.Tensor) -> int:
+    """Bytes the CUDA attention backward allocates inside one call, beyond its outputs.
+
+    Flash (FlashAttention-2's `mha_bwd`): an fp32 dQ accumulator (batch, seq rounded up to 128,
+    heads, head size rounded up to 32) and fp32 softmax row sums (batch, heads, rounded seq).
+    Memory-efficient: the fp32 row sums, plus an fp32 dQ accumulator for fp16/bf16 inputs.
+    """
+    batch, heads, seq, head_dim = query.shape[0], query.shape[1], query.shape[-2], query.shape[-1]
+    if kernel == "flash":
+        seq_r = -(-seq // 128) * 128
+        dim_r = -(-head_dim // 32) * 32 if head_dim <= 192 else 256
+        return 4 * (batch * seq_r * heads * dim_r + batch * heads * seq_r)
+    if kernel == "efficient":
+        accumulator = batch * heads * seq * head_dim if query.dtype != torch.float32 else 0
+        return 4 * (batch * heads * seq + accumulator)
+    return 0
+
+
+class _AttentionChoice(TorchFunctionMode):
+    """Runs each `scaled_dot_product_attention` the way the assumed CUDA kernel keeps memory:
+    math when CUDA would run math (forced on the CPU too), the CPU's flash kernel otherwise
+    (it keeps the same output and log-sum-exp as CUDA's flash and efficient kernels)."""
+
+    def __init__(self, assumed: str, tracker: LoggingTracker) -> None:
+        super().__init__()
+        self.assumed = assumed
+        self.tracker = tracker
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        query = args[0]
+        dtype = query.dtype
+        if torch.is_autocast_enabled("cpu") and _eligible(query):
+            dtype = torch.get_autocast_dtype("cpu")
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        kernel = cuda_attention_kernel(self.assumed, dtype, query.shape[-1], mask is not None)
+        before = self.tracker.cpu_flash_calls
+        if kernel == "math":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                out = func(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        ran = "flash" if self.tracker.cpu_flash_calls > before else "math"
+        self.tracker.attention_calls.append((kernel, ran))
+        return out
+
+
+# --- fp16 without host syncs -------------------------------------------------------------------
+
+class _NoSyncGradScaler(torch.amp.GradScaler):
+    """A GradScaler that steps without reading `found_inf` on the host (fake tensors hold no
+    values): it scales, unscales and updates with the same tensors as the real one, and steps
+    the optimizer, as the real one does whenever the gradients are finite."""
+
+    def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
+        return optimizer.step(*args, **kwargs)
+
+
+# --- the meter ---------------------------------------------------------------------------------
+
+class EstimateMeter(Meter):
+    """Predicts the CUDA (or cpu) peak of a case on fake tensors; times nothing.
+
+    Use with the runner on the CPU device: `Runner(torch.device("cpu"), meter=EstimateMeter(a))`.
+    Runs one warm-up step and one measured step whatever the case's counts (fake steps repeat
+    exactly), each under its own logging tracker; `last_profiles` keeps both logs.
+    """
+
+    name = "estimate"
+    counts_flops = True
+
+    def __init__(self, assumptions: DeviceAssumptions) -> None:
+        self.assumptions = assumptions
+        self.last_profiles: tuple[StepProfile, StepProfile] | None = None
+        self._mode = None
+
+    @contextlib.contextmanager
+    def case_context(self) -> Iterator[None]:
+        """A fresh fake-tensor mode per case: nothing is shared between cases."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+        try:
+            yield
+        finally:
+            self._mode = None
+
+    def build_model(self, workload: Any, device: torch.device) -> torch.nn.Module:
+        """The workload's model built under the fake mode: shapes, dtypes, weight tying and
+        buffers exactly as the workload makes them, no data and no memory."""
+        if self._mode is None:
+            raise RuntimeError("EstimateMeter.build_model needs case_context()")
+        if device.type != "cpu":
+            raise ValueError("the estimate meter runs on fake CPU tensors: use torch.device('cpu')")
+        # No .to(device): fake tensors are made on the CPU already, and Module.to would try to
+        # swap each fake parameter with itself.
+        with self._mode:
+            return workload.build_model()
+
+    def measure(self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int,
+                steps: int) -> Measurement:
+        check_counts(warmup, steps)
+        first = self.profile(step, state)
+        steady = self.profile(step, state)
+        self.last_profiles = (first, steady)
+        return estimate_measurement(steady, self.assumptions, first)
+
+    def profile(self, step: Step, state: TrainingState) -> StepProfile:
+        """Run one step on fake tensors under a fresh logging tracker; return its profile.
+        The first call on a state is the warm-up step (it creates the optimizer state)."""
+        if self._mode is None:
+            raise RuntimeError("EstimateMeter.profile needs case_context()")
+        assumptions = self.assumptions
+        cuda = assumptions.cuda_autocast
+
+        def scratch(func, args, kwargs) -> int:
+            if func.overloadpacket.__name__ != SDPA_BACKWARD_CPU or not assumptions.attention_scratch:
+                return 0
+            query = args[1]
+            kernel = cuda_attention_kernel(assumptions.attention_kernel, query.dtype, query.shape[-1],
+                                           kwargs.get("attn_mask") is not None)
+            return attention_backward_scratch(kernel, query)
+
+        tracker = LoggingTracker(state.device.type, scratch if cuda else None)
+        tracker.adopt(self._alive_between_steps(state))
+        tracker.start_step()
+        if state.scaler is not None and not isinstance(state.scaler, _NoSyncGradScaler):
+            state.scaler = _NoSyncGradScaler(state.device.type)
+        previous_observer = state.observer
+        state.observer = tracker
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._mode)
+                if cuda:
+                    stack.enter_context(cuda_autocast_policy())
+                    stack.enter_context(_AttentionChoice(assumptions.attention_kernel, tracker))
+                stack.enter_context(tracker)
+                tracker.watch_gradients(state.model.parameters())
+                step()
+        finally:
+            state.observer = previous_observer
+        return tracker.profile()
+
+    def _alive_between_steps(self, state: TrainingState) -> dict[str, list[torch.Tensor]]:
+        """What the device holds between steps. For a CUDA prediction, AdamW-style 0-dim `step`
+        counters are left out: without `capturable`/`fused` torch keeps them on the host."""
+        alive = live_tensors(state)
+        if self.assumptions.cuda_autocast:
+            host = {id(t) for per_param in state.optimizer.state.values()
+                    for key, t in per_param.items() if key == "step" and isinstance(t, torch.Tensor)
+                    and t.dim() == 0}
+            alive["optimizer"] = [t for t in alive["optimizer"] if id(t) not in host]
+        scaler = state.scaler
+        if scaler is not None:
+            alive["other"] = [t for t in (getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None))
+                              if isinstance(t, torch.Tensor)]
+        return alive
+
+    def device_info(self, device: torch.device) -> dict[str, Any]:
+        a = self.assumptions
+        return {"device_name": f"estimate: {a.label} ({describe_kind(a)})",
+                "device_total_memory": a.total_memory_bytes}
+
+
+def describe_kind(assumptions: DeviceAssumptions) -> str:
+    """A short, stable description of the assumptions for `device_name`."""
+    a = assumptions
+    if not a.cuda_autocast:
+        return "exact sizes, no workspaces"
+    parts = [f"{a.allocator_round_bytes}-byte rounding",
+             f"cuBLAS {a.cublas_workspace_bytes >> 20} MiB + cuBLASLt {a.cublaslt_workspace_bytes >> 20} MiB"
+             f" x{a.gemm_threads} threads",
+             f"attention {a.attention_kernel}"]
+    if a.scratch_bytes:
+        parts.append(f"scratch {a.scratch_bytes >> 20} MiB")
+    return ", ".join(parts)
+
+
+__all__ = ["CUDA_AUTOCAST_POLICY", "EstimateMeter", "LoggingTracker", "Replay", "StepProfile",
+           "estimate_measurement",
+           "attention_backward_scratch", "cuda_attention_kernel", "cuda_autocast_policy"]
