@@ -7,6 +7,7 @@ the weaker rules the gate is built from (the rank test alone; rank test and tole
 prints the spread of the run-to-run median changes, which is what the tolerance has to cover.
 
     python benchmarks/throughput_noise.py --runs 20                 # the tests' MLP case, CPU
+    python benchmarks/throughput_noise.py --runs 200 --threads 1 --pin 0 --in-process  # the noise test's setup
     python benchmarks/throughput_noise.py --runs 20 --device cuda --workload gpt --workload-opt size=small \
         --micro-batch 8 --accum-steps 4
 
@@ -35,23 +36,45 @@ DEFAULT_WORKLOAD = str(HERE.parent / "tests" / "workloads" / "leaky_mlp.py") + "
 
 
 def measure(args: argparse.Namespace, out: Path) -> list[list[float]]:
-    """Run the case `args.runs` times, each in its own process; return each run's step times."""
+    """Run the case `args.runs` times; return each run's step times.
+
+    Each run is its own `accumbench run` process (as CI runs are), or with `--in-process` an
+    invocation in this process, back to back (as the test suite's noise test does).
+    """
     samples = []
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    for i in range(args.runs):
+        if args.in_process:
+            import torch
+
+            torch.set_num_threads(args.threads)
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})  # inherited by the subprocesses too
+    # In-process, a throw-away run first takes the process's warm-up, as the noise test does.
+    for i in range(-1 if args.in_process else 0, args.runs):
         path = out / f"run{i:02d}.jsonl"
-        cmd = [
-            sys.executable, "-c", "from accumbench.cli import main; main()", "run", "--device", args.device,
-            "--workload", args.workload, "--scenario", args.scenario,
+        argv = [
+            "run", "--device", args.device, "--workload", args.workload, "--scenario", args.scenario,
             "--micro-batch", args.micro_batch, "--accum-steps", args.accum_steps,
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(path),
         ]
         for opt in args.workload_opt:
-            cmd += ["--workload-opt", opt]
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            argv += ["--workload-opt", opt]
+        if args.in_process:
+            from click.testing import CliRunner
+
+            from accumbench.cli import main as cli
+
+            result = CliRunner().invoke(cli, argv)
+            if result.exit_code != 0:
+                raise SystemExit(result.output)
+        else:
+            cmd = [sys.executable, "-c", "from accumbench.cli import main; main()", *argv]
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (record,) = read_records(path)
+        if i < 0:
+            continue
         samples.append(list(record.step_times_s))
         print(f"run {i + 1:2d}/{args.runs}: median {statistics.median(record.step_times_s) * 1e3:8.3f} ms", flush=True)
     return samples
@@ -75,7 +98,9 @@ def main() -> None:
     parser.add_argument("--scenario", default="accumulated")
     parser.add_argument("--micro-batch", default="16")
     parser.add_argument("--accum-steps", default="2")
-    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0: leave as is)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads for the runs (0: leave as is)")
+    parser.add_argument("--in-process", action="store_true", help="run back to back in this process")
+    parser.add_argument("--pin", type=int, default=None, help="pin the runs to this CPU")
     parser.add_argument("--tolerance", default="10%")
     parser.add_argument("--alpha", type=float, default=0.002)
     parser.add_argument("--save", help="also write every run's step times to this JSON file")

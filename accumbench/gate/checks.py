@@ -140,8 +140,10 @@ class ThroughputCheck:
     differ "significantly" by a few percent. The median alone moves with a run that a busy
     neighbour process slowed in part. Such runs show it: their step times scatter widely (an
     IQR of 30-300% of the median where a quiet run has a few percent), and a shift smaller than
-    that scatter is not resolved by one run per side. With `gated=False` the verdict is reported
-    but never fails the run (CI machines that differ from the baseline's).
+    that scatter is not resolved by one run per side. What no statistic of one run per side can
+    tell from a slowdown is a neighbour that slows a whole run evenly: gate throughput on a
+    machine of its own. With `gated=False` the verdict is reported but never fails the run (CI
+    machines that differ from the baseline's).
     """
 
     tolerance: float = 0.10
