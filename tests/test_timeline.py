@@ -122,3 +122,22 @@ def test_run_timeline_flag_writes_a_sidecar_and_keeps_the_numbers(tmp_path):
     for record in traced_records:
         timeline = find_timeline(traced_out, record.timeline, record.case_id, record.run_id)
         assert timeline is not None and timeline.peak == record.peak_allocated
+
+
+def test_report_draws_the_timelines_with_their_peaks(tmp_path):
+    from accumbench.report import build_report
+
+    out = tmp_path / "traced.jsonl"
+    args = ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4",
+            "--accum-steps", "1,3", "--steps", "1", "--warmup", "1", "--timeline", "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = build_report([out], tmp_path / "report")
+    assert (tmp_path / "report" / "memory_timeline.png").exists()
+    figure = result.figures["memory_timeline"]
+    left, right = figure.axes[:2]
+    records = {r.scenario: r for r in read_records(out) if r.micro_batch == 4}
+    scale = 1024**2  # MiB: the tiny GPT peaks at a few MiB
+    for ax, scenario in ((left, "large-batch"), (right, "accumulated")):
+        curve = ax.get_lines()[0].get_ydata()
+        assert max(curve) * scale == pytest.approx(records[scenario].peak_allocated, abs=1)
+    assert "Memory through one step" in (tmp_path / "report" / "index.html").read_text()

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, figures, findings, tables
+from accumbench.report import bars, figures, findings, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.layout import save
 from accumbench.report.tables import Table
@@ -115,6 +115,22 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (tables.breakdown_table(f),),
         _no_findings,
         "no record carries a memory breakdown",
+    ),
+    FigureKind(
+        "memory_timeline", "Memory through one step",
+        "Live memory through one steady-state optimizer step (recorded with `accumbench run "
+        "--timeline`), phases shaded: forward (blue), backward (orange), optimizer step (grey), "
+        "zero_grad (pink); the red dot is the peak. Large batch vs accumulation at the same "
+        "micro-batch: accumulation is a sawtooth, one hump of activations per micro-step, over a "
+        "floor that steps up by one copy of the gradients after the first backward and stays until "
+        "zero_grad. Combined vs sequential multi-task: one hump holding both tasks' graphs vs one "
+        "hump per task. On CUDA the curve samples memory_allocated() after every op, so memory an "
+        "op frees before returning is not on it; the table gives the allocator's peak beside it.",
+        lambda f, fits: timelines.timeline_figure(f),
+        lambda f, fits: (timelines.timeline_table(f),),
+        _no_findings,
+        "no record carries a memory timeline (run with --timeline)",
+        optional=True,
     ),
     FigureKind(
         "gradient_equivalence", "Gradient equivalence",
