@@ -16,6 +16,8 @@ from accumbench import __version__
 # name -> "module:attribute"; a literal registry, not discovery.
 COMMANDS: dict[str, str] = {
     "run": "accumbench.cli.run:run",
+    "estimate": "accumbench.cli.estimate:estimate",
+    "plan": "accumbench.cli.plan:plan",
     "check": "accumbench.cli.check:check",
     "report": "accumbench.cli.report:report",
     "compare": "accumbench.cli.compare:compare",

@@ -1,0 +1,153 @@
+"""`accumbench plan`: recommend micro-batch x accumulation steps for an effective batch and a budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from accumbench.cli.common import fail_input, workload_options
+from accumbench.cli.estimate import DEVICE_KINDS, device_assumptions
+
+
+def _fraction(text: str) -> float:
+    """'10%' or '0.1' -> 0.1; exit 2 otherwise."""
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        fail_input(f"--margin takes a percentage like 10% or a fraction like 0.1, got {text!r}")
+    if not 0.0 <= value < 1.0:
+        fail_input(f"--margin must be at least 0% and below 100%, got {text!r}")
+    return value
+
+
+@click.command()
+@click.option("--effective-batch", type=click.IntRange(min=1), required=True,
+              help="Samples per optimizer step (micro-batch x accumulation steps).")
+@click.option("--memory-budget", required=True, metavar="SIZE",
+              help="Device memory you can use: 24GiB (binary), 24GB (decimal), 80e9 or plain bytes.")
+@click.option("--workload", "workload_spec", default=None,
+              help="Workload to plan for (built-in or plug-in spec). Without --results, estimated on the spot.")
+@click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
+              help="Option for the workload factory, repeatable, e.g. size=gpt2.")
+@click.option("--results", "results", multiple=True, type=click.Path(path_type=Path),
+              help="Measured (or estimated) results JSONL, repeatable; the plan fits and uses them "
+                   "instead of estimating.")
+@click.option("--scenario", type=click.Choice(["multitask-combined", "multitask-sequential"]), default=None,
+              help="For a multi-task workload: which step to plan (default multitask-combined). Single-loss "
+                   "workloads plan large-batch (accumulation 1) and accumulated.")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
+              help="Autocast dtype (estimates default to none; with --results, selects those records).")
+@click.option("--set-to-none/--zero-grads", "set_to_none", default=None, help="zero_grad(set_to_none=...) as for run.")
+@click.option("--loss-norm", type=click.Choice(["mean", "token"]), default=None, help="As for run.")
+@click.option("--margin", default="10%", show_default=True,
+              help="Safety margin kept free of the budget: a candidate fits when its predicted peak "
+                   "is at most budget x (1 - margin).")
+@click.option("--device-kind", type=click.Choice(DEVICE_KINDS), default="h100", show_default=True,
+              help="Device the estimates are for (without --results).")
+@click.option("--assume", "assume", multiple=True, metavar="KEY=VALUE",
+              help="Override an estimate assumption (see accumbench estimate --help).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, scenario, amp, set_to_none,
+         loss_norm, margin, device_kind, assume, as_json) -> None:
+    """Recommend micro-batch x accumulation steps for an effective batch under a memory budget.
+
+    Lists every (micro-batch, accumulation steps) pair whose product is --effective-batch with
+    its predicted peak and throughput, marks those that fit the budget less the margin, and
+    recommends the fastest that fits (with no measured throughput: the largest micro-batch that
+    fits, since larger micro-batches use the GPU better). Predictions come from --results (the
+    peak at a measured micro-batch, else a straight line fitted through peak vs micro-batch; a
+    measured OOM rules out that micro-batch and larger), or else from estimates made on the spot
+    for --workload (see accumbench estimate). It never recommends a configuration that does
+    not fit by its own prediction.
+
+    \b
+    Examples:
+      accumbench plan --workload gpt --workload-opt size=gpt2 --amp bf16 \\
+          --effective-batch 256 --memory-budget 24GiB
+      accumbench plan --results results/h100.jsonl --workload gpt --workload-opt size=gpt2 \\
+          --amp bf16 --effective-batch 256 --memory-budget 40GB --margin 5%
+
+    Exit codes: 0 a configuration fits, 1 none fits the budget, 2 bad input.
+    """
+    from accumbench.estimate_assumptions import parse_size
+    from accumbench.plan import NothingFits, PlanError, format_plan, make_plan, plan_to_dict
+    from accumbench.workloads import WorkloadError, load_workload
+
+    try:
+        budget = parse_size(memory_budget)
+    except ValueError as exc:
+        fail_input(f"--memory-budget: {exc}")
+    if budget <= 0:
+        fail_input(f"--memory-budget must be positive, got {memory_budget!r}")
+    margin_value = _fraction(margin)
+    options = workload_options(workload_opts)
+    workload = None
+    if workload_spec is not None:
+        try:
+            workload = load_workload(workload_spec, options)
+        except WorkloadError as exc:
+            fail_input(str(exc))
+    if scenario is not None and workload is not None and not workload.is_multitask:
+        fail_input(f"--scenario {scenario} needs a multi-task workload; {workload.name} has a single loss")
+    family = scenario or ("multitask-combined" if workload is not None and workload.is_multitask else None)
+
+    try:
+        if results:
+            observations, source, exact, name = _from_results(results, workload, family, amp, set_to_none, loss_norm)
+        else:
+            if workload is None:
+                fail_input("give --workload to estimate, or --results with measured records")
+            observations, source, exact, name = _from_estimates(workload_spec, options, workload, effective_batch,
+                                                                family, amp, set_to_none, loss_norm,
+                                                                device_kind, assume)
+        made = make_plan(effective_batch, budget, observations, margin_value, exact_source=exact,
+                         source=source, workload=name)
+    except NothingFits as exc:
+        click.echo(f"no configuration fits: {exc}", err=True)
+        sys.exit(1)
+    except PlanError as exc:
+        fail_input(str(exc))
+    click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
+
+
+def _from_results(paths, workload, family, amp, set_to_none, loss_norm):
+    from accumbench.plan import observations_from_records, select_records
+    from accumbench.records import RecordError, read_records
+
+    try:
+        records = read_records(list(paths))
+    except RecordError as exc:
+        fail_input(str(exc))
+    if family is None and workload is None:
+        # A results file of multi-task records only: plan its (combined) step.
+        scenarios = {r.scenario for r in records}
+        if scenarios and scenarios <= {"multitask-combined", "multitask-sequential"}:
+            family = "multitask-combined"
+    chosen = select_records(records, workload.name if workload else None, family,
+                            amp=amp, set_to_none=set_to_none, loss_norm=loss_norm)
+    meter = chosen[0].meter
+    source = f"{'estimates' if meter == 'estimate' else 'measured results'} on {chosen[0].device_name} " \
+             f"({', '.join(str(p) for p in paths)})"
+    return (observations_from_records(chosen), source, "estimated" if meter == "estimate" else "measured",
+            chosen[0].workload)
+
+
+def _from_estimates(spec, options, workload, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
+                    assume):
+    from accumbench.estimate import estimate_cases
+    from accumbench.plan import candidate_cases, observations_from_records
+
+    assumptions = device_assumptions(device_kind, assume)
+    cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
+                            loss_norm=loss_norm)
+    click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}...", err=True)
+    records = estimate_cases(cases, assumptions)
+    errors = [r for r in records if r.status == "error"]
+    if errors:
+        click.echo(f"cannot plan: estimating {errors[0].case_id} failed: {errors[0].error}", err=True)
+        sys.exit(1)
+    source = f"estimates ({records[0].device_name})"
+    return observations_from_records(records), source, "estimated", workload.name

@@ -1,0 +1,300 @@
+"""Plan an effective batch: which micro-batch x accumulation steps fit a memory budget, and which
+is fastest.
+
+Pure functions over observations (measured records, or estimates made on the spot):
+
+1. Candidates are the pairs (m, N/m) for every divisor m of the effective batch N; m = N is the
+   large batch (one micro-step), the others accumulate.
+2. Each candidate's peak is predicted: the observation at that micro-batch when there is one
+   (accumulated peaks do not depend on N), else the straight line `fit_memory_line` fits through
+   the observations of the same kind (one micro-step, or accumulating). A measured OOM at a
+   micro-batch rules out that micro-batch and every larger one of the same kind.
+3. A candidate fits when its predicted peak is at most the budget less a safety margin (10% by
+   default: fragmentation, other processes, what the prediction cannot see).
+4. Throughput: samples/s measured for that pair, else for the same micro-batch with another N
+   (the per-sample rate depends on the micro-batch, not on N). The recommendation is the fitting
+   candidate with the highest predicted throughput; with no throughput known it is the largest
+   micro-batch that fits, because larger micro-batches keep the GPU busier (fewer, larger
+   kernels; one optimizer step per N micro-steps either way).
+
+A plan never recommends a candidate whose predicted peak exceeds the usable budget; when none
+fits, `NothingFits` says what the smallest one needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from accumbench.fit import MemoryFit, fit_memory_line
+
+DEFAULT_MARGIN = 0.10
+SINGLE, ACCUMULATED = "one micro-step", "accumulating"
+
+
+class PlanError(ValueError):
+    """Input a plan cannot be made from; the message is one line for the user."""
+
+
+class NothingFits(PlanError):
+    """No candidate fits the budget; the message says what the smallest one needs."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured or estimated case: its shape, status, peak (bytes) and throughput."""
+
+    micro_batch: int
+    accum_steps: int
+    status: str
+    peak_allocated: int | None
+    samples_per_s: float | None = None
+    parameters: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return SINGLE if self.accum_steps == 1 else ACCUMULATED
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (micro-batch, accumulation steps) pair of the effective batch, with its predictions."""
+
+    micro_batch: int
+    accum_steps: int
+    predicted_peak: int | None
+    peak_source: str  # "measured", "estimated", "fit", "fit + gradients", "measured OOM", "unknown"
+    samples_per_s: float | None
+    speed_source: str | None
+    fits: bool
+
+    @property
+    def kind(self) -> str:
+        return SINGLE if self.accum_steps == 1 else ACCUMULATED
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The candidates of an effective batch under a budget, and the recommendation."""
+
+    effective_batch: int
+    budget_bytes: int
+    margin: float
+    candidates: tuple[Candidate, ...]
+    recommended: Candidate
+    reason: str
+    lines: dict[str, MemoryFit] = field(default_factory=dict)
+    source: str = ""
+    workload: str = ""
+
+    @property
+    def usable_bytes(self) -> int:
+        """The budget less the safety margin: what a candidate's peak must not exceed."""
+        return usable(self.budget_bytes, self.margin)
+
+
+def usable(budget_bytes: int, margin: float) -> int:
+    """Budget less the safety margin, in bytes."""
+    return int(budget_bytes * (1.0 - margin))
+
+
+def divisor_pairs(effective_batch: int) -> list[tuple[int, int]]:
+    """Every (micro-batch, accumulation steps) whose product is `effective_batch`, micro-batch
+    ascending."""
+    if effective_batch < 1:
+        raise PlanError(f"effective batch must be a positive integer, got {effective_batch}")
+    return [(m, effective_batch // m) for m in range(1, effective_batch + 1) if effective_batch % m == 0]
+
+
+def memory_lines(observations: Iterable[Observation]) -> dict[str, MemoryFit]:
+    """Least-squares peak-vs-micro-batch lines, one per kind with two distinct micro-batches."""
+    lines: dict[str, MemoryFit] = {}
+    for kind in (SINGLE, ACCUMULATED):
+        points = {}
+        for o in observations:
+            if o.kind == kind and o.status == "ok" and o.peak_allocated is not None:
+                points[o.micro_batch] = max(points.get(o.micro_batch, 0), o.peak_allocated)
+        if len(points) >= 2:
+            lines[kind] = fit_memory_line(list(points), list(points.values()))
+    return lines
+
+
+def _peak(kind: str, micro: int, observations: Sequence[Observation], lines: dict[str, MemoryFit],
+          exact_source: str) -> tuple[int | None, str]:
+    same = [o for o in observations if o.kind == kind]
+    ooms = [o.micro_batch for o in same if o.status == "oom" and o.peak_allocated is None]
+    if ooms and micro >= min(ooms):
+        return None, "measured OOM"
+    exact = [o.peak_allocated for o in same if o.micro_batch == micro and o.peak_allocated is not None
+             and o.status in ("ok", "oom")]
+    if exact:
+        return max(exact), exact_source
+    if kind in lines:
+        return int(math.ceil(lines[kind].predict(micro))), "fit"
+    if kind == SINGLE and ACCUMULATED in lines:
+        # One micro-step holds no gradients across micro-steps: the accumulating line bounds it.
+        return int(math.ceil(lines[ACCUMULATED].predict(micro))), "fit (accumulating line)"
+    if kind == ACCUMULATED and SINGLE in lines:
+        params = next((o.parameters for o in observations if o.parameters), None)
+        if params:
+            # Accumulating adds one fp32 copy of the gradients that persists across micro-steps.
+            return int(math.ceil(lines[SINGLE].predict(micro))) + 4 * params, "fit + gradients"
+    return None, "unknown"
+
+
+def _speed(micro: int, accum: int, observations: Sequence[Observation]) -> tuple[float | None, str | None]:
+    rated = [o for o in observations if o.samples_per_s and o.status == "ok"]
+    exact = [o.samples_per_s for o in rated if o.micro_batch == micro and o.accum_steps == accum]
+    if exact:
+        return max(exact), "measured"
+    kind = SINGLE if accum == 1 else ACCUMULATED
+    same = [o.samples_per_s for o in rated if o.micro_batch == micro and o.kind == kind]
+    if same:
+        return max(same), "same micro-batch"
+    return None, None
+
+
+def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Observation],
+              margin: float = DEFAULT_MARGIN, exact_source: str = "measured", source: str = "",
+              workload: str = "") -> Plan:
+    """The plan for `effective_batch` under `budget_bytes` (see the module docstring).
+
+    Raises `PlanError` when the observations cannot predict any candidate, `NothingFits` when
+    none fits the budget less the margin.
+    """
+    if budget_bytes <= 0:
+        raise PlanError(f"memory budget must be positive, got {budget_bytes} bytes")
+    if not 0.0 <= margin < 1.0:
+        raise PlanError(f"margin must be in [0, 1), got {margin}")
+    limit = usable(budget_bytes, margin)
+    lines = memory_lines(observations)
+    candidates = []
+    for micro, accum in divisor_pairs(effective_batch):
+        kind = SINGLE if accum == 1 else ACCUMULATED
+        peak, peak_source = _peak(kind, micro, observations, lines, exact_source)
+        speed, speed_source = _speed(micro, accum, observations)
+        candidates.append(Candidate(micro, accum, peak, peak_source, speed, speed_source,
+                                    fits=peak is not None and peak <= limit))
+    known = [c for c in candidates if c.predicted_peak is not None]
+    if not known:
+        raise PlanError("the observations predict no candidate: need results at two or more "
+                        "micro-batch sizes, or at the candidates themselves")
+    fitting = [c for c in candidates if c.fits]
+    if not fitting:
+        smallest = min(known, key=lambda c: c.predicted_peak)
+        raise NothingFits(
+            f"no configuration of effective batch {effective_batch} fits in {_gib(budget_bytes)} "
+            f"({_gib(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
+            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {_gib(smallest.predicted_peak)}"
+        )
+    rated = [c for c in fitting if c.samples_per_s]
+    if rated:
+        best = max(rated, key=lambda c: (c.samples_per_s, c.micro_batch))
+        reason = f"the fastest that fits ({best.samples_per_s:,.1f} samples/s, {best.speed_source})"
+    else:
+        best = max(fitting, key=lambda c: c.micro_batch)
+        reason = ("the largest micro-batch that fits (no throughput measured; larger micro-batches "
+                  "keep the GPU busier)")
+    return Plan(effective_batch, budget_bytes, margin, tuple(candidates), best, reason, lines, source, workload)
+
+
+def observations_from_records(records: Iterable[Any]) -> list[Observation]:
+    """Observations from result records (measured or estimated)."""
+    return [Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s, r.parameters)
+            for r in records if r.status in ("ok", "oom")]
+
+
+def select_records(records: Sequence[Any], workload: str | None = None, scenario_family: str | None = None,
+                   **knobs: Any) -> list[Any]:
+    """The records one plan is about: one workload (by record name), one scenario family
+    ("single" = large-batch/accumulated, or a multi-task scenario), one value of every knob that
+    changes memory (amp, set_to_none, loss_norm, optimizer, device). Raises `PlanError` naming
+    what to choose when the records mix several."""
+    chosen = list(records)
+    if workload is not None:
+        chosen = [r for r in chosen if r.workload == workload]
+        if not chosen:
+            names = sorted({r.workload for r in records})
+            raise PlanError(f"no records of workload {workload!r}; the results hold {', '.join(names) or 'none'}")
+    if scenario_family is None or scenario_family == "single":
+        chosen = [r for r in chosen if r.scenario in ("large-batch", "accumulated")]
+    else:
+        chosen = [r for r in chosen if r.scenario == scenario_family]
+    for name, value in knobs.items():
+        if value is not None:
+            chosen = [r for r in chosen if getattr(r, name) == value]
+    if not chosen:
+        raise PlanError("no records match the workload, scenario and settings asked for")
+    for name, flag in (("workload", "--workload"), ("amp", "--amp"), ("set_to_none", "--set-to-none/--zero-grads"),
+                       ("loss_norm", "--loss-norm"), ("optimizer", None), ("device_name", None), ("meter", None)):
+        values = sorted({str(getattr(r, name)) for r in chosen})
+        if len(values) > 1:
+            hint = f"choose one with {flag}" if flag else "pass results of one kind only"
+            raise PlanError(f"the results mix {name} values ({', '.join(values)}); {hint}")
+    return chosen
+
+
+def candidate_cases(workload: str, options: dict[str, Any], effective_batch: int, scenario: str | None = None,
+                    **knobs: Any) -> list[Any]:
+    """The cases to estimate for a plan: every divisor pair of the effective batch, as
+    large-batch (one micro-step) or accumulated, or all in one multi-task `scenario`."""
+    from accumbench.cases import Case
+
+    frozen = tuple(sorted(options.items()))
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    cases = []
+    for micro, accum in divisor_pairs(effective_batch):
+        name = scenario or ("large-batch" if accum == 1 else "accumulated")
+        cases.append(Case(workload, name, micro, accum, frozen, **knobs))
+    return cases
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a readable table with the recommendation underneath."""
+    lines = [
+        f"plan: {plan.workload or 'workload'}, effective batch {plan.effective_batch}, budget "
+        f"{_gib(plan.budget_bytes)} ({_gib(plan.usable_bytes)} usable with a {plan.margin:.0%} margin)",
+    ]
+    if plan.source:
+        lines.append(f"memory from {plan.source}")
+    for kind, fit in plan.lines.items():
+        lines.append(f"  line ({kind}): {_gib(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
+                     f"per sample (r2 {fit.r2:.4f})")
+    header = f"{'micro-batch':>11}  {'accum':>5}  {'peak':>10}  {'from':<22}  {'samples/s':>10}  fits"
+    lines += ["", header, "-" * len(header)]
+    for c in plan.candidates:
+        mark = "  <- recommended" if c == plan.recommended else ""
+        speed = f"{c.samples_per_s:,.1f}" if c.samples_per_s else "-"
+        peak = _gib(c.predicted_peak) if c.predicted_peak is not None else "-"
+        fits = "yes" if c.fits else "no"
+        lines.append(f"{c.micro_batch:>11}  {c.accum_steps:>5}  {peak:>10}  {c.peak_source:<22}  {speed:>10}  {fits}{mark}")
+    r = plan.recommended
+    lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
+                  f"peak {_gib(r.predicted_peak)}: {plan.reason}"]
+    return "\n".join(lines)
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (for --json)."""
+    def cand(c: Candidate) -> dict[str, Any]:
+        return {"micro_batch": c.micro_batch, "accum_steps": c.accum_steps, "predicted_peak": c.predicted_peak,
+                "peak_source": c.peak_source, "samples_per_s": c.samples_per_s, "speed_source": c.speed_source,
+                "fits": c.fits}
+    return {
+        "workload": plan.workload, "effective_batch": plan.effective_batch, "budget_bytes": plan.budget_bytes,
+        "margin": plan.margin, "usable_bytes": plan.usable_bytes, "source": plan.source,
+        "lines": {k: {"bytes_per_sample": f.bytes_per_sample, "intercept_bytes": f.intercept_bytes, "r2": f.r2}
+                  for k, f in plan.lines.items()},
+        "candidates": [cand(c) for c in plan.candidates],
+        "recommended": cand(plan.recommended), "reason": plan.reason,
+    }
+
+
+def _gib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+__all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",
+           "PlanError", "candidate_cases", "divisor_pairs", "format_plan", "make_plan", "memory_lines",
+           "observations_from_records", "plan_to_dict", "select_records", "usable"]
