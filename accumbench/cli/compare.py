@@ -85,8 +85,9 @@ def compare(baseline, current, memory_check, throughput_tolerance, alpha, throug
     - Memory regresses when peak_allocated grows by more than --memory-tolerance.
     - Throughput regresses only when the step times differ significantly (two-sided
       Mann-Whitney U, p < --alpha) AND the median step time grew by more than
-      --throughput-tolerance. A case that was ok and now runs out of memory (or fails)
-      regresses too. Improvements are shown; cases on one side only are listed.
+      --throughput-tolerance AND by more than the runs' own scatter (IQR/median).
+    - A case that was ok and now runs out of memory (or fails) regresses too.
+      Improvements are shown; cases on one side only are listed.
     - Results from different meters, devices or torch versions are refused (exit 2)
       unless --allow-device-mismatch.
 
