@@ -6,7 +6,7 @@
                                                                   # plug-in, peak memory gated
 
 CPU-sized by default (the `smoke` suite's cases); with CUDA present, the GPU cases of
-`benchmarks/gpu.toml`. `--accumbench-device cpu|cuda` picks explicitly, `--accumbench-suite`
+`benchmarks/pytest_gpu_suite.toml`. `--accumbench-device cpu|cuda` picks explicitly, `--accumbench-suite`
 takes any suite name or TOML file instead.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-GPU_SUITE = HERE / "gpu.toml"
+GPU_SUITE = HERE / "pytest_gpu_suite.toml"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--accumbench-device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="Device for the scenario benchmarks (auto: CUDA when present).")
     group.addoption("--accumbench-suite", default=None,
-                    help="Suite name or TOML file (default: smoke on CPU, benchmarks/gpu.toml on CUDA).")
+                    help="Suite name or TOML file (default: smoke on CPU, benchmarks/pytest_gpu_suite.toml on CUDA).")
 
 
 def _device(config: pytest.Config):
