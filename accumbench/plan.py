@@ -8,7 +8,8 @@ Pure functions over observations (measured records, or estimates made on the spo
 2. Each candidate's peak is predicted: the observation at that micro-batch when there is one
    (accumulated peaks do not depend on N), else the straight line `fit_memory_line` fits through
    the observations of the same kind (one micro-step, or accumulating). A measured OOM at a
-   micro-batch rules out that micro-batch and every larger one of the same kind.
+   micro-batch rules out that micro-batch and every larger one of the same kind (a one-step OOM
+   also rules out accumulating at that micro-batch and above: accumulating holds more).
 3. A candidate fits when its predicted peak is at most the budget less a safety margin (10% by
    default: fragmentation, other processes, what the prediction cannot see).
 4. Throughput: samples/s measured for that pair, else for the same micro-batch with another N
@@ -123,7 +124,9 @@ def memory_lines(observations: Iterable[Observation]) -> dict[str, MemoryFit]:
 def _peak(kind: str, micro: int, observations: Sequence[Observation], lines: dict[str, MemoryFit],
           exact_source: str) -> tuple[int | None, str]:
     same = [o for o in observations if o.kind == kind]
-    ooms = [o.micro_batch for o in same if o.status == "oom" and o.peak_allocated is None]
+    # Accumulating holds at least what one micro-step holds, so a one-step OOM rules it out too.
+    ooms = [o.micro_batch for o in observations if o.status == "oom" and o.peak_allocated is None
+            and (o.kind == kind or o.kind == SINGLE)]
     if ooms and micro >= min(ooms):
         return None, "measured OOM"
     exact = [o.peak_allocated for o in same if o.micro_batch == micro and o.peak_allocated is not None

@@ -1,0 +1,192 @@
+"""accumbench plan: candidates, fits, the recommendation, on synthetic and on real results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from accumbench.cases import Case
+from accumbench.cli import main
+from accumbench.plan import (
+    ACCUMULATED,
+    SINGLE,
+    NothingFits,
+    Observation,
+    PlanError,
+    divisor_pairs,
+    format_plan,
+    make_plan,
+    memory_lines,
+    observations_from_records,
+    select_records,
+)
+from accumbench.records import Record, write_records
+from accumbench.runner import Runner
+
+GIB = 1 << 30
+
+
+def line_peak(micro: int, accum: int) -> int:
+    """A synthetic workload: 2 GiB fixed + 0.5 GiB per sample, +0.25 GiB when accumulating."""
+    return 2 * GIB + micro * GIB // 2 + (GIB // 4 if accum > 1 else 0)
+
+
+def observations(micros=(1, 4, 16), speeds=None) -> list[Observation]:
+    speeds = speeds or {}
+    return [Observation(m, a, "ok", line_peak(m, a), speeds.get((m, a))) for m in micros for a in (1, 4)]
+
+
+def test_divisor_pairs():
+    assert divisor_pairs(12) == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
+    assert divisor_pairs(1) == [(1, 1)]
+    with pytest.raises(PlanError):
+        divisor_pairs(0)
+
+
+def test_lines_fit_the_observations_per_kind():
+    lines = memory_lines(observations())
+    assert lines[SINGLE].bytes_per_sample == pytest.approx(GIB / 2)
+    assert lines[ACCUMULATED].intercept_bytes == pytest.approx(2.25 * GIB)
+
+
+def test_without_throughput_the_largest_micro_batch_that_fits_is_recommended():
+    plan = make_plan(64, 20 * GIB, observations(), margin=0.10)
+    # 18 GiB usable; accumulating: 2.25 + 0.5 m <= 18 -> m <= 31.5 -> 16 x 4.
+    assert (plan.recommended.micro_batch, plan.recommended.accum_steps) == (16, 4)
+    assert plan.recommended.peak_source == "measured"
+    by_micro = {c.micro_batch: c for c in plan.candidates}
+    assert by_micro[32].peak_source == "fit" and not by_micro[32].fits
+    assert by_micro[32].predicted_peak == line_peak(32, 2)
+    assert all(c.predicted_peak <= plan.usable_bytes for c in plan.candidates if c.fits)
+    assert "largest micro-batch that fits" in plan.reason
+
+
+def test_the_fastest_fitting_candidate_wins_and_a_faster_one_that_does_not_fit_never_does():
+    speeds = {(4, 4): 900.0, (16, 4): 800.0, (16, 1): 5000.0}  # 16 x 1 (large batch) is fastest...
+    obs = observations(speeds=speeds)
+    plan = make_plan(16, 9 * GIB, obs, margin=0.0)  # ...but 2 + 8 = 10 GiB does not fit in 9
+    assert (plan.recommended.micro_batch, plan.recommended.accum_steps) == (4, 4)
+    assert plan.recommended.samples_per_s == 900.0
+    big = make_plan(16, 11 * GIB, obs, margin=0.0)
+    assert (big.recommended.micro_batch, big.recommended.accum_steps) == (16, 1)
+
+
+def test_the_margin_is_kept_free():
+    obs = observations()
+    exact = make_plan(16, line_peak(16, 1), obs, margin=0.0)
+    assert exact.recommended.micro_batch == 16
+    kept = make_plan(16, line_peak(16, 1), obs, margin=0.10)
+    assert kept.recommended.micro_batch < 16
+    assert kept.recommended.predicted_peak <= 0.9 * line_peak(16, 1)
+
+
+def test_a_measured_oom_rules_out_that_micro_batch_and_larger_ones():
+    # The line says micro-batch 8 and up fit in 100 GiB, but the large batch of 8 ran out of memory.
+    obs = observations() + [Observation(8, 1, "oom", None)]
+    plan = make_plan(64, 100 * GIB, obs)
+    by_micro = {c.micro_batch: c for c in plan.candidates}
+    assert by_micro[8].peak_source == "measured OOM" and not by_micro[8].fits  # accumulating 8 x 8
+    assert not by_micro[32].fits and not by_micro[64].fits and by_micro[4].fits
+    assert plan.recommended.micro_batch == 4
+    # An accumulating OOM says nothing about one large micro-step of a different size.
+    only_accumulating = make_plan(64, 100 * GIB, observations() + [Observation(8, 4, "oom", None)])
+    assert only_accumulating.recommended.micro_batch == 64
+
+
+def test_an_impossible_budget_says_what_the_smallest_needs():
+    with pytest.raises(NothingFits, match=r"micro-batch 1 x 64, needs 2\.75 GiB"):
+        make_plan(64, 2 * GIB, observations())
+
+
+def test_accumulating_line_from_one_step_line_plus_gradients():
+    obs = [Observation(m, 1, "ok", 100 + 10 * m, parameters=5) for m in (1, 2)]
+    plan = make_plan(4, 10_000, obs, margin=0.0)
+    by_pair = {(c.micro_batch, c.accum_steps): c for c in plan.candidates}
+    assert by_pair[(2, 2)].peak_source == "fit + gradients"
+    assert by_pair[(2, 2)].predicted_peak == 120 + 4 * 5
+
+
+def test_no_usable_observations_is_a_plan_error():
+    with pytest.raises(PlanError, match="predict no candidate"):
+        make_plan(8, GIB, [Observation(3, 1, "ok", 100)])
+
+
+def _record(**fields) -> Record:
+    base = dict(run_id="r", case_id="c", workload="gpt-tiny", scenario="accumulated", micro_batch=2, accum_steps=4,
+                effective_batch=8, amp="none", set_to_none=True, optimizer="AdamW(foreach)", peak_allocated=10,
+                meter="cpu", device_name="cpu")
+    base.update(fields)
+    return Record(**base)
+
+
+def test_select_records_names_the_mixed_setting():
+    records = [_record(), _record(amp="bf16")]
+    with pytest.raises(PlanError, match="mix amp values .*--amp"):
+        select_records(records)
+    assert len(select_records(records, amp="bf16")) == 1
+    with pytest.raises(PlanError, match="no records of workload 'mlp'"):
+        select_records(records, workload="mlp")
+
+
+# --- on real results: the recommendation fits when it is run -------------------------------------
+
+def test_plan_from_real_cpu_results_recommends_a_configuration_that_fits(tmp_path):
+    runner = Runner(torch.device("cpu"))
+    tiny = (("size", "tiny"),)
+    cases = [Case("gpt", "large-batch", m, 1, tiny, warmup=1, steps=2) for m in (2, 8)] + \
+            [Case("gpt", "accumulated", m, 2, tiny, warmup=1, steps=2) for m in (2, 8)]
+    records = [runner.measure(c) for c in cases]
+    peaks = {(r.micro_batch, r.accum_steps): r.peak_allocated for r in records}
+    budget = (peaks[(2, 2)] + peaks[(8, 2)]) // 2  # between micro-batch 2 and 8 when accumulating
+    plan = make_plan(16, budget, observations_from_records(records), margin=0.0)
+    chosen = plan.recommended
+    assert chosen.fits and 2 <= chosen.micro_batch < 8 and chosen.micro_batch * chosen.accum_steps == 16
+    # Run what was recommended: its measured peak is within the budget.
+    check = runner.measure(Case("gpt", "accumulated", chosen.micro_batch, chosen.accum_steps, tiny, warmup=1, steps=1))
+    assert check.peak_allocated <= budget
+
+    path = tmp_path / "cpu.jsonl"
+    write_records(path, records)
+    result = CliRunner().invoke(main, ["plan", "--results", str(path), "--effective-batch", "16",
+                                       "--memory-budget", str(budget), "--margin", "0%", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["recommended"]["micro_batch"] == chosen.micro_batch
+    assert data["workload"] == "gpt-tiny"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def test_plan_command_estimates_when_given_no_results():
+    result = CliRunner().invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny",
+                                       "--effective-batch", "8", "--memory-budget", "1GiB", "--device-kind", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "recommended: micro-batch 8 x 1" in result.output
+    assert "estimated" in result.output
+
+
+def test_plan_command_exit_codes(tmp_path):
+    runner = CliRunner()
+    impossible = runner.invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny",
+                                      "--effective-batch", "8", "--memory-budget", "1KiB", "--device-kind", "cpu"])
+    assert impossible.exit_code == 1
+    assert "no configuration fits" in impossible.output and "needs" in impossible.output
+    for args, message in [
+        (["--memory-budget", "lots", "--workload", "mlp"], "not a size"),
+        (["--memory-budget", "1GiB"], "give --workload"),
+        (["--memory-budget", "1GiB", "--workload", "mlp", "--margin", "150%"], "--margin"),
+        (["--memory-budget", "1GiB", "--results", str(tmp_path / "missing.jsonl")], "no such file"),
+        (["--memory-budget", "1GiB", "--workload", "mlp", "--scenario", "multitask-combined"], "multi-task"),
+    ]:
+        result = runner.invoke(main, ["plan", "--effective-batch", "8", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output
+        assert "Traceback" not in result.output
+
+
+def test_format_plan_marks_the_recommendation():
+    text = format_plan(make_plan(16, 20 * GIB, observations()))
+    assert "<- recommended" in text and "recommended: micro-batch 16 x 1" in text
