@@ -53,6 +53,7 @@ def measured(tmp_path_factory):
     try:
         paths = {}
         for name, factory in (("warm-up", "mlp_plain"), ("plain1", "mlp_plain"), ("plain2", "mlp_plain"),
+                              ("plain3", "mlp_plain"), ("plain4", "mlp_plain"),
                               ("leaky", "mlp_leaky"), ("slow", "mlp_slow")):
             paths[name] = out / f"{name}.jsonl"
             result = CliRunner().invoke(
@@ -84,14 +85,20 @@ def test_cpu_peak_repeats_to_the_byte(measured):
 
 
 def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured):
-    # Pure noise: both samples come from the same code. The gate fires only when the
+    # Pure noise: all samples come from the same code. The gate fires only when the
     # Mann-Whitney test is significant at p < 0.002 AND the median moved by more than 10% AND by
-    # more than the runs' own scatter. (The rank test alone fires on about half of such pairs.)
-    code, report = compare(measured["plain1"], measured["plain2"])
-    assert code == 0, report
-    (case,) = report["cases"]
-    assert case["throughput"]["verdict"] != "regression", case["throughput"]["reason"]
-    assert case["memory"]["change"] == 0
+    # more than the runs' own scatter. Measured on a shared 2-core VM it still fired on about 1%
+    # of such pairs (a machine that itself slows by 15% between two runs), so the assertion is
+    # statistical: of three independent pairs at most one may fire (chance of failing ~3e-4).
+    fired = []
+    for a, b in (("plain1", "plain2"), ("plain2", "plain3"), ("plain3", "plain4")):
+        code, report = compare(measured[a], measured[b])
+        (case,) = report["cases"] if isinstance(report, dict) else [None]
+        assert case is not None, report
+        assert case["memory"]["change"] == 0
+        if code != 0 or case["throughput"]["verdict"] == "regression":
+            fired.append((a, b, case["throughput"]["reason"]))
+    assert len(fired) <= 1, fired
 
 
 def test_kept_tensor_is_a_memory_regression_naming_the_case(measured):
