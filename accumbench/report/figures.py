@@ -52,7 +52,9 @@ def memory_vs_effective_batch(frame: pd.DataFrame) -> Figure | None:
     device-memory line, or else at the top of the panel. The device's total memory is a dashed
     horizontal line when the records know it.
     """
-    drawable = with_several_batches(frame[frame["status"].isin(["ok", "oom"])])
+    # Ok rows without a peak (gradient-equivalence records of `accumbench check`) have no memory.
+    measured = (frame["status"] == "ok") & frame["peak_allocated"].notna()
+    drawable = with_several_batches(frame[measured | (frame["status"] == "oom")])
     if drawable.empty:
         return None
     panels = panels_by(drawable, ["section", "workload"])
