@@ -220,6 +220,42 @@ class ThroughputCheck:
         return Outcome(verdict, reason, base, cur, change, p, self.gated, noise)
 
 
+@dataclass(frozen=True)
+class EquivalenceCheck:
+    """Gradient equivalence (records of `accumbench check`) may not get worse.
+
+    A regression when the verdict goes from equivalent to not, when an explained difference
+    loses its explanation, or when the relative error grows past `max(tolerance, growth x
+    baseline error)`: a BatchNorm model stays "not equivalent" at 30%, but 60% is news.
+    """
+
+    growth: float = 2.0
+
+    def evaluate(self, baseline: dict | None, current: dict | None) -> Outcome:
+        """Compare two `equivalence` blocks."""
+        if not isinstance(baseline, dict) or not isinstance(current, dict):
+            return Outcome(NOT_AVAILABLE, "no equivalence result on one side")
+        b_err, c_err = baseline.get("rel_error"), current.get("rel_error")
+        if not isinstance(b_err, (int, float)) or not isinstance(c_err, (int, float)):
+            return Outcome(NOT_AVAILABLE, "no relative error on one side")
+        tolerance = float(current.get("tolerance") or baseline.get("tolerance") or 0.0)
+        change = stats.relative_change(b_err, c_err) if b_err else (math.inf if c_err else 0.0)
+        what = f"gradient error {b_err:.2g} -> {c_err:.2g}"
+        b_ok, c_ok = baseline.get("verdict") == "equivalent", current.get("verdict") == "equivalent"
+        if b_ok and not c_ok:
+            return Outcome(REGRESSION, f"{what}: was equivalent, now not (tolerance {tolerance:g})",
+                           b_err, c_err, change)
+        if baseline.get("explained") and current.get("explained") is False:
+            return Outcome(REGRESSION, f"{what}: the difference is no longer explained by a known cause",
+                           b_err, c_err, change)
+        if c_err > max(tolerance, self.growth * b_err):
+            return Outcome(REGRESSION, f"{what}: grew more than {self.growth:g}x", b_err, c_err, change)
+        if c_ok and not b_ok:
+            return Outcome(IMPROVEMENT, f"{what}: now equivalent", b_err, c_err, change)
+        return Outcome(SAME, f"{what}: {'equivalent' if c_ok else 'not equivalent, as before'}",
+                       b_err, c_err, change)
+
+
 def _signed_percent(change: float) -> str:
     if change == 0:
         return "±0%"

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from accumbench.gate.checks import (
     IMPROVEMENT,
+    EquivalenceCheck,
     NOT_AVAILABLE,
     REGRESSION,
     SAME,
@@ -239,7 +240,13 @@ def _compare_case(
     if b_status == "ok" and c_status == "ok":
         memory = memory_check.evaluate(_bytes(base.get("peak_allocated")), _bytes(cur.get("peak_allocated")))
         throughput = throughput_check.evaluate(_times(base), _times(cur))
-        outcomes = (memory, throughput)
+        outcomes: tuple[Outcome, ...] = (memory, throughput)
+        labels = [("memory", memory), ("throughput", throughput)]
+        if isinstance(base.get("equivalence"), dict) or isinstance(cur.get("equivalence"), dict):
+            # `accumbench check` records: gradient equivalence is what they measure.
+            equivalence = EquivalenceCheck().evaluate(base.get("equivalence"), cur.get("equivalence"))
+            outcomes += (equivalence,)
+            labels.append(("equivalence", equivalence))
         if any(o.fails for o in outcomes):
             verdict = REGRESSION
         elif any(o.verdict == REGRESSION for o in outcomes):
@@ -248,7 +255,6 @@ def _compare_case(
             verdict = IMPROVEMENT
         else:
             verdict = SAME
-        labels = (("memory", memory), ("throughput", throughput))
         reasons = tuple(f"{name}: {o.reason}" for name, o in labels if o.verdict in (REGRESSION, IMPROVEMENT))
     else:
         memory = Outcome(NOT_AVAILABLE, "not ok on both sides",
