@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from accumbench.cases import Case
 from accumbench.estimate import estimate_cases, estimate_runner, predicted_oom, proportional
 from accumbench.estimate_assumptions import MIB, assumptions_for, parse_overrides, parse_size
+from accumbench.meters.cuda_autocast import CUDA_AUTOCAST_POLICY, cuda_autocast_policy
 from accumbench.meters.estimate import (
-    CUDA_AUTOCAST_POLICY,
     FREE,
     MOVE,
     NEW,
@@ -21,7 +21,6 @@ from accumbench.meters.estimate import (
     StepProfile,
     attention_backward_scratch,
     cuda_attention_kernel,
-    cuda_autocast_policy,
 )
 from accumbench.runner import Runner
 
