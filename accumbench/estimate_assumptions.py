@@ -23,8 +23,13 @@ every estimate record lists the ones it used (`Record.assumptions`):
 - `attention_scratch`: the flash backward allocates an fp32 accumulator for dQ (batch x
   seq rounded up to 128 x heads x head size) and the softmax row sums (batch x heads x seq);
   the memory-efficient backward the row sums only. They live for one attention backward call.
-- `scratch_bytes`: a flat allowance for kernel scratch not listed here (cuDNN convolution
-  workspaces, sort buffers of the embedding backward); 0 by default: not modelled.
+- `cudnn_workspace_bytes`: cuDNN takes a workspace from the caching allocator for each
+  convolution (and batch norm) call and frees it after; which algorithm, hence how large, cuDNN's
+  heuristics decide. Added to the peak of steps that run convolutions. 8 MiB on CUDA kinds: on
+  the H100 (torch 2.11, cuDNN 9) the BatchNorm/GroupNorm ConvNets of the default suite peaked
+  0-20 MiB above the estimate without it (results/estimate-vs-h100).
+- `scratch_bytes`: a flat allowance for any other kernel scratch (sort buffers of the embedding
+  backward...); 0 by default: not modelled.
 - `cuda_autocast`: apply CUDA's autocast policy (which ops run in fp32 under bf16/fp16: layer
   and group norm, softmax, sums, losses...) rather than the CPU's; the estimate runs on fake
   CPU tensors, because autograd cannot run on fake CUDA tensors without a CUDA build.
@@ -62,6 +67,7 @@ class DeviceAssumptions:
     gemm_threads: int
     attention_kernel: str
     attention_scratch: bool
+    cudnn_workspace_bytes: int
     scratch_bytes: int
     cuda_autocast: bool
 
@@ -70,7 +76,7 @@ class DeviceAssumptions:
             raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
                              f"got {self.attention_kernel!r}")
         for name in ("reserve_bytes", "cublas_workspace_bytes", "cublaslt_workspace_bytes",
-                     "gemm_threads", "scratch_bytes"):
+                     "gemm_threads", "cudnn_workspace_bytes", "scratch_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.allocator_round_bytes < 1:
@@ -155,6 +161,7 @@ def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int) -
         gemm_threads=2,
         attention_kernel="auto",
         attention_scratch=True,
+        cudnn_workspace_bytes=8 * MIB,
         scratch_bytes=0,
         cuda_autocast=True,
     )
@@ -172,7 +179,8 @@ DEVICE_ASSUMPTIONS: dict[str, DeviceAssumptions] = {
     "cpu": DeviceAssumptions(
         kind="cpu", label="cpu", total_memory_bytes=None, reserve_bytes=0, allocator_round_bytes=1,
         cublas_workspace_bytes=0, cublaslt_workspace_bytes=0, gemm_threads=0,
-        attention_kernel="auto", attention_scratch=False, scratch_bytes=0, cuda_autocast=False,
+        attention_kernel="auto", attention_scratch=False, cudnn_workspace_bytes=0, scratch_bytes=0,
+        cuda_autocast=False,
     ),
 }
 

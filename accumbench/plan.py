@@ -55,6 +55,7 @@ class Observation:
 
     @property
     def kind(self) -> str:
+        """One micro-step (accumulation 1) or accumulating: their peaks follow different lines."""
         return SINGLE if self.accum_steps == 1 else ACCUMULATED
 
 
@@ -72,6 +73,7 @@ class Candidate:
 
     @property
     def kind(self) -> str:
+        """One micro-step (accumulation 1) or accumulating."""
         return SINGLE if self.accum_steps == 1 else ACCUMULATED
 
 
@@ -271,7 +273,8 @@ def format_plan(plan: Plan) -> str:
         speed = f"{c.samples_per_s:,.1f}" if c.samples_per_s else "-"
         peak = _gib(c.predicted_peak) if c.predicted_peak is not None else "-"
         fits = "yes" if c.fits else "no"
-        lines.append(f"{c.micro_batch:>11}  {c.accum_steps:>5}  {peak:>10}  {c.peak_source:<22}  {speed:>10}  {fits}{mark}")
+        lines.append(f"{c.micro_batch:>11}  {c.accum_steps:>5}  {peak:>10}  {c.peak_source:<22}  {speed:>10}  "
+                     f"{fits}{mark}")
     r = plan.recommended
     lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
                   f"peak {_gib(r.predicted_peak)}: {plan.reason}"]

@@ -122,6 +122,17 @@ def test_h100_estimate_adds_two_cublas_workspaces_and_one_cublaslt(h100_estimato
     assert with_ws.device_name.startswith("estimate: H100")
 
 
+def test_the_cudnn_allowance_applies_to_convolutions_only():
+    convnet = case("convnet-gn", "large-batch", 4, amp="bf16")
+    with_allowance, without = (estimate_cases([convnet], assumptions_for("h100", {"cudnn_workspace_bytes": size}))[0]
+                               for size in ("8MiB", "0"))
+    assert with_allowance.peak_allocated - without.peak_allocated == 8 * MIB
+    assert with_allowance.baseline_allocated == without.baseline_allocated  # per call, not kept
+    assert "cudnn-workspace-allowance" in with_allowance.assumptions["applied"]
+    mlp = estimate_cases([case("mlp", "large-batch", 4)], assumptions_for("h100"))[0]
+    assert "cudnn-workspace-allowance" not in mlp.assumptions["applied"]
+
+
 def test_allocator_rounding_only_adds_bytes():
     exact = assumptions_for("h100", {"allocator_round_bytes": "1"})
     records = estimate_cases([case("mlp", "accumulated", 3, 2)], exact) + \

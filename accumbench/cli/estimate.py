@@ -37,8 +37,8 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
 @click.option("--assume", "assume", multiple=True, metavar="KEY=VALUE",
               help="Override one assumption, repeatable: cublas_workspace_bytes=32MiB, "
                    "cublaslt_workspace_bytes=1MiB, gemm_threads=2, attention_kernel=auto|flash|efficient|math, "
-                   "attention_scratch=true, scratch_bytes=0, allocator_round_bytes=512, "
-                   "total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true.")
+                   "attention_scratch=true, cudnn_workspace_bytes=8MiB, scratch_bytes=0, "
+                   "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true.")
 @click.option("--suite", default=None,
               help="smoke, default or a suite .toml file (default: 'default', the GPU suite).")
 @click.option("--workload", "workload_spec", default=None,
@@ -48,8 +48,10 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
               help="Option for the workload factory, repeatable, e.g. size=gpt2, seq_len=256.")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
               help="Repeatable; as for run.")
-@click.option("--micro-batch", default="4,8,16", show_default=True, help="Comma-separated micro-batch sizes (with --workload).")
-@click.option("--accum-steps", default="1,2,4", show_default=True, help="Comma-separated accumulation steps (with --workload).")
+@click.option("--micro-batch", default="4,8,16", show_default=True,
+              help="Comma-separated micro-batch sizes (with --workload).")
+@click.option("--accum-steps", default="1,2,4", show_default=True,
+              help="Comma-separated accumulation steps (with --workload).")
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
               help="Autocast dtype. Default: none, or the suite's.")
 @click.option("--set-to-none/--zero-grads", "set_to_none", default=None,

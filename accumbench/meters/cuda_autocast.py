@@ -152,8 +152,9 @@ def cuda_autocast_policy() -> Iterator[None]:
     registrations are removed on exit, which restores the CPU's own kernels."""
     library = torch.library.Library("aten", "IMPL")
     # aten ops only: other namespaces (extensions) keep their own autocast kernels.
-    cuda_ops = {n for n in torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCUDA") if n.startswith("aten::")}
-    cpu_ops = {n for n in torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCPU") if n.startswith("aten::")}
+    registered = torch._C._dispatch_get_registrations_for_dispatch_key
+    cuda_ops = {n for n in registered("AutocastCUDA") if n.startswith("aten::")}
+    cpu_ops = {n for n in registered("AutocastCPU") if n.startswith("aten::")}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "overriding a previously registered kernel": on purpose

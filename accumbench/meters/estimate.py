@@ -44,6 +44,9 @@ GEMM_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", 
                       "_addmm_activation"})
 # ... and those that run on cuBLASLt (addmm with a 1-D bias: `gemm_and_bias`).
 LT_OPS = frozenset({"addmm", "_addmm_activation"})
+# Ops that run on cuDNN with a per-call workspace on CUDA.
+CUDNN_OPS = frozenset({"convolution", "convolution_backward", "_convolution", "cudnn_convolution",
+                       "cudnn_convolution_transpose"})
 SDPA_FORWARD_CPU = "_scaled_dot_product_flash_attention_for_cpu"
 SDPA_BACKWARD_CPU = "_scaled_dot_product_flash_attention_for_cpu_backward"
 
@@ -65,6 +68,7 @@ class StepProfile:
     lt_threads: frozenset[str]
     attention_calls: tuple[tuple[str, str], ...]  # (kernel assumed for CUDA, kernel the step ran)
     flops: int
+    convolutions: bool = False
 
     def sizes(self) -> list[int]:
         """Every byte count in the log, in order (what differs between micro-batch sizes)."""
@@ -73,7 +77,8 @@ class StepProfile:
     def shape(self) -> tuple:
         """The log without byte counts: equal for two runs that did the same thing."""
         events = tuple(e if e[0] in (FREE, MOVE) else (e[0], e[1], *e[3:]) for e in self.events)
-        return (events, self.step_start, self.gemm_threads, self.lt_threads, self.attention_calls)
+        return (events, self.step_start, self.gemm_threads, self.lt_threads, self.attention_calls,
+                self.convolutions)
 
     def with_sizes(self, sizes: Sequence[int], flops: int | None = None) -> "StepProfile":
         """The same log with other byte counts (a replay at another micro-batch size)."""
@@ -89,8 +94,10 @@ class StepProfile:
         size_of = (lambda n: n) if round_to == 1 else (lambda n: 0 if n == 0 else -(-n // round_to) * round_to)
         baseline, peak, breakdown = _replay(self.events, size_of, self.step_start)
         persistent = self.workspace_bytes(assumptions)
-        breakdown["other"] += persistent + assumptions.scratch_bytes
-        return Replay(baseline + persistent, peak + persistent + assumptions.scratch_bytes, breakdown)
+        # Allowances for per-call scratch: held at the peak, not between steps.
+        transient = assumptions.scratch_bytes + (assumptions.cudnn_workspace_bytes if self.convolutions else 0)
+        breakdown["other"] += persistent + transient
+        return Replay(baseline + persistent, peak + persistent + transient, breakdown)
 
     def workspace_bytes(self, assumptions: DeviceAssumptions) -> int:
         """cuBLAS and cuBLASLt workspaces the step's GEMM threads keep allocated."""
@@ -119,6 +126,8 @@ class StepProfile:
                 applied.append(f"attention-ran-math-on-cpu x{ran_math} (over-estimate)")
         if assumptions.cuda_autocast:
             applied.append("cuda-autocast-policy")
+        if self.convolutions and assumptions.cudnn_workspace_bytes:
+            applied.append("cudnn-workspace-allowance")
         if assumptions.scratch_bytes:
             applied.append("scratch-allowance")
         values = {k: v for k, v in assumptions.describe().items() if k != "kind"}
@@ -209,6 +218,7 @@ class LoggingTracker(LiveBytesTracker):
         self.cpu_flash_calls = 0
         self.attention_calls: list[tuple[str, str]] = []
         self.flops = 0
+        self.convolutions = False
         self._thread = "forward"
         self._entries = 0
         self._scratch = scratch
@@ -223,10 +233,12 @@ class LoggingTracker(LiveBytesTracker):
             events=tuple(self.log), step_start=self.step_start,
             gemm_threads=frozenset(self.gemm_threads), lt_threads=frozenset(self.lt_threads),
             attention_calls=tuple(self.attention_calls), flops=int(self.flops),
+            convolutions=self.convolutions,
         )
 
     # -- accounting, as the parent's, plus the log --------------------------------------
     def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
+        """As the parent's, with exact sizes, logging the allocation (or in-place resize)."""
         if tensor.device.type != self.device_type:
             return
         storage = tensor.untyped_storage()
@@ -245,6 +257,7 @@ class LoggingTracker(LiveBytesTracker):
             entry[0] = size
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
+        """As the parent's, logging a change of category."""
         if tensor.device.type != self.device_type:
             return
         entry = self._live.get(tensor.untyped_storage())
@@ -268,6 +281,7 @@ class LoggingTracker(LiveBytesTracker):
 
     # -- phases: the backward runs on autograd's device thread on CUDA --------------------
     def phase(self, name: str, micro_step: int | None) -> None:
+        """As the parent's; also notes which CUDA thread would run what follows."""
         super().phase(name, micro_step)
         self._thread = "backward" if name == "backward" else "forward"
 
@@ -282,6 +296,8 @@ class LoggingTracker(LiveBytesTracker):
                 self.lt_threads.add(self._thread)
         elif name == SDPA_FORWARD_CPU:
             self.cpu_flash_calls += 1
+        elif name in CUDNN_OPS:
+            self.convolutions = True
         if packet in flop_registry:
             self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
         if self._scratch is not None:
@@ -487,6 +503,8 @@ def describe_kind(assumptions: DeviceAssumptions) -> str:
              f"cuBLAS {a.cublas_workspace_bytes >> 20} MiB + cuBLASLt {a.cublaslt_workspace_bytes >> 20} MiB"
              f" x{a.gemm_threads} threads",
              f"attention {a.attention_kernel}"]
+    if a.cudnn_workspace_bytes:
+        parts.append(f"cuDNN {a.cudnn_workspace_bytes >> 20} MiB")
     if a.scratch_bytes:
         parts.append(f"scratch {a.scratch_bytes >> 20} MiB")
     return ", ".join(parts)

@@ -43,7 +43,14 @@ from accumbench.cases import Case, load_suite
 from accumbench.estimate import estimate_cases
 from accumbench.estimate_assumptions import assumptions_for
 from accumbench.fit import fit_memory_line
-from accumbench.plan import NothingFits, candidate_cases, format_plan, make_plan, observations_from_records, plan_to_dict
+from accumbench.plan import (
+    NothingFits,
+    candidate_cases,
+    format_plan,
+    make_plan,
+    observations_from_records,
+    plan_to_dict,
+)
 from accumbench.records import read_records, write_records
 from accumbench.runner import Runner
 
@@ -68,7 +75,8 @@ def compare(estimates, measured, out: Path) -> bool:
         m = by_id.get(e.case_id)
         if m is None:
             continue
-        error = (e.peak_allocated - m.peak_allocated) / m.peak_allocated if m.status == "ok" and e.peak_allocated else None
+        both_ok = m.status == "ok" and e.peak_allocated is not None
+        error = (e.peak_allocated - m.peak_allocated) / m.peak_allocated if both_ok else None
         base_error = ((e.baseline_allocated - m.baseline_allocated) / m.baseline_allocated
                       if m.status == "ok" and m.baseline_allocated and e.baseline_allocated is not None else None)
         rows.append({
@@ -106,9 +114,9 @@ def compare(estimates, measured, out: Path) -> bool:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['case_id']} | {r['measured_status']} | {mib(r['estimate_peak'])} | {mib(r['measured_peak'])} | "
-                     f"{pct(r['error'])} | {mib(r['estimate_baseline'])} | {mib(r['measured_baseline'])} | "
-                     f"{pct(r['baseline_error'])} |")
+        lines.append(f"| {r['case_id']} | {r['measured_status']} | {mib(r['estimate_peak'])} | "
+                     f"{mib(r['measured_peak'])} | {pct(r['error'])} | {mib(r['estimate_baseline'])} | "
+                     f"{mib(r['measured_baseline'])} | {pct(r['baseline_error'])} |")
     lines += ["", "## Residuals (measured - estimated) against micro-batch", "",
               "| workload | scenario | cases | residual at smallest micro-batch (MiB) | per sample (MiB) | r2 |",
               "|---|---|---:|---:|---:|---:|"]
