@@ -108,3 +108,10 @@ def test_smoke_suite_runs_clean(tmp_path):
     assert result.exit_code == 0, result.output
     records = read_records(out)
     assert len(records) >= 30 and all(r.status == "ok" for r in records)
+
+
+def test_bytes_read_as_people_write_them():
+    from accumbench.cli.common import format_bytes
+
+    assert [format_bytes(n) for n in (512, 1040384, 4455800, 17224662016)] == [
+        "512 B", "1016 KiB", "4.25 MiB", "16.0 GiB"]

@@ -25,7 +25,10 @@ def format_bytes(n: int | float | None) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+            if unit == "B":
+                return f"{value:.0f} B"
+            # Three significant figures without scientific notation (1016 KiB, not 1.02e+03).
+            return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
 
