@@ -65,9 +65,9 @@ from accumbench.runner import (
     DEFAULT_SEED,
     PreparedCase,
     RunProgress,
-    _FlopCountingStep,
-    _record_fields,
+    count_flops,
     default_optimizer_label,
+    identity_fields,
     is_out_of_memory,
     optimizer_label,
     pin_determinism,
@@ -583,14 +583,15 @@ class DistributedRunner:
         case = dcase.case
         prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
                                     self.bucket_cap_mb)
-        step = _FlopCountingStep(prepared.step)
-        measurement: Measurement = meter.measure(step, prepared.state, prepared.batches, case.warmup, case.steps)
+        measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
+                                                 case.steps)
+        flops = count_flops(prepared.step)  # after measuring, on every rank (the step all-reduces)
         module = prepared.state.model.module
         return RankResult(
             rank=self.context.rank,
             optimizer=optimizer_label(prepared.state.optimizer),
             parameters=sum(p.numel() for p in module.parameters()),
-            flops=step.flops,
+            flops=flops,
             peak_allocated=measurement.peak_allocated,
             first_step_peak_allocated=measurement.first_step_peak_allocated,
             baseline_allocated=measurement.baseline_allocated,
@@ -604,7 +605,7 @@ class DistributedRunner:
         case = dcase.case
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
-        fields = _record_fields(case, workload, optimizer)
+        fields = identity_fields(case, workload, optimizer)
         fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,

@@ -114,24 +114,17 @@ def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int
     return PreparedCase(case.scenario, workload, state, host_batches, weights)
 
 
-class _FlopCountingStep:
-    """Runs the step; its first call also counts FLOPs (the first step is warm-up anyway)."""
-
-    def __init__(self, step: Callable[[], None]) -> None:
-        self._step = step
-        self.flops: int | None = None
-
-    def __call__(self) -> None:
-        if self.flops is None:
-            counter = FlopCounterMode(display=False)
-            with counter:
-                self._step()
-            self.flops = int(counter.get_total_flops())
-        else:
-            self._step()
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one more call of `step`, counted by `FlopCounterMode`. Run after the measured
+    steps: the counter's hooks would otherwise take part in the first step's peak."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
 
 
-def _record_fields(case: Case, workload: Workload, optimizer_name: str) -> dict[str, Any]:
+def identity_fields(case: Case, workload: Workload, optimizer_name: str) -> dict[str, Any]:
+    """The record's identity fields for a case: what ran, with which knobs."""
     return {
         "case_id": case_id(workload.name, case, optimizer_name),
         "workload": workload.name,
@@ -219,7 +212,7 @@ class Runner:
             return Record(
                 run_id=self.run_id,
                 **self._provenance,
-                **_record_fields(case, workload, default_optimizer_label(workload)),
+                **identity_fields(case, workload, default_optimizer_label(workload)),
                 status=status,
                 error=f"{type(exc).__name__}: {first_line}".strip()[:500],
                 timestamp=utc_timestamp(),
@@ -229,10 +222,10 @@ class Runner:
 
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
         prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
+        measurement = self.meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
+                                         case.steps)
         # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
-        step = prepared.step if self.meter.counts_flops else _FlopCountingStep(prepared.step)
-        measurement = self.meter.measure(step, prepared.state, prepared.batches, case.warmup, case.steps)
-        flops = measurement.flops_per_step if self.meter.counts_flops else step.flops
+        flops = measurement.flops_per_step if self.meter.counts_flops else count_flops(prepared.step)
         record = self.ok_record(case, workload, prepared.state, measurement, flops)
         if self.timeline_sink is not None:
             # After the measured steps, so tracing never touches the record's numbers.
@@ -247,7 +240,7 @@ class Runner:
         return Record(
             run_id=self.run_id,
             **self._provenance,
-            **_record_fields(case, workload, optimizer_label(state.optimizer)),
+            **identity_fields(case, workload, optimizer_label(state.optimizer)),
             status="ok",
             peak_allocated=measurement.peak_allocated,
             first_step_peak_allocated=measurement.first_step_peak_allocated,
