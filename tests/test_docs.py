@@ -1,0 +1,37 @@
+"""Every command is documented: in the README, and by a --help with an example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from accumbench.cli import COMMANDS, main
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_is_in_the_readme(name):
+    assert f"accumbench {name}" in README
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_help_teaches_with_an_example(name):
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"accumbench {name}" in result.output  # an example line
+
+
+def test_top_level_help_lists_every_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in README and "python -m pytest -q" in ci
+    assert "torch==2.13.0" in ci
