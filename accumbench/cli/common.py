@@ -83,3 +83,18 @@ def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_st
     except SuiteError as exc:
         fail_input(str(exc))
     return cases
+
+
+def validate_cases(runner, cases) -> None:
+    """Load every workload and check every scenario fits it before measuring anything; exit 2
+    with the first problem."""
+    from accumbench.scenarios import check_compatible
+    from accumbench.workloads import WorkloadError
+
+    if not cases:
+        fail_input("no cases selected")
+    for case in cases:
+        try:
+            check_compatible(case.scenario, runner.workload(case))
+        except (WorkloadError, ValueError) as exc:
+            fail_input(str(exc))

@@ -14,6 +14,7 @@ from accumbench.cli.common import (
     format_bytes,
     int_list,
     select_cases,
+    validate_cases,
     workload_options,
 )
 
@@ -97,7 +98,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
     runner = estimate_runner(assumptions, seed)
-    _validate(runner, cases)
+    validate_cases(runner, cases)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))
@@ -127,19 +128,6 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
     if errors:
         click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
         sys.exit(1)
-
-
-def _validate(runner, cases) -> None:
-    from accumbench.scenarios import check_compatible
-    from accumbench.workloads import WorkloadError
-
-    if not cases:
-        fail_input("no cases selected")
-    for case in cases:
-        try:
-            check_compatible(case.scenario, runner.workload(case))
-        except (WorkloadError, ValueError) as exc:
-            fail_input(str(exc))
 
 
 def _print_summary(records, assumptions) -> None:

@@ -13,6 +13,7 @@ from accumbench.cli.common import (
     format_bytes,
     int_list,
     select_cases,
+    validate_cases,
     workload_options,
 )
 
@@ -144,7 +145,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
                        nproc_per_node=nproc_per_node)
     runner = Runner(torch_device, seed=seed, timeline_sink=_timeline_sink(out_path) if timeline else None)
-    _validate(runner, cases)
+    validate_cases(runner, cases)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))
@@ -203,20 +204,6 @@ def _timeline_sink(out_path: Path):
         return path.name
 
     return sink
-
-
-def _validate(runner, cases) -> None:
-    """Load every workload and check every scenario fits it before measuring anything."""
-    from accumbench.scenarios import check_compatible
-    from accumbench.workloads import WorkloadError
-
-    if not cases:
-        fail_input("no cases selected")
-    for case in cases:
-        try:
-            check_compatible(case.scenario, runner.workload(case))
-        except (WorkloadError, ValueError) as exc:
-            fail_input(str(exc))
 
 
 def _close(progress) -> None:
