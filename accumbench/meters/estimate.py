@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -237,24 +236,16 @@ class LoggingTracker(LiveBytesTracker):
         )
 
     # -- accounting, as the parent's, plus the log --------------------------------------
-    def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
-        """As the parent's, with exact sizes, logging the allocation (or in-place resize)."""
-        if tensor.device.type != self.device_type:
-            return
-        storage = tensor.untyped_storage()
-        entry = self._live.get(storage)
-        size = storage.nbytes()
-        if entry is None:
-            entry = [size, category or self._category, self._entries]
-            self._entries += 1
-            self._live[storage] = entry
-            weakref.finalize(storage, self._release, entry)
-            self.log.append((NEW, entry[2], size, entry[1]))
-            self._change(size, entry[1])
-        elif entry[0] != size:
-            self.log.append((RESIZE, entry[2], size))
-            self._change(size - entry[0], entry[1])
-            entry[0] = size
+    def _new_entry(self, size: int, category: str) -> list:
+        """As the parent's, numbered and logged (sizes are exact: rounding happens in replay)."""
+        entry = [size, category, self._entries]
+        self._entries += 1
+        self.log.append((NEW, entry[2], size, category))
+        return entry
+
+    def _resize(self, entry: list, size: int) -> None:
+        self.log.append((RESIZE, entry[2], size))
+        super()._resize(entry, size)
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """As the parent's, logging a change of category."""

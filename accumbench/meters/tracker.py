@@ -89,13 +89,20 @@ class LiveBytesTracker(TorchDispatchMode):
         entry = self._live.get(storage)
         size = self.size_of(storage.nbytes())
         if entry is None:
-            entry = [size, category or self._category]
+            entry = self._new_entry(size, category or self._category)
             self._live[storage] = entry
             weakref.finalize(storage, self._release, entry)
             self._change(size, entry[1])
         elif entry[0] != size:  # resized in place
-            self._change(size - entry[0], entry[1])
-            entry[0] = size
+            self._resize(entry, size)
+
+    def _new_entry(self, size: int, category: str) -> list:
+        """The bookkeeping of a new storage: `[bytes, category]` (subclasses may append)."""
+        return [size, category]
+
+    def _resize(self, entry: list, size: int) -> None:
+        self._change(size - entry[0], entry[1])
+        entry[0] = size
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """File an already tracked (or new) tensor's bytes under `category`."""
