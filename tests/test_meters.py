@@ -128,3 +128,26 @@ def test_allocator_rounding():
     assert cuda_allocator_bytes(1) == 512
     assert cuda_allocator_bytes(512) == 512
     assert cuda_allocator_bytes(513) == 1024
+
+
+def test_cuda_trace_samples_the_probe_after_every_op_and_at_every_phase():
+    """The CUDA timeline's plumbing, with a fake allocator probe on CPU tensors."""
+    workload = load_workload("mlp", {"size": "tiny"})
+    prepared = prepare_case(Case("mlp", "accumulated", 4, 2, (("size", "tiny"),)), workload, torch.device("cpu"))
+    prepared.step()  # optimizer state exists, as after the measured steps
+    reads = itertools.count()
+
+    class CountingProbe(FakeProbe):
+        def allocated(self):  # a different value at each read: every sample is visible
+            return next(reads)
+
+        def max_allocated(self):
+            return 12345
+
+    timeline = CudaMeter(probe=CountingProbe(), timer=FakeTimer([])).trace(prepared.step, prepared.state)
+    assert timeline.source == "cuda-sampled" and timeline.allocator_peak == 12345
+    assert list(timeline.bytes) == list(range(len(timeline.bytes)))  # one sample per read, in order
+    phases = [phase for _, phase, _ in timeline.marks]
+    assert phases == ["forward", "backward", "forward", "backward", "optimizer", "zero_grad", "end"]
+    assert len(timeline.bytes) > 50  # sampled after every aten op, not only at the marks
+    assert prepared.state.observer.__class__.__name__ == "_NoObserver"  # restored afterwards
