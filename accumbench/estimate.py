@@ -32,13 +32,30 @@ from accumbench.meters.estimate import EstimateMeter, StepProfile, estimate_meas
 from accumbench.records import Record
 from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case
 from accumbench.scenarios import TrainingState, loss_weights
+from accumbench.timeline import Timeline
 
 MAX_MICRO_STEPS = 2  # micro-steps 3..N repeat micro-step 2 exactly (see the module docstring)
 
 
-def estimate_runner(assumptions: DeviceAssumptions, seed: int = DEFAULT_SEED, run_id: str | None = None) -> Runner:
-    """A runner that estimates on fake CPU tensors for the given device assumptions."""
-    return Runner(torch.device("cpu"), meter=EstimateMeter(assumptions), seed=seed, run_id=run_id)
+def estimate_runner(assumptions: DeviceAssumptions, seed: int = DEFAULT_SEED, run_id: str | None = None,
+                    timeline_sink: Callable[[Record, Timeline], str] | None = None) -> Runner:
+    """A runner that estimates on fake CPU tensors for the given device assumptions
+    (with `timeline_sink`, each case's fake step is also traced; see `Runner`)."""
+    return Runner(torch.device("cpu"), meter=EstimateMeter(assumptions), seed=seed, run_id=run_id,
+                  timeline_sink=timeline_sink)
+
+
+def estimate_each(cases: Sequence[Case], runner: Runner, assumptions: DeviceAssumptions,
+                  on_record: Callable[[Record], None] | None = None) -> list[Record]:
+    """One case at a time through the runner, no grouped replay: slower, but every case runs
+    its own fake steps, which a timeline needs."""
+    records = []
+    for case in cases:
+        record = predicted_oom(runner.measure(case), assumptions)
+        if on_record:
+            on_record(record)
+        records.append(record)
+    return records
 
 
 def group_key(case: Case) -> tuple:
@@ -170,5 +187,5 @@ def groups_of(cases: Iterable[Case]) -> int:
     return len({group_key(c) for c in cases})
 
 
-__all__ = ["MAX_MICRO_STEPS", "estimate_cases", "estimate_group", "estimate_runner", "group_key",
+__all__ = ["MAX_MICRO_STEPS", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
            "groups_of", "predicted_oom", "proportional"]

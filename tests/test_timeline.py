@@ -141,3 +141,24 @@ def test_report_draws_the_timelines_with_their_peaks(tmp_path):
         curve = ax.get_lines()[0].get_ydata()
         assert max(curve) * scale == pytest.approx(records[scenario].peak_allocated, abs=1)
     assert "Memory through one step" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_estimate_timelines_match_the_estimate(tmp_path):
+    """On the estimate meter: to the byte for the cpu kind; for a CUDA kind the curve holds the
+    step's allocations and the record adds the assumed workspaces, the same for every case."""
+    base = ["estimate", "--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4",
+            "--accum-steps", "1,3", "--timeline"]
+    gaps = {}
+    for kind in ("cpu", "h100"):
+        out = tmp_path / f"{kind}.jsonl"
+        result = CliRunner().invoke(main, [*base, "--device-kind", kind, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        records = read_records(out)
+        assert len(records) == 3
+        for record in records:
+            timeline = find_timeline(out, record.timeline, record.case_id, record.run_id)
+            assert timeline is not None
+            gaps.setdefault(kind, set()).add(record.peak_allocated - timeline.peak)
+    assert gaps["cpu"] == {0}
+    (workspaces,) = gaps["h100"]
+    assert workspaces > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import click
@@ -98,3 +99,17 @@ def validate_cases(runner, cases) -> None:
             check_compatible(case.scenario, runner.workload(case))
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
+
+
+def timeline_sink(out_path: Path):
+    """Append each timeline to OUT.timelines.jsonl; the record keeps that file's name."""
+    from accumbench.timeline import append_timeline, sidecar_path
+
+    path = sidecar_path(out_path)
+
+    def sink(record, timeline) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_timeline(path, timeline)
+        return path.name
+
+    return sink

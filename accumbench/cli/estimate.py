@@ -14,6 +14,7 @@ from accumbench.cli.common import (
     format_bytes,
     int_list,
     select_cases,
+    timeline_sink,
     validate_cases,
     workload_options,
 )
@@ -61,10 +62,13 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
               help="JSONL file of estimate records (meter: estimate); replaced if it exists.")
+@click.option("--timeline", is_flag=True,
+              help="Also trace each case's fake step into OUT.timelines.jsonl (as run --timeline); "
+                   "estimates every case on its own, without the grouped replay, so it is slower.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would be estimated, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
 def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp,
-             set_to_none, loss_norm, out_path, list_only, seed) -> None:
+             set_to_none, loss_norm, out_path, timeline, list_only, seed) -> None:
     """Predict each case's CUDA peak memory on fake tensors, with no GPU.
 
     The same cases as `run` (same flags), the same scenario step code, run on fake tensors that
@@ -85,7 +89,8 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
 
     Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed, 2 bad input.
     """
-    from accumbench.estimate import estimate_cases, estimate_runner, groups_of
+    from accumbench.estimate import estimate_cases, estimate_each, estimate_runner, groups_of
+    from accumbench.timeline import sidecar_path
     from accumbench.records import write_records
 
     assumptions = device_assumptions(device_kind, assume)
@@ -97,7 +102,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
-    runner = estimate_runner(assumptions, seed)
+    runner = estimate_runner(assumptions, seed, timeline_sink=timeline_sink(out_path) if timeline else None)
     validate_cases(runner, cases)
     if list_only:
         for case in cases:
@@ -116,7 +121,11 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
                    err=True)
 
     try:
-        records = estimate_cases(cases, assumptions, runner=runner, on_record=progress)
+        if timeline:
+            sidecar_path(out_path).unlink(missing_ok=True)  # replaced, as the results file is
+            records = estimate_each(cases, runner, assumptions, on_record=progress)
+        else:
+            records = estimate_cases(cases, assumptions, runner=runner, on_record=progress)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted after {len(done)} record(s); nothing written", err=True)
         sys.exit(130)

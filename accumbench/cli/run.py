@@ -13,6 +13,7 @@ from accumbench.cli.common import (
     format_bytes,
     int_list,
     select_cases,
+    timeline_sink,
     validate_cases,
     workload_options,
 )
@@ -144,7 +145,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         return run_ddp(torch_device=torch_device, cases=cases, seed=seed, out_path=out_path, resume=resume,
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
                        nproc_per_node=nproc_per_node)
-    runner = Runner(torch_device, seed=seed, timeline_sink=_timeline_sink(out_path) if timeline else None)
+    runner = Runner(torch_device, seed=seed, timeline_sink=timeline_sink(out_path) if timeline else None)
     validate_cases(runner, cases)
     if list_only:
         for case in cases:
@@ -190,20 +191,6 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
     if errors:
         click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
         sys.exit(1)
-
-
-def _timeline_sink(out_path: Path):
-    """Append each timeline to OUT.timelines.jsonl; the record keeps that file's name."""
-    from accumbench.timeline import append_timeline, sidecar_path
-
-    path = sidecar_path(out_path)
-
-    def sink(record, timeline) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_timeline(path, timeline)
-        return path.name
-
-    return sink
 
 
 def _close(progress) -> None:

@@ -106,14 +106,16 @@ def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
 
 
 def trace_with_tracker(step: Step, state: TrainingState, device_type: str,
-                       size_of: Callable[[int], int]) -> "Timeline":
+                       size_of: Callable[[int], int],
+                       alive: dict[str, list[torch.Tensor]] | None = None) -> "Timeline":
     """One step under a recording `LiveBytesTracker`: the same counter the cpu and estimate
-    meters measure with, so the curve's maximum is their steady-state peak to the byte."""
+    meters measure with, so the curve's maximum is their steady-state peak to the byte.
+    `alive`: what lives between steps, by category (default `live_tensors(state)`)."""
     from accumbench.meters.tracker import LiveBytesTracker
     from accumbench.timeline import Timeline, decimate
 
     tracker = LiveBytesTracker(device_type, size_of=size_of, record=True)
-    tracker.adopt(live_tensors(state))
+    tracker.adopt(live_tensors(state) if alive is None else alive)
     tracker.events[:] = [tracker.current]  # the curve starts at what lives between steps
     tracker.reset_peak()
     previous_observer = state.observer

@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import flop_registry
 
 from accumbench.estimate_assumptions import DeviceAssumptions
-from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors
+from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
 from accumbench.meters.tracker import LiveBytesTracker
 from accumbench.records import BREAKDOWN_CATEGORIES
@@ -463,6 +463,28 @@ class EstimateMeter(Meter):
         finally:
             state.observer = previous_observer
         return tracker.profile()
+
+    def trace(self, step: Step, state: TrainingState):
+        """The live-bytes curve of one more fake step, counted as the estimate counts (the
+        device kind's allocator rounding, CUDA's autocast rules and attention kernel). The
+        workspaces the assumptions add (cuBLAS, cuDNN, attention scratch) are constants of the
+        prediction, not allocations of the step: the record's peak includes them, the curve
+        does not (with `--device-kind cpu` there are none and the two agree to the byte)."""
+        if self._mode is None:
+            raise RuntimeError("EstimateMeter.trace needs case_context()")
+        round_to = self.assumptions.allocator_round_bytes
+
+        def size_of(nbytes: int) -> int:
+            return 0 if nbytes == 0 else -(-nbytes // round_to) * round_to
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._mode)
+            if self.assumptions.cuda_autocast:
+                stack.enter_context(cuda_autocast_policy())
+                stack.enter_context(_AttentionChoice(self.assumptions.attention_kernel,
+                                                     LoggingTracker(state.device.type)))
+            return trace_with_tracker(step, state, state.device.type, size_of,
+                                      alive=self._alive_between_steps(state))
 
     def _alive_between_steps(self, state: TrainingState) -> dict[str, list[torch.Tensor]]:
         """What the device holds between steps. For a CUDA prediction, AdamW-style 0-dim `step`
