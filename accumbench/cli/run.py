@@ -175,10 +175,14 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         + f" -> {out_path}", err=True,
     )
     progress = _RichProgress(len(todo)) if sys.stderr.isatty() else _LineProgress()
-    records = []
+    records: list = []
+
+    def keep(record) -> None:
+        append_record(out_path, record)  # on disk at once: Ctrl-C or a crash loses nothing
+        records.append(record)
+
     try:
-        records = runner.run(todo, sink=lambda r: (append_record(out_path, r), records.append(r)),
-                             progress=progress)
+        runner.run(todo, sink=keep, progress=progress)
     except KeyboardInterrupt:
         _close(progress)
         click.echo(f"\ninterrupted: {len(records)} record(s) kept in {out_path}; "
