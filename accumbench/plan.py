@@ -298,7 +298,14 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 
 def _gib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+    """GiB with two decimals; smaller amounts in MiB or KiB (a small model's plan reads
+    '0.38 MiB', not '0.00 GiB')."""
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 __all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",

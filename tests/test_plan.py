@@ -190,3 +190,10 @@ def test_plan_command_exit_codes(tmp_path):
 def test_format_plan_marks_the_recommendation():
     text = format_plan(make_plan(16, 20 * GIB, observations()))
     assert "<- recommended" in text and "recommended: micro-batch 16 x 1" in text
+
+
+def test_small_amounts_read_in_their_own_unit():
+    from accumbench.plan import _gib
+
+    assert [_gib(n) for n in (3 * 2**30, 1.5 * 2**20, 2048, 100, None)] == [
+        "3.00 GiB", "1.50 MiB", "2.00 KiB", "100 B", "-"]
