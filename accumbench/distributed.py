@@ -70,8 +70,8 @@ from accumbench.runner import (
     identity_fields,
     is_out_of_memory,
     optimizer_label,
-    pin_determinism,
     pin_host_batch,
+    run_cases,
 )
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.workloads import Workload, load_workload
@@ -632,22 +632,9 @@ class DistributedRunner:
             skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
         """Measure every case in order on every rank; `skip` holds ids already measured (the
         same on every rank). Rank 0 calls `sink` and `progress`; every rank returns the records."""
-        pin_determinism()
-        skip = set(skip)
-        records: list[Record] = []
-        total = len(cases)
-        for index, dcase in enumerate(cases, start=1):
-            if skip and self.case_id(dcase) in skip:
-                continue
-            if progress and self.is_writer:
-                progress.case_started(index, total, dcase)
-            record = self.measure(dcase)
-            if sink and self.is_writer:
-                sink(record)
-            records.append(record)
-            if progress and self.is_writer:
-                progress.case_finished(index, total, dcase, record)
-        return records
+        writer = self.is_writer
+        return run_cases(cases, self.measure, self.case_id, sink if writer else None, skip,
+                         progress if writer else None)
 
 
 # --- launching -------------------------------------------------------------------------------

@@ -256,27 +256,35 @@ class Runner:
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,
             skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
         """Measure every case in order; `skip` holds case ids already measured (resume)."""
-        pin_determinism()
-        skip = set(skip)
-        records: list[Record] = []
-        total = len(cases)
-        for index, case in enumerate(cases, start=1):
-            if skip and self.case_id(case) in skip:
-                continue
-            if progress:
-                progress.case_started(index, total, case)
-            record = self.measure(case)
-            if sink:
-                sink(record)
-            records.append(record)
-            if progress:
-                progress.case_finished(index, total, case, record)
-        return records
+        return run_cases(cases, self.measure, self.case_id, sink, skip, progress)
 
     def case_id(self, case: Case) -> str:
         """The id a case's record will carry (needs the workload's name and optimizer)."""
         workload = self.workload(case)
         return case_id(workload.name, case, default_optimizer_label(workload))
+
+
+def run_cases(cases: Sequence[Any], measure: Callable[[Any], Record], case_id_of: Callable[[Any], str],
+              sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
+              progress: RunProgress | None = None) -> list[Record]:
+    """The run loop both runners share: skip finished ids, tell `progress`, measure, hand each
+    record to `sink` as soon as it exists."""
+    pin_determinism()
+    skip = set(skip)
+    records: list[Record] = []
+    total = len(cases)
+    for index, case in enumerate(cases, start=1):
+        if skip and case_id_of(case) in skip:
+            continue
+        if progress:
+            progress.case_started(index, total, case)
+        record = measure(case)
+        if sink:
+            sink(record)
+        records.append(record)
+        if progress:
+            progress.case_finished(index, total, case, record)
+    return records
 
 
 def default_optimizer_label(workload: Workload) -> str:
