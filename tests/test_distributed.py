@@ -418,6 +418,17 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
     broken = next(r for r in records if r["workload"] == "broken-mlp")
     assert broken["status"] == "error" and "this loss is broken on every rank" in broken["error"]
 
+    # The report reads these records: both synchronisations, with their all-reduce counts.
+    from accumbench.report import build_report
+
+    report = build_report([out], tmp_path / "report")
+    block = next(b for b in report.sections[0].blocks if b.kind.name == "ddp_communication")
+    table = block.tables[0]
+    counts = {row[table.columns.index("synchronisation")].text: row[table.columns.index("all-reduces per step")].value
+              for row in table.rows if row[1].text == "accumulated"}
+    assert counts == {"no_sync()": 1, "all-reduce every micro-step": 2}
+    assert (tmp_path / "report" / "ddp_communication.png").exists()
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -86,6 +86,8 @@ def compare(baseline, current, memory_check, throughput_tolerance, alpha, throug
     - Throughput regresses only when the step times differ significantly (two-sided
       Mann-Whitney U, p < --alpha) AND the median step time grew by more than
       --throughput-tolerance AND by more than the runs' own scatter (IQR/median).
+    - Records of `accumbench check` regress when gradient equivalence gets worse;
+      DDP records when gradient all-reduces per optimizer step grow.
     - A case that was ok and now runs out of memory (or fails) regresses too.
       Improvements are shown; cases on one side only are listed.
     - Results from different meters, devices or torch versions are refused (exit 2)

@@ -256,6 +256,31 @@ class EquivalenceCheck:
                        b_err, c_err, change)
 
 
+@dataclass(frozen=True)
+class CommunicationCheck:
+    """DDP gradient all-reduces per optimizer step (records of `run --nproc-per-node`) may not
+    grow. The count is deterministic (DDP buckets x synchronised micro-steps), so any growth is
+    real: no_sync() lost on the non-final micro-steps, or the gradients split into more buckets.
+    Their time is not gated: it is as noisy as the step time, which the throughput check gates."""
+
+    def evaluate(self, baseline: dict | None, current: dict | None) -> Outcome:
+        """Compare two `distributed` blocks."""
+        b = baseline.get("allreduces_per_step") if isinstance(baseline, dict) else None
+        c = current.get("allreduces_per_step") if isinstance(current, dict) else None
+        if not isinstance(b, (int, float)) or not isinstance(c, (int, float)):
+            return Outcome(NOT_AVAILABLE, "no all-reduce count on one side")
+        change = stats.relative_change(b, c) if b else (math.inf if c else 0.0)
+        what = f"gradient all-reduces per optimizer step {b:g} -> {c:g}"
+        if c > b:
+            buckets = (baseline.get("buckets"), current.get("buckets"))
+            cause = (f" (DDP buckets {buckets[0]} -> {buckets[1]})" if buckets[0] != buckets[1]
+                     else " (same buckets: more synchronised micro-steps; is no_sync() still used?)")
+            return Outcome(REGRESSION, what + cause, b, c, change)
+        if c < b:
+            return Outcome(IMPROVEMENT, what, b, c, change)
+        return Outcome(SAME, what, b, c, change)
+
+
 def _signed_percent(change: float) -> str:
     if change == 0:
         return "±0%"

@@ -6,7 +6,9 @@ exits: the CLI turns `Comparison.exit_code` into the process's exit status.
 
 Rules (DESIGN.md, "Regression gate"):
 - A case is matched by `case_id`, and by `world_size` too when it is above 1.
-- Both ok: the memory check and the throughput check decide (see `accumbench.gate.checks`).
+- Both ok: the memory check and the throughput check decide (see `accumbench.gate.checks`);
+  for `accumbench check` records the equivalence check too, and for DDP records the count of
+  gradient all-reduces per optimizer step (deterministic, so gated exactly).
 - ok -> oom or error: a regression; oom/error -> ok: an improvement; not ok on both sides: same.
 - Cases on one side only are listed (a regression only with `fail_on_missing`).
 - Records of different meters, devices or torch versions are refused (`MismatchError`) unless
@@ -23,10 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from accumbench.gate.checks import (
     IMPROVEMENT,
-    EquivalenceCheck,
     NOT_AVAILABLE,
     REGRESSION,
     SAME,
+    CommunicationCheck,
+    EquivalenceCheck,
     MemoryCheck,
     Outcome,
     ThroughputCheck,
@@ -247,6 +250,11 @@ def _compare_case(
             equivalence = EquivalenceCheck().evaluate(base.get("equivalence"), cur.get("equivalence"))
             outcomes += (equivalence,)
             labels.append(("equivalence", equivalence))
+        if isinstance(base.get("distributed"), dict) and isinstance(cur.get("distributed"), dict):
+            # DDP records: the all-reduce count is deterministic, so it is gated exactly.
+            communication = CommunicationCheck().evaluate(base["distributed"], cur["distributed"])
+            outcomes += (communication,)
+            labels.append(("communication", communication))
         if any(o.fails for o in outcomes):
             verdict = REGRESSION
         elif any(o.verdict == REGRESSION for o in outcomes):

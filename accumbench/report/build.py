@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, figures, findings, tables, timelines
+from accumbench.report import bars, communication, figures, findings, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.layout import save
 from accumbench.report.tables import Table
@@ -104,6 +104,23 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (tables.multitask_table(f),),
         lambda f, fits: findings.multitask_findings(f),
         "no multi-task records",
+        optional=True,
+    ),
+    FigureKind(
+        "ddp_communication", "DDP: all-reduce every micro-step vs no_sync()",
+        "Accumulation under DistributedDataParallel (`accumbench run --nproc-per-node N`), each "
+        "configuration run twice: all-reducing the gradients after every micro-step, and with "
+        "no_sync() on all but the last micro-step. Left: gradient all-reduces per optimizer step "
+        "(DDP all-reduces one bucket of gradients at a time: buckets × accumulation steps without "
+        "no_sync(), buckets with it). Middle: time from each bucket's gradients being ready to its "
+        "all-reduce finishing, summed per step (it overlaps the backward, so it is time in "
+        "communication, not time added to the step). Right: samples/s summed over ranks. Memory "
+        "is the same either way (DDP's buckets exist in both); the memory figures show both "
+        "lines. Micro-batches are per rank; the effective batch counts every rank's samples.",
+        lambda f, fits: communication.communication_figure(f),
+        lambda f, fits: (communication.communication_table(f),),
+        lambda f, fits: communication.communication_findings(f),
+        "no DDP records (run with --nproc-per-node)",
         optional=True,
     ),
     FigureKind(

@@ -217,12 +217,29 @@ def _assign_lines(frame: pd.DataFrame) -> pd.DataFrame:
         by_micro = row.scenario != "large-batch" and not single[key]
         if by_micro:
             label += f", micro-batch {row.micro_batch}"
+        # Under DDP, accumulation runs with and without no_sync(): the same memory, different
+        # communication, so two lines (not a variant: both compare with the one large batch).
+        sync = ddp_sync_text(row.distributed) if row.scenario != "large-batch" else ""
+        if sync:
+            label += f", {sync}"
         if row.variant:
             label += f" ({row.variant})"
         lines.append(label)
         orders.append((scenario_rank(row.scenario), row.variant,
-                       row.micro_batch if by_micro else 0))
+                       row.micro_batch if by_micro else 0, sync))
     return frame.assign(line=lines, line_order=orders)
+
+
+DDP_NO_SYNC_TEXT = "no_sync()"
+DDP_SYNC_TEXT = "all-reduce every micro-step"
+
+
+def ddp_sync_text(distributed: Any) -> str:
+    """How a DDP record synchronised its micro-steps: `'no_sync()'` (one all-reduce per
+    optimizer step) or `'all-reduce every micro-step'`; `''` for a single-process record."""
+    if not isinstance(distributed, dict) or "no_sync" not in distributed:
+        return ""
+    return DDP_NO_SYNC_TEXT if distributed["no_sync"] else DDP_SYNC_TEXT
 
 
 def _quantiles(times: tuple[float, ...]) -> tuple[float, float, float]:

@@ -91,6 +91,17 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
                     render_markdown_table(multitask, ["workload", "layout", "micro × steps",
                                                       "combined peak", "sequential peak",
                                                       "memory change", "throughput change"]), ""]
+        communication = _find(section, "communication")
+        if communication is not None:
+            block = next(b for b in section.blocks if b.kind.name == "ddp_communication")
+            out += ["DDP communication, all-reduce every micro-step vs no_sync():", ""]
+            out += [f"- {_escape(s)}" for s in block.findings]
+            out += ([""] if block.findings else []) + [
+                render_markdown_table(communication, ["workload", "scenario",
+                                                      "micro-batch × steps (per rank)",
+                                                      "synchronisation", "all-reduces per step",
+                                                      "all-reduce time per step",
+                                                      "samples/s (all ranks)"]), ""]
         equivalence = _find(section, "equivalence")
         if equivalence is not None:
             out += ["Gradient equivalence:", "",

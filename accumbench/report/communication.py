@@ -1,0 +1,179 @@
+"""DDP communication: what `no_sync()` saves when accumulating under DistributedDataParallel.
+
+Reads the `distributed` block of records from `accumbench run --nproc-per-node N` (or
+`--distributed` under torchrun). Accumulation runs each case twice, all-reducing the gradients
+after every micro-step and only after the last one (`no_sync()` on the others); the figure puts
+the two side by side per configuration: gradient all-reduces per optimizer step, time spent in
+them, and throughput. Memory is not on it: DDP's gradient buckets exist either way, and the
+memory figures above show both lines.
+
+Same conventions as `bars`: prepared frame in, `Figure` (or None when no record is distributed)
+out; each bar series is a labelled `BarContainer` in `ax.containers`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from accumbench.report.data import DDP_NO_SYNC_TEXT, DDP_SYNC_TEXT, ddp_sync_text, in_display_order, scenario_name
+from accumbench.report.findings import change_text
+from accumbench.report.layout import OOM_COLOR, PANEL_SIZE, finish_axes, grid, panels_by
+from accumbench.report.tables import Table, number, text
+from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing
+
+SYNC_ORDER = (DDP_SYNC_TEXT, DDP_NO_SYNC_TEXT)
+SYNC_COLORS = {DDP_SYNC_TEXT: "#ff7f0e", DDP_NO_SYNC_TEXT: "#1f77b4"}
+
+# (column, axis label) of the figure's three panels per section.
+PANELS = (
+    ("allreduces_per_step_", "gradient all-reduces per optimizer step"),
+    ("allreduce_ms_per_step_", "time in all-reduces per optimizer step (ms, slowest rank)"),
+    ("samples_per_s_", "throughput (samples/s, summed over ranks)"),
+)
+
+
+def distributed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The records of DDP runs, with the `distributed` block's numbers as columns: `sync_`
+    (how micro-steps synchronised), `buckets_`, `allreduces_per_step_`,
+    `allreduce_s_per_step_` (and `_ms_`), `per_rank_peaks_` (a tuple), `backend_`."""
+    is_ddp = frame["distributed"].map(lambda d: isinstance(d, dict) and "no_sync" in d)
+    data = frame[is_ddp]
+    blocks = data["distributed"]
+
+    def field(name: str) -> list[Any]:
+        return [block.get(name) for block in blocks]
+
+    seconds = pd.to_numeric(pd.Series(field("allreduce_time_s_per_step"), index=data.index,
+                                      dtype=object), errors="coerce")
+    return data.assign(
+        sync_=[ddp_sync_text(b) for b in blocks],
+        buckets_=field("buckets"),
+        allreduces_per_step_=pd.to_numeric(pd.Series(field("allreduces_per_step"), index=data.index,
+                                                     dtype=object), errors="coerce"),
+        allreduce_s_per_step_=seconds,
+        allreduce_ms_per_step_=seconds * 1000.0,
+        per_rank_peaks_=[tuple(p) if isinstance(p, (list, tuple)) else () for p in field("per_rank_peak_allocated")],
+        backend_=field("backend"),
+    )
+
+
+def _category(row: Any) -> str:
+    label = f"{row.workload}\n{row.micro_batch}×{row.accum_steps} per rank"
+    return label + (f"\n{row.variant}" if row.variant else "")
+
+
+def communication_figure(frame: pd.DataFrame) -> Figure | None:
+    """All-reduce every micro-step vs `no_sync()`, per accumulated DDP configuration.
+
+    One row of three panels per section (all-reduces per step, their time, throughput), one pair
+    of horizontal bars per workload and micro-batch × steps. A case that did not run has no bar
+    and its status written instead; the `no_sync()` bar is annotated with its change.
+    """
+    data = distributed_rows(frame)
+    data = data[data["scenario"] == "accumulated"]
+    if data.empty:
+        return None
+    data = in_display_order(data)
+    data = data.assign(category=[_category(r) for r in data.itertuples()])
+    panels = panels_by(data, ["section"])
+    most = max(p.frame["category"].nunique() for p in panels)
+    fig, axes = grid(len(PANELS) * len(panels), columns=len(PANELS),
+                     panel_size=(PANEL_SIZE[0] * 0.8, 1.9 + 0.62 * most))
+    for i, panel in enumerate(panels):
+        for j, (column, label) in enumerate(PANELS):
+            _pair_panel(axes[len(PANELS) * i + j], panel, column, label, show_ticks=j == 0)
+    return fig
+
+
+def _pair_panel(ax: Axes, panel, column: str, label: str, show_ticks: bool) -> None:
+    data = panel.frame
+    categories = list(dict.fromkeys(data["category"]))
+    values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
+    height = 0.38
+    by_sync: dict[str, dict[str, float]] = {}
+    for offset, sync in zip((-height / 2, height / 2), SYNC_ORDER):
+        rows = data[data["sync_"] == sync]
+        widths = {c: math.nan for c in categories}
+        statuses = dict(zip(rows["category"], rows["status"]))
+        for category, value in zip(rows["category"], values[rows.index]):
+            widths[category] = value
+        by_sync[sync] = widths
+        ys = [i + offset for i in range(len(categories))]
+        ax.barh(ys, [0.0 if math.isnan(w) else w for w in widths.values()], height=height,
+                label=sync, color=SYNC_COLORS[sync])
+        for y, cat in zip(ys, categories):
+            if cat in statuses and statuses[cat] != "ok":
+                ax.text(0, y, " " + statuses[cat].upper(), ha="left", va="center",
+                        color=OOM_COLOR, fontsize=8, fontweight="bold")
+    synced, unsynced = (by_sync[s] for s in SYNC_ORDER)
+    for i, cat in enumerate(categories):
+        a, b = synced[cat], unsynced[cat]
+        if a and not (math.isnan(a) or math.isnan(b)):
+            ax.annotate(f"{(b - a) / a:+.0%}".replace("-", "\u2212"), (b, i + height / 2),
+                        ha="left", va="center", fontsize=8, xytext=(3, 0), textcoords="offset points")
+    ax.set_yticks(range(len(categories)), categories if show_ticks else [""] * len(categories),
+                  fontsize=8)
+    ax.set_ylim(len(categories) - 0.5, -0.5)  # first configuration on top
+    ax.set_xlabel(label, fontsize=8)
+    ax.margins(x=0.15)
+    title = label.split(" (")[0]
+    finish_axes(ax, title + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
+
+
+def communication_table(frame: pd.DataFrame) -> Table:
+    """Every DDP record: how it synchronised, buckets, all-reduces and their time per optimizer
+    step, throughput summed over ranks, and each rank's peak."""
+    data = distributed_rows(frame)
+    rows = []
+    for r in in_display_order(data).itertuples():
+        peaks = " / ".join(format_bytes(p) for p in r.per_rank_peaks_) if r.per_rank_peaks_ else "—"
+        ok = r.status == "ok"
+        rows.append((
+            text(r.workload), text(scenario_name(r.scenario)), text(f"{r.micro_batch} × {r.accum_steps}"),
+            number(r.effective_batch), text(r.sync_ if r.scenario != "large-batch" else "—"),
+            text(r.status), number(r.buckets_ if ok else None),
+            number(r.allreduces_per_step_ if ok else None, lambda v: f"{v:g}"),
+            number(r.allreduce_s_per_step_ if ok else None, format_seconds),
+            number(r.samples_per_s_, lambda v: format_rate(v, "")),
+            number(r.peak_allocated if ok else None, format_bytes), text(peaks if ok else None),
+        ))
+    return Table("communication", (
+        "workload", "scenario", "micro-batch × steps (per rank)", "effective batch (global)",
+        "synchronisation", "status", "buckets", "all-reduces per step", "all-reduce time per step",
+        "samples/s (all ranks)", "peak allocated (max over ranks)", "peak per rank"), tuple(rows))
+
+
+def _allreduces(count: float) -> str:
+    return f"{count:g} gradient all-reduce{'' if count == 1 else 's'}"
+
+
+def communication_findings(frame: pd.DataFrame) -> list[str]:
+    """One sentence per accumulated DDP configuration measured both ways: all-reduce counts and
+    the throughput `no_sync()` gains or loses."""
+    data = distributed_rows(frame)
+    data = data[(data["scenario"] == "accumulated") & (data["status"] == "ok")]
+    out = []
+    keys = ["workload", "variant", "micro_batch", "accum_steps"]
+    for key, group in data.groupby(keys, sort=False):
+        both = {r.sync_: r for r in group.itertuples()}
+        if set(both) != set(SYNC_ORDER):
+            continue
+        synced, unsynced = both[DDP_SYNC_TEXT], both[DDP_NO_SYNC_TEXT]
+        workload, variant, micro, steps = key
+        name = f"{workload} ({variant})" if variant else workload
+        sentence = (f"{name}, {micro} × {steps} per rank: no_sync() makes "
+                    f"{_allreduces(unsynced.allreduces_per_step_)} per optimizer step instead of "
+                    f"{synced.allreduces_per_step_:g}")
+        a, b = synced.samples_per_s_, unsynced.samples_per_s_
+        if not (is_missing(a) or is_missing(b)) and a:
+            sentence += f", and its throughput is {change_text((b - a) / a, 'lower', 'higher')}"
+        out.append(sentence + ".")
+    return out
+
+
+__all__ = ["communication_figure", "communication_findings", "communication_table", "distributed_rows"]
