@@ -1,0 +1,192 @@
+"""Measuring DDP cases on every rank of the job; rank 0 hands the merged records to the sink."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from accumbench.cases import Case
+from accumbench.distributed.cases import DdpCase, ddp_case_id
+from accumbench.distributed.comm import AllReduceCounter, CommWindowTimer, ddp_meter
+from accumbench.distributed.data import ddp_loss_weights, shard_batch
+from accumbench.distributed.process import DistContext, ProcessGroups
+from accumbench.distributed.results import RankResult, failed_result, merge_results
+from accumbench.environment import provenance, utc_timestamp
+from accumbench.meters.base import Measurement, Meter
+from accumbench.records import Record
+from accumbench.runner import (
+    DEFAULT_SEED,
+    PreparedCase,
+    RunProgress,
+    count_flops,
+    default_optimizer_label,
+    identity_fields,
+    optimizer_label,
+    pin_host_batch,
+    run_cases,
+)
+from accumbench.scenarios import StepOptions, check_compatible, new_training_state
+from accumbench.workloads import Workload, load_workload
+
+
+def wrap_ddp(model: torch.nn.Module, context: DistContext, group: Any,
+             bucket_cap_mb: float | None = None) -> torch.nn.parallel.DistributedDataParallel:
+    """`DistributedDataParallel` over `group`, one device per process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    kwargs: dict[str, Any] = {"process_group": group}
+    if context.device.type == "cuda":
+        kwargs["device_ids"] = [context.device.index]
+    if bucket_cap_mb is not None:
+        # Set explicitly, it caps the first bucket too (DDP's default first bucket is 1 MiB).
+        kwargs["bucket_cap_mb"] = bucket_cap_mb
+    return DistributedDataParallel(model, **kwargs)
+
+
+def prepare_ddp_case(dcase: DdpCase, workload: Workload, context: DistContext, group: Any,
+                     counter: AllReduceCounter, seed: int = DEFAULT_SEED,
+                     bucket_cap_mb: float | None = None) -> PreparedCase:
+    """Build the case as `runner.prepare_case` does, with the model in DDP over `group` (its
+    all-reduces counted by `counter`'s hook) and this rank's shard of each global micro-batch.
+    Every rank builds the same initial model from the seed (DDP also broadcasts rank 0's)."""
+    case = dcase.case
+    check_compatible(case.scenario, workload)
+    options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
+    torch.manual_seed(seed)
+    model = wrap_ddp(workload.build_model().to(context.device), context, group, bucket_cap_mb)
+    model.register_comm_hook(counter, AllReduceCounter.hook)
+    state = new_training_state(workload, model, context.device, options)
+    state.skip_sync_until_last = dcase.no_sync
+    generator = torch.Generator().manual_seed(seed)
+    global_batches = [workload.make_batch(case.micro_batch * context.world_size, generator)
+                      for _ in range(case.accum_steps)]
+    shards = [shard_batch(b, context.rank, context.world_size) for b in global_batches]
+    weights = ddp_loss_weights(workload, global_batches, shards, case.loss_norm, context.world_size)
+    del global_batches
+    if context.device.type == "cuda":
+        shards = [pin_host_batch(b) for b in shards]
+    return PreparedCase(case.scenario, workload, state, shards, weights)
+
+
+class DistributedRunner:
+    """Measures `DdpCase`s on every rank of the job; only rank 0 calls the sink and progress.
+
+    `measure` and `run` are collective: every rank calls them with the same cases in the same
+    order. `bucket_cap_mb` is DDP's bucket size (None: DDP's default, 25 MiB with a 1 MiB first
+    bucket).
+    """
+
+    def __init__(self, groups: ProcessGroups, seed: int = DEFAULT_SEED, run_id: str | None = None,
+                 bucket_cap_mb: float | None = None) -> None:
+        self.groups = groups
+        self.context = groups.context
+        self.seed = seed
+        self.bucket_cap_mb = bucket_cap_mb
+        # One run id for the job: rank 0's.
+        self.run_id = groups.broadcast((run_id or uuid.uuid4().hex[:12]) if self.context.is_writer else None)
+        self._workloads: dict[tuple, Workload] = {}
+        meter, _ = ddp_meter(self.context.device.type, AllReduceCounter(None, self.context.device.type))
+        self.meter_name = meter.name
+        self._provenance = {**provenance(), **meter.device_info(self.context.device), "meter": meter.name}
+
+    @property
+    def is_writer(self) -> bool:
+        """True on rank 0."""
+        return self.context.is_writer
+
+    def workload(self, dcase: DdpCase | Case) -> Workload:
+        """Load (once) the workload a case names."""
+        case = dcase.case if isinstance(dcase, DdpCase) else dcase
+        key = (case.workload, case.options)
+        if key not in self._workloads:
+            self._workloads[key] = load_workload(case.workload, case.options_dict)
+        return self._workloads[key]
+
+    def case_id(self, dcase: DdpCase) -> str:
+        """The id the case's record will carry."""
+        workload = self.workload(dcase)
+        return ddp_case_id(workload.name, dcase, default_optimizer_label(workload), self.context.world_size)
+
+    def measure(self, dcase: DdpCase) -> Record:
+        """Measure one case on every rank and merge; every rank returns the same record.
+        A failing case (on any rank) becomes an `oom`/`error` record, never an exception."""
+        workload = self.workload(dcase)
+        group = self.groups.new_case_group()
+        counter = AllReduceCounter(group, self.context.device.type)
+        meter, window = ddp_meter(self.context.device.type, counter)
+        try:
+            local = self._measure_local(dcase, workload, group, counter, meter, window)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a failing case is data; the other ranks must hear of it
+            local = failed_result(self.context.rank, exc)
+            exc.__traceback__ = None  # its frames hold the case's tensors
+        finally:
+            meter.release(self.context.device)
+        results = self.groups.all_gather(local)
+        try:
+            dist.destroy_process_group(group)
+        except Exception:  # a group broken by a failed rank: dropping it is all we need
+            pass
+        return self._record(dcase, workload, results)
+
+    def _measure_local(self, dcase: DdpCase, workload: Workload, group: Any, counter: AllReduceCounter,
+                       meter: Meter, window: CommWindowTimer) -> RankResult:
+        case = dcase.case
+        prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
+                                    self.bucket_cap_mb)
+        measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
+                                                 case.steps)
+        flops = count_flops(prepared.step)  # after measuring, on every rank (the step all-reduces)
+        module = prepared.state.model.module
+        return RankResult(
+            rank=self.context.rank,
+            optimizer=optimizer_label(prepared.state.optimizer),
+            parameters=sum(p.numel() for p in module.parameters()),
+            flops=flops,
+            peak_allocated=measurement.peak_allocated,
+            first_step_peak_allocated=measurement.first_step_peak_allocated,
+            baseline_allocated=measurement.baseline_allocated,
+            peak_reserved=measurement.peak_reserved,
+            breakdown=measurement.breakdown,
+            step_times_s=tuple(measurement.step_times_s),
+            comm=window.stats,
+        )
+
+    def _record(self, dcase: DdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
+        case = dcase.case
+        ws = self.context.world_size
+        optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
+        fields = identity_fields(case, workload, optimizer)
+        fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
+        fields["effective_batch"] = case.effective_batch * ws
+        merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,
+                               self._provenance["device_name"], case.amp)
+        stats = merged.pop("distributed_stats", {})
+        return Record(
+            run_id=self.run_id,
+            **self._provenance,
+            **fields,
+            world_size=ws,
+            distributed={
+                "backend": self.context.backend,
+                "no_sync": dcase.no_sync,
+                "bucket_cap_mb": self.bucket_cap_mb,
+                "timeout_s": self.context.timeout_s,
+                "per_rank_effective_batch": case.effective_batch,
+                **stats,
+            },
+            timestamp=utc_timestamp(),
+            **merged,
+        )
+
+    def run(self, cases: Sequence[DdpCase], sink: Callable[[Record], None] | None = None,
+            skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
+        """Measure every case in order on every rank; `skip` holds ids already measured (the
+        same on every rank). Rank 0 calls `sink` and `progress`; every rank returns the records."""
+        writer = self.is_writer
+        return run_cases(cases, self.measure, self.case_id, sink if writer else None, skip,
+                         progress if writer else None)
