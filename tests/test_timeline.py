@@ -162,3 +162,20 @@ def test_estimate_timelines_match_the_estimate(tmp_path):
     assert gaps["cpu"] == {0}
     (workspaces,) = gaps["h100"]
     assert workspaces > 0
+
+
+def test_the_drawn_pair_has_a_readable_sawtooth_and_a_partner():
+    import pandas as pd
+
+    from accumbench.report.timelines import _pairs
+
+    cases = [("large-batch", 8, 1), ("large-batch", 64, 1), ("accumulated", 8, 2), ("accumulated", 8, 4),
+             ("accumulated", 8, 32), ("accumulated", 64, 2), ("accumulated", 16, 4),  # 16: no large batch
+             ("multitask-combined", 4, 1), ("multitask-sequential", 4, 1), ("multitask-sequential", 4, 4)]
+    frame = pd.DataFrame([{"section": 0, "workload": "w", "scenario": s, "micro_batch": m, "accum_steps": n}
+                          for s, m, n in cases])
+    pairs = [(left["scenario"], left["micro_batch"], left["accum_steps"], right["micro_batch"], right["accum_steps"])
+             for left, right in _pairs(frame, dict.fromkeys(frame.index))]
+    # 4 steps at the largest micro-batch that has a large batch to stand beside; the sequential
+    # case with 4 steps has no combined partner, so the one with 1 step is drawn.
+    assert pairs == [("large-batch", 8, 1, 8, 4), ("multitask-combined", 4, 1, 4, 1)]

@@ -9,6 +9,7 @@ field names, beside its results file (see `accumbench.timeline`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,29 @@ def load_timelines(frame: pd.DataFrame) -> dict[int, Timeline]:
     return found
 
 
+# The sawtooth reads best with a few humps: 32 micro-steps squeeze each into a sliver.
+READABLE_STEPS = 4
+
+
+def _readability(row: Any) -> tuple[float, int]:
+    """Sort key of the right-hand case of a pair: the number of accumulation steps nearest
+    `READABLE_STEPS`, then the largest micro-batch (its activations stand out over the
+    parameters and optimizer state)."""
+    steps = max(int(row["accum_steps"]), 1)
+    return (abs(math.log2(steps) - math.log2(READABLE_STEPS)), -int(row["micro_batch"]))
+
+
 def _pairs(frame: pd.DataFrame, timelines: dict[int, Timeline]) -> list[tuple[Any, Any]]:
-    """(left row, right row) pairs to draw: per workload, the large batch beside the accumulated
-    case with the most steps at the same micro-batch; the combined beside the sequential case
-    with the same micro-batch and steps."""
+    """(left row, right row) pairs to draw, one per workload and pair of scenarios: the large
+    batch beside the accumulated case at the same micro-batch; the combined beside the sequential
+    case with the same micro-batch and steps. Of the cases that have a partner, the one drawn is
+    the first by `_readability`."""
     rows = frame.loc[list(timelines)]
     pairs = []
     for _, group in rows.groupby(["section", "workload"], sort=False):
         for left_name, right_name in PAIRS:
-            rights = group[group["scenario"] == right_name].sort_values("accum_steps", ascending=False)
-            for _, right in rights.iterrows():
+            rights = group[group["scenario"] == right_name]
+            for _, right in sorted(rights.iterrows(), key=lambda item: _readability(item[1])):
                 if left_name == "large-batch":
                     lefts = group[(group["scenario"] == left_name) & (group["micro_batch"] == right["micro_batch"])]
                 else:
@@ -74,7 +88,8 @@ def _draw(ax, timeline: Timeline, row: Any, scale: int, unit: str) -> None:
     where = phase + (f" {micro}" if micro is not None else "")
     ax.plot([timeline.peak_index], [timeline.peak / scale], "o", color="#d62728")
     ax.annotate(f"peak {format_bytes(timeline.peak)}\n({where})", (timeline.peak_index, timeline.peak / scale),
-                textcoords="offset points", xytext=(6, -24), fontsize=8, color="#d62728")
+                textcoords="offset points", xytext=(6, -24), fontsize=8, color="#d62728",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
     ax.set_title(_label(row), fontsize=9)
     ax.set_xlabel("event in the step (allocations and frees)" if timeline.source == "tracker"
                   else "aten op in the step")
