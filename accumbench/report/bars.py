@@ -56,37 +56,49 @@ def multitask_comparison(frame: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
-    data = panel.frame
-    categories = list(dict.fromkeys(data.sort_values(["workload", "micro_batch"])["category"]))
-    values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
-    unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
+def paired_bars(ax: Axes, data: pd.DataFrame, categories: list[str], values: pd.Series, series_column: str,
+                series: tuple[str, str], colors: dict[str, str], labels: dict[str, str] | None = None,
+                show_categories: bool = True) -> None:
+    """Two horizontal bars per category, `series[0]` above `series[1]` (rows of `data` by their
+    `series_column`, matched to categories by their `category` column; widths from `values`,
+    aligned with `data`). A case that did not run has no bar and its status written instead; the
+    second bar is annotated with its change from the first. First category on top."""
     height = 0.38
-    by_scenario: dict[str, dict[str, float]] = {}
-    for offset, scenario in zip((-height / 2, height / 2), MULTITASK_SCENARIOS):
-        rows = data[data["scenario"] == scenario]
+    by_series: dict[str, dict[str, float]] = {}
+    for offset, name in zip((-height / 2, height / 2), series):
+        rows = data[data[series_column] == name]
         widths = {c: math.nan for c in categories}
         statuses = dict(zip(rows["category"], rows["status"]))
         for category, value in zip(rows["category"], values[rows.index]):
-            widths[category] = value / size
-        by_scenario[scenario] = widths
+            widths[category] = value
+        by_series[name] = widths
         ys = [i + offset for i in range(len(categories))]
         ax.barh(ys, [0.0 if math.isnan(w) else w for w in widths.values()], height=height,
-                label=scenario_name(scenario), color=MULTITASK_COLORS[scenario])
+                label=(labels or {}).get(name, name), color=colors[name])
         for y, cat in zip(ys, categories):
             if cat in statuses and statuses[cat] != "ok":
                 # No bar for a case that did not run: say why where the bar would be.
                 ax.text(0, y, " " + statuses[cat].upper(), ha="left", va="center",
                         color=OOM_COLOR, fontsize=8, fontweight="bold")
-    combined, sequential = (by_scenario[s] for s in MULTITASK_SCENARIOS)
+    first, second = (by_series[name] for name in series)
     for i, cat in enumerate(categories):
-        c, s = combined[cat], sequential[cat]
-        if c and s and not (math.isnan(c) or math.isnan(s)):
-            ax.annotate(f"{(s - c) / c:+.0%}".replace("-", "\u2212"), (s, i + height / 2),
+        a, b = first[cat], second[cat]
+        if a and not (math.isnan(a) or math.isnan(b)):
+            ax.annotate(f"{(b - a) / a:+.0%}".replace("-", "\u2212"), (b, i + height / 2),
                         ha="left", va="center", fontsize=8, xytext=(3, 0),
                         textcoords="offset points")
-    ax.set_yticks(range(len(categories)), categories, fontsize=8)
-    ax.set_ylim(len(categories) - 0.5, -0.5)  # first configuration on top
+    ax.set_yticks(range(len(categories)), categories if show_categories else [""] * len(categories),
+                  fontsize=8)
+    ax.set_ylim(len(categories) - 0.5, -0.5)
+
+
+def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
+    data = panel.frame
+    categories = list(dict.fromkeys(data.sort_values(["workload", "micro_batch"])["category"]))
+    values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
+    unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
+    paired_bars(ax, data, categories, values / size, "scenario", MULTITASK_SCENARIOS, MULTITASK_COLORS,
+                {s: scenario_name(s) for s in MULTITASK_SCENARIOS})
     ax.set_xlabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
     ax.margins(x=0.12)
     finish_axes(ax, ("peak memory" if memory else "throughput")

@@ -13,7 +13,6 @@ out; each bar series is a labelled `BarContainer` in `ax.containers`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
@@ -22,7 +21,8 @@ from matplotlib.figure import Figure
 
 from accumbench.report.data import DDP_NO_SYNC_TEXT, DDP_SYNC_TEXT, ddp_sync_text, in_display_order, scenario_name
 from accumbench.report.findings import change_text
-from accumbench.report.layout import OOM_COLOR, PANEL_SIZE, finish_axes, grid, panels_by
+from accumbench.report.bars import paired_bars
+from accumbench.report.layout import PANEL_SIZE, finish_axes, grid, panels_by
 from accumbench.report.tables import Table, number, text
 from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing
 
@@ -94,31 +94,7 @@ def _pair_panel(ax: Axes, panel, column: str, label: str, show_ticks: bool) -> N
     data = panel.frame
     categories = list(dict.fromkeys(data["category"]))
     values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
-    height = 0.38
-    by_sync: dict[str, dict[str, float]] = {}
-    for offset, sync in zip((-height / 2, height / 2), SYNC_ORDER):
-        rows = data[data["sync_"] == sync]
-        widths = {c: math.nan for c in categories}
-        statuses = dict(zip(rows["category"], rows["status"]))
-        for category, value in zip(rows["category"], values[rows.index]):
-            widths[category] = value
-        by_sync[sync] = widths
-        ys = [i + offset for i in range(len(categories))]
-        ax.barh(ys, [0.0 if math.isnan(w) else w for w in widths.values()], height=height,
-                label=sync, color=SYNC_COLORS[sync])
-        for y, cat in zip(ys, categories):
-            if cat in statuses and statuses[cat] != "ok":
-                ax.text(0, y, " " + statuses[cat].upper(), ha="left", va="center",
-                        color=OOM_COLOR, fontsize=8, fontweight="bold")
-    synced, unsynced = (by_sync[s] for s in SYNC_ORDER)
-    for i, cat in enumerate(categories):
-        a, b = synced[cat], unsynced[cat]
-        if a and not (math.isnan(a) or math.isnan(b)):
-            ax.annotate(f"{(b - a) / a:+.0%}".replace("-", "\u2212"), (b, i + height / 2),
-                        ha="left", va="center", fontsize=8, xytext=(3, 0), textcoords="offset points")
-    ax.set_yticks(range(len(categories)), categories if show_ticks else [""] * len(categories),
-                  fontsize=8)
-    ax.set_ylim(len(categories) - 0.5, -0.5)  # first configuration on top
+    paired_bars(ax, data, categories, values, "sync_", SYNC_ORDER, SYNC_COLORS, show_categories=show_ticks)
     ax.set_xlabel(label, fontsize=8)
     ax.margins(x=0.15)
     title = label.split(" (")[0]
