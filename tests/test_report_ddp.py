@@ -140,3 +140,13 @@ def test_a_hand_made_frame_without_the_distributed_column_still_reports():
     prepared, _ = prepare(frame)
     assert communication_figure(prepared) is None
     assert all(isinstance(line, str) for line in prepared["line"])
+
+
+def test_a_throughput_difference_inside_the_scatter_is_said_to_be():
+    noisy = [ddp_rec("accumulated", 8, 4, False, step_s=0.50, allreduce_s=0.016),
+             ddp_rec("accumulated", 8, 4, True, step_s=0.45, allreduce_s=0.004)]
+    # Spread the no_sync() run's steps over the other's: quartiles 0.40 .. 0.55 contain 0.50.
+    noisy[1] = Record(**{**noisy[1].__dict__, "step_times_s": (0.30, 0.40, 0.45, 0.55, 0.60)})
+    frame, _ = prepare(records_to_frame(noisy))
+    (sentence,) = communication_findings(frame)
+    assert "but within the runs' scatter" in sentence

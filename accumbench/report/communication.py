@@ -130,7 +130,8 @@ def _allreduces(count: float) -> str:
 
 def communication_findings(frame: pd.DataFrame) -> list[str]:
     """One sentence per accumulated DDP configuration measured both ways: all-reduce counts and
-    the throughput `no_sync()` gains or loses."""
+    the throughput `no_sync()` gains or loses, flagged as within the scatter when the two runs'
+    step-time quartiles overlap."""
     data = distributed_rows(frame)
     data = data[(data["scenario"] == "accumulated") & (data["status"] == "ok")]
     out = []
@@ -147,9 +148,23 @@ def communication_findings(frame: pd.DataFrame) -> list[str]:
                     f"{synced.allreduces_per_step_:g}")
         a, b = synced.samples_per_s_, unsynced.samples_per_s_
         if not (is_missing(a) or is_missing(b)) and a:
-            sentence += f", and its throughput is {change_text((b - a) / a, 'lower', 'higher')}"
+            change = change_text((b - a) / a, "lower", "higher")
+            if _scatter_overlaps(synced, unsynced):
+                sentence += (f"; its throughput is {change}, but within the runs' scatter "
+                             "(the step-time quartiles overlap)")
+            else:
+                sentence += f", and its throughput is {change}"
         out.append(sentence + ".")
     return out
+
+
+def _scatter_overlaps(first: Any, second: Any) -> bool:
+    """True when the two records' step-time interquartile ranges overlap: a difference in
+    throughput between them is then not told apart from noise (as the gate's scatter rule)."""
+    bounds = (first.step_q25_s, first.step_q75_s, second.step_q25_s, second.step_q75_s)
+    if any(is_missing(v) for v in bounds):
+        return False
+    return not (first.step_q75_s < second.step_q25_s or second.step_q75_s < first.step_q25_s)
 
 
 __all__ = ["communication_figure", "communication_findings", "communication_table", "distributed_rows"]
