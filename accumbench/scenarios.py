@@ -71,6 +71,9 @@ class TrainingState:
     observer: PhaseObserver = field(default_factory=_NoObserver)
     # DistributedDataParallel: when True, micro-steps before the last run under `no_sync()`.
     skip_sync_until_last: bool = False
+    # Tensors a wrapper keeps between steps that the model's parameters do not show (DDP's
+    # gradient buckets, held by its C++ reducer), so that a tracer counts them from the start.
+    held_buffers: list[torch.Tensor] = field(default_factory=list)
 
     def mark(self, phase: str, micro_step: int | None = None) -> None:
         """Tell the observer a phase starts."""

@@ -400,7 +400,7 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
     out = tmp_path / "ddp.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "accumbench", "run", "--nproc-per-node", "2", "--device", "cpu",
-         "--suite", str(suite), "--out", str(out)],
+         "--suite", str(suite), "--out", str(out), "--timeline"],
         capture_output=True, text=True, timeout=120,
     )
     # exit 1: the broken workload's case failed; it is a record, and torchrun reports no failure
@@ -417,6 +417,24 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
     assert accumulated[False]["distributed"]["allreduces_per_step"] == 2
     broken = next(r for r in records if r["workload"] == "broken-mlp")
     assert broken["status"] == "error" and "this loss is broken on every rank" in broken["error"]
+
+    # --timeline: rank 0's curve of one more step, whose maximum is rank 0's measured peak to the
+    # byte (DDP's gradient buckets, held in C++, included from the start).
+    from accumbench.timeline import find_timeline
+
+    for record in records:
+        if record["status"] != "ok":
+            assert record.get("timeline") is None
+            continue
+        # The suite asks for 1 warm-up step; DDP runs 2, so that its bucket rebuild (second
+        # iteration) is not measured: without it this peak held old and new buckets at once.
+        assert record["warmup_steps"] == 2
+        timeline = find_timeline(out, record["timeline"], record["case_id"], record["run_id"])
+        assert timeline is not None
+        assert timeline.peak == record["distributed"]["per_rank_peak_allocated"][0]
+        assert timeline.bytes[0] == record["baseline_allocated"]
+        forwards = [phase for _, phase, _ in timeline.marks].count("forward")
+        assert forwards == record["accum_steps"]
 
     # The report reads these records: both synchronisations, with their all-reduce counts.
     from accumbench.report import build_report

@@ -113,3 +113,13 @@ def timeline_sink(out_path: Path):
         return path.name
 
     return sink
+
+
+def set_aside_results(out_path: Path) -> None:
+    """`--overwrite`: keep the old results file, and its timelines, as FILE.bak."""
+    from accumbench.timeline import sidecar_path
+
+    for path in (out_path, sidecar_path(out_path)):
+        if path.exists():
+            path.replace(path.with_name(path.name + ".bak"))
+

@@ -13,15 +13,16 @@ from typing import Any, Sequence
 
 import click
 
-from accumbench.cli.common import fail_input
+from accumbench.cli.common import fail_input, set_aside_results, timeline_sink
 
 # Options the relaunch sets itself rather than copies from the command line.
 _NOT_COPIED = ("nproc_per_node", "distributed", "device")
 
 
 def run_ddp(*, torch_device, cases: Sequence[Any], seed: int, out_path: Path, resume: bool, overwrite: bool,
-            list_only: bool, distributed: bool, nproc_per_node: int | None) -> None:
-    """Launch torchrun (`nproc_per_node`) or run this process's rank (`distributed`)."""
+            list_only: bool, distributed: bool, nproc_per_node: int | None, timeline: bool = False) -> None:
+    """Launch torchrun (`nproc_per_node`) or run this process's rank (`distributed`); `timeline`
+    traces each case on every rank and keeps rank 0's curve (the flag travels to the ranks)."""
     from accumbench.distributed import ddp_cases
 
     if distributed and nproc_per_node is not None:
@@ -33,7 +34,7 @@ def run_ddp(*, torch_device, cases: Sequence[Any], seed: int, out_path: Path, re
     if nproc_per_node is not None:
         _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_only, nproc_per_node)
     else:
-        _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, list_only)
+        _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline)
 
 
 def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
@@ -118,7 +119,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     sys.exit(launch_torchrun(nproc_per_node, args, torch_device.type))
 
 
-def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, list_only) -> None:
+def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline) -> None:
     """This rank's part of the job; rank 0 talks and writes, the others only measure."""
     from accumbench.distributed import (
         DistributedError,
@@ -134,7 +135,7 @@ def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, 
         fail_input(str(exc))
     code = 0
     try:
-        _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only)
+        _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline)
     except SystemExit as exc:  # every rank ends with the same code (fail_input, errors, Ctrl-C)
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
@@ -142,13 +143,14 @@ def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, 
     sys.exit(hand_back_exit_code(code, groups.context.is_writer))
 
 
-def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only) -> None:
+def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline) -> None:
     from accumbench.cli.run import _close, _LineProgress, _print_summary, _RichProgress
     from accumbench.distributed import DistributedRunner
     from accumbench.records import RecordError, append_record, iter_records
 
     _check_cases(dcases)  # same input on every rank: every rank stops alike
-    runner = DistributedRunner(groups, seed=seed)
+    runner = DistributedRunner(groups, seed=seed, trace_timelines=timeline,
+                               timeline_sink=timeline_sink(out_path) if timeline else None)
     context = runner.context
     writer = runner.is_writer
     if list_only:
@@ -171,7 +173,7 @@ def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list
                 except RecordError as exc:
                     decision = ("error", f"cannot resume: {exc}")
             else:
-                out_path.replace(out_path.with_name(out_path.name + ".bak"))
+                set_aside_results(out_path)
     kind, payload = groups.broadcast(decision)
     if kind == "error":
         if writer:

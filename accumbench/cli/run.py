@@ -13,6 +13,7 @@ from accumbench.cli.common import (
     format_bytes,
     int_list,
     select_cases,
+    set_aside_results,
     timeline_sink,
     validate_cases,
     workload_options,
@@ -125,7 +126,6 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
 
     from accumbench.records import RecordError, append_record, iter_records
     from accumbench.runner import Runner, resolve_device
-    from accumbench.timeline import sidecar_path
 
     try:
         torch_device = resolve_device(device)
@@ -144,7 +144,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
 
         return run_ddp(torch_device=torch_device, cases=cases, seed=seed, out_path=out_path, resume=resume,
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
-                       nproc_per_node=nproc_per_node)
+                       nproc_per_node=nproc_per_node, timeline=timeline)
     runner = Runner(torch_device, seed=seed, timeline_sink=timeline_sink(out_path) if timeline else None)
     validate_cases(runner, cases)
     if list_only:
@@ -161,10 +161,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
             except RecordError as exc:
                 fail_input(f"cannot resume: {exc}")
         elif overwrite:
-            out_path.replace(out_path.with_name(out_path.name + ".bak"))
-            timelines = sidecar_path(out_path)
-            if timelines.exists():
-                timelines.replace(timelines.with_name(timelines.name + ".bak"))
+            set_aside_results(out_path)
         else:
             fail_input(f"{out_path} already holds results; pass --resume to add the missing cases, "
                        "--overwrite to start afresh, or another --out")

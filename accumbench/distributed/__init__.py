@@ -62,7 +62,7 @@ from accumbench.distributed.process import (
     timeout_from_env,
 )
 from accumbench.distributed.results import RankResult, failed_result, merge_results
-from accumbench.distributed.runner import DistributedRunner, prepare_ddp_case, wrap_ddp
+from accumbench.distributed.runner import MIN_DDP_WARMUP, DistributedRunner, ddp_warmup, prepare_ddp_case, wrap_ddp
 
 __all__ = [
     "AllReduceCounter",
@@ -75,6 +75,7 @@ __all__ = [
     "ddp_loss_weights",
     "ddp_meter",
     "DdpCase",
+    "ddp_warmup",
     "DEFAULT_TIMEOUT_S",
     "DistContext",
     "DistributedError",
@@ -86,6 +87,7 @@ __all__ = [
     "launch_env",
     "launch_torchrun",
     "merge_results",
+    "MIN_DDP_WARMUP",
     "prepare_ddp_case",
     "ProcessGroups",
     "RankResult",

@@ -39,6 +39,7 @@ class AllReduceCounter:
         """Forget what was counted so far."""
         self.calls = 0
         self.bucket_ids: set[int] = set()
+        self.buffers: dict[int, torch.Tensor] = {}  # each bucket's flat gradient buffer, by index
         self.wall_s = 0.0
         self._events: list[tuple[Any, Any]] = []
 
@@ -49,6 +50,7 @@ class AllReduceCounter:
 
         state.calls += 1
         state.bucket_ids.add(bucket.index())
+        state.buffers[bucket.index()] = bucket.buffer()
         if state.cuda:
             # Recorded on the compute stream when the bucket is ready; the callback runs with
             # streams that wait for the all-reduce, so `end` marks its completion on the GPU.

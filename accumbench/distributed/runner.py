@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
@@ -29,7 +30,19 @@ from accumbench.runner import (
     run_cases,
 )
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
+from accumbench.timeline import Timeline
 from accumbench.workloads import Workload, load_workload
+
+
+# DDP rebuilds its gradient buckets, in the order the first backward produced the gradients,
+# during the second iteration's forward: the old and new buckets then coexist. Measuring that
+# step would record a one-off, so at least two warm-up steps run before any measured one.
+MIN_DDP_WARMUP = 2
+
+
+def ddp_warmup(requested: int) -> int:
+    """The warm-up steps a DDP case runs: the requested ones, at least `MIN_DDP_WARMUP`."""
+    return max(requested, MIN_DDP_WARMUP)
 
 
 def wrap_ddp(model: torch.nn.Module, context: DistContext, group: Any,
@@ -77,14 +90,22 @@ class DistributedRunner:
     `measure` and `run` are collective: every rank calls them with the same cases in the same
     order. `bucket_cap_mb` is DDP's bucket size (None: DDP's default, 25 MiB with a 1 MiB first
     bucket).
+
+    `trace_timelines` (the same on every rank) traces one more step per case after measuring, on
+    every rank, since the step all-reduces; rank 0 hands its own curve to `timeline_sink` (as
+    `Runner` does), so a record's timeline is rank 0's while its peak is the max over ranks.
     """
 
     def __init__(self, groups: ProcessGroups, seed: int = DEFAULT_SEED, run_id: str | None = None,
-                 bucket_cap_mb: float | None = None) -> None:
+                 bucket_cap_mb: float | None = None, trace_timelines: bool = False,
+                 timeline_sink: Callable[[Record, Timeline], str] | None = None) -> None:
         self.groups = groups
         self.context = groups.context
         self.seed = seed
         self.bucket_cap_mb = bucket_cap_mb
+        self.trace_timelines = trace_timelines
+        self.timeline_sink = timeline_sink if self.context.is_writer else None
+        self._timeline: Timeline | None = None  # this rank's trace of the case being measured
         # One run id for the job: rank 0's.
         self.run_id = groups.broadcast((run_id or uuid.uuid4().hex[:12]) if self.context.is_writer else None)
         self._workloads: dict[tuple, Workload] = {}
@@ -131,16 +152,27 @@ class DistributedRunner:
             dist.destroy_process_group(group)
         except Exception:  # a group broken by a failed rank: dropping it is all we need
             pass
-        return self._record(dcase, workload, results)
+        record = self._record(dcase, workload, results)
+        timeline, self._timeline = self._timeline, None
+        if record.status == "ok" and timeline is not None and self.timeline_sink is not None:
+            timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
+            record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
+        return record
 
     def _measure_local(self, dcase: DdpCase, workload: Workload, group: Any, counter: AllReduceCounter,
                        meter: Meter, window: CommWindowTimer) -> RankResult:
         case = dcase.case
         prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
                                     self.bucket_cap_mb)
-        measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
-                                                 case.steps)
+        measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches,
+                                                 ddp_warmup(case.warmup), case.steps)
         flops = count_flops(prepared.step)  # after measuring, on every rank (the step all-reduces)
+        if self.trace_timelines:
+            # After the measured steps (and the all-reduce window), so the record's numbers are
+            # untouched. The buckets were allocated during warm-up, where the meter saw them; the
+            # tracer starts afresh and must be told they live.
+            prepared.state.held_buffers = list(counter.buffers.values())
+            self._timeline = meter.trace(prepared.step, prepared.state)
         module = prepared.state.model.module
         return RankResult(
             rank=self.context.rank,
@@ -163,6 +195,7 @@ class DistributedRunner:
         fields = identity_fields(case, workload, optimizer)
         fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
+        fields["warmup_steps"] = ddp_warmup(case.warmup)  # what ran, not what was asked
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,
                                self._provenance["device_name"], case.amp)
         stats = merged.pop("distributed_stats", {})

@@ -102,7 +102,10 @@ def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
     optimizer_state = [
         t for per_param in state.optimizer.state.values() for t in flat_tensors(per_param)
     ]
-    return {"params": params, "grads": grads, "optimizer": optimizer_state}
+    alive = {"params": params, "grads": grads, "optimizer": optimizer_state}
+    if state.held_buffers:
+        alive["other"] = list(state.held_buffers)
+    return alive
 
 
 def trace_with_tracker(step: Step, state: TrainingState, device_type: str,
