@@ -418,8 +418,10 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
     broken = next(r for r in records if r["workload"] == "broken-mlp")
     assert broken["status"] == "error" and "this loss is broken on every rank" in broken["error"]
 
-    # --timeline: rank 0's curve of one more step, whose maximum is rank 0's measured peak to the
-    # byte (DDP's gradient buckets, held in C++, included from the start).
+    # --timeline: rank 0's curve of one more step, whose maximum is rank 0's measured peak (DDP's
+    # gradient buckets, held in C++, included from the start). Not always to the byte: the
+    # asynchronous all-reduce can move a small allocation across the peak (a few hundred bytes
+    # seen, on a ConvNet); missing buckets or the rebuild were hundreds of KiB.
     from accumbench.timeline import find_timeline
 
     for record in records:
@@ -431,7 +433,7 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
         assert record["warmup_steps"] == 2
         timeline = find_timeline(out, record["timeline"], record["case_id"], record["run_id"])
         assert timeline is not None
-        assert timeline.peak == record["distributed"]["per_rank_peak_allocated"][0]
+        assert abs(timeline.peak - record["distributed"]["per_rank_peak_allocated"][0]) <= 1024
         assert timeline.bytes[0] == record["baseline_allocated"]
         forwards = [phase for _, phase, _ in timeline.marks].count("forward")
         assert forwards == record["accum_steps"]
@@ -446,6 +448,9 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
               for row in table.rows if row[1].text == "accumulated"}
     assert counts == {"no_sync()": 1, "all-reduce every micro-step": 2}
     assert (tmp_path / "report" / "ddp_communication.png").exists()
+    titles = [ax.get_title() for ax in report.figures["memory_timeline"].axes[:2]]
+    assert titles[0] == "gpt-tiny: large-batch, micro-batch 2"
+    assert titles[1].startswith("gpt-tiny: accumulated, micro-batch 2 x 2, ")  # and how it synchronised
 
 
 @pytest.mark.gpu

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from accumbench.report.data import ddp_sync_text
 from accumbench.report.tables import Cell, Table, number, text
 from accumbench.report.units import format_bytes, is_missing, memory_unit
 from accumbench.timeline import Timeline, find_timeline
@@ -75,7 +76,9 @@ def _pairs(frame: pd.DataFrame, timelines: dict[int, Timeline]) -> list[tuple[An
 
 def _label(row: Any) -> str:
     steps = f" x {row['accum_steps']}" if row["accum_steps"] > 1 else ""
-    return f"{row['workload']}: {row['scenario']}, micro-batch {row['micro_batch']}{steps}"
+    sync = ddp_sync_text(row.get("distributed")) if row["scenario"] != "large-batch" else ""
+    return (f"{row['workload']}: {row['scenario']}, micro-batch {row['micro_batch']}{steps}"
+            + (f", {sync}" if sync else ""))
 
 
 def _draw(ax, timeline: Timeline, row: Any, scale: int, unit: str) -> None:
