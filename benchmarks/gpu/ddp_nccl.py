@@ -3,12 +3,12 @@
 Usage: python benchmarks/gpu/ddp_nccl.py OUTDIR        (about 1 minute on an H100)
 
 Runs, under `torchrun --standalone --nproc-per-node 1`, `accumbench run --distributed --device
-cuda` on gpt size=small (bf16): large-batch 8 and 32, and accumulated 8 x 4 with and without
-`no_sync()`, writing OUTDIR/ddp_nccl.jsonl; then the same cases without DDP
-(OUTDIR/single.jsonl) so the DDP overhead (bucket buffers, all-reduce time) can be read off.
-Prints a table, writes OUTDIR/ddp_nccl_summary.json, and exits 1 when the all-reduce counts are
-not `buckets` per step with no_sync and `4 x buckets` without. Multi-GPU numbers are not
-measured by this script (one GPU).
+cuda --timeline` on gpt size=small (bf16): large-batch 8 and 32, and accumulated 8 x 4 with and
+without `no_sync()`, writing OUTDIR/ddp_nccl.jsonl (and its .timelines.jsonl); then the same
+cases without DDP (OUTDIR/single.jsonl) so the DDP overhead (bucket buffers, all-reduce time)
+can be read off. Prints a table, writes OUTDIR/ddp_nccl_summary.json, and exits 1 when the
+all-reduce counts are not `buckets` per step with no_sync and `4 x buckets` without, or a record
+lacks its timeline. Multi-GPU numbers are not measured by this script (one GPU).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> int:
     for path in (ddp, single):
         path.unlink(missing_ok=True)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "accumbench",
-          "run", "--distributed", "--device", "cuda", *CASE_FLAGS, "--out", str(ddp)])
+          "run", "--distributed", "--device", "cuda", *CASE_FLAGS, "--timeline", "--out", str(ddp)])
     _run([sys.executable, "-m", "accumbench", "run", "--device", "cuda", *CASE_FLAGS, "--out", str(single)])
 
     ddp_records = [json.loads(line) for line in ddp.read_text().splitlines()]
@@ -57,6 +57,7 @@ def main() -> int:
             continue
         expected = d["buckets"] * (ACCUM if r["scenario"] == "accumulated" and not d["no_sync"] else 1)
         ok &= d["allreduces_per_step"] == expected and d["backend"] == "nccl" and r["meter"] == "cuda"
+        ok &= bool(r.get("timeline"))  # the CUDA timeline path under DDP ran too
         rows.append({"case_id": r["case_id"], "peak_allocated": r["peak_allocated"],
                      "single_process_peak_allocated": base.get("peak_allocated"),
                      "samples_per_s": r["samples_per_s"], "single_process_samples_per_s": base.get("samples_per_s"),
