@@ -115,11 +115,40 @@ def timeline_sink(out_path: Path):
     return sink
 
 
-def set_aside_results(out_path: Path) -> None:
+def _set_aside_results(out_path: Path) -> None:
     """`--overwrite`: keep the old results file, and its timelines, as FILE.bak."""
     from accumbench.timeline import sidecar_path
 
     for path in (out_path, sidecar_path(out_path)):
         if path.exists():
             path.replace(path.with_name(path.name + ".bak"))
+
+
+def results_file_problem(out_path: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why `run` cannot write to `out_path` as asked (it holds results and neither --resume nor
+    --overwrite was given), or None. Changes nothing."""
+    if out_path.exists() and out_path.stat().st_size > 0 and not (resume or overwrite):
+        return (f"{out_path} already holds results; pass --resume to add the missing cases, "
+                "--overwrite to start afresh, or another --out")
+    return None
+
+
+def claim_results_file(out_path: Path, resume: bool, overwrite: bool) -> set[str]:
+    """Make `out_path` ready for `run` to append to; return the case ids already measured there
+    (ok or oom) that --resume skips. --overwrite sets the old file and its timelines aside as
+    FILE.bak. Raises ValueError, with one line for the user, when the file cannot be used."""
+    from accumbench.records import RecordError, iter_records
+
+    problem = results_file_problem(out_path, resume, overwrite)
+    if problem:
+        raise ValueError(problem)
+    if not (out_path.exists() and out_path.stat().st_size > 0):
+        return set()
+    if resume:
+        try:
+            return {r.case_id for r in iter_records(out_path) if r.status in ("ok", "oom")}
+        except RecordError as exc:
+            raise ValueError(f"cannot resume: {exc}") from None
+    _set_aside_results(out_path)
+    return set()
 

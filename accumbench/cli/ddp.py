@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import click
 
-from accumbench.cli.common import fail_input, set_aside_results, timeline_sink
+from accumbench.cli.common import claim_results_file, fail_input, results_file_problem, timeline_sink
 
 # Options the relaunch sets itself rather than copies from the command line.
 _NOT_COPIED = ("nproc_per_node", "distributed", "device")
@@ -86,14 +86,6 @@ def _note_skipped(skipped) -> None:
                    err=True)
 
 
-def _out_problem(out_path: Path, resume: bool, overwrite: bool) -> str | None:
-    """Why the results file cannot be written as asked (the same rule as a plain run)."""
-    if out_path.exists() and out_path.stat().st_size > 0 and not (resume or overwrite):
-        return (f"{out_path} already holds results; pass --resume to add the missing cases, "
-                "--overwrite to start afresh, or another --out")
-    return None
-
-
 def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_only, nproc_per_node) -> None:
     """Check the input in this process (one clear error, not one per rank), then run torchrun."""
     import torch
@@ -111,7 +103,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
             click.echo(ddp_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
         click.echo(f"{len(dcases)} case(s) at world size {nproc_per_node}", err=True)
         return
-    problem = _out_problem(out_path, resume, overwrite)
+    problem = results_file_problem(out_path, resume, overwrite)  # checked here; the ranks claim the file
     if problem:
         fail_input(problem)
     _note_skipped(skipped)
@@ -146,7 +138,7 @@ def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, 
 def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline) -> None:
     from accumbench.cli.run import _close, _LineProgress, _print_summary, _RichProgress
     from accumbench.distributed import DistributedRunner
-    from accumbench.records import RecordError, append_record, iter_records
+    from accumbench.records import append_record
 
     _check_cases(dcases)  # same input on every rank: every rank stops alike
     runner = DistributedRunner(groups, seed=seed, trace_timelines=timeline,
@@ -162,18 +154,10 @@ def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list
     # Rank 0 alone reads and moves the results file; the others follow its decision.
     decision: tuple[str, Any] | None = None
     if writer:
-        decision = ("ok", set())
-        problem = _out_problem(out_path, resume, overwrite)
-        if problem:
-            decision = ("error", problem)
-        elif out_path.exists() and out_path.stat().st_size > 0:
-            if resume:
-                try:
-                    decision = ("ok", {r.case_id for r in iter_records(out_path) if r.status in ("ok", "oom")})
-                except RecordError as exc:
-                    decision = ("error", f"cannot resume: {exc}")
-            else:
-                set_aside_results(out_path)
+        try:
+            decision = ("ok", claim_results_file(out_path, resume, overwrite))
+        except ValueError as exc:
+            decision = ("error", str(exc))
     kind, payload = groups.broadcast(decision)
     if kind == "error":
         if writer:

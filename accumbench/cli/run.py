@@ -9,11 +9,11 @@ import click
 
 from accumbench.cli.common import (
     SCENARIO_NAMES,
+    claim_results_file,
     fail_input,
     format_bytes,
     int_list,
     select_cases,
-    set_aside_results,
     timeline_sink,
     validate_cases,
     workload_options,
@@ -124,7 +124,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
     error, 2 bad input, 130 interrupted.
     """
 
-    from accumbench.records import RecordError, append_record, iter_records
+    from accumbench.records import append_record
     from accumbench.runner import Runner, resolve_device
 
     try:
@@ -153,18 +153,10 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         click.echo(f"{len(cases)} case(s)", err=True)
         return
 
-    done: set[str] = set()
-    if out_path.exists() and out_path.stat().st_size > 0:
-        if resume:
-            try:
-                done = {r.case_id for r in iter_records(out_path) if r.status in ("ok", "oom")}
-            except RecordError as exc:
-                fail_input(f"cannot resume: {exc}")
-        elif overwrite:
-            set_aside_results(out_path)
-        else:
-            fail_input(f"{out_path} already holds results; pass --resume to add the missing cases, "
-                       "--overwrite to start afresh, or another --out")
+    try:
+        done = claim_results_file(out_path, resume, overwrite)
+    except ValueError as exc:
+        fail_input(str(exc))
     todo = [c for c in cases if runner.case_id(c) not in done]
     click.echo(
         f"accumbench: {len(todo)} case(s) on {runner.meter.name} ({torch_device})"
