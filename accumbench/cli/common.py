@@ -13,6 +13,43 @@ SINGLE_LOSS_DEFAULT = ("large-batch", "accumulated")
 MULTITASK_DEFAULT = ("multitask-combined", "multitask-sequential")
 
 
+def case_selection_options(suite_help: str):
+    """The flags that select cases, shared by `run` and `estimate` so both take the same cases:
+    --suite (its help says that command's default), --workload, --workload-opt, --scenario,
+    --micro-batch, --accum-steps, --amp, --set-to-none/--zero-grads and --loss-norm."""
+    options = [
+        click.option("--suite", default=None, help=suite_help),
+        click.option("--workload", "workload_spec", default=None,
+                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
+                          "path/to/file.py:factory or package.module:factory. Defines the cases from flags."),
+        click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
+                     help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true."),
+        click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
+                     help="Repeatable. With --workload: the scenarios to run (default: large-batch and "
+                          "accumulated, or both multi-task ones). With a suite: keep only these."),
+        click.option("--micro-batch", default="4,8,16", show_default=True,
+                     help="Comma-separated micro-batch sizes (with --workload)."),
+        click.option("--accum-steps", default="1,2,4", show_default=True,
+                     help="Comma-separated accumulation steps (with --workload)."),
+        click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
+                     help="Autocast dtype; fp16 uses a GradScaler across the accumulation window. "
+                          "Default: none, or the suite's."),
+        click.option("--set-to-none/--zero-grads", "set_to_none", default=None,
+                     help="zero_grad(set_to_none=True) frees gradients between steps (default); "
+                          "--zero-grads keeps them allocated as zeros."),
+        click.option("--loss-norm", type=click.Choice(["mean", "token"]), default=None,
+                     help="mean: each micro-batch's mean loss / N. token: weight by valid-token count "
+                          "(sum / total tokens)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):  # click lists options in decorator order, top first
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def fail_input(message: str) -> NoReturn:
     """Print one clear line and exit 2 (usage or input error)."""
     click.echo(f"error: {message}", err=True)

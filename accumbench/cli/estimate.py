@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
-    SCENARIO_NAMES,
+    case_selection_options,
     fail_input,
     format_bytes,
     int_list,
@@ -41,24 +41,7 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "cublaslt_workspace_bytes=1MiB, gemm_threads=2, attention_kernel=auto|flash|efficient|math, "
                    "attention_scratch=true, cudnn_workspace_bytes=8MiB, scratch_bytes=0, "
                    "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true.")
-@click.option("--suite", default=None,
-              help="smoke, default or a suite .toml file (default: 'default', the GPU suite).")
-@click.option("--workload", "workload_spec", default=None,
-              help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
-                   "path/to/file.py:factory or package.module:factory. Defines the cases from flags.")
-@click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
-              help="Option for the workload factory, repeatable, e.g. size=gpt2, seq_len=256.")
-@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
-              help="Repeatable; as for run.")
-@click.option("--micro-batch", default="4,8,16", show_default=True,
-              help="Comma-separated micro-batch sizes (with --workload).")
-@click.option("--accum-steps", default="1,2,4", show_default=True,
-              help="Comma-separated accumulation steps (with --workload).")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
-              help="Autocast dtype. Default: none, or the suite's.")
-@click.option("--set-to-none/--zero-grads", "set_to_none", default=None,
-              help="zero_grad(set_to_none=True) (default) or keep zeroed gradients allocated.")
-@click.option("--loss-norm", type=click.Choice(["mean", "token"]), default=None, help="As for run.")
+@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
               help="JSONL file of estimate records (meter: estimate); replaced if it exists.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
-    SCENARIO_NAMES,
+    case_selection_options,
     claim_results_file,
     fail_input,
     format_bytes,
@@ -63,25 +63,8 @@ class _RichProgress:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cuda", "cpu"]),
               help="auto takes CUDA when present. The meter follows the device: cuda (allocator "
                    "statistics, CUDA events) or cpu (deterministic live-tensor bytes, wall clock).")
-@click.option("--suite", default=None,
-              help="smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
-                   "on CUDA, 'smoke' on CPU.")
-@click.option("--workload", "workload_spec", default=None,
-              help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
-                   "path/to/file.py:factory or package.module:factory. Defines the cases from flags.")
-@click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
-              help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true.")
-@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
-              help="Repeatable. With --workload: the scenarios to run (default: large-batch and "
-                   "accumulated, or both multi-task ones). With a suite: keep only these.")
-@click.option("--micro-batch", default="4,8,16", show_default=True, help="Comma-separated micro-batch sizes (with --workload).")
-@click.option("--accum-steps", default="1,2,4", show_default=True, help="Comma-separated accumulation steps (with --workload).")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
-              help="Autocast dtype; fp16 uses a GradScaler across the accumulation window. Default: none, or the suite's.")
-@click.option("--set-to-none/--zero-grads", "set_to_none", default=None,
-              help="zero_grad(set_to_none=True) frees gradients between steps (default); --zero-grads keeps them allocated as zeros.")
-@click.option("--loss-norm", type=click.Choice(["mean", "token"]), default=None,
-              help="mean: each micro-batch's mean loss / N. token: weight by valid-token count (sum / total tokens).")
+@case_selection_options("smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
+                        "on CUDA, 'smoke' on CPU.")
 @click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Measured optimizer steps (default 5, or the suite's).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
