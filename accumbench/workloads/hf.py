@@ -30,12 +30,12 @@ import copy
 import dataclasses
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
+from accumbench.hf_configs import hf_example_path, hf_examples
 from accumbench.workloads.base import Workload, WorkloadError
 
 IGNORE_INDEX = -100  # HF's (and torch's) ignore_index for labels
@@ -66,28 +66,6 @@ def _transformers():
     except ImportError:
         raise WorkloadError(f"hf: workloads need the transformers package: {INSTALL_HINT}") from None
     return transformers
-
-
-# --- the committed examples --------------------------------------------------------------------
-
-def _examples_root() -> Path:
-    return Path(str(resources.files("accumbench") / "hf_configs"))
-
-
-def hf_examples() -> dict[str, str]:
-    """The committed example configs: name -> one-line description (from its `_source`)."""
-    found = {}
-    root = _examples_root()
-    for path in sorted(root.glob("*/config.json")):
-        source = json.loads(path.read_text()).get("_source", "")
-        found[path.parent.name] = source
-    return found
-
-
-def hf_example_path(name: str) -> Path | None:
-    """The config.json of a committed example, or None."""
-    path = _examples_root() / name / "config.json"
-    return path if path.is_file() else None
 
 
 # --- configs -----------------------------------------------------------------------------------
