@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -110,13 +110,27 @@ def resolve_hf_config(model: str, overrides: dict[str, Any] | None = None):
             f"hf:{model}: not a config.json or folder, not an example ({', '.join(hf_examples())}), "
             "not a transformers model type and not a Hub id")
     try:
-        config, unused = transformers.AutoConfig.from_pretrained(model, return_unused_kwargs=True, **overrides)
+        with _quiet_hub_client():
+            config, unused = transformers.AutoConfig.from_pretrained(model, return_unused_kwargs=True, **overrides)
     except Exception as exc:
         raise WorkloadError(
             f"hf:{model}: not a local path, example or model type, and its config could not be fetched "
             f"from the Hugging Face Hub ({_first_line(exc)}); pass a local config.json instead") from None
     _reject_unknown(model, config, unused)
     return config
+
+
+@contextlib.contextmanager
+def _quiet_hub_client() -> Iterator[None]:
+    """The Hub client logs each retry of an unreachable Hub (five, over about 45 s) as a warning;
+    the failure is reported once, as one line, by the caller."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _reject_unknown(model: str, config: Any, unused: dict[str, Any]) -> None:
