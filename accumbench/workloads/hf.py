@@ -315,8 +315,8 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     if task == "image-cls":
         if padded:
             raise WorkloadError("padded=true applies to text tasks, not image-cls")
-        size = int(image_size or getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE)
-        size = size[0] if isinstance(size, (list, tuple)) else size
+        size = image_size or getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)  # some configs give (h, w)
         channels = int(getattr(config, "num_channels", 3))
         make_batch = image_batch_maker(channels, size, num_labels, weight_dtype)
         count = None
