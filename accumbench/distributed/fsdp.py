@@ -177,15 +177,22 @@ def observe_storage_resizes() -> Iterator[None]:
         _fsdp_param.alloc_storage, _fsdp_param.free_storage = alloc, free
 
 
-def full_gradients(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient gathered to its full shape (`DTensor.full_tensor()`; a
-    collective: every rank calls it), by name."""
+def full_gradients(model: nn.Module, group: Any) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient gathered to its full shape, by name: the ranks' dim-0 shards
+    (FSDP2's `Shard(0)`) concatenated in rank order. A collective over `group`: every rank calls
+    it. (Through the object channel: `DTensor.full_tensor()` cannot resolve a group made with
+    `new_group` on torch 2.13's functional collectives.)"""
+    import torch.distributed as dist
+
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
-        if param.grad is None:
-            continue
         grad = param.grad
-        out[name] = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+        if grad is None:
+            continue
+        local = getattr(grad, "_local_tensor", grad).detach().clone()
+        pieces: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(pieces, local, group=group)
+        out[name] = torch.cat(pieces, dim=0) if hasattr(grad, "_local_tensor") else local
     return out
 
 
