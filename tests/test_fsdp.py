@@ -240,3 +240,46 @@ def test_gloo_records_and_the_fake_group_estimate_of_rank_0_agree_to_the_byte(tw
         for key in ("allgathers_per_step", "allgather_bytes_per_step", "reducescatters_per_step",
                     "reducescatter_bytes_per_step"):
             assert estimate.distributed[key] == record["distributed"][key], key
+
+
+# --- report and compare on FSDP records ---------------------------------------------------------
+
+def test_compare_gates_fsdp_collective_counts_exactly():
+    from accumbench.gate.checks import IMPROVEMENT, NOT_AVAILABLE, REGRESSION, SAME, CommunicationCheck
+
+    block = {"parallel": "fsdp", "no_sync": True, "fsdp_units": 3, "allgathers_per_step": 18.0,
+             "reducescatters_per_step": 3.0}
+    check = CommunicationCheck()
+    assert check.evaluate(block, block).verdict == SAME
+    lost = check.evaluate(block, {**block, "reducescatters_per_step": 9.0})
+    assert lost.verdict == REGRESSION and "reducescatters per optimizer step 3 -> 9" in lost.reason
+    assert "gradient sync still skipped" in lost.reason
+    one_more = check.evaluate(block, {**block, "allgathers_per_step": 19.0})
+    assert one_more.verdict == REGRESSION  # exact: a single extra all-gather is a regression
+    split = check.evaluate(block, {**block, "fsdp_units": 4, "reducescatters_per_step": 4.0})
+    assert split.verdict == REGRESSION and "FSDP units 3 -> 4" in split.reason
+    assert check.evaluate({**block, "reducescatters_per_step": 9.0}, block).verdict == IMPROVEMENT
+    assert check.evaluate(block, {"parallel": "fsdp", "no_sync": True}).verdict == NOT_AVAILABLE
+
+
+def test_report_tells_fsdp_sync_apart_and_states_counts_and_memory(fake_estimate):
+    from accumbench.records import records_to_frame
+    from accumbench.report.communication import communication_table
+    from accumbench.report.data import FSDP_NO_SYNC_TEXT, FSDP_SYNC_TEXT, prepare
+    from accumbench.report.fsdp import fsdp_figure, fsdp_findings, fsdp_table
+    from accumbench.report.units import format_bytes
+
+    frame, _ = prepare(records_to_frame(fake_estimate))
+    assert sorted(frame["line"]) == [f"accumulated, micro-batch 2, {FSDP_SYNC_TEXT}",
+                                     f"accumulated, micro-batch 2, {FSDP_NO_SYNC_TEXT}"]
+    assert not communication_table(frame).rows  # the DDP table leaves FSDP records out
+    table = fsdp_table(frame)
+    assert len(table.rows) == 2
+    nosync, sync = fake_estimate
+    extra = format_bytes(nosync.peak_allocated - sync.peak_allocated)
+    (finding,) = fsdp_findings(frame)
+    assert "makes 3 reduce-scatters per optimizer step instead of 9" in finding and f"+{extra}" in finding
+    fig = fsdp_figure(frame)
+    widths = sorted(bar.get_width() for bar in fig.axes[0].containers[0]) + \
+        sorted(bar.get_width() for bar in fig.axes[0].containers[1])
+    assert widths == [9.0, 3.0]
