@@ -283,3 +283,28 @@ def test_report_tells_fsdp_sync_apart_and_states_counts_and_memory(fake_estimate
     widths = sorted(bar.get_width() for bar in fig.axes[0].containers[0]) + \
         sorted(bar.get_width() for bar in fig.axes[0].containers[1])
     assert widths == [9.0, 3.0]
+
+
+# --- plan --world-size -------------------------------------------------------------------------
+
+def test_plan_world_size_must_split_the_effective_batch():
+    result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--effective-batch", "7", "--memory-budget",
+                                       "1GiB", "--world-size", "2"])
+    assert result.exit_code == 2 and "does not split over --world-size 2" in result.output
+
+
+@pytest.mark.slow
+def test_plan_world_size_picks_per_rank_pairs_from_rank_0_estimates(fake_estimate):
+    # Per rank: 6 of 12 samples; the estimate of 2 x 3 (sync skipped) is the fixture's record.
+    nosync = fake_estimate[0]
+    result = CliRunner().invoke(main, [
+        "plan", "--workload", "gpt", "--workload-opt", "size=tiny", "--effective-batch", str(MICRO * ACCUM * WORLD),
+        "--world-size", str(WORLD), "--device-kind", "cpu", "--margin", "0", "--json",
+        "--memory-budget", str(nosync.peak_allocated)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output[result.output.index("{"):])
+    pairs = {(c["micro_batch"], c["accum_steps"]): c for c in plan["candidates"]}
+    assert set(pairs) == {(1, 6), (2, 3), (3, 2), (6, 1)}
+    assert pairs[(2, 3)]["predicted_peak"] == nosync.peak_allocated and pairs[(2, 3)]["fits"]
+    assert plan["recommended"]["micro_batch"] == 2  # the largest that fits: 3 x 2 needs more
+    assert not pairs[(3, 2)]["fits"]
