@@ -92,8 +92,9 @@ class TrainingState:
         return copy_to_device(host_batch, self.device)
 
     def grad_sync(self, micro_step: int, micro_steps: int) -> contextlib.AbstractContextManager:
-        """Under DDP with `skip_sync_until_last`, `model.no_sync()` on every micro-step but the
-        last (gradients all-reduced once per optimizer step); otherwise a null context."""
+        """With `skip_sync_until_last`, every micro-step but the last skips the gradient sync:
+        DDP's `model.no_sync()` (all-reduced once per optimizer step), FSDP2's
+        `set_requires_gradient_sync(False)` (reduce-scattered once); otherwise a null context."""
         if self.skip_sync_until_last and micro_step < micro_steps - 1:
             if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2 has no no_sync()
                 return _fsdp_sync_off(self.model)
