@@ -232,9 +232,16 @@ def test_gloo_records_and_the_fake_group_estimate_of_rank_0_agree_to_the_byte(tw
         assert record["distributed"]["parallel"] == "fsdp" and record["distributed"]["backend"] == "gloo"
         assert record["peak_allocated"] == max(record["distributed"]["per_rank_peak_allocated"])
         assert record["samples_per_s"] == pytest.approx(sum(record["distributed"]["per_rank_samples_per_s"]))
-    rank0 = [r["distributed"]["per_rank_peak_allocated"][0] for r in records]
-    assert 0 <= (unsharded - sharded) - (rank0[0] - rank0[1]) <= 2 * 64 * 4  # as the estimate's
-    assert [e.peak_allocated for e in fake_estimate] == rank0
+    # The estimate's collectives finish at once. On gloo, a worker thread that finishes a
+    # collective late can only free its buffers late, never early: it can add bytes to a rank's
+    # peak, not remove them. So the estimate is every rank's peak when the threads kept pace
+    # (rank 0 in every run on this VM so far), and never above any rank's.
+    for estimate, record in zip(fake_estimate, records):
+        peaks = record["distributed"]["per_rank_peak_allocated"]
+        assert estimate.peak_allocated == min(peaks) and estimate.peak_allocated <= peaks[0]
+        assert estimate.baseline_allocated == record["baseline_allocated"]
+    lowest = [min(r["distributed"]["per_rank_peak_allocated"]) for r in records]
+    assert 0 <= (unsharded - sharded) - (lowest[0] - lowest[1]) <= 2 * 64 * 4  # as the estimate's
     for estimate, record in zip(fake_estimate, records):
         assert estimate.case_id == record["case_id"]
         for key in ("allgathers_per_step", "allgather_bytes_per_step", "reducescatters_per_step",
