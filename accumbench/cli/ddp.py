@@ -36,7 +36,8 @@ def run_ddp(*, torch_device, cases: Sequence[Any], seed: int, out_path: Path, re
     else:
         dcases, skipped = ddp_cases(cases)
     if not dcases:
-        fail_input("DDP runs the large-batch and accumulated scenarios; every selected case is multi-task")
+        fail_input(f"{parallel.upper()} runs the large-batch and accumulated scenarios; every selected case is "
+                   "multi-task")
     if nproc_per_node is not None:
         _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_only, nproc_per_node)
     else:
