@@ -25,7 +25,7 @@ from accumbench.workloads import load_workload
 
 GPT_TINY = (("size", "tiny"),)
 WORLD = 2
-MICRO, ACCUM = 2, 3  # accum != world size, so "N reduce-scatters" cannot be the world size by accident
+MICRO, ACCUM = 4, 3  # accum != world size, so "N reduce-scatters" cannot be the world size by accident
 CASE = Case("gpt", "accumulated", MICRO, ACCUM, GPT_TINY, warmup=1, steps=2)
 
 
@@ -277,8 +277,8 @@ def test_report_tells_fsdp_sync_apart_and_states_counts_and_memory(fake_estimate
     from accumbench.report.units import format_bytes
 
     frame, _ = prepare(records_to_frame(fake_estimate))
-    assert sorted(frame["line"]) == [f"accumulated, micro-batch 2, {FSDP_SYNC_TEXT}",
-                                     f"accumulated, micro-batch 2, {FSDP_NO_SYNC_TEXT}"]
+    assert sorted(frame["line"]) == [f"accumulated, micro-batch {MICRO}, {FSDP_SYNC_TEXT}",
+                                     f"accumulated, micro-batch {MICRO}, {FSDP_NO_SYNC_TEXT}"]
     assert not communication_table(frame).rows  # the DDP table leaves FSDP records out
     table = fsdp_table(frame)
     assert len(table.rows) == 2
@@ -302,7 +302,7 @@ def test_plan_world_size_must_split_the_effective_batch():
 
 @pytest.mark.slow
 def test_plan_world_size_picks_per_rank_pairs_from_rank_0_estimates(fake_estimate):
-    # Per rank: 6 of 12 samples; the estimate of 2 x 3 (sync skipped) is the fixture's record.
+    # Per rank: 12 of 24 samples; the estimate of 4 x 3 (sync skipped) is the fixture's record.
     nosync = fake_estimate[0]
     result = CliRunner().invoke(main, [
         "plan", "--workload", "gpt", "--workload-opt", "size=tiny", "--effective-batch", str(MICRO * ACCUM * WORLD),
@@ -311,7 +311,7 @@ def test_plan_world_size_picks_per_rank_pairs_from_rank_0_estimates(fake_estimat
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output[result.output.index("{"):])
     pairs = {(c["micro_batch"], c["accum_steps"]): c for c in plan["candidates"]}
-    assert set(pairs) == {(1, 6), (2, 3), (3, 2), (6, 1)}
-    assert pairs[(2, 3)]["predicted_peak"] == nosync.peak_allocated and pairs[(2, 3)]["fits"]
-    assert plan["recommended"]["micro_batch"] == 2  # the largest that fits: 3 x 2 needs more
-    assert not pairs[(3, 2)]["fits"]
+    assert set(pairs) == {(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)}
+    assert pairs[(4, 3)]["predicted_peak"] == nosync.peak_allocated and pairs[(4, 3)]["fits"]
+    assert plan["recommended"]["micro_batch"] == MICRO  # the largest that fits: 6 x 2 needs more
+    assert not pairs[(6, 2)]["fits"]
