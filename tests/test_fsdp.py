@@ -283,9 +283,9 @@ def test_report_tells_fsdp_sync_apart_and_states_counts_and_memory(fake_estimate
     table = fsdp_table(frame)
     assert len(table.rows) == 2
     nosync, sync = fake_estimate
-    extra = format_bytes(nosync.peak_allocated - sync.peak_allocated)
+    extra = format_bytes(nosync.peak_allocated - sync.peak_allocated, signed=True)
     (finding,) = fsdp_findings(frame)
-    assert "makes 3 reduce-scatters per optimizer step instead of 9" in finding and f"+{extra}" in finding
+    assert "makes 3 reduce-scatters per optimizer step instead of 9" in finding and f"costs {extra} of peak" in finding
     fig = fsdp_figure(frame)
     widths = sorted(bar.get_width() for bar in fig.axes[0].containers[0]) + \
         sorted(bar.get_width() for bar in fig.axes[0].containers[1])

@@ -142,7 +142,7 @@ def fsdp_findings(frame: pd.DataFrame) -> list[str]:
         sentence = (f"{name}, {micro} × {steps} per rank on {ranks} ranks ({meter}): skipping the gradient "
                     f"sync until the last micro-step makes {skipped.reducescatters_per_step_:g} reduce-scatters "
                     f"per optimizer step instead of {synced.reducescatters_per_step_:g}, and costs "
-                    f"{'+' if extra >= 0 else '-'}{format_bytes(abs(extra))} of peak memory "
+                    f"{format_bytes(extra, signed=True)} of peak memory "
                     f"(the unsharded gradients kept between micro-steps)")
         a, b = synced.samples_per_s_, skipped.samples_per_s_
         if not (is_missing(a) or is_missing(b)) and a:
