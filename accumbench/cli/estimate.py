@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
+    SUITE_RULES,
     case_selection_options,
     fail_input,
     format_bytes,
     int_list,
+    open_results,
     select_cases,
-    timeline_sink,
     validate_cases,
     workload_options,
 )
@@ -41,17 +42,22 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "cublaslt_workspace_bytes=1MiB, gemm_threads=2, attention_kernel=auto|flash|efficient|math, "
                    "attention_scratch=true, cudnn_workspace_bytes=8MiB, scratch_bytes=0, "
                    "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true.")
-@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite).")
+@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
-              help="JSONL file of estimate records (meter: estimate); replaced if it exists.")
+              help="JSONL file of estimate records (meter: estimate), appended as each group is done.")
+@click.option("--resume", is_flag=True,
+              help="Skip the cases already in --out and append the rest (refused when the file was estimated "
+                   "with another seed, device kind or torch version).")
+@click.option("--overwrite", is_flag=True,
+              help="Start --out afresh; the old file is kept as FILE.bak (or FILE.bak.1, ...).")
 @click.option("--timeline", is_flag=True,
               help="Also trace each case's fake step into OUT.timelines.jsonl (as run --timeline); "
                    "estimates every case on its own, without the grouped replay, so it is slower.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would be estimated, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
 def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp,
-             set_to_none, loss_norm, out_path, timeline, list_only, seed) -> None:
+             set_to_none, loss_norm, out_path, resume, overwrite, timeline, list_only, seed) -> None:
     """Predict each case's CUDA peak memory on fake tensors, with no GPU.
 
     The same cases as `run` (same flags), the same scenario step code, run on fake tensors that
@@ -70,11 +76,14 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
       accumbench estimate --device-kind a100 --assume attention_kernel=math
       accumbench estimate --suite smoke --device-kind cpu   # compare with run --device cpu
 
-    Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed, 2 bad input.
+    The results file follows run's rules: an existing file needs --resume or --overwrite.
+
+    Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed or the
+    results could not be written, 2 bad input, 130 interrupted.
     """
-    from accumbench.estimate import estimate_cases, estimate_each, estimate_runner, groups_of
-    from accumbench.timeline import sidecar_path
-    from accumbench.records import write_records
+    from accumbench.cli.progress import LineProgress
+    from accumbench.estimate import EstimateRunner, estimate_runner, groups_of
+    from accumbench.session import execute
 
     assumptions = device_assumptions(device_kind, assume)
     options = workload_options(workload_opts)
@@ -85,41 +94,30 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
-    runner = estimate_runner(assumptions, seed, timeline_sink=timeline_sink(out_path) if timeline else None)
+    results = None if list_only else open_results(out_path, "accumbench estimate", resume=resume,
+                                                  overwrite=overwrite)
+    runner = estimate_runner(assumptions, seed,
+                             timeline_sink=results.timeline_sink() if timeline and results else None)
     validate_cases(runner, cases)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))
         click.echo(f"{len(cases)} case(s)", err=True)
         return
-    click.echo(f"accumbench estimate: {len(cases)} case(s) in {groups_of(cases)} group(s) for "
-               f"{runner.meter.device_info(runner.device)['device_name']} -> {out_path}", err=True)
     started = time.perf_counter()
-    done: list = []
 
-    def progress(record) -> None:
-        done.append(record)
-        click.echo(f"[{len(done)}/{len(cases)}] {record.case_id}: "
-                   + (format_bytes(record.peak_allocated) if record.peak_allocated is not None else record.status),
-                   err=True)
+    def heading(todo: int, already: int) -> str:
+        return (f"accumbench estimate: {todo} case(s) in {groups_of(cases)} group(s) for "
+                f"{runner.meter.device_info(runner.device)['device_name']}"
+                + (f", {already} already in {out_path}" if already else "") + f" -> {out_path}")
 
-    try:
-        if timeline:
-            sidecar_path(out_path).unlink(missing_ok=True)  # replaced, as the results file is
-            records = estimate_each(cases, runner, assumptions, on_record=progress)
-        else:
-            records = estimate_cases(cases, assumptions, runner=runner, on_record=progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted after {len(done)} record(s); nothing written", err=True)
-        sys.exit(130)
-    write_records(out_path, records)
-    _print_summary(records, assumptions)
-    click.echo(f"wrote {len(records)} estimate record(s) to {out_path} in {time.perf_counter() - started:.1f} s",
-               err=True)
-    errors = [r for r in records if r.status == "error"]
-    if errors:
-        click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
-        sys.exit(1)
+    def summary(records) -> None:
+        _print_summary(records, assumptions)
+        click.echo(f"estimated in {time.perf_counter() - started:.1f} s", err=True)
+
+    # Lines, not a bar: grouped records arrive in bursts, a bar would jump.
+    sys.exit(execute(cases, EstimateRunner(runner, assumptions, each=timeline), results,
+                     lambda total: LineProgress(), heading=heading, summary=summary))
 
 
 def _print_summary(records, assumptions) -> None:
