@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -21,7 +21,6 @@ from accumbench.report.html import render_page
 from accumbench.report.layout import save
 from accumbench.report.markdown import render_summary
 from accumbench.report.sections import FigureBlock, FigureKind, SectionReport
-from accumbench.report.tables import Table
 
 
 def _no_findings(frame: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
