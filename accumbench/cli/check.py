@@ -113,7 +113,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     sys.exit(code)
 
 
-def _check_all(workloads, config, dtype, threads, results, as_json, strict) -> int:
+def _check_all(workloads, config, dtype, threads, out, as_json, strict) -> int:
     """Check each workload, appending its records as soon as they exist; print; the exit code."""
     import uuid
 
@@ -127,7 +127,6 @@ def _check_all(workloads, config, dtype, threads, results, as_json, strict) -> i
     torch.set_num_threads(threads)
     run_id = uuid.uuid4().hex[:12]
     provenance = check_provenance()
-    out = results
     checked, records, failed = [], [], []
     for workload, norms in workloads:
         click.echo(f"checking {workload.name} (N={','.join(map(str, config.accum_steps))}, "
