@@ -4,7 +4,7 @@ Usage: python benchmarks/gpu/issue12_results_session.py OUTDIR [--device cuda|cp
 (about 1 minute on an H100; --device cpu is the dry run that proves the script itself)
 
 Checks, exiting 1 with the failed check named:
-1. `accumbench run` of two tiny gpt cases writes ok records carrying `seed` (the CUDA meter's
+1. `accumbench run` of three tiny gpt cases (large batch 4 and 8, 4 x 2) writes ok records carrying `seed` (the CUDA meter's
    records, the pinned host batches and the loss check's one sync per case on the device);
 2. `--resume` with another `--steps` is refused (exit 2) and measures nothing;
 3. a plug-in whose second micro-batch holds a NaN gives an `error` record naming
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 CASE = ["--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4", "--accum-steps", "1,2",
@@ -77,14 +78,14 @@ def main() -> int:
     run_file = out / "issue12_run.jsonl"
     done = accumbench("run", "--device", device, *CASE, "--out", str(run_file))
     found = records(run_file) if run_file.exists() else []
-    check("run_writes_ok_records_with_seed", done.returncode == 0 and len(found) == 2
+    check("run_writes_ok_records_with_seed", done.returncode == 0 and len(found) == 3
           and all(r["status"] == "ok" and r["seed"] == 0 and r["meter"] == device for r in found),
           done.stderr[-400:] if done.returncode else "")
 
     steps = [*CASE[:-1], "5"]
     refused = accumbench("run", "--device", device, *steps, "--out", str(run_file), "--resume")
     check("resume_with_other_steps_refused", refused.returncode == 2 and "measured_steps" in refused.stderr
-          and len(records(run_file)) == 2, refused.stderr.strip()[-300:])
+          and len(records(run_file)) == 3, refused.stderr.strip()[-300:])
 
     plugin = out / "issue12_nan_plugin.py"
     plugin.write_text(NAN_PLUGIN)
@@ -102,7 +103,6 @@ def main() -> int:
                               *CASE, "--out", str(ddp_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     lock = ddp_file.with_name(ddp_file.name + ".lock")
-    import time
     for _ in range(200):  # wait for the launcher to take the lock
         if lock.exists() and lock.read_text().strip():
             break
