@@ -11,8 +11,8 @@ what may happen to the file, and then owns it for the whole run:
   keeps a second writer out;
 - the folder is created and the file opened for appending at `claim()`, so a read-only folder or
   a path under a file is refused before the first measurement;
-- a torn last line (a crash or full disk mid-write) is cut off on `--resume`/`--append` and kept
-  in FILE.torn, and the caller is told;
+- a torn last line (no newline and not a JSON object: a crash or full disk mid-write) is cut
+  off on `--resume`/`--append` and kept in FILE.torn, and the caller is told;
 - `append()` writes one line, flushes and fsyncs; an OSError (full disk, I/O error) truncates the
   partial line and raises `ResultsWriteError`, every complete record staying in the file.
 
@@ -171,23 +171,26 @@ class ResultsFile:
         self.notes.append(f"the previous results were kept as {targets[0]}")
 
     def _repair_torn_line(self) -> None:
-        """Cut a last line that is incomplete (no newline) or not JSON off the file, keeping it
-        in FILE.torn (appended to, never replaced)."""
+        """A last line without its newline is a write that never finished when it is not a
+        JSON object (as `records.iter_records` judges): cut it off the file and keep it in
+        FILE.torn (appended to, never replaced). A complete record that only lacks its newline
+        gets one, so the next record starts a line of its own."""
         data = self.path.read_bytes()
-        body = data[:-1] if data.endswith(b"\n") else data
-        start = body.rfind(b"\n") + 1
-        last = data[start:]
-        if not last.strip():
+        if data.endswith(b"\n"):
             return
+        start = data.rfind(b"\n") + 1
+        last = data[start:]
         try:
-            complete = data.endswith(b"\n") and isinstance(json.loads(last), dict)
+            complete = isinstance(json.loads(last), dict)
         except ValueError:
             complete = False
         if complete:
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
             return
         torn = self.path.with_name(self.path.name + ".torn")
         with open(torn, "ab") as fh:
-            fh.write(last if last.endswith(b"\n") else last + b"\n")
+            fh.write(last + b"\n")
         with open(self.path, "r+b") as fh:
             fh.truncate(start)
         self.notes.append(f"the last line of {self.path} was incomplete ({len(last)} bytes, a run stopped "

@@ -258,3 +258,11 @@ def test_an_error_record_keeps_the_traceback():
     assert "in broken_layer" in record.traceback and record.traceback.rstrip().endswith(
         "ValueError: shape mismatch in my layer")
     assert json.loads(record.to_json())["traceback"] == record.traceback
+
+
+def test_a_complete_last_record_without_its_newline_is_kept_and_ended(copy_of):
+    copy_of.write_text(copy_of.read_text().rstrip("\n"))  # written by a tool that omits the final newline
+    with ResultsFile(copy_of, append=True) as results:
+        results.claim()
+        results.append(results.existing[0])
+    assert len(read_records(copy_of)) == 2 and not copy_of.with_name("r.jsonl.torn").exists()

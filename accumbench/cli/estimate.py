@@ -12,13 +12,14 @@ from accumbench.cli.common import (
     SUITE_RULES,
     case_selection_options,
     fail_input,
-    format_bytes,
     int_list,
     open_results,
     select_cases,
     validate_cases,
     workload_options,
 )
+
+from accumbench.textfmt import format_bytes, text_table
 
 DEVICE_KINDS = ["h100", "h200", "a100", "cpu"]
 
@@ -124,10 +125,7 @@ def _print_summary(records, assumptions) -> None:
     if not records:
         return
     usable = assumptions.usable_memory_bytes
-    width = max(len(r.case_id) for r in records)
-    click.echo(f"{'case':<{width}}  {'status':<6}  {'predicted peak':>14}")
-    for r in records:
-        peak = format_bytes(r.peak_allocated) if r.peak_allocated is not None else "-"
-        click.echo(f"{r.case_id:<{width}}  {r.status:<6}  {peak:>14}")
+    rows = [(r.case_id, r.status, format_bytes(r.peak_allocated)) for r in records]
+    click.echo(text_table(["case", "status", "predicted peak"], rows, right=(2,)))
     if usable is not None:
         click.echo(f"(usable memory assumed: {format_bytes(usable)} of {format_bytes(assumptions.total_memory_bytes)})")

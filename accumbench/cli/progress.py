@@ -8,7 +8,7 @@ from typing import Sequence
 
 import click
 
-from accumbench.cli.common import format_bytes
+from accumbench.textfmt import format_bytes, text_table
 
 
 def _detail(record) -> str:
@@ -68,15 +68,10 @@ def progress_for(total: int):
     return RichProgress(total) if sys.stderr.isatty() else LineProgress()
 
 
-def print_summary(records: Sequence, *, speed: bool = True, peak_title: str = "peak") -> None:
-    """The end-of-run table: case, status, peak and (with `speed`) samples/s."""
+def print_summary(records: Sequence) -> None:
+    """The end-of-run table: case, status, peak and samples/s."""
     if not records:
         return
-    width = max(len(r.case_id) for r in records)
-    click.echo(f"{'case':<{width}}  {'status':<6}  {peak_title:>14}" + (f"  {'samples/s':>12}" if speed else ""))
-    for r in records:
-        peak = format_bytes(r.peak_allocated) if r.peak_allocated is not None else "-"
-        line = f"{r.case_id:<{width}}  {r.status:<6}  {peak:>14}"
-        if speed:
-            line += f"  {f'{r.samples_per_s:,.1f}' if r.samples_per_s else '-':>12}"
-        click.echo(line)
+    rows = [(r.case_id, r.status, format_bytes(r.peak_allocated),
+             f"{r.samples_per_s:,.1f}" if r.samples_per_s else None) for r in records]
+    click.echo(text_table(["case", "status", "peak", "samples/s"], rows, right=(2, 3)))
