@@ -182,10 +182,73 @@ def predicted_oom(record: Record, assumptions: DeviceAssumptions) -> Record:
     )
 
 
+class _Stopped(Exception):
+    """Raised from `on_record` to end an estimate early (the session's `stop`)."""
+
+
+class EstimateRunner:
+    """The estimate as a runner `session.execute` can drive: grouped replay (`estimate_cases`),
+    or one case at a time (`estimate_each`, for timelines), with each record handed to the sink
+    as soon as its group is done."""
+
+    is_writer = True
+
+    def __init__(self, runner: Runner, assumptions: DeviceAssumptions, each: bool = False) -> None:
+        self.runner = runner
+        self.assumptions = assumptions
+        self.each = each
+
+    def share(self, value):
+        """One process: the value itself."""
+        return value
+
+    def case_id(self, case: Case) -> str:
+        """The id the case's record will carry."""
+        return self.runner.case_id(case)
+
+    def shared_settings(self) -> dict:
+        """Seed, meter, predicted device and torch version: what every estimate record carries."""
+        return self.runner.shared_settings()
+
+    def case_settings(self, case: Case) -> dict:
+        """Nothing per case: an estimate profiles one warm-up and one steady step, whatever the
+        case asks."""
+        return {}
+
+    def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
+            progress=None, stop: Callable[[], bool] | None = None) -> list[Record]:
+        """Estimate the cases not in `skip`; tell `progress` and `sink` as each record comes."""
+        skip = set(skip)
+        todo = [c for c in cases if self.case_id(c) not in skip]
+        position = {self.case_id(c): (i, c) for i, c in enumerate(todo, start=1)}
+        records: list[Record] = []
+
+        def on_record(record: Record) -> None:
+            index, case = position[record.case_id]
+            if progress:
+                progress.case_started(index, len(todo), case)
+            if sink:
+                sink(record)
+            records.append(record)
+            if progress:
+                progress.case_finished(index, len(todo), case, record)
+            if stop is not None and stop():
+                raise _Stopped
+
+        try:
+            if self.each:
+                estimate_each(todo, self.runner, self.assumptions, on_record=on_record)
+            else:
+                estimate_cases(todo, self.assumptions, runner=self.runner, on_record=on_record)
+        except _Stopped:
+            pass
+        return records
+
+
 def groups_of(cases: Iterable[Case]) -> int:
     """How many groups (profiled model builds) the cases need."""
     return len({group_key(c) for c in cases})
 
 
-__all__ = ["MAX_MICRO_STEPS", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
+__all__ = ["MAX_MICRO_STEPS", "EstimateRunner", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
            "groups_of", "predicted_oom", "proportional"]

@@ -4,7 +4,7 @@ Reads DataFrames (from `accumbench.records.load_results`) or sequences of `Recor
 frozen `Comparison` that the renderers in `accumbench.gate.table` format. Never prints, never
 exits: the CLI turns `Comparison.exit_code` into the process's exit status.
 
-Rules (DESIGN.md, "Regression gate"):
+Rules (docs/design.md, "Regression gate"):
 - A case is matched by `case_id`, and by `world_size` too when it is above 1.
 - Both ok: the memory check and the throughput check decide (see `accumbench.gate.checks`);
   for `accumbench check` records the equivalence check too, and for DDP records the count of
