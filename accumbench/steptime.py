@@ -11,7 +11,9 @@ per device kind in `accumbench.estimate_assumptions`:
 
 - Host: Python, autograd and the dispatcher issue the ops one after another. Each op costs
   `host_op_seconds` (views included: they are dispatched too), each kernel launch
-  `launch_seconds` more. Small micro-batches are bound here: the device waits for the host.
+  `launch_seconds` more, and a foreach op `host_tensor_seconds` per tensor in its lists (the
+  optimizer step's per-parameter host work). Small micro-batches are bound here: the device
+  waits for the host.
 - Device: each kernel takes its roofline time, max(FLOPs / (flop_efficiency x the peak FLOP/s
   of its dtype), bytes / (bandwidth_efficiency x memory bandwidth)), with
   conv_flop_efficiency in place of flop_efficiency for cuDNN's convolutions, and at least
@@ -91,7 +93,8 @@ class OpTable:
     Columns: `kind` (VIEW, KERNEL, COPY_IN), `flops`, `nbytes` (read + written), `dtype` (index
     into DTYPES), `micro_step` (0-based; OUTSIDE for the optimizer step and zero_grad) and
     `convolution` (True for cuDNN's convolutions, which reach a lower fraction of peak than
-    cuBLAS's GEMMs and get their own efficiency).
+    cuBLAS's GEMMs and get their own efficiency), `list_tensors` (how many tensors a foreach
+    op's lists hold: the optimizer step's host work grows with the parameter count).
     """
 
     kind: np.ndarray
@@ -100,6 +103,7 @@ class OpTable:
     dtype: np.ndarray
     micro_step: np.ndarray
     convolution: np.ndarray
+    list_tensors: np.ndarray
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -114,7 +118,8 @@ class OpTable:
         return (len(self) == len(other) and bool(np.array_equal(self.kind, other.kind))
                 and bool(np.array_equal(self.dtype, other.dtype))
                 and bool(np.array_equal(self.micro_step, other.micro_step))
-                and bool(np.array_equal(self.convolution, other.convolution)))
+                and bool(np.array_equal(self.convolution, other.convolution))
+                and bool(np.array_equal(self.list_tensors, other.list_tensors)))
 
     def interpolate(self, low_size: int, high: "OpTable", high_size: int, size: int) -> "OpTable":
         """The table at micro-batch `size`, each op's FLOPs and bytes on the straight line
@@ -124,7 +129,7 @@ class OpTable:
         t = (size - low_size) / (high_size - low_size)
         return OpTable(self.kind, np.maximum(self.flops + t * (high.flops - self.flops), 0.0),
                        np.maximum(self.nbytes + t * (high.nbytes - self.nbytes), 0.0), self.dtype, self.micro_step,
-                       self.convolution)
+                       self.convolution, self.list_tensors)
 
     def repeated(self, accum_steps: int) -> "OpTable":
         """The table of `accum_steps` micro-steps: the last profiled micro-step's ops repeated
@@ -139,7 +144,7 @@ class OpTable:
             + [np.arange(block.stop, len(self))]
         index = np.concatenate(pieces)
         return OpTable(self.kind[index], self.flops[index], self.nbytes[index], self.dtype[index],
-                       self.micro_step[index], self.convolution[index])
+                       self.micro_step[index], self.convolution[index], self.list_tensors[index])
 
     def total_flops(self) -> int:
         """FLOPs of every op."""
@@ -157,7 +162,7 @@ class OpTally:
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
-        self._rows: list[tuple[int, float, float, int, int, bool]] = []
+        self._rows: list[tuple[int, float, float, int, int, bool, int]] = []
         self._micro_step = OUTSIDE
 
     def phase(self, name: str, micro_step: int | None) -> None:
@@ -189,14 +194,16 @@ class OpTally:
             dtype = _DTYPE_CODE.get(first, DTYPES.index("fp32"))
             if dtype == DTYPES.index("fp32") and self.cuda and name in CONVOLUTIONS:
                 dtype = DTYPES.index("tf32")
-        self._rows.append((kind, float(flops), float(nbytes), dtype, self._micro_step, name in CONVOLUTIONS))
+        listed = sum(len(a) for a in args if isinstance(a, (list, tuple))) if name.startswith("_foreach") else 0
+        self._rows.append((kind, float(flops), float(nbytes), dtype, self._micro_step, name in CONVOLUTIONS, listed))
 
     def table(self) -> OpTable:
         """What was tallied, frozen."""
-        cols = list(zip(*self._rows)) if self._rows else [()] * 6
+        cols = list(zip(*self._rows)) if self._rows else [()] * 7
         return OpTable(np.asarray(cols[0], dtype=np.int8), np.asarray(cols[1], dtype=np.float64),
                        np.asarray(cols[2], dtype=np.float64), np.asarray(cols[3], dtype=np.int8),
-                       np.asarray(cols[4], dtype=np.int16), np.asarray(cols[5], dtype=bool))
+                       np.asarray(cols[4], dtype=np.int16), np.asarray(cols[5], dtype=bool),
+                       np.asarray(cols[6], dtype=np.int32))
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,7 @@ class SpeedConstants:
     host_to_device_bandwidth: float
     host_op_seconds: float
     launch_seconds: float
+    host_tensor_seconds: float
     kernel_floor_seconds: float
     flop_efficiency: float
     bandwidth_efficiency: float
@@ -221,7 +229,7 @@ class SpeedConstants:
                      "conv_flop_efficiency"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("host_op_seconds", "launch_seconds", "kernel_floor_seconds"):
+        for name in ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "kernel_floor_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if any(not v > 0 for v in self.peak_flops.values()):
@@ -264,7 +272,7 @@ def predict_step_time(table: OpTable, speed: SpeedConstants, accum_steps: int | 
     if accum_steps is not None:
         table = table.repeated(accum_steps)
     launched = table.kind != VIEW
-    host_each = speed.host_op_seconds + speed.launch_seconds * launched
+    host_each = speed.host_op_seconds + speed.launch_seconds * launched + speed.host_tensor_seconds * table.list_tensors
     host_done = np.cumsum(host_each)  # when the host has issued each op
     device_each = kernel_seconds(table, speed)[launched]
     issued = host_done[launched]
