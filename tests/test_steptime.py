@@ -57,7 +57,9 @@ def test_predicted_time_grows_with_flops_and_with_op_count():
     assert many > few * 50  # host-bound: time follows the op count
     with_views = predict_step_time(_table([1e3] * 10 + [0.0] * 10, kinds=[KERNEL] * 10 + [VIEW] * 10), SPEED)
     # Views launch nothing: they cost only the host's per-op time.
-    assert with_views.seconds == pytest.approx(few + 10 * SPEED.host_op_seconds)
+    few_host = predict_step_time(_table([1e3] * 10), SPEED).host_seconds
+    assert with_views.host_seconds == pytest.approx(few_host + 10 * SPEED.host_op_seconds)
+    assert with_views.seconds > few
     assert with_views.kernels == 10 and with_views.bound == "host"
     # One memory-bound kernel: launched after its host time, then bytes over the achieved bandwidth.
     assert predict_step_time(_table([0.0], nbytes=[3.35e12]), SPEED).seconds == pytest.approx(
@@ -105,3 +107,11 @@ def test_the_h100_constants_are_named_and_h200_differs_by_its_data_sheet():
     assert h200.memory_bandwidth > h100.memory_bandwidth and h200.peak_flops_bf16 == h100.peak_flops_bf16
     with pytest.raises(ValueError):
         dataclasses.replace(h100, flop_efficiency=0.0)
+
+
+def test_foreach_ops_cost_host_time_per_tensor_in_their_lists():
+    table = _table([1e3] * 3)
+    listed = dataclasses.replace(table, list_tensors=np.array([0, 100, 0], dtype=np.int32))
+    speed = dataclasses.replace(SPEED, host_tensor_seconds=1e-6)
+    assert predict_step_time(listed, speed).host_seconds == pytest.approx(
+        predict_step_time(table, speed).host_seconds + 100e-6)
