@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from accumbench.fit import MemoryFit, fit_memory_line
+from accumbench.textfmt import format_bytes, text_table
 
 DEFAULT_MARGIN = 0.10
 SINGLE, ACCUMULATED = "one micro-step", "accumulating"
@@ -226,9 +227,9 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     if not fitting:
         smallest = min(known, key=lambda c: c.predicted_peak)
         raise NothingFits(
-            f"no configuration of effective batch {effective_batch} fits in {_gib(budget_bytes)} "
-            f"({_gib(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
-            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {_gib(smallest.predicted_peak)}"
+            f"no configuration of effective batch {effective_batch} fits in {format_bytes(budget_bytes)} "
+            f"({format_bytes(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
+            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {format_bytes(smallest.predicted_peak)}"
         )
     rated = [c for c in fitting if c.samples_per_s]
     if rated:
@@ -297,26 +298,24 @@ def format_plan(plan: Plan) -> str:
     """The plan as a readable table with the recommendation underneath."""
     lines = [
         f"plan: {plan.workload or 'workload'}, effective batch {plan.effective_batch}, budget "
-        f"{_gib(plan.budget_bytes)} ({_gib(plan.usable_bytes)} usable with a {plan.margin:.0%} margin)",
+        f"{format_bytes(plan.budget_bytes)} ({format_bytes(plan.usable_bytes)} usable with a {plan.margin:.0%} margin)",
     ]
     if plan.source:
         lines.append(f"memory from {plan.source}")
     for kind, fit in plan.lines.items():
-        lines.append(f"  line ({kind}): {_gib(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
+        lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
                      f"per sample (r2 {fit.r2:.4f})")
-    header = (f"{'rank':>4}  {'micro-batch':>11}  {'accum':>5}  {'peak':>10}  {'from':<22}  {'samples/s':>10}  "
-              f"{'from':<16}  fits")
-    lines += ["", "candidates, fastest first:", header, "-" * len(header)]
+    rows = []
     for rank, c in enumerate(plan.ranked(), start=1):
         mark = "  <- recommended" if c == plan.recommended else ""
-        speed = _rate(c) if c.samples_per_s else "-"
-        peak = _gib(c.predicted_peak) if c.predicted_peak is not None else "-"
-        fits = "yes" if c.fits else "no"
-        lines.append(f"{rank:>4}  {c.micro_batch:>11}  {c.accum_steps:>5}  {peak:>10}  {c.peak_source:<22}  "
-                     f"{speed:>10}  {c.speed_source or '':<16}  {fits}{mark}")
+        rows.append((rank, c.micro_batch, c.accum_steps, format_bytes(c.predicted_peak), c.peak_source,
+                     _rate(c) if c.samples_per_s else "-", c.speed_source or "", ("yes" if c.fits else "no") + mark))
+    lines += ["", "candidates, fastest first:",
+              text_table(("rank", "micro-batch", "accum", "peak", "from", "samples/s", "from", "fits"), rows,
+                         right=(0, 1, 2, 3, 5))]
     r = plan.recommended
     lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
-                  f"peak {_gib(r.predicted_peak)}: {plan.reason}"]
+                  f"peak {format_bytes(r.predicted_peak)}: {plan.reason}"]
     costs = [cost_line(plan, c) for c in plan.ranked() if c.fits and c != r and plan.slowdown(c)]
     if costs:
         lines += ["", "what the other fitting candidates cost:"] + [f"  {line}" for line in costs]
@@ -329,7 +328,7 @@ def cost_line(plan: Plan, c: Candidate) -> str:
     r = plan.recommended
     slowdown = plan.slowdown(c)
     speed = f"{_rate(c)} samples/s ({c.speed_source})" if c.samples_per_s else "samples/s unknown"
-    peak = f"{_gib(c.predicted_peak)} ({c.peak_source})" if c.predicted_peak is not None else "peak unknown"
+    peak = f"{format_bytes(c.predicted_peak)} ({c.peak_source})" if c.predicted_peak is not None else "peak unknown"
     if slowdown is None:
         versus = ""
     elif slowdown >= 1.005:
@@ -361,17 +360,6 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "candidates": [cand(c) for c in plan.ranked()],
         "recommended": cand(plan.recommended), "reason": plan.reason,
     }
-
-
-def _gib(n: float | None) -> str:
-    """GiB with two decimals; smaller amounts in MiB or KiB (a small model's plan reads
-    '0.38 MiB', not '0.00 GiB')."""
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 __all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",
