@@ -112,3 +112,18 @@ def test_foreach_ops_cost_host_time_per_tensor_in_their_lists():
     speed = dataclasses.replace(SPEED, host_tensor_seconds=1e-6)
     assert predict_step_time(listed, speed).host_seconds == pytest.approx(
         predict_step_time(table, speed).host_seconds + 100e-6)
+
+
+def test_compare_never_gates_on_or_shows_predicted_throughput():
+    from accumbench.gate.checks import NOT_AVAILABLE
+    from accumbench.gate.compare import compare_results
+
+    def estimate(rate: float) -> dict:
+        return {"case_id": "c", "status": "ok", "meter": "estimate", "device_name": "estimate: H100",
+                "torch_version": "2", "peak_allocated": 100, "step_times_s": [], "samples_per_s": rate,
+                "predicted_step_time_s": 1.0 / rate, "world_size": 1}
+
+    result = compare_results([estimate(100.0)], [estimate(50.0)])  # predicted to halve: not a regression
+    (case,) = result.cases
+    assert case.throughput.verdict == NOT_AVAILABLE and not case.throughput.fails
+    assert case.baseline_samples_per_s is None and case.current_samples_per_s is None
