@@ -20,11 +20,14 @@ def case_selection_options(suite_help: str):
     """The flags that select cases, shared by `run` and `estimate` so both take the same cases:
     --suite (its help says that command's default), --workload, --workload-opt, --scenario,
     --micro-batch, --accum-steps, --amp, --set-to-none/--zero-grads and --loss-norm."""
+    from accumbench.hf_configs import hf_help
+
     options = [
         click.option("--suite", default=None, help=suite_help),
         click.option("--workload", "workload_spec", default=None,
-                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
-                          "path/to/file.py:factory or package.module:factory. Defines the cases from flags."),
+                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk), hf:<model>, or a "
+                          "plug-in path/to/file.py:factory or package.module:factory. Defines the cases from "
+                          "flags. " + hf_help()),
         click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
                      help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true."),
         click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),

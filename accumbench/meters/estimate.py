@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
-from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.meters.tracker import LiveBytesTracker, local_tensor
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
 from accumbench.steptime import OpTable, OpTally, op_flops, predict_step_time
@@ -264,6 +264,7 @@ class LoggingTracker(LiveBytesTracker):
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """As the parent's, logging a change of category."""
+        tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
         entry = self._live.get(tensor.untyped_storage())
