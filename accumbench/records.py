@@ -76,6 +76,9 @@ class Record:
     tokens_per_s: float | None = None
     flops_per_step: int | None = None
     mfu: float | None = None
+    # The estimate meter's predicted step time (accumbench.steptime); its samples/s, tokens/s and
+    # mfu then come from it. Never a measurement: measured times are in step_times_s.
+    predicted_step_time_s: float | None = None
     parameters: int | None = None
     # optional blocks written by other commands (check, distributed runs, timelines)
     equivalence: dict[str, Any] | None = None

@@ -242,12 +242,13 @@ def optimizer_label(optimizer: torch.optim.Optimizer) -> str:
 
 def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops: int | None,
                  device_name: str) -> dict[str, Any]:
-    """Throughput from the median step time (robust to the odd slow step); no speeds without
-    step times (the estimate meter times nothing)."""
-    if not measurement.step_times_s:
+    """Throughput from the median step time (robust to the odd slow step), or from the estimate
+    meter's predicted step time (kept in `predicted_step_time_s`); else no speeds."""
+    predicted = measurement.predicted_step_time_s
+    if not measurement.step_times_s and not predicted:
         return {"step_times_s": (), "samples_per_s": None, "tokens_per_s": None,
                 "flops_per_step": flops, "mfu": None}
-    median = statistics.median(measurement.step_times_s)
+    median = statistics.median(measurement.step_times_s) if measurement.step_times_s else predicted
     samples_per_s = case.effective_batch / median if median > 0 else None
     peak = peak_flops(device_name, case.amp)
     return {
@@ -257,6 +258,7 @@ def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops
         if samples_per_s and workload.tokens_per_sample else None,
         "flops_per_step": flops,
         "mfu": flops / median / peak if (flops and peak and median > 0) else None,
+        **({"predicted_step_time_s": predicted} if predicted and not measurement.step_times_s else {}),
     }
 
 

@@ -287,11 +287,16 @@ def _compare_case(
         current_status=c_status,
         memory=memory,
         throughput=throughput,
-        baseline_samples_per_s=_number(base.get("samples_per_s")),
-        current_samples_per_s=_number(cur.get("samples_per_s")),
+        baseline_samples_per_s=_measured_rate(base),
+        current_samples_per_s=_measured_rate(cur),
         verdict=verdict,
         reasons=reasons,
     )
+
+
+def _measured_rate(row: Mapping[str, Any]) -> float | None:
+    """Samples/s when measured; None for the estimate meter's predicted rate (never compared)."""
+    return None if row.get("meter") == "estimate" else _number(row.get("samples_per_s"))
 
 
 def _mismatches(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], throughput_gated: bool) -> list[Mismatch]:

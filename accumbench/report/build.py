@@ -17,7 +17,7 @@ from typing import Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, fsdp, output, tables, timelines
+from accumbench.report import bars, communication, figures, findings, fsdp, output, predicted, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.html import render_page
 from accumbench.report.layout import save
@@ -65,6 +65,16 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (),
         _no_findings,
         "no workload counts tokens",
+        optional=True,
+    ),
+    FigureKind(
+        "predicted_vs_measured_throughput", "Predicted vs measured throughput",
+        "The estimate meter's predicted samples/s (the step-time model, no GPU) against the measured, "
+        "for the cases the files hold both of; the band is +-25%. Predictions appear nowhere else.",
+        lambda f, fits: predicted.predicted_vs_measured(f),
+        lambda f, fits: (),
+        lambda f, fits: predicted.predicted_findings(f),
+        "no case has both a predicted and a measured throughput",
         optional=True,
     ),
     FigureKind(
