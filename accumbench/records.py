@@ -11,16 +11,18 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from accumbench.stats import StepTimes
 
 SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "oom", "error")
 METERS = ("cuda", "cpu", "estimate")
 BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
+STOP_REASONS = ("ci-target", "time-cap", "fixed")
 
 
 class RecordError(ValueError):
@@ -54,6 +56,11 @@ class Record:
     world_size: int = 1
     warmup_steps: int = 0
     measured_steps: int = 0
+    # How the step count was decided: the fixed count ('5') or the adaptive policy
+    # ('adaptive:0.02:0.5s' = until the median's 95% CI half-width is under 2%, at most 0.5 s).
+    steps_setting: str | None = None
+    # Why timing stopped: 'ci-target', 'time-cap' or 'fixed'; None when nothing was timed.
+    stop_reason: str | None = None
     # outcome
     status: str = "ok"
     error: str | None = None
@@ -66,6 +73,8 @@ class Record:
     device_total_memory: int | None = None
     # speed
     step_times_s: tuple[float, ...] = ()
+    # Rank-based 95% confidence interval (seconds) of the median step time; None below 6 steps.
+    median_step_time_ci_s: tuple[float, float] | None = None
     samples_per_s: float | None = None
     tokens_per_s: float | None = None
     flops_per_step: int | None = None
@@ -112,6 +121,8 @@ class Record:
         if values.get("tasks") is not None:
             values["tasks"] = tuple(values["tasks"])
         values["step_times_s"] = tuple(values.get("step_times_s") or ())
+        if values.get("median_step_time_ci_s") is not None:
+            values["median_step_time_ci_s"] = tuple(values["median_step_time_ci_s"])
         record = cls(**values)
         record.validate()
         return record
@@ -135,6 +146,8 @@ class Record:
         # `equivalence` block and measure no memory, so they have no peak.
         if self.status == "ok" and self.peak_allocated is None and self.scenario != "equivalence":
             raise RecordError("an ok record needs peak_allocated")
+        if self.stop_reason is not None and self.stop_reason not in STOP_REASONS:
+            raise RecordError(f"stop_reason {self.stop_reason!r} is not one of {', '.join(STOP_REASONS)}")
         if any(not isinstance(t, (int, float)) or t < 0 for t in self.step_times_s):
             raise RecordError("step_times_s must hold non-negative numbers of seconds")
 
@@ -248,9 +261,7 @@ def records_to_frame(records: Sequence[Record]):
     columns = [f.name for f in dataclasses.fields(Record)]
     rows = [dataclasses.asdict(r) for r in records]
     frame = pd.DataFrame(rows, columns=columns)
-    frame["median_step_time_s"] = [
-        statistics.median(times) if len(times) else math.nan for times in frame["step_times_s"]
-    ]
+    frame["median_step_time_s"] = [StepTimes(times).median for times in frame["step_times_s"]]
     return frame
 
 

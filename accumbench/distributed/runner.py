@@ -29,6 +29,7 @@ from accumbench.runner import (
     pin_host_batch,
     run_cases,
 )
+from accumbench.meters.timing import StepPolicy
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.timeline import Timeline
 from accumbench.workloads import Workload, load_workload
@@ -38,6 +39,16 @@ from accumbench.workloads import Workload, load_workload
 # during the second iteration's forward: the old and new buckets then coexist. Measuring that
 # step would record a one-off, so at least two warm-up steps run before any measured one.
 MIN_DDP_WARMUP = 2
+
+
+# Every rank must time the same number of steps (each step all-reduces), so DDP keeps a fixed
+# count: a case without one times this many, never adaptively.
+DDP_DEFAULT_STEPS = 10
+
+
+def ddp_steps(requested: int | None) -> int:
+    """The timed steps of a DDP case: the requested count, else `DDP_DEFAULT_STEPS`."""
+    return requested if requested is not None else DDP_DEFAULT_STEPS
 
 
 def ddp_warmup(requested: int) -> int:
@@ -165,7 +176,7 @@ class DistributedRunner:
         prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
                                     self.bucket_cap_mb)
         measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches,
-                                                 ddp_warmup(case.warmup), case.steps)
+                                                 ddp_warmup(case.warmup), ddp_steps(case.steps))
         flops = count_flops(prepared.step)  # after measuring, on every rank (the step all-reduces)
         if self.trace_timelines:
             # After the measured steps (and the all-reduce window), so the record's numbers are
@@ -192,10 +203,11 @@ class DistributedRunner:
         case = dcase.case
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
-        fields = identity_fields(case, workload, optimizer)
+        fields = identity_fields(case, workload, optimizer, StepPolicy.fixed(ddp_steps(case.steps)))
         fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         fields["warmup_steps"] = ddp_warmup(case.warmup)  # what ran, not what was asked
+        fields["measured_steps"] = ddp_steps(case.steps)
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,
                                self._provenance["device_name"], case.amp)
         stats = merged.pop("distributed_stats", {})
