@@ -26,8 +26,9 @@ MIN_STEPS_FOR_CI = 6
 # reproducible from the same records.
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-# A ratio from fewer steps than this on either side is "too few steps to say".
-MIN_STEPS_FOR_RATIO = 3
+# A ratio from fewer steps than this on either side is "too few steps to say": a percentile
+# bootstrap of a median from 5 or fewer samples covers far less than it claims.
+MIN_STEPS_FOR_RATIO = MIN_STEPS_FOR_CI
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ class StepTimes:
         """Half the median's 95% interval as a share of the median (0.02 = +-2%); None when
         the interval does not exist."""
         ci = self._ci
-        if ci is None or not self.median:
+        if ci is None:
+            return None
+        if ci[1] == ci[0]:
+            return 0.0  # every step the same (a coarse or fake clock): the median is exact
+        if not self.median:
             return None
         return (ci[1] - ci[0]) / 2 / self.median
 

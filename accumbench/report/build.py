@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from accumbench.report import bars, communication, figures, findings, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
-from accumbench.report.layout import save
+from accumbench.report.layout import add_footer, provenance_text, save
 from accumbench.report.tables import Table
 
 
@@ -66,7 +66,9 @@ FIGURES: tuple[FigureKind, ...] = (
     FigureKind(
         "throughput_vs_effective_batch", "Throughput vs effective batch",
         "Samples per second of the optimizer step at the median step time; the bars span the "
-        "step-time quartiles. Small micro-batches under-use the device, so accumulating many "
+        "step-time quartiles, the table gives the rate's 95% interval (rank-based, from the "
+        "median's), and the findings compare rates as ratios with bootstrap 95% intervals: an "
+        "interval that holds 1 is \"no measurable difference\". Small micro-batches under-use the device, so accumulating many "
         "small steps costs throughput; a micro-batch large enough to fill the device runs close "
         "to the large batch.",
         lambda f, fits: figures.throughput_vs_effective_batch(f, "samples"),
@@ -188,6 +190,8 @@ class SectionReport:
     blocks: tuple[FigureBlock, ...]
     absent: tuple[str, ...]
     failures: Table
+    # How noisy the section's machine was, and (cpu meter) what its throughput is worth.
+    noise: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,7 @@ def build_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]],
                 continue
             name, png = None, None
             if fig is not None:
+                add_footer(fig, provenance_text(rows))
                 # One section: its figures are the top-level files (PNG and SVG). Several: each
                 # section's figure is a PNG of its own for the page, and the top-level files
                 # show every section's panels.
@@ -262,12 +267,14 @@ def build_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]],
                                       tuple(kind.findings(rows, sec_fits)), single))
         sections.append(SectionReport(rows["section_title"].iloc[0], slug,
                                       tables.environment_table(rows), tuple(blocks),
-                                      tuple(absent), tables.failures_table(rows)))
+                                      tuple(absent), tables.failures_table(rows),
+                                      tuple(findings.noise_findings(rows))))
 
     if not single:
         for kind in FIGURES:
             fig = kind.build(frame, fits)
             if fig is not None:
+                add_footer(fig, provenance_text(frame))
                 save(fig, out, kind.name)
                 written += [out / f"{kind.name}.png", out / f"{kind.name}.svg"]
                 top[kind.name] = fig
