@@ -646,3 +646,41 @@ def test_an_empty_file_among_good_ones_is_noted_and_left_out(tmp_path):
     result = build_report([good, empty], tmp_path / "out")
     assert result.notes == (f"{empty}: no records (empty file); left out of the report",)
     assert len(result.sections) == 1
+
+
+def test_figures_say_what_made_them_and_keep_lines_and_predictions_apart(tmp_path):
+    """Footer with provenance on every figure; distinct colour+marker per line of the headline
+    figure, a direct label at each accumulation line's end; an OOM drawn and labelled as a
+    prediction; a log y axis when lines crowd near zero; no r² for a 2-point fit."""
+    records = gpt_records()
+    # A second scenario measured at only two micro-batches: its fit has no r².
+    records += [rec(workload="mlp", micro=m, peak_allocated=10 * MiB + 4096 * m, case_id=f"mlp{m}")
+                for m in (4, 16)]
+    path = tmp_path / "r.jsonl"
+    write_records(path, records)
+    result = build_report([path], tmp_path / "out")
+    for name, fig in result.figures.items():
+        footer = fig._supxlabel.get_text()
+        for expected in (H100, "cuda meter", "torch 2.11.0", "accumbench 0.1.0", "commit abc1234",
+                         "2025-01-01"):
+            assert expected in footer, (name, footer)
+    ax = result.figures["memory_vs_effective_batch"].axes[0]
+    styles = [(line.get_color(), line.get_marker()) for line in ax.get_lines()
+              if line.get_label().startswith(("large batch", "accumulated"))]
+    assert len(styles) == len(set(styles)) == 3  # no two lines look alike
+    markers = [m for _, m in styles]
+    assert len(markers) == len(set(markers))  # told apart without colour too
+    ends = {t.get_text() for t in ax.texts}
+    assert {"mb 8", "mb 32"} <= ends
+    assert figures.PREDICTED_TEXT in ends  # the OOM x is labelled as a prediction
+    assert "not measured" in figures.OOM_LABEL
+    # 6.5 .. 84 GiB spans 13x: linear still reads; a wider span (the H100's 2.4 .. 117 GiB) is log.
+    assert ax.get_yscale() == "linear"
+    from accumbench.report.layout import crowded_y
+    assert crowded_y([2.4, 5.0, 117.0]) and not crowded_y([6.5, 84.0]) and not crowded_y([0.0, 5.0])
+    fit = next(b for s in result.sections for b in s.blocks if b.kind.name == "memory_vs_micro_batch")
+    (table,) = fit.tables
+    r2 = {row[0].text: row[-1].text for row in table.rows}
+    assert r2["mlp"] == "—" and r2["gpt"] != "—"
+    assert any("2 points: a line through them fits by construction" in f for f in fit.findings)
+    assert not any("r²" in f for f in fit.findings if f.startswith("mlp"))
