@@ -54,9 +54,12 @@ FIGURES: tuple[FigureKind, ...] = (
         "the gradients, so each micro-batch's line stays flat however many steps it accumulates "
         "(it starts from the large batch at its micro-batch: one step is no accumulation). "
         "Workloads measured at a single effective batch are in the table only. "
+        "Each line has its own colour and marker and is named at its end; a panel whose values "
+        "span more than 16× has a log y axis, so that lines near zero stay apart. "
         "A red × is a case that ran out of memory, drawn where the memory-vs-micro-batch line "
-        "predicts its peak (dotted from the last case that fitted), or on the device-memory line "
-        "when there is no line to extrapolate; the dashed line is the device's total memory (named "
+        "predicts its peak (dotted from the last case that fitted, labelled \"predicted\": that "
+        "peak was never measured), or on the device-memory line when there is no line to "
+        "extrapolate; the dashed line is the device's total memory (named "
         "in the panel's corner instead when the peaks stay below a quarter of it).",
         lambda f, fits: figures.memory_vs_effective_batch(f),
         lambda f, fits: (tables.memory_table(f),),

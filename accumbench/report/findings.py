@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from accumbench.report.data import scenario_name
+from accumbench.report.data import ddp_sync_text, scenario_name
 from accumbench.report.units import format_bytes, format_percent
 from accumbench.stats import MIN_STEPS_FOR_RATIO, Ratio, StepTimes, throughput_ratio, typical_spread
 
@@ -138,7 +138,7 @@ def throughput_findings(frame: pd.DataFrame) -> list[str]:
         target = common[-1]
         ref = next(large[large["effective_batch"] == target].itertuples())
         shares = [
-            f"{r.micro_batch} × {r.accum_steps}: {ratio_text(row_ratio(r, ref))}"
+            f"{r.micro_batch} × {r.accum_steps}{_sync_note(r)}: {ratio_text(row_ratio(r, ref))}"
             for r in accum[accum["effective_batch"] == target].sort_values("micro_batch").itertuples()
         ]
         sentences.append(f"{workload}, effective batch {target}, accumulation's samples/s relative "
@@ -155,6 +155,12 @@ def fit_quality(r2: float, points: int) -> str:
     if points < MIN_POINTS_FOR_R2:
         return f"{points} points: a line through them fits by construction"
     return f"r² {r2:.3f}, {points} points"
+
+
+def _sync_note(row) -> str:
+    """' (no_sync())' for a DDP accumulation record, so its two runs are told apart."""
+    sync = ddp_sync_text(getattr(row, "distributed", None))
+    return f" ({sync})" if sync else ""
 
 
 def fit_findings(fits: pd.DataFrame) -> list[str]:
