@@ -29,6 +29,7 @@ class _LineProgress:
     def case_finished(self, index, total, case, record) -> None:
         if record.status == "ok":
             detail = f"peak {format_bytes(record.peak_allocated)}, {record.samples_per_s:,.1f} samples/s"
+            detail += f" ({len(record.step_times_s)} steps, {record.stop_reason})" if record.stop_reason else ""
         else:
             detail = f"{record.status.upper()}: {record.error}"
         click.echo(f" {detail}", err=True)
