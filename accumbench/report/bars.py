@@ -109,7 +109,8 @@ def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
     unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
     paired_bars(ax, data, categories, values / size, "scenario", MULTITASK_SCENARIOS, MULTITASK_COLORS,
                 {s: scenario_name(s) for s in MULTITASK_SCENARIOS}, speed=not memory)
-    ax.set_xlabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
+    ax.set_xlabel(f"peak allocated memory ({unit})" if memory
+                  else "throughput (samples/s); labels: sequential / combined, 95% interval")
     ax.margins(x=0.12 if memory else 0.45)  # room for the ratio and its interval
     finish_axes(ax, ("peak memory" if memory else "throughput")
                 + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
