@@ -29,6 +29,11 @@ BOOTSTRAP_SEED = 0
 # A ratio from fewer steps than this on either side is "too few steps to say": a percentile
 # bootstrap of a median from 5 or fewer samples covers far less than it claims.
 MIN_STEPS_FOR_RATIO = MIN_STEPS_FOR_CI
+# A ratio is claimed only when both medians are known to within +-5% (95% CI half-width). On a
+# machine whose load drifts between cases (a shared 2-core VM), a bootstrap of each case's own
+# steps cannot see that drift; three smoke runs at load 15+ gave non-overlapping intervals for the
+# same comparison while every median was known to +-10-50% only. Wider medians say "too noisy".
+MAX_HALF_WIDTH_FOR_CLAIM = 0.05
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ class Ratio:
     value: float
     low: float | None = None
     high: float | None = None
+    # Set when a side's median is known less precisely than `MAX_HALF_WIDTH_FOR_CLAIM`: the
+    # larger of the two half-widths (share of the median); the ratio then claims nothing.
+    too_noisy: float | None = None
 
     @property
     def known(self) -> bool:
@@ -125,8 +133,8 @@ class Ratio:
 
     @property
     def differs(self) -> bool:
-        """True when the interval excludes 1: a measurable difference."""
-        return self.known and not (self.low <= 1.0 <= self.high)
+        """True when the interval excludes 1 and both medians were precise enough to say so."""
+        return self.known and self.too_noisy is None and not (self.low <= 1.0 <= self.high)
 
 
 def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: float = 1.0,
@@ -135,7 +143,8 @@ def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: 
 
     The interval is the 2.5-97.5% percentile bootstrap of that ratio, resampling each case's
     step times independently (`scipy.stats.bootstrap`, seeded). None when either median is
-    missing or zero; an interval-less `Ratio` when either side has under 3 steps.
+    missing or zero; an interval-less `Ratio` when either side has under 6 steps; `too_noisy`
+    set when either median's 95% CI is wider than +-5%.
     """
     if not (a.median > 0 and b.median > 0):
         return None
@@ -144,6 +153,8 @@ def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: 
         return Ratio(value)
     if len(set(a.times)) == 1 and len(set(b.times)) == 1:
         return Ratio(value, value, value)
+    widths = [w for w in (a.ci_half_width(), b.ci_half_width()) if w is not None]
+    noisy = max(widths) if widths and max(widths) > MAX_HALF_WIDTH_FOR_CLAIM else None
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -156,7 +167,7 @@ def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: 
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
         return Ratio(value)
-    return Ratio(value, min(low, value), max(high, value))
+    return Ratio(value, min(low, value), max(high, value), noisy)
 
 
 def typical_spread(samples: Sequence[StepTimes]) -> float | None:

@@ -50,6 +50,13 @@ def test_a_thirty_percent_shift_with_a_tight_spread_is_a_ratio_excluding_one():
     assert throughput_ratio(slow, fast) == ratio  # seeded: the same records, the same text
 
 
+def test_a_median_known_to_worse_than_five_percent_claims_nothing():
+    tight, loose = sample(1.0, 0.01, seed=5), sample(1.5, 0.6, n=8, seed=6)
+    ratio = throughput_ratio(loose, tight)
+    assert ratio.too_noisy is not None and ratio.too_noisy > 0.05 and not ratio.differs
+    assert ratio_text(ratio).startswith("too noisy to say (a median step time known to ±")
+
+
 def test_few_steps_say_nothing_and_batches_scale_the_ratio():
     assert ratio_text(throughput_ratio(StepTimes([1, 1.1, 0.9]), StepTimes([1, 1, 1]))) == TOO_FEW_STEPS
     same = StepTimes([0.2] * 8)

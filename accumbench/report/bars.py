@@ -93,7 +93,7 @@ def paired_bars(ax: Axes, data: pd.DataFrame, categories: list[str], values: pd.
                 rows = [next(data[(data["category"] == cat) & (data[series_column] == name)].itertuples())
                         for name in series]
                 ratio = row_ratio(rows[1], rows[0])
-                label = ratio_text(ratio).replace(NO_DIFFERENCE, "no measurable\ndifference")
+                label = ratio_text(ratio).replace(NO_DIFFERENCE, "no measurable\ndifference").replace(" (a median", "\n(a median")
             ax.annotate(label, (b, i + height / 2),
                         ha="left", va="center", fontsize=8, xytext=(3, 0),
                         textcoords="offset points")

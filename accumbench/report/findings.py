@@ -15,6 +15,7 @@ from accumbench.stats import MIN_STEPS_FOR_RATIO, Ratio, StepTimes, throughput_r
 
 NO_DIFFERENCE = "no measurable difference"
 TOO_FEW_STEPS = "too few steps to say"
+TOO_NOISY = "too noisy to say"
 
 
 def _x(value: float) -> str:
@@ -26,10 +27,14 @@ def ratio_text(ratio: Ratio | None, what: str = "") -> str:
 
     - interval excludes 1: '0.62× [0.58×, 0.66×] WHAT';
     - interval contains 1: 'no measurable difference (0.93×–1.05×)';
-    - no interval (under 3 steps on a side, or no step times): 'too few steps to say'.
+    - a median known to worse than ±5%: 'too noisy to say (a median ... known to ±12% only; range)';
+    - no interval (under 6 steps on a side, or no step times): 'too few steps to say'.
     """
     if ratio is None or not ratio.known:
         return TOO_FEW_STEPS
+    if ratio.too_noisy is not None:
+        return (f"{TOO_NOISY} (a median step time known to ±{format_percent(ratio.too_noisy)} only; "
+                f"{_x(ratio.low)}–{_x(ratio.high)})")
     if not ratio.differs:
         return f"{NO_DIFFERENCE} ({_x(ratio.low)}–{_x(ratio.high)})"
     return f"{_x(ratio.value)} [{_x(ratio.low)}, {_x(ratio.high)}]" + (f" {what}" if what else "")
