@@ -71,7 +71,8 @@ FIGURES: tuple[FigureKind, ...] = (
         "Samples per second of the optimizer step at the median step time; the bars span the "
         "step-time quartiles, the table gives the rate's 95% interval (rank-based, from the "
         "median's), and the findings compare rates as ratios with bootstrap 95% intervals: an "
-        "interval that holds 1 is \"no measurable difference\". Small micro-batches under-use the device, so accumulating many "
+        "interval that holds 1 is \"no measurable difference\", and a comparison whose medians are "
+        "known to worse than ±5% is \"too noisy to say\". Small micro-batches under-use the device, so accumulating many "
         "small steps costs throughput; a micro-batch large enough to fill the device runs close "
         "to the large batch.",
         lambda f, fits: figures.throughput_vs_effective_batch(f, "samples"),
