@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from accumbench.workloads.base import Workload
@@ -92,9 +93,12 @@ class TrainingState:
         return copy_to_device(host_batch, self.device)
 
     def grad_sync(self, micro_step: int, micro_steps: int) -> contextlib.AbstractContextManager:
-        """Under DDP with `skip_sync_until_last`, `model.no_sync()` on every micro-step but the
-        last (gradients all-reduced once per optimizer step); otherwise a null context."""
+        """With `skip_sync_until_last`, every micro-step but the last skips the gradient sync:
+        DDP's `model.no_sync()` (all-reduced once per optimizer step), FSDP2's
+        `set_requires_gradient_sync(False)` (reduce-scattered once); otherwise a null context."""
         if self.skip_sync_until_last and micro_step < micro_steps - 1:
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2 has no no_sync()
+                return _fsdp_sync_off(self.model)
             return self.model.no_sync()
         return contextlib.nullcontext()
 
@@ -124,18 +128,25 @@ class TrainingState:
         self.mark("end")
 
 
+@contextlib.contextmanager
+def _fsdp_sync_off(model: nn.Module):
+    """FSDP2's `no_sync()`: gradients stay unsharded and un-reduced until sync is back on."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def copy_to_device(obj: Any, device: torch.device) -> Any:
     """Copy every tensor in nested tuples/lists/dicts to `device` (asynchronously from pinned
     host memory on CUDA); tensors already there are cloned."""
-    if isinstance(obj, torch.Tensor):
-        if obj.device == device:
-            return obj.clone()
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: copy_to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(copy_to_device(v, device) for v in obj)
-    return obj
+    def copy(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        return leaf.clone() if leaf.device == device else leaf.to(device, non_blocking=True)
+
+    return pytree.tree_map(copy, obj)
 
 
 def new_training_state(

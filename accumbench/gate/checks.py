@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from accumbench.gate import stats
+from accumbench.textfmt import format_bytes, parse_size
 
 SAME = "same"
 REGRESSION = "regression"
@@ -24,11 +25,6 @@ IMPROVEMENT = "improvement"
 UNTESTED = "untested"  # the data cannot decide (too few samples): never gated
 NOT_AVAILABLE = "n/a"  # nothing to compare (no step times, a side not ok)
 
-_BYTE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30,
-}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 
 
@@ -75,10 +71,10 @@ class Tolerance:
         percent = re.fullmatch(_NUMBER + r"\s*%", raw)
         if percent:
             return cls(float(percent.group(1)) / 100.0, True, raw)
-        amount = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", raw)
-        if amount and amount.group(2).lower() in _BYTE_UNITS:
-            value = float(amount.group(1)) * _BYTE_UNITS[amount.group(2).lower()]
-            return cls(value, False, raw)
+        try:
+            return cls(float(parse_size(raw)), False, raw)
+        except ValueError:
+            pass
         raise ValueError(
             f"cannot read tolerance {raw!r}: use a percentage like '0.5%' or an amount of bytes "
             "like '0', '4096', '64KiB', '1MiB'"
@@ -265,6 +261,8 @@ class CommunicationCheck:
 
     def evaluate(self, baseline: dict | None, current: dict | None) -> Outcome:
         """Compare two `distributed` blocks."""
+        if any(isinstance(x, dict) and x.get("parallel") == "fsdp" for x in (baseline, current)):
+            return self._fsdp(baseline, current)
         b = baseline.get("allreduces_per_step") if isinstance(baseline, dict) else None
         c = current.get("allreduces_per_step") if isinstance(current, dict) else None
         if not isinstance(b, (int, float)) or not isinstance(c, (int, float)):
@@ -277,6 +275,30 @@ class CommunicationCheck:
                      else " (same buckets: more synchronised micro-steps; is no_sync() still used?)")
             return Outcome(REGRESSION, what + cause, b, c, change)
         if c < b:
+            return Outcome(IMPROVEMENT, what, b, c, change)
+        return Outcome(SAME, what, b, c, change)
+
+
+    @staticmethod
+    def _fsdp(baseline: dict | None, current: dict | None) -> Outcome:
+        """FSDP: all-gathers and reduce-scatters per optimizer step, gated exactly (FSDP units x
+        gathers or synchronised micro-steps: deterministic). A change of either is a regression
+        when it grows, an improvement when it shrinks; the outcome's numbers are the collectives
+        in all (more in one and fewer in the other is a regression, named)."""
+        keys = ("allgathers_per_step", "reducescatters_per_step")
+        pairs = [(baseline.get(k) if isinstance(baseline, dict) else None,
+                  current.get(k) if isinstance(current, dict) else None) for k in keys]
+        if any(not isinstance(v, (int, float)) for pair in pairs for v in pair):
+            return Outcome(NOT_AVAILABLE, "no FSDP collective counts on one side")
+        b, c = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        change = stats.relative_change(b, c) if b else (math.inf if c else 0.0)
+        what = "; ".join(f"{k.split('_')[0]} per optimizer step {x:g} -> {y:g}" for k, (x, y) in zip(keys, pairs))
+        if any(y > x for x, y in pairs):
+            units = (baseline.get("fsdp_units"), current.get("fsdp_units"))
+            cause = (f" (FSDP units {units[0]} -> {units[1]})" if units[0] != units[1] else
+                     " (same FSDP units: is the gradient sync still skipped, resharding unchanged?)")
+            return Outcome(REGRESSION, what + cause, b, c, change)
+        if any(y < x for x, y in pairs):
             return Outcome(IMPROVEMENT, what, b, c, change)
         return Outcome(SAME, what, b, c, change)
 
@@ -296,14 +318,3 @@ def _signed_bytes(delta: float) -> str:
     return sign + format_bytes(abs(delta))
 
 
-def format_bytes(n: float) -> str:
-    """Bytes in binary units with 3 significant figures: 512 B, 1.50 KiB, 23.4 MiB, 4.00 GiB."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{n:.0f} B"
-            digits = 0 if abs(n) >= 100 else 1 if abs(n) >= 10 else 2
-            return f"{n:.{digits}f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
