@@ -4,8 +4,7 @@ Suite file format (see `accumbench/suites/smoke.toml`):
 
     description = "..."
     [defaults]                 # any Case knob: warmup, steps, amp, set_to_none, loss_norm
-    warmup = 2
-    steps = 5
+    warmup = 2                 # steps = 5 would fix the count; without it, timing is adaptive
 
     [[group]]                  # one or more groups
     workload = "gpt"           # built-in or plug-in spec
@@ -56,7 +55,9 @@ class Case:
     set_to_none: bool = True
     loss_norm: str = "mean"
     warmup: int = 2
-    steps: int = 5
+    # A fixed count of timed steps; None: the runner's adaptive policy (time until the
+    # median is known, see `accumbench.meters.timing`).
+    steps: int | None = None
 
     @property
     def effective_batch(self) -> int:

@@ -180,7 +180,7 @@ def _record(runner: Runner, case: Case, workload, state: TrainingState, steady: 
                                        accum_steps=case.accum_steps)
     flops = steady.flops * case.accum_steps // micro_steps
     record = runner.ok_record(case, workload, state, measurement, flops)
-    return dataclasses.replace(record, warmup_steps=1, measured_steps=1)
+    return dataclasses.replace(record, warmup_steps=1, measured_steps=1, steps_setting="1")
 
 
 def predicted_oom(record: Record, assumptions: DeviceAssumptions) -> Record:

@@ -11,11 +11,12 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from accumbench.stats import StepTimes
 
 SCHEMA_VERSION = 1
 
@@ -24,7 +25,8 @@ METERS = ("cuda", "cpu", "estimate")
 BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
 # The settings that change the numbers: `run --resume` refuses a file whose records carry other
 # values than the request would (a record without the field, e.g. an older file, is not compared).
-RESUME_SETTINGS = ("warmup_steps", "measured_steps", "seed", "meter", "device_name", "torch_version")
+RESUME_SETTINGS = ("warmup_steps", "steps_setting", "seed", "meter", "device_name", "torch_version")
+STOP_REASONS = ("ci-target", "time-cap", "fixed")
 
 
 class RecordError(ValueError):
@@ -59,6 +61,11 @@ class Record:
     warmup_steps: int = 0
     measured_steps: int = 0
     seed: int | None = None  # model initialisation and batches (None: written before the field existed)
+    # How the step count was decided: the fixed count ('5') or the adaptive policy
+    # ('adaptive:0.02:0.5s' = until the median's 95% CI half-width is under 2%, at most 0.5 s).
+    steps_setting: str | None = None
+    # Why timing stopped: 'ci-target', 'time-cap' or 'fixed'; None when nothing was timed.
+    stop_reason: str | None = None
     # outcome
     status: str = "ok"
     error: str | None = None
@@ -72,6 +79,8 @@ class Record:
     device_total_memory: int | None = None
     # speed
     step_times_s: tuple[float, ...] = ()
+    # Rank-based 95% confidence interval (seconds) of the median step time; None below 6 steps.
+    median_step_time_ci_s: tuple[float, float] | None = None
     samples_per_s: float | None = None
     tokens_per_s: float | None = None
     flops_per_step: int | None = None
@@ -121,6 +130,8 @@ class Record:
         if values.get("tasks") is not None:
             values["tasks"] = tuple(values["tasks"])
         values["step_times_s"] = tuple(values.get("step_times_s") or ())
+        if values.get("median_step_time_ci_s") is not None:
+            values["median_step_time_ci_s"] = tuple(values["median_step_time_ci_s"])
         record = cls(**values)
         record.validate()
         return record
@@ -150,6 +161,8 @@ class Record:
         # `equivalence` block and measure no memory, so they have no peak.
         if self.status == "ok" and self.peak_allocated is None and self.scenario != "equivalence":
             raise RecordError("an ok record needs peak_allocated")
+        if self.stop_reason is not None and self.stop_reason not in STOP_REASONS:
+            raise RecordError(f"stop_reason {self.stop_reason!r} is not one of {', '.join(STOP_REASONS)}")
         bad_times = [t for t in self.step_times_s if not _non_negative_number(t)]
         if bad_times:
             raise RecordError(
@@ -286,9 +299,7 @@ def records_to_frame(records: Sequence[Record]):
     columns = [f.name for f in dataclasses.fields(Record)]
     rows = [dataclasses.asdict(r) for r in records]
     frame = pd.DataFrame(rows, columns=columns)
-    frame["median_step_time_s"] = [
-        statistics.median(times) if len(times) else math.nan for times in frame["step_times_s"]
-    ]
+    frame["median_step_time_s"] = [StepTimes(times).median for times in frame["step_times_s"]]
     return frame
 
 

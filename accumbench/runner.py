@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from accumbench.cases import Case, case_id
 from accumbench.environment import peak_flops, provenance, utc_timestamp
 from accumbench.meters import Meter, meter_for
 from accumbench.meters.base import Measurement
+from accumbench.meters.timing import StepPolicy
 from accumbench.records import Record
+from accumbench.stats import StepTimes
 from accumbench.timeline import Timeline
 from accumbench.scenarios import (
     SCENARIOS,
@@ -211,8 +212,16 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
             "traceback": text[-20000:] if text else None}
 
 
-def identity_fields(case: Case, workload: Workload, optimizer_name: str) -> dict[str, Any]:
-    """The record's identity fields for a case: what ran, with which knobs."""
+def case_policy(case: Case, timing: StepPolicy) -> StepPolicy:
+    """How a case's steps are timed: its fixed `steps` count, else the run's `timing` policy."""
+    return StepPolicy.fixed(case.steps) if case.steps is not None else timing
+
+
+def identity_fields(case: Case, workload: Workload, optimizer_name: str,
+                    policy: StepPolicy | None = None) -> dict[str, Any]:
+    """The record's identity fields for a case: what ran, with which knobs. `policy`: how its
+    steps are timed (default: the case's count, or adaptive on the CPU)."""
+    policy = policy or case_policy(case, StepPolicy.for_device("cpu"))
     return {
         "case_id": case_id(workload.name, case, optimizer_name),
         "workload": workload.name,
@@ -229,7 +238,8 @@ def identity_fields(case: Case, workload: Workload, optimizer_name: str) -> dict
         "retain_graph": needs_retain_graph(case.scenario, workload),
         "workload_options": dict(workload.options) or case.options_dict,
         "warmup_steps": case.warmup,
-        "measured_steps": case.steps,
+        "measured_steps": case.steps or 0,  # adaptive: the count timed, set with the step times
+        "steps_setting": policy.setting,
     }
 
 
@@ -248,11 +258,15 @@ def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops
     if not measurement.step_times_s and not predicted:
         return {"step_times_s": (), "samples_per_s": None, "tokens_per_s": None,
                 "flops_per_step": flops, "mfu": None}
-    median = statistics.median(measurement.step_times_s) if measurement.step_times_s else predicted
+    times = StepTimes(measurement.step_times_s)
+    median = times.median if measurement.step_times_s else predicted
     samples_per_s = case.effective_batch / median if median > 0 else None
     peak = peak_flops(device_name, case.amp)
     return {
         "step_times_s": measurement.step_times_s,
+        "median_step_time_ci_s": times.median_ci() if measurement.step_times_s else None,
+        "stop_reason": measurement.stop_reason,
+        "measured_steps": len(times),
         "samples_per_s": samples_per_s,
         "tokens_per_s": samples_per_s * workload.tokens_per_sample
         if samples_per_s and workload.tokens_per_sample else None,
@@ -267,11 +281,14 @@ class Runner:
 
     def __init__(self, device: torch.device, meter: Meter | None = None, seed: int = DEFAULT_SEED,
                  run_id: str | None = None,
-                 timeline_sink: Callable[[Record, Timeline], str] | None = None) -> None:
+                 timeline_sink: Callable[[Record, Timeline], str] | None = None,
+                 timing: StepPolicy | None = None) -> None:
         """`timeline_sink`, when given, turns tracing on: after each measured case one more step
         is traced and handed over with its record; the sink stores it and returns the reference
-        the record's `timeline` field keeps."""
+        the record's `timeline` field keeps. `timing`: how cases without a fixed `steps` count
+        are timed (default: adaptive, with the device type's time cap)."""
         self.device = device
+        self.timing = timing or StepPolicy.for_device(device.type)
         self.timeline_sink = timeline_sink
         self.meter = meter or meter_for(device.type)
         self.seed = seed
@@ -295,8 +312,8 @@ class Runner:
         return {k: self._provenance[k] for k in ("seed", "meter", "device_name", "torch_version")}
 
     def case_settings(self, case: Case) -> dict[str, Any]:
-        """The per-case settings a record of `case` carries (warm-up and measured steps)."""
-        return {"warmup_steps": case.warmup, "measured_steps": case.steps}
+        """The per-case settings a record of `case` carries (warm-up and the step policy)."""
+        return {"warmup_steps": case.warmup, "steps_setting": case_policy(case, self.timing).setting}
 
     def measure(self, case: Case) -> Record:
         """Measure one case; never raises for a failing case (OOM and errors become records),
@@ -311,7 +328,8 @@ class Runner:
             return Record(
                 run_id=self.run_id,
                 **self._provenance,
-                **identity_fields(case, workload, default_optimizer_label(workload)),
+                **identity_fields(case, workload, default_optimizer_label(workload),
+                                  case_policy(case, self.timing)),
                 **error_fields(exc),
                 timestamp=utc_timestamp(),
             )
@@ -321,14 +339,14 @@ class Runner:
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
         prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
         measurement = self.meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
-                                         case.steps)
+                                         case_policy(case, self.timing))
         # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
         if self.meter.counts_flops:
             flops = measurement.flops_per_step
         else:
             flops = count_flops_checking_losses(
                 prepared, lambda: prepare_case(case, workload, self.device, self.seed, meter=self.meter),
-                case.warmup + case.steps)
+                case.warmup + len(measurement.step_times_s))
         record = self.ok_record(case, workload, prepared.state, measurement, flops)
         if self.timeline_sink is not None:
             # After the measured steps, so tracing never touches the record's numbers.
@@ -340,10 +358,13 @@ class Runner:
     def ok_record(self, case: Case, workload: Workload, state: TrainingState, measurement: Measurement,
                   flops: int | None) -> Record:
         """The record of a case measured (or estimated) without error."""
+        fields = {**identity_fields(case, workload, optimizer_label(state.optimizer),
+                                    case_policy(case, self.timing)),
+                  **speed_fields(measurement, case, workload, flops, self._provenance["device_name"])}
         return Record(
             run_id=self.run_id,
             **self._provenance,
-            **identity_fields(case, workload, optimizer_label(state.optimizer)),
+            **fields,
             status="ok",
             peak_allocated=measurement.peak_allocated,
             first_step_peak_allocated=measurement.first_step_peak_allocated,
@@ -353,7 +374,6 @@ class Runner:
             assumptions=measurement.assumptions,
             parameters=sum(p.numel() for p in state.model.parameters()),
             timestamp=utc_timestamp(),
-            **speed_fields(measurement, case, workload, flops, self._provenance["device_name"]),
         )
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,

@@ -136,7 +136,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_keeps_every_complete_record(tmp_p
     assert [r.accum_steps for r in read_records(out)] == [1]  # the partial line was cut away
 
 
-@pytest.mark.parametrize("flag, value, setting", [("--steps", "2", "measured_steps"), ("--seed", "7", "seed"),
+@pytest.mark.parametrize("flag, value, setting", [("--steps", "2", "steps_setting"), ("--seed", "7", "seed"),
                                                    ("--warmup", "2", "warmup_steps")])
 def test_resume_with_other_settings_is_refused_naming_them(copy_of, never_measure, flag, value, setting):
     args = [a for a in TINY]

@@ -16,7 +16,8 @@ def _detail(record) -> str:
         return f"{record.status.upper()}: {record.error}"
     parts = [f"peak {format_bytes(record.peak_allocated)}"]
     if record.samples_per_s:
-        parts.append(f"{record.samples_per_s:,.1f} samples/s")
+        parts.append(f"{record.samples_per_s:,.1f} samples/s"
+                     + (f" ({len(record.step_times_s)} steps, {record.stop_reason})" if record.stop_reason else ""))
     return ", ".join(parts)
 
 

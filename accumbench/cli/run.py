@@ -26,7 +26,18 @@ from accumbench.cli.common import (
 @case_selection_options("smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
                         "on CUDA, 'smoke' on CPU. " + SUITE_RULES)
 @click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Measured optimizer steps (default 5, or the suite's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Fix the number of timed optimizer steps (default: adaptive, see --ci-target; "
+                   "DDP runs 10 unless given).")
+@click.option("--ci-target", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              metavar="FRACTION",
+              help="Adaptive timing: after warm-up, time steps until the median step time's 95%% "
+                   "confidence interval is within +-FRACTION of it (default 0.02 = 2%%), or the "
+                   "--time-cap is reached; at least 6 steps. Ignored with --steps.")
+@click.option("--time-cap", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Adaptive timing: at most this many seconds of timed steps per case (default "
+                   "0.5 on cpu, 2 on cuda: the smoke suite under a minute on 2 CPU cores, the "
+                   "default suite under ten minutes on an H100). Ignored with --steps.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/run.jsonl"), show_default=True, help="JSONL file; one record is appended per case.")
 @click.option("--resume", is_flag=True,
@@ -63,16 +74,19 @@ from accumbench.cli.common import (
 def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
         loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, timeline=False,
         nproc_per_node=None, distributed=False, parallel="ddp", reshard_after_forward="true",
-        fsdp_wrap=None) -> None:
+        fsdp_wrap=None, ci_target=None, time_cap=None) -> None:
     """Measure peak memory and throughput of training-step scenarios.
 
-    Every case is warmed up (optimizer state created, workspaces allocated), then measured; its
-    record is appended to --out as soon as it is measured, so Ctrl-C or a crash loses nothing.
+    Every case is warmed up (optimizer state created, workspaces allocated), then measured: steps
+    are timed until the median step time is known to +-2% (95% CI) or the per-case time cap is
+    reached, and the record says which (`stop_reason`) and the interval. Its record is appended to --out as soon as it is measured, so Ctrl-C or a crash loses nothing.
     An out-of-memory case is recorded as status "oom" and the run goes on.
 
     \b
     Examples:
       accumbench run --suite smoke --device cpu --out results/smoke.jsonl
+      accumbench run --suite smoke --device cpu --ci-target 0.05 --time-cap 2 --out s.jsonl
+      accumbench run --suite smoke --device cpu --steps 5 --out fixed-count.jsonl
       accumbench run --device cuda --suite default --out results/h100.jsonl --resume
       accumbench run --workload gpt --workload-opt size=small --micro-batch 4,8 --accum-steps 1,4
       accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
@@ -123,8 +137,11 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
                        nproc_per_node=nproc_per_node, timeline=timeline, parallel=parallel,
                        reshard_after_forward=reshard_after_forward == "true", fsdp_wrap=fsdp_wrap)
+    from accumbench.meters.timing import StepPolicy
+
     results = None if list_only else open_results(out_path, "accumbench run", resume=resume, overwrite=overwrite)
-    runner = Runner(torch_device, seed=seed, timeline_sink=results.timeline_sink() if timeline and results else None)
+    runner = Runner(torch_device, seed=seed, timeline_sink=results.timeline_sink() if timeline and results else None,
+                    timing=StepPolicy.for_device(torch_device.type, ci_target, time_cap))
     validate_cases(runner, cases)
     if list_only:
         for case in cases:

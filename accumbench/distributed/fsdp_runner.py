@@ -20,7 +20,8 @@ from accumbench.distributed.data import ddp_loss_weights, shard_batch
 from accumbench.distributed.fsdp import FsdpCase, fsdp_case_id, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.process import DistContext
 from accumbench.distributed.results import RankResult, failed_result, merge_results
-from accumbench.distributed.runner import DistributedRunner
+from accumbench.distributed.runner import DistributedRunner, ddp_steps
+from accumbench.meters.timing import StepPolicy
 from accumbench.environment import utc_timestamp
 from accumbench.records import Record
 from accumbench.runner import (
@@ -143,7 +144,9 @@ class FsdpRunner(DistributedRunner):
                       meter, window) -> RankResult:
         case = fcase.case
         prepared = prepare_fsdp_case(fcase, workload, self.context, group, counter, self.seed)
-        measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup, case.steps)
+        # Every rank times the same steps: a fixed count, as under DDP.
+        measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
+                                    ddp_steps(case.steps))
         flops = count_flops(prepared.step)  # after measuring, on every rank (the step communicates)
         if self.trace_timelines:
             self._timeline = meter.trace(prepared.step, prepared.state)
@@ -166,7 +169,8 @@ class FsdpRunner(DistributedRunner):
         case = fcase.case
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
-        fields = identity_fields(case, workload, optimizer)
+        fields = identity_fields(case, workload, optimizer, StepPolicy.fixed(ddp_steps(case.steps)))
+        fields["measured_steps"] = ddp_steps(case.steps)
         fields["case_id"] = fsdp_case_id(workload.name, fcase, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,

@@ -6,7 +6,6 @@ Pure data: testable without processes.
 from __future__ import annotations
 
 import re
-import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,6 +14,7 @@ import torch.distributed as dist
 from accumbench.distributed.comm import CommStats
 from accumbench.environment import peak_flops
 from accumbench.runner import error_fields, is_out_of_memory
+from accumbench.stats import StepTimes
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,12 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         status = "oom" if any(r.status == "oom" for r in failed) else "error"
         return {"status": status, "error": error[:500], "traceback": primary.traceback}
     worst = max(results, key=lambda r: r.peak_allocated or 0)
-    medians = [statistics.median(r.step_times_s) for r in results]
+    medians = [StepTimes(r.step_times_s).median for r in results]
     per_rank_speed = [effective_batch_per_rank / m if m > 0 else None for m in medians]
     samples_per_s = sum(per_rank_speed) if all(per_rank_speed) else None
     step_times = tuple(max(times) for times in zip(*(r.step_times_s for r in results)))
-    median = statistics.median(step_times)
+    slowest = StepTimes(step_times)
+    median = slowest.median
     flops = sum(r.flops for r in results) if all(r.flops is not None for r in results) else None
     peak = peak_flops(device_name, amp)
     reserved = [r.peak_reserved for r in results if r.peak_reserved is not None]
@@ -95,6 +96,8 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         "breakdown": worst.breakdown,
         "parameters": results[0].parameters,
         "step_times_s": step_times,
+        "median_step_time_ci_s": slowest.median_ci(),
+        "stop_reason": "fixed",
         "samples_per_s": samples_per_s,
         "tokens_per_s": samples_per_s * tokens_per_sample if samples_per_s and tokens_per_sample else None,
         "flops_per_step": flops,

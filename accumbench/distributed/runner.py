@@ -30,6 +30,7 @@ from accumbench.runner import (
     prepare_case,
     run_cases,
 )
+from accumbench.meters.timing import StepPolicy
 from accumbench.timeline import Timeline
 from accumbench.workloads import Workload
 
@@ -38,6 +39,16 @@ from accumbench.workloads import Workload
 # during the second iteration's forward: the old and new buckets then coexist. Measuring that
 # step would record a one-off, so at least two warm-up steps run before any measured one.
 MIN_DDP_WARMUP = 2
+
+
+# Every rank must time the same number of steps (each step all-reduces), so DDP keeps a fixed
+# count: a case without one times this many, never adaptively.
+DDP_DEFAULT_STEPS = 10
+
+
+def ddp_steps(requested: int | None) -> int:
+    """The timed steps of a DDP case: the requested count, else `DDP_DEFAULT_STEPS`."""
+    return requested if requested is not None else DDP_DEFAULT_STEPS
 
 
 def ddp_warmup(requested: int) -> int:
@@ -132,7 +143,8 @@ class DistributedRunner:
 
     def case_settings(self, dcase: DdpCase) -> dict[str, Any]:
         """The per-case settings a record of `dcase` carries (the warm-up DDP really runs)."""
-        return {"warmup_steps": ddp_warmup(dcase.case.warmup), "measured_steps": dcase.case.steps}
+        return {"warmup_steps": ddp_warmup(dcase.case.warmup),
+                "steps_setting": StepPolicy.fixed(ddp_steps(dcase.case.steps)).setting}
 
     def case_id(self, dcase: DdpCase) -> str:
         """The id the case's record will carry."""
@@ -173,9 +185,9 @@ class DistributedRunner:
         prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
                                     self.bucket_cap_mb)
         measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches,
-                                                 ddp_warmup(case.warmup), case.steps)
+                                                 ddp_warmup(case.warmup), ddp_steps(case.steps))
         # After measuring, on every rank (the step all-reduces); also checks the losses are finite.
-        flops = count_flops_checking_losses(prepared, steps=ddp_warmup(case.warmup) + case.steps)
+        flops = count_flops_checking_losses(prepared, steps=ddp_warmup(case.warmup) + ddp_steps(case.steps))
         if self.trace_timelines:
             # After the measured steps (and the all-reduce window), so the record's numbers are
             # untouched. The buckets were allocated during warm-up, where the meter saw them; the
@@ -201,10 +213,11 @@ class DistributedRunner:
         case = dcase.case
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
-        fields = identity_fields(case, workload, optimizer)
+        fields = identity_fields(case, workload, optimizer, StepPolicy.fixed(ddp_steps(case.steps)))
         fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         fields["warmup_steps"] = ddp_warmup(case.warmup)  # what ran, not what was asked
+        fields["measured_steps"] = ddp_steps(case.steps)
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,
                                self._provenance["device_name"], case.amp)
         stats = merged.pop("distributed_stats", {})

@@ -11,6 +11,8 @@ import math
 import statistics
 from typing import Sequence
 
+from accumbench.stats import StepTimes
+
 STATISTICS = ("median", "mean", "min")
 
 
@@ -19,7 +21,7 @@ def summarize(samples: Sequence[float], stat: str = "median") -> float:
     if not samples:
         raise ValueError("no samples")
     if stat == "median":
-        return statistics.median(samples)
+        return StepTimes(samples).median
     if stat == "mean":
         return statistics.fmean(samples)
     if stat == "min":
@@ -77,9 +79,5 @@ def samples_needed(alpha: float) -> int:
 
 def spread(samples: Sequence[float]) -> float:
     """Relative interquartile range, IQR / median: how noisy one run is (0 for a single sample)."""
-    if len(samples) < 2:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    median = statistics.median(samples)
-    return (q3 - q1) / median if median else 0.0
+    return StepTimes(samples).relative_iqr
 

@@ -15,6 +15,7 @@ import torch.utils._pytree as pytree
 from accumbench.scenarios import TrainingState
 
 if TYPE_CHECKING:
+    from accumbench.meters.timing import StepPolicy
     from accumbench.timeline import Timeline
 
 Step = Callable[[], None]
@@ -43,6 +44,9 @@ class Measurement:
     flops_per_step: int | None = None
     # A predicted (not measured) step time, from the estimate meter's step-time model.
     predicted_step_time_s: float | None = None
+    # Why timing stopped: 'ci-target', 'time-cap' (adaptive) or 'fixed' (a count); None when
+    # nothing was timed (the estimate meter).
+    stop_reason: str | None = None
 
 
 class Meter(abc.ABC):
@@ -54,9 +58,13 @@ class Meter(abc.ABC):
 
     @abc.abstractmethod
     def measure(
-        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int,
+        steps: "int | StepPolicy",
     ) -> Measurement:
-        """Run `warmup` then `steps` calls of `step` and return what they cost.
+        """Run `warmup` then the timed calls of `step` and return what they cost.
+
+        `steps` is a fixed count or a `StepPolicy` (adaptive: time until the median is known,
+        see `accumbench.meters.timing`).
 
         `state` and `batches` let a meter see the tensors alive before the step (parameters,
         optimizer state, gradients, inputs). `warmup` is at least 1: the first step creates
@@ -146,9 +154,23 @@ class WallClockTimer:
         return tuple(times)
 
 
-def check_counts(warmup: int, steps: int) -> None:
+def check_counts(warmup: int, steps: "int | StepPolicy") -> None:
     """Reject counts that would measure nothing or skip the optimizer-state step."""
+    from accumbench.meters.timing import as_policy
+
     if warmup < 1:
         raise ValueError("warmup must be at least 1: the first step creates the optimizer state")
-    if steps < 1:
+    if not isinstance(steps, int) or steps >= 1:
+        as_policy(steps)
+    else:
         raise ValueError("steps must be at least 1")
+
+
+def timed_steps(timer: Any, step: Step, steps: "int | StepPolicy") -> tuple[tuple[float, ...], str]:
+    """Time `step` with `timer` (a `time_steps(step, n)` object) as `steps` says: a fixed count
+    or adaptively; returns (step times, stop reason). The timer's `clock`, when it has one,
+    also measures the time cap, so a fake clock drives both in tests."""
+    from accumbench.meters.timing import as_policy, time_with_policy
+
+    clock = getattr(timer, "clock", time.perf_counter)
+    return time_with_policy(lambda n: timer.time_steps(step, n), as_policy(steps), clock)

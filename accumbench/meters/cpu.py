@@ -13,6 +13,7 @@ from accumbench.meters.base import (
     Step,
     WallClockTimer,
     check_counts,
+    timed_steps,
     live_tensors,
     trace_with_tracker,
 )
@@ -24,8 +25,8 @@ class CpuMeter(Meter):
     """Peak memory from `LiveBytesTracker`, step times from a host clock.
 
     The tracker's Python dispatch slows every op, so memory and time come from different
-    steps: warm-up and one steady-state step run tracked (memory), then `steps` run untracked
-    (time). In steady state no storage outlives a step that was not born in a tracked one, so
+    steps: warm-up and one steady-state step run tracked (memory), then the timed steps run
+    untracked (a fixed count, or adaptively until the median is known). In steady state no storage outlives a step that was not born in a tracked one, so
     nothing is missed.
     """
 
@@ -36,7 +37,7 @@ class CpuMeter(Meter):
         self.memory_steps = memory_steps
 
     def measure(
-        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps
     ) -> Measurement:
         check_counts(warmup, steps)
         tracker = LiveBytesTracker("cpu")
@@ -58,13 +59,14 @@ class CpuMeter(Meter):
                 peak, breakdown = tracker.peak, dict(tracker.peak_breakdown)
         finally:
             state.observer = previous_observer
-        times = self.timer.time_steps(step, steps)
+        times, stop_reason = timed_steps(self.timer, step, steps)
         return Measurement(
             peak_allocated=peak,
             first_step_peak_allocated=first_peak,
             baseline_allocated=baseline,
             step_times_s=times,
             breakdown=breakdown,
+            stop_reason=stop_reason,
         )
 
     def trace(self, step: Step, state: TrainingState):

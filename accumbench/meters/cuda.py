@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+import time
 from typing import Any, Sequence
 
 import torch
 
-from accumbench.meters.base import Measurement, Meter, Step, check_counts
+from accumbench.meters.base import Measurement, Meter, Step, check_counts, timed_steps
 from accumbench.scenarios import TrainingState
 
 
@@ -35,7 +36,10 @@ class TorchCudaProbe:
 
 class CudaEventTimer:
     """Times each step with a pair of CUDA events; one synchronisation after the last step, so
-    the host never waits between steps (as in training)."""
+    the host never waits between steps (as in training). `clock` (host) measures the adaptive
+    timing's time cap."""
+
+    clock = staticmethod(time.perf_counter)
 
     def time_steps(self, step: Step, steps: int) -> tuple[float, ...]:
         """Run `step` `steps` times; return each one's GPU duration in seconds."""
@@ -59,7 +63,7 @@ class CudaMeter(Meter):
         self.timer = timer or CudaEventTimer()
 
     def measure(
-        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps: int
+        self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps
     ) -> Measurement:
         check_counts(warmup, steps)
         probe = self.probe
@@ -74,7 +78,9 @@ class CudaMeter(Meter):
         # Steady state: optimizer state exists, cuBLAS workspaces are allocated.
         baseline = probe.allocated()
         probe.reset_peak()
-        times = self.timer.time_steps(step, steps)
+        # Adaptive timing synchronises once per chunk (chunks grow geometrically), so the host
+        # still runs ahead of the GPU within a chunk as in training.
+        times, stop_reason = timed_steps(self.timer, step, steps)
         probe.synchronize()
         return Measurement(
             peak_allocated=probe.max_allocated(),
@@ -82,6 +88,7 @@ class CudaMeter(Meter):
             baseline_allocated=baseline,
             step_times_s=tuple(times),
             peak_reserved=probe.max_reserved(),
+            stop_reason=stop_reason,
         )
 
     def trace(self, step: Step, state: TrainingState):

@@ -58,11 +58,13 @@ def multitask_comparison(frame: pd.DataFrame) -> Figure | None:
 
 def paired_bars(ax: Axes, data: pd.DataFrame, categories: list[str], values: pd.Series, series_column: str,
                 series: tuple[str, str], colors: dict[str, str], labels: dict[str, str] | None = None,
-                show_categories: bool = True) -> None:
+                show_categories: bool = True, speed: bool = False) -> None:
     """Two horizontal bars per category, `series[0]` above `series[1]` (rows of `data` by their
     `series_column`, matched to categories by their `category` column; widths from `values`,
     aligned with `data`). A case that did not run has no bar and its status written instead; the
-    second bar is annotated with its change from the first. First category on top."""
+    second bar is annotated with its change from the first; for a `speed` (throughput) panel the
+    change is the ratio with its 95% interval, or "no measurable difference". First category
+    on top."""
     height = 0.38
     by_series: dict[str, dict[str, float]] = {}
     for offset, name in zip((-height / 2, height / 2), series):
@@ -84,7 +86,15 @@ def paired_bars(ax: Axes, data: pd.DataFrame, categories: list[str], values: pd.
     for i, cat in enumerate(categories):
         a, b = first[cat], second[cat]
         if a and not (math.isnan(a) or math.isnan(b)):
-            ax.annotate(f"{(b - a) / a:+.0%}".replace("-", "\u2212"), (b, i + height / 2),
+            label = f"{(b - a) / a:+.0%}".replace("-", "\u2212")
+            if speed:
+                from accumbench.report.findings import NO_DIFFERENCE, ratio_text, row_ratio
+
+                rows = [next(data[(data["category"] == cat) & (data[series_column] == name)].itertuples())
+                        for name in series]
+                ratio = row_ratio(rows[1], rows[0])
+                label = ratio_text(ratio).replace(NO_DIFFERENCE, "no measurable\ndifference").replace(" (a median", "\n(a median")
+            ax.annotate(label, (b, i + height / 2),
                         ha="left", va="center", fontsize=8, xytext=(3, 0),
                         textcoords="offset points")
     ax.set_yticks(range(len(categories)), categories if show_categories else [""] * len(categories),
@@ -98,9 +108,10 @@ def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
     values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
     unit, size = memory_unit(values.max()) if memory and values.notna().any() else ("", 1)
     paired_bars(ax, data, categories, values / size, "scenario", MULTITASK_SCENARIOS, MULTITASK_COLORS,
-                {s: scenario_name(s) for s in MULTITASK_SCENARIOS})
-    ax.set_xlabel(f"peak allocated memory ({unit})" if memory else "throughput (samples/s)")
-    ax.margins(x=0.12)
+                {s: scenario_name(s) for s in MULTITASK_SCENARIOS}, speed=not memory)
+    ax.set_xlabel(f"peak allocated memory ({unit})" if memory
+                  else "throughput (samples/s); labels: sequential / combined, 95% interval")
+    ax.margins(x=0.12 if memory else 0.45)  # room for the ratio and its interval
     finish_axes(ax, ("peak memory" if memory else "throughput")
                 + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from accumbench.report import bars, communication, figures, findings, fsdp, output, predicted, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.html import render_page
-from accumbench.report.layout import save
+from accumbench.report.layout import add_footer, provenance_text, save
 from accumbench.report.markdown import render_summary
 from accumbench.report.sections import FigureBlock, FigureKind, SectionReport
 
@@ -38,9 +38,12 @@ FIGURES: tuple[FigureKind, ...] = (
         "the gradients, so each micro-batch's line stays flat however many steps it accumulates "
         "(it starts from the large batch at its micro-batch: one step is no accumulation). "
         "Workloads measured at a single effective batch are in the table only. "
+        "Each line has its own colour and marker and is named at its end; a panel whose values "
+        "span more than 16× has a log y axis, so that lines near zero stay apart. "
         "A red × is a case that ran out of memory, drawn where the memory-vs-micro-batch line "
-        "predicts its peak (dotted from the last case that fitted), or on the device-memory line "
-        "when there is no line to extrapolate; the dashed line is the device's total memory (named "
+        "predicts its peak (dotted from the last case that fitted, labelled \"predicted\": that "
+        "peak was never measured), or on the device-memory line when there is no line to "
+        "extrapolate; the dashed line is the device's total memory (named "
         "in the panel's corner instead when the peaks stay below a quarter of it).",
         lambda f, fits: figures.memory_vs_effective_batch(f),
         lambda f, fits: (tables.memory_table(f),),
@@ -50,7 +53,10 @@ FIGURES: tuple[FigureKind, ...] = (
     FigureKind(
         "throughput_vs_effective_batch", "Throughput vs effective batch",
         "Samples per second of the optimizer step at the median step time; the bars span the "
-        "step-time quartiles. Small micro-batches under-use the device, so accumulating many "
+        "step-time quartiles, the table gives the rate's 95% interval (rank-based, from the "
+        "median's), and the findings compare rates as ratios with bootstrap 95% intervals: an "
+        "interval that holds 1 is \"no measurable difference\", and a comparison whose medians are "
+        "known to worse than ±5% is \"too noisy to say\". Small micro-batches under-use the device, so accumulating many "
         "small steps costs throughput; a micro-batch large enough to fill the device runs close "
         "to the large batch.",
         lambda f, fits: figures.throughput_vs_effective_batch(f, "samples"),
@@ -256,6 +262,7 @@ def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_
                 continue
             name, png = None, None
             if fig is not None:
+                add_footer(fig, provenance_text(rows))
                 # One section: its figures are the top-level files (PNG and SVG). Several: each
                 # section's figure is a PNG of its own for the page, and the top-level files
                 # show every section's panels.
@@ -268,12 +275,14 @@ def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_
                                       tuple(kind.findings(rows, sec_fits)), single))
         sections.append(SectionReport(rows["section_title"].iloc[0], slug,
                                       tables.environment_table(rows), tuple(blocks),
-                                      tuple(absent), tables.failures_table(rows)))
+                                      tuple(absent), tables.failures_table(rows),
+                                      tuple(findings.noise_findings(rows))))
 
     if not single:
         for kind in FIGURES:
             fig = kind.build(frame, fits)
             if fig is not None:
+                add_footer(fig, provenance_text(frame))
                 save(fig, out, kind.name)
                 written += [out / f"{kind.name}.png", out / f"{kind.name}.svg"]
                 top[kind.name] = fig

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ import pandas as pd
 
 from accumbench.fit import fit_memory_line
 from accumbench.records import Record, iter_records, records_to_frame
+from accumbench.stats import StepTimes
 
 SECTION_KEYS = ("source", "meter", "device_name", "world_size")
 
@@ -79,7 +79,8 @@ def prepare(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Added columns: `section` (0, 1, ... in order of appearance), `section_title`, `line` (the
     legend label of the line a record belongs to), `line_order`, `variant`, `samples_per_s_`,
-    `tokens_per_sample_`, `step_q25_s`, `step_q75_s`, `step_median_s`, `predicted_peak` (for
+    `tokens_per_sample_`, `step_q25_s`, `step_q75_s`, `step_median_s`, `step_times_` (a
+    `StepTimes`), `samples_ci_low_`/`samples_ci_high_` (95% interval of samples/s), `predicted_peak` (for
     cases that ran out of memory: the memory line's value at their micro-batch). Returns the
     new frame and notes (strings) about what was dropped or is missing. Raises
     `ReportInputError` for a frame that has no rows or lacks a required column.
@@ -246,23 +247,15 @@ def ddp_sync_text(distributed: Any) -> str:
     return DDP_NO_SYNC_TEXT if distributed["no_sync"] else DDP_SYNC_TEXT
 
 
-def _quantiles(times: tuple[float, ...]) -> tuple[float, float, float]:
-    """(first quartile, median, third quartile) of step times; NaN when there are none."""
-    if not times:
-        return math.nan, math.nan, math.nan
-    if len(times) == 1:
-        return times[0], times[0], times[0]
-    q1, q2, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return q1, q2, q3
-
-
 def _add_throughput(frame: pd.DataFrame) -> pd.DataFrame:
     """Samples/s (recorded, or effective batch over median step time) and step-time quartiles.
 
     Each step time is one optimizer step, which processes `effective_batch` samples; the spread
     of samples/s is drawn from the step-time quartiles (a slow step is a low rate).
     """
-    quarts = [_quantiles(t) for t in frame["step_times_s"]]
+    summaries = [StepTimes(t) for t in frame["step_times_s"]]
+    quarts = [s.quartiles for s in summaries]
+    cis = [s.median_ci() or (math.nan, math.nan) for s in summaries]
     q25 = [q[0] for q in quarts]
     median = [q[1] for q in quarts]
     q75 = [q[2] for q in quarts]
@@ -281,6 +274,12 @@ def _add_throughput(frame: pd.DataFrame) -> pd.DataFrame:
         step_q25_s=q25,
         step_median_s=median,
         step_q75_s=q75,
+        step_times_=summaries,
+        # The rate's 95% interval from the median's: a slow median is a low rate.
+        samples_ci_low_=(frame["effective_batch"] / pd.Series([c[1] for c in cis], index=frame.index)
+                         * (samples / derived)).where(ok),
+        samples_ci_high_=(frame["effective_batch"] / pd.Series([c[0] for c in cis], index=frame.index)
+                          * (samples / derived)).where(ok),
     )
 
 

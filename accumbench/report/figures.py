@@ -19,12 +19,13 @@ from matplotlib.figure import Figure
 
 from accumbench.report.data import FIT_GROUP, scenario_name
 from accumbench.report.layout import (
-    DEVICE_LINE_COLOR, OOM_COLOR, Panel, finish_axes, fit_height, grid, line_styles,
-    lines_in_order, log2_batch_axis, panel_rows, panels_by, zero_based_ylim,
+    DEVICE_LINE_COLOR, OOM_COLOR, Panel, crowded_y, finish_axes, fit_height, grid, line_styles,
+    lines_in_order, log2_batch_axis, log_ylim, panel_rows, panels_by, zero_based_ylim,
 )
 from accumbench.report.units import format_bytes, memory_unit
 
-OOM_LABEL = "out of memory"
+OOM_LABEL = "out of memory: × at the predicted peak (fitted line), not measured"
+PREDICTED_TEXT = "predicted"
 OOM_UNPLACED_LABEL = "out of memory (peak unknown)"
 EFFECTIVE_BATCH_LABEL = "effective batch (samples per optimizer step)"
 
@@ -48,8 +49,10 @@ def memory_vs_effective_batch(frame: pd.DataFrame) -> Figure | None:
 
     One line for the large batch, one per micro-batch for accumulation. A case that ran out of
     memory is a red x at its effective batch, at the peak the panel's memory-vs-micro-batch line
-    predicts for it (dotted from the last point that fitted), or, with no fitted line, on the
-    device-memory line, or else at the top of the panel. The device's total memory is a dashed
+    predicts for it (dotted from the last point that fitted, labelled "predicted": it was never
+    measured), or, with no fitted line, on the device-memory line, or else at the top of the
+    panel. Lines are told apart by colour, marker and a direct label at their end; a panel whose
+    values span more than `LOG_Y_SPAN` gets a log y axis. The device's total memory is a dashed
     horizontal line when the records know it.
     """
     # Ok rows without a peak (gradient-equivalence records of `accumbench check`) have no memory.
@@ -86,6 +89,12 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> int:
         ax.plot(line["effective_batch"], line["peak_allocated"] / size, label=label,
                 linewidth=2.2 if line["scenario"].iloc[0] == "large-batch" else 1.6,
                 markersize=5, **styles[label])
+        end = line.iloc[-1]
+        if end["scenario"] == "accumulated" and len(line) > 1:
+            # A direct label at the line's end: no need to match colours against the legend.
+            ax.annotate(f"mb {end['micro_batch']}", (end["effective_batch"], end["peak_allocated"] / size),
+                        xytext=(4, 0), textcoords="offset points", fontsize=7, va="center",
+                        color=styles[label]["color"])
 
     for total in on_scale:
         ax.axhline(total / size, linestyle="--", color=DEVICE_LINE_COLOR, linewidth=1.2,
@@ -114,6 +123,9 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> int:
     if placed_x:
         ax.plot(placed_x, placed_y, linestyle="none", marker="x", markersize=11,
                 markeredgewidth=2.5, color=OOM_COLOR, label=OOM_LABEL, zorder=5)
+        for x, y in zip(placed_x, placed_y):
+            ax.annotate(PREDICTED_TEXT, (x, y), xytext=(0, 8), textcoords="offset points",
+                        ha="center", fontsize=7, color=OOM_COLOR, fontstyle="italic")
     if unplaced_x:
         # x in data coordinates, y in axes coordinates: pinned to the top of the panel.
         ax.plot(unplaced_x, [0.95] * len(unplaced_x), linestyle="none", marker="x",
@@ -121,8 +133,12 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> int:
                 transform=ax.get_xaxis_transform(), zorder=5)
 
     log2_batch_axis(ax, data["effective_batch"], EFFECTIVE_BATCH_LABEL)
-    zero_based_ylim(ax, max(scale_values, default=0) / size)
-    ax.set_ylabel(f"peak allocated memory ({unit})")
+    if crowded_y(scale_values):
+        log_ylim(ax, min(v for v in scale_values if v > 0) / size, max(scale_values) / size)
+        ax.set_ylabel(f"peak allocated memory ({unit}, log scale)")
+    else:
+        zero_based_ylim(ax, max(scale_values, default=0) / size)
+        ax.set_ylabel(f"peak allocated memory ({unit})")
     return finish_axes(ax, panel.title, legend_below=True)
 
 

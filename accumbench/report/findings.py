@@ -9,8 +9,69 @@ from __future__ import annotations
 
 import pandas as pd
 
-from accumbench.report.data import scenario_name
+from accumbench.report.data import ddp_sync_text, scenario_name
 from accumbench.report.units import format_bytes, format_percent
+from accumbench.stats import MIN_STEPS_FOR_RATIO, Ratio, StepTimes, throughput_ratio, typical_spread
+
+NO_DIFFERENCE = "no measurable difference"
+TOO_FEW_STEPS = "too few steps to say"
+TOO_NOISY = "too noisy to say"
+
+
+def _x(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def ratio_text(ratio: Ratio | None, what: str = "") -> str:
+    """A throughput ratio in words, never a bare point figure.
+
+    - interval excludes 1: '0.62× [0.58×, 0.66×] WHAT';
+    - interval contains 1: 'no measurable difference (0.93×–1.05×)';
+    - a median known to worse than ±5%: 'too noisy to say (a median ... known to ±12% only; range)';
+    - no interval (under 6 steps on a side, or no step times): 'too few steps to say'.
+    """
+    if ratio is None or not ratio.known:
+        return TOO_FEW_STEPS
+    if ratio.too_noisy is not None:
+        return (f"{TOO_NOISY} (a median step time known to ±{format_percent(ratio.too_noisy)} only; "
+                f"{_x(ratio.low)}–{_x(ratio.high)})")
+    if not ratio.differs:
+        return f"{NO_DIFFERENCE} ({_x(ratio.low)}–{_x(ratio.high)})"
+    return f"{_x(ratio.value)} [{_x(ratio.low)}, {_x(ratio.high)}]" + (f" {what}" if what else "")
+
+
+def row_ratio(a, b) -> Ratio | None:
+    """Throughput of record row `a` relative to row `b` (prepared-frame rows: `step_times_`,
+    `effective_batch`), with its bootstrap interval."""
+    return throughput_ratio(a.step_times_, b.step_times_, a.effective_batch, b.effective_batch)
+
+
+def noise_findings(frame: pd.DataFrame) -> list[str]:
+    """How noisy the section's machine was (median over its cases of IQR / median step time),
+    how the adaptive timing stopped, and, on the cpu meter, what CPU throughput is worth."""
+    ok = frame[frame["status"] == "ok"]
+    timed = [t for t in ok["step_times_"] if isinstance(t, StepTimes) and len(t)] \
+        if "step_times_" in ok else []
+    out = []
+    spread = typical_spread(timed)
+    if spread is not None:
+        sentence = (f"Timing noise: step times spread by {format_percent(spread)} of their median "
+                    f"(median IQR/median over {len(timed)} timed cases)")
+        reasons = ok["stop_reason"].value_counts() if "stop_reason" in ok else pd.Series(dtype=int)
+        parts = [f"{reasons[k]} {label}" for k, label in (
+            ("ci-target", "reached their CI target"),
+            ("time-cap", "stopped at the time cap"), ("fixed", "timed a fixed count"))
+            if reasons.get(k, 0)]
+        few = sum(1 for t in timed if len(t) < MIN_STEPS_FOR_RATIO)
+        if parts:
+            sentence += "; " + ", ".join(parts)
+        if few:
+            sentence += f"; {few} case(s) with under {MIN_STEPS_FOR_RATIO} steps say nothing about speed"
+        out.append(sentence + ".")
+    if (frame["meter"] == "cpu").any() and not ok.empty:
+        out.append("Measured with the cpu meter: CPU throughput says little about a GPU's; read "
+                   "these speeds as relative, on this machine only.")
+    return out
 
 
 def change_text(fraction: float, less: str, more: str) -> str:
@@ -66,7 +127,8 @@ def memory_findings(frame: pd.DataFrame) -> list[str]:
 
 
 def throughput_findings(frame: pd.DataFrame) -> list[str]:
-    """Per workload: accumulated throughput as a share of the large batch's, at one batch size.
+    """Per workload: accumulated throughput relative to the large batch's, at one batch size,
+    as ratios with their 95% intervals ("no measurable difference" when an interval holds 1).
 
     Uses the largest effective batch at which both the large batch and accumulation ran.
     """
@@ -79,14 +141,31 @@ def throughput_findings(frame: pd.DataFrame) -> list[str]:
         if not common:
             continue
         target = common[-1]
-        ref = large.loc[large["effective_batch"] == target, "samples_per_s_"].iloc[0]
+        ref = next(large[large["effective_batch"] == target].itertuples())
         shares = [
-            f"{format_percent(r.samples_per_s_ / ref)} (micro-batch {r.micro_batch})"
+            f"{r.micro_batch} × {r.accum_steps}{_sync_note(r)}: {ratio_text(row_ratio(r, ref))}"
             for r in accum[accum["effective_batch"] == target].sort_values("micro_batch").itertuples()
         ]
-        sentences.append(f"{workload}, effective batch {target}: accumulation reaches "
-                         + ", ".join(shares) + " of the large batch's samples/s.")
+        sentences.append(f"{workload}, effective batch {target}, accumulation's samples/s relative "
+                         "to the large batch's (95% interval): " + "; ".join(shares) + ".")
     return sentences
+
+
+# A line through two points always fits exactly: r² says something from three points on.
+MIN_POINTS_FOR_R2 = 3
+
+
+def fit_quality(r2: float, points: int) -> str:
+    """'r² 0.998, 5 points', or only the point count below `MIN_POINTS_FOR_R2`."""
+    if points < MIN_POINTS_FOR_R2:
+        return f"{points} points: a line through them fits by construction"
+    return f"r² {r2:.3f}, {points} points"
+
+
+def _sync_note(row) -> str:
+    """' (no_sync())' for a DDP accumulation record, so its two runs are told apart."""
+    sync = ddp_sync_text(getattr(row, "distributed", None))
+    return f" ({sync})" if sync else ""
 
 
 def fit_findings(fits: pd.DataFrame) -> list[str]:
@@ -94,7 +173,7 @@ def fit_findings(fits: pd.DataFrame) -> list[str]:
     return [
         f"{f.workload}, {scenario_name(f.scenario)}{f' ({f.variant})' if f.variant else ''}: "
         f"{format_bytes(f.bytes_per_sample)} per sample on top of "
-        f"{format_bytes(f.intercept_bytes)} (r² {f.r2:.3f}, {f.points} points)."
+        f"{format_bytes(f.intercept_bytes)} ({fit_quality(f.r2, f.points)})."
         for f in fits.itertuples()
     ]
 
@@ -113,8 +192,9 @@ def multitask_findings(frame: pd.DataFrame) -> list[str]:
                           "less", "more")
         speed = ""
         if comb.samples_per_s_ and seq.samples_per_s_ == seq.samples_per_s_:  # not NaN
-            change = (seq.samples_per_s_ - comb.samples_per_s_) / comb.samples_per_s_
-            speed = f" and runs at {change_text(change, 'lower', 'higher')} samples/s"
+            ratio = row_ratio(seq, comb)
+            speed = (f"; its samples/s: {ratio_text(ratio, 'of the combined loss')}"
+                     if ratio is not None and ratio.known else f"; its samples/s: {TOO_FEW_STEPS}")
         layout = key[1] if isinstance(key[1], str) else "?"
         sentences.append(f"{key[0]} ({layout}, {key[2]}×{key[3]}): compared with the combined "
                          f"loss, sequential backward needs {mem} peak memory{speed}.")

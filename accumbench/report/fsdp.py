@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from accumbench.report.bars import paired_bars
 from accumbench.report.data import FSDP_NO_SYNC_TEXT, FSDP_SYNC_TEXT, ddp_sync_text, in_display_order, scenario_name
-from accumbench.report.findings import change_text
+from accumbench.report.findings import ratio_text, row_ratio
 from accumbench.report.layout import PANEL_SIZE, finish_axes, grid, panels_by
 from accumbench.report.tables import Table, number, text
 from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing
@@ -87,10 +87,11 @@ def fsdp_figure(frame: pd.DataFrame) -> Figure | None:
             ax = axes[len(PANELS) * i + j]
             rows = panel.frame
             values = pd.to_numeric(rows[column], errors="coerce").where(rows["status"] == "ok")
+            speed = column == "samples_per_s_"
             paired_bars(ax, rows, list(dict.fromkeys(rows["category"])), values, "sync_", SYNC_ORDER,
-                        SYNC_COLORS, show_categories=j == 0)
+                        SYNC_COLORS, show_categories=j == 0, speed=speed)
             ax.set_xlabel(label, fontsize=8)
-            ax.margins(x=0.15)
+            ax.margins(x=0.45 if speed else 0.15)
             finish_axes(ax, label.split(" (")[0] + (f"\n{panel.title}" if panel.title else ""),
                         legend_below=True)
     return fig
@@ -146,7 +147,7 @@ def fsdp_findings(frame: pd.DataFrame) -> list[str]:
                     f"(the unsharded gradients kept between micro-steps)")
         a, b = synced.samples_per_s_, skipped.samples_per_s_
         if not (is_missing(a) or is_missing(b)) and a:
-            sentence += f"; its throughput is {change_text((b - a) / a, 'lower', 'higher')}"
+            sentence += f"; its samples/s: {ratio_text(row_ratio(skipped, synced), 'of syncing every micro-step')}"
         out.append(sentence + ".")
     return out
 

@@ -57,6 +57,7 @@ dl.env dt { color: var(--muted); }
 dl.env dd { margin: 0; overflow-wrap: anywhere; }
 .findings-title { margin: 12px 0 0; font-weight: 600; font-size: 14px; }
 .absent { color: var(--muted); font-size: 14px; }
+.noise { font-size: 14px; background: #fff8e1; padding: 6px 10px; border-left: 3px solid #f0b400; }
 code { font: 13px ui-monospace, "DejaVu Sans Mono", monospace; background: var(--head);
        padding: 0 3px; border-radius: 3px; }
 """
@@ -145,6 +146,9 @@ def _section(section: SectionReport) -> str:
     parts = [f'<section id="{section.slug}" data-section="{escape(section.title)}">',
              f"<h2>{escape(section.title)}</h2>",
              render_environment(section.environment, f"{section.slug}-environment")]
+    if section.noise:
+        parts.append(f'<p class="noise" id="{section.slug}-noise">'
+                     + " ".join(escape(s) for s in section.noise) + "</p>")
     parts += [_block(section, block) for block in section.blocks]
     if section.failures.rows:
         parts.append(f'<h3 id="{section.slug}-failures">Failed cases</h3>')

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -29,6 +28,15 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#b
            "#17becf")
 SCENARIO_MARKERS = {"large-batch": "o", "accumulated": "s", "multitask-combined": "^",
                     "multitask-sequential": "v"}
+# Accumulation lines (one per micro-batch) cycle through these with the palette: neighbours
+# differ in hue and in marker, so eight lines on top of each other can still be told apart (and
+# in greyscale). 12 markers x 8 colours: no two of 24 lines look alike.
+LINE_MARKERS = ("s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d")
+# A panel whose drawn values span more than this factor gets a log y axis: lines that crowd
+# near zero under a tall one (on an 80 GB card, accumulation's few GiB under the large batch's
+# tens) spread out.
+LOG_Y_SPAN = 16.0
+FOOTER_FONT_SIZE = 7
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,28 +79,63 @@ def grid(count: int, panel_size: tuple[float, float] = PANEL_SIZE,
 def line_styles(frame: pd.DataFrame) -> dict[str, dict]:
     """Colour and marker per line label of one panel's records (all statuses).
 
-    The large batch is black (the reference the eye compares against); accumulation lines run
-    through a sequential colour map in micro-batch order (dark: small micro-batch), so that a
-    panel with many of them still reads; any other line takes the palette. Computed from the
-    panel's full records, the same workload gets the same colours in every figure.
+    The large batch is black with round markers (the reference the eye compares against);
+    accumulation lines, in micro-batch order, take a qualitative palette and a marker each, so
+    that neighbouring micro-batches differ in both (a sequential colour map made 1, 2, 4 and 8
+    indistinguishable); any other line takes the palette and its scenario's marker. Computed
+    from the panel's full records, the same workload gets the same styles in every figure.
     """
     styles: dict[str, dict] = {}
     ordered = frame.sort_values("line_order", kind="stable").drop_duplicates("line")
     accumulated = [r.line for r in ordered.itertuples() if r.scenario == "accumulated"]
-    ramp = colormaps["viridis"]
-    shades = {label: ramp(0.85 * i / max(1, len(accumulated) - 1))
-              for i, label in enumerate(accumulated)}
+    distinct = {label: {"color": PALETTE[i % len(PALETTE)], "marker": LINE_MARKERS[i % len(LINE_MARKERS)]}
+                for i, label in enumerate(accumulated)}
     colours = iter(PALETTE * (1 + len(ordered) // len(PALETTE)))
     large_seen = False
     for row in ordered.itertuples():
         if row.scenario == "large-batch" and not large_seen:
-            colour, large_seen = LARGE_BATCH_COLOR, True
-        elif row.line in shades:
-            colour = shades[row.line]
+            styles[row.line], large_seen = {"color": LARGE_BATCH_COLOR, "marker": "o"}, True
+        elif row.line in distinct:
+            styles[row.line] = distinct[row.line]
         else:
-            colour = next(colours)
-        styles[row.line] = {"color": colour, "marker": SCENARIO_MARKERS.get(row.scenario, "D")}
+            styles[row.line] = {"color": next(colours), "marker": SCENARIO_MARKERS.get(row.scenario, "D")}
     return styles
+
+
+def crowded_y(values: Iterable[float]) -> bool:
+    """True when positive `values` span more than `LOG_Y_SPAN`: a linear axis would crowd the
+    small ones near zero."""
+    positive = [float(v) for v in values if v == v and v > 0]
+    return len(positive) > 1 and max(positive) / min(positive) > LOG_Y_SPAN
+
+
+def log_ylim(ax: Axes, smallest: float, largest: float) -> None:
+    """A log y axis from a little below `smallest` to a little above `largest`."""
+    ax.set_yscale("log")
+    ax.set_ylim(smallest / 1.5, largest * 1.5)
+
+
+def provenance_text(frame: pd.DataFrame) -> str:
+    """One line of where and with what the records were made: device, meter, torch, accumbench
+    version, commit and date(s), every distinct value listed (from the records' provenance)."""
+    def values(column: str, shorten=lambda v: v) -> str:
+        if column not in frame.columns:
+            return "?"
+        found = [shorten(str(v)) for v in dict.fromkeys(frame[column])
+                 if v is not None and v == v and str(v) != ""]
+        return ", ".join(found) or "?"
+
+    dates = sorted({str(t)[:10] for t in frame.get("timestamp", []) if isinstance(t, str) and t})
+    date = (dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}") if dates else "?"
+    return (f"{values('device_name')} · {values('meter')} meter · torch {values('torch_version')} · "
+            f"accumbench {values('accumbench_version')} · commit {values('git_commit', lambda v: v[:10])}"
+            f" · measured {date}")
+
+
+def add_footer(fig: Figure, text: str) -> None:
+    """Write `text` under the panels (as the figure's supxlabel, so the layout makes room and a
+    pasted PNG or SVG still says what made it)."""
+    fig.supxlabel(text, x=0.01, ha="left", fontsize=FOOTER_FONT_SIZE, color=DEVICE_LINE_COLOR)
 
 
 def panel_rows(frame: pd.DataFrame, panel: "Panel") -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """summary.md: the key numbers as Markdown, short enough for a pull-request comment.
 
-Per section: the environment in one line, the memory findings, one table of every case (peak
+Per section: the environment in one line, how noisy the timing was, the memory and
+throughput findings, one table of every case (peak
 memory and throughput side by side) and the fitted memory lines. The figures stay in index.html.
 """
 
@@ -45,9 +46,9 @@ def _key_table(section: SectionReport) -> str:
     rates: dict[tuple[str, str, str], str] = {}
     if throughput is not None:
         for row in throughput.rows:
-            rates[(row[0].text, row[1].text, row[2].text)] = row[3].text
+            rates[(row[0].text, row[1].text, row[2].text)] = f"{row[3].text} ({row[4].text})"
     lines = ["| workload | case | micro × steps | effective batch | status | peak allocated "
-             "| of device | samples/s |", "|---|---|---:|---:|---|---:|---:|---:|"]
+             "| of device | samples/s (95% CI) |", "|---|---|---:|---:|---|---:|---:|---:|"]
     for row in memory.rows:
         workload, case, micro, steps, effective, status, peak, _, share, _ = row
         rate = rates.get((workload.text, case.text, effective.text), "—")
@@ -71,12 +72,12 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
                  if env.get(k, "—") != "—"]
         if facts:
             out += ["_" + _escape(" · ".join(facts)) + "_", ""]
-        memory_block = next((b for b in section.blocks
-                             if b.kind.name == "memory_vs_effective_batch"), None)
-        if memory_block is not None:
-            out += [f"- {_escape(s)}" for s in memory_block.findings]
-            if memory_block.findings:
-                out.append("")
+        if section.noise:
+            out += ["_" + _escape(" ".join(section.noise)) + "_", ""]
+        for name in ("memory_vs_effective_batch", "throughput_vs_effective_batch"):
+            block = next((b for b in section.blocks if b.kind.name == name), None)
+            if block is not None and block.findings:
+                out += [f"- {_escape(s)}" for s in block.findings] + [""]
         key = _key_table(section)
         if key:
             out += [key, ""]
@@ -90,7 +91,8 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
             out += ["Multi-task, sequential vs combined:", "",
                     render_markdown_table(multitask, ["workload", "layout", "micro × steps",
                                                       "combined peak", "sequential peak",
-                                                      "memory change", "throughput change"]), ""]
+                                                      "memory change",
+                                                      "throughput, sequential / combined (95% CI)"]), ""]
         communication = _find(section, "communication")
         if communication is not None:
             block = next(b for b in section.blocks if b.kind.name == "ddp_communication")

@@ -62,3 +62,5 @@ class SectionReport:
     blocks: tuple[FigureBlock, ...]
     absent: tuple[str, ...]
     failures: Table
+    # How noisy the section's machine was, and (cpu meter) what its throughput is worth.
+    noise: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ import pandas as pd
 
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.report.data import in_display_order, scenario_name
+from accumbench.report.findings import MIN_POINTS_FOR_R2, ratio_text, row_ratio
 from accumbench.report.units import (
     MISSING, format_bytes, format_percent, format_rate, format_ratio, format_seconds, is_missing,
 )
@@ -97,15 +98,18 @@ def throughput_table(frame: pd.DataFrame) -> Table:
     for r in in_display_order(frame[frame["status"] == "ok"]).itertuples():
         spread = (f"{format_seconds(r.step_q25_s)} – {format_seconds(r.step_q75_s)}"
                   if not is_missing(r.step_q25_s) else MISSING)
+        interval = (f"{format_rate(r.samples_ci_low_, '')} – {format_rate(r.samples_ci_high_, '')}"
+                    if not is_missing(r.samples_ci_low_) else "too few steps")
         rows.append((
             text(r.workload), text(case_text(r)), number(r.effective_batch),
-            number(r.samples_per_s_, lambda v: format_rate(v, "")),
+            number(r.samples_per_s_, lambda v: format_rate(v, "")), text(interval),
             number(r.tokens_per_s, lambda v: format_rate(v, "")),
             number(r.step_median_s, format_seconds), text(spread),
-            number(len(r.step_times_s)),
+            number(len(r.step_times_s)), text(getattr(r, "stop_reason", None)),
         ))
-    return Table("throughput", ("workload", "case", "effective batch", "samples/s", "tokens/s",
-                                "median step", "step quartiles", "steps"), tuple(rows))
+    return Table("throughput", ("workload", "case", "effective batch", "samples/s",
+                                "samples/s 95% CI", "tokens/s", "median step", "step quartiles",
+                                "steps", "stopped by"), tuple(rows))
 
 
 def fit_table(fits: pd.DataFrame) -> Table:
@@ -118,7 +122,8 @@ def fit_table(fits: pd.DataFrame) -> Table:
             text(f"{f.min_micro_batch} – {f.max_micro_batch}"),
             number(f.bytes_per_sample, format_bytes),
             number(f.intercept_bytes, format_bytes),
-            number(f.r2, lambda v: f"{v:.4f}"),
+            # r² of a line through 2 points is 1 by construction: not shown.
+            number(f.r2 if f.points >= MIN_POINTS_FOR_R2 else None, lambda v: f"{v:.4f}"),
         ))
     return Table("fit", ("workload", "scenario", "points", "micro-batch range",
                          "bytes per sample", "intercept", "r²"), tuple(rows))
@@ -141,6 +146,7 @@ def multitask_table(frame: pd.DataFrame) -> Table:
 
         mem_c, mem_s = _value(comb, "peak_allocated"), _value(seq, "peak_allocated")
         thr_c, thr_s = _value(comb, "samples_per_s_"), _value(seq, "samples_per_s_")
+        ratio = row_ratio(seq, comb) if not (is_missing(thr_c) or is_missing(thr_s)) else None
         layout = key[1] if isinstance(key[1], str) else MISSING
         rows.append((
             text(key[0]), text(layout), text(f"{key[2]}×{key[3]}" + (f" ({key[4]})" if key[4] else "")),
@@ -148,11 +154,13 @@ def multitask_table(frame: pd.DataFrame) -> Table:
             number(mem_c, format_bytes), number(mem_s, format_bytes),
             number(_relative(mem_s, mem_c), lambda v: format_percent(v, signed=True)),
             number(thr_c, lambda v: format_rate(v, "")), number(thr_s, lambda v: format_rate(v, "")),
-            number(_relative(thr_s, thr_c), lambda v: format_percent(v, signed=True)),
+            Cell(ratio_text(ratio) if ratio is not None else MISSING,
+                 ratio.value if ratio is not None and ratio.differs else None),
         ))
     return Table("multitask", ("workload", "layout", "micro × steps", "status (comb. / seq.)",
                                "combined peak", "sequential peak", "memory change",
-                               "combined samples/s", "sequential samples/s", "throughput change"),
+                               "combined samples/s", "sequential samples/s",
+                               "throughput, sequential / combined (95% CI)"),
                  tuple(rows))
 
 
