@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from accumbench.cases import Case, case_id
 from accumbench.environment import peak_flops, provenance, utc_timestamp
+from accumbench.levers import Levers, levered_record, measure_levered, trainable_parameters, with_levers
 from accumbench.meters import Meter, meter_for
 from accumbench.meters.base import Measurement
 from accumbench.records import Record
@@ -142,6 +143,7 @@ def identity_fields(case: Case, workload: Workload, optimizer_name: str) -> dict
         "workload_options": dict(workload.options) or case.options_dict,
         "warmup_steps": case.warmup,
         "measured_steps": case.steps,
+        **Levers.of(case).fields(),
     }
 
 
@@ -194,7 +196,7 @@ class Runner:
         key = (case.workload, case.options)
         if key not in self._workloads:
             self._workloads[key] = load_workload(case.workload, case.options_dict)
-        return self._workloads[key]
+        return with_levers(self._workloads[key], Levers.of(case))
 
     def measure(self, case: Case) -> Record:
         """Measure one case; never raises for a failing case (OOM and errors become records),
@@ -222,11 +224,10 @@ class Runner:
 
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
         prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
-        measurement = self.meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
-                                         case.steps)
+        measurement, lever_fields = measure_levered(case, self.meter, prepared)
         # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
         flops = measurement.flops_per_step if self.meter.counts_flops else count_flops(prepared.step)
-        record = self.ok_record(case, workload, prepared.state, measurement, flops)
+        record = levered_record(self.ok_record(case, workload, prepared.state, measurement, flops), lever_fields)
         if self.timeline_sink is not None:
             # After the measured steps, so tracing never touches the record's numbers.
             timeline = self.meter.trace(prepared.step, prepared.state)
@@ -249,6 +250,7 @@ class Runner:
             breakdown=measurement.breakdown,
             assumptions=measurement.assumptions,
             parameters=sum(p.numel() for p in state.model.parameters()),
+            trainable_parameters=trainable_parameters(state.model) if Levers.of(case).freezes else None,
             timestamp=utc_timestamp(),
             **speed_fields(measurement, case, workload, flops, self._provenance["device_name"]),
         )
