@@ -445,6 +445,13 @@ def measure_levered(case: Any, meter: Any, prepared: Any) -> tuple[Any, dict[str
     return result.measurement, fields
 
 
+def levered_check_record(record: Any, levers: Levers) -> Any:
+    """A `check` record with the levers it ran under: their fields, and their id parts."""
+    if not levers.active:
+        return record
+    return dataclasses.replace(record, case_id="/".join([record.case_id, *levers.id_parts()]), **levers.fields())
+
+
 def levered_record(record: Any, fields: dict[str, Any]) -> Any:
     """The record with the fields `measure_levered` returned."""
     return dataclasses.replace(record, **fields) if fields else record
@@ -453,6 +460,6 @@ def levered_record(record: Any, fields: dict[str, Any]) -> Any:
 __all__ = [
     "CHECKPOINT_BLOCKS", "CHECKPOINT_NONE", "CompileClock", "CompiledMeasurement", "LeverError", "Levers",
     "LoRALinear", "LoRASpec", "apply_checkpointing", "apply_freezing", "apply_levers", "apply_lora",
-    "check_levers", "checkpoint_pattern", "checkpointed_modules", "globs", "levered_record",
+    "check_levers", "checkpoint_pattern", "levered_check_record", "checkpointed_modules", "globs", "levered_record",
     "matching_parameters", "measure_compiled", "measure_levered", "module_matches", "parse_lora", "trainable_parameters", "with_levers",
 ]

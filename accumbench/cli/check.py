@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input, int_list, workload_options
+from accumbench.cli.common import fail_input, int_list, lever_options, lever_settings, workload_options
 
 # The built-ins that make the point, at their tiny size: two that accumulate exactly, one with
 # BatchNorm, one with padded sequences (varying valid tokens per micro-batch).
@@ -47,6 +47,7 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines instead of the table.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 on any non-equivalent result, explained or not (CI: require your model to accumulate exactly).")
+@lever_options()
 def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dtype, seed, threads, out_path,
           append, overwrite, as_json, strict) -> None:
     """Compare the gradients of N accumulated micro-batches with one large batch.
@@ -94,10 +95,16 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     if append and overwrite:
         fail_input("--append and --overwrite exclude each other")
 
+    from accumbench.levers import CHECK_REFUSES_COMPILE, Levers, check_levers, levered_check_record, with_levers
+
+    levers = Levers(**lever_settings())
+    if levers.compile:
+        fail_input(CHECK_REFUSES_COMPILE)
     workloads = []
     for spec, opts in targets:
         try:
-            workload = load_workload(spec, opts)
+            workload = with_levers(load_workload(spec, opts), levers)
+            check_levers(workload)
             norms = loss_norms_for(workload, config.loss_norm)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
@@ -123,7 +130,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
                                        provenance)
             continue
         results += found
-        records += [to_record(r, run_id, provenance) for r in found]
+        records += [levered_check_record(to_record(r, run_id, provenance), levers) for r in found]
 
     if out_path is not None:
         if append:
