@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, tables, timelines
+from accumbench.report import bars, communication, figures, findings, levers, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.layout import save
 from accumbench.report.tables import Table
@@ -121,6 +121,20 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (communication.communication_table(f),),
         lambda f, fits: communication.communication_findings(f),
         "no DDP records (run with --nproc-per-node)",
+        optional=True,
+    ),
+    FigureKind(
+        "levers", "Levers beside accumulation: checkpointing, frozen parameters, compile",
+        "Each configuration measured with a lever (--checkpoint, --freeze/--trainable/--lora, "
+        "--compile) beside the same configuration without levers (eager). Left: peak memory; "
+        "right: samples/s at the median step time. Checkpointing trades recomputation for "
+        "activation memory; frozen parameters hold no gradients or optimizer state; compile time "
+        "is kept out of the step times (the table gives it). On the cpu meter a compiled case's "
+        "peak is that of its eager step.",
+        lambda f, fits: levers.levers_figure(f),
+        lambda f, fits: (levers.levers_table(f),),
+        lambda f, fits: levers.levers_findings(f),
+        "no records with levers",
         optional=True,
     ),
     FigureKind(
