@@ -288,3 +288,36 @@ def test_compiled_case_records_compile_time_apart_from_step_times(runner):
     assert "eager step" in record.lever_note  # what the cpu meter's peak means here
     eager = measure(runner, "accumulated", 4, 2, workload="mlp")
     assert record.peak_allocated == eager.peak_allocated
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def lever_record(peak: int, step_s: float, **levers) -> "Record":
+    from accumbench.records import Record
+
+    return Record(
+        run_id="r1", case_id="gpt-tiny/accumulated/mb8/acc4/" + "/".join(Levers(**levers).id_parts()),
+        workload="gpt-tiny", scenario="accumulated", micro_batch=8, accum_steps=4, effective_batch=32,
+        amp="none", set_to_none=True, optimizer="AdamW(foreach)", meter="cpu", device_name="cpu",
+        peak_allocated=peak, step_times_s=(step_s,) * 3, samples_per_s=32 / step_s,
+        compile_time_s=12.5 if levers.get("compile") else None, **levers)
+
+
+def test_report_puts_each_lever_beside_its_eager_twin():
+    from accumbench.records import records_to_frame
+    from accumbench.report.data import prepare
+    from accumbench.report.levers import levers_figure, levers_findings, levers_table
+
+    frame, _ = prepare(records_to_frame([lever_record(4_000_000, 0.10), lever_record(3_000_000, 0.125, checkpoint="blocks"),
+                                         lever_record(4_000_000, 0.08, compile=True)]))
+    table = levers_table(frame)
+    by_lever = {row[1].text: row for row in table.rows}
+    assert set(by_lever) == {"ckpt-blocks", "compile"}
+    assert by_lever["ckpt-blocks"][5].value == -1_000_000
+    assert by_lever["ckpt-blocks"][8].value == pytest.approx(-0.2)  # 32/0.125 vs 32/0.10 samples/s
+    assert by_lever["compile"][9].value == 12.5
+    assert any("compiling took" in s for s in levers_findings(frame))
+    figure = levers_figure(frame)
+    assert [len(ax.containers) for ax in figure.axes] == [3, 3]  # eager, ckpt-blocks, compile
+    # Lines in the memory figure are told apart by their levers, not drawn on one another.
+    assert frame["line"].nunique() == 3
