@@ -321,3 +321,30 @@ def test_report_puts_each_lever_beside_its_eager_twin():
     assert [len(ax.containers) for ax in figure.axes] == [3, 3]  # eager, ckpt-blocks, compile
     # Lines in the memory figure are told apart by their levers, not drawn on one another.
     assert frame["line"].nunique() == 3
+
+
+# --- plan across levers ------------------------------------------------------------------------------
+
+def test_plan_across_levers_recommends_what_fits_and_says_what_checkpointing_costs():
+    from types import SimpleNamespace
+
+    from accumbench.lever_plan import LeverOption, format_exploration, lever_costs
+    from accumbench.plan import make_plan, observations_from_records
+
+    MiB = 2**20
+
+    def rec(micro, accum, peak, speed, flops):
+        return SimpleNamespace(micro_batch=micro, accum_steps=accum, status="ok", peak_allocated=peak,
+                               samples_per_s=speed, flops_per_step=flops, parameters=None)
+
+    eager = [rec(m, 16 // m, (100 + 50 * m) * MiB, 10.0 * m, 300) for m in (1, 2, 4, 8, 16)]
+    ckpt = [rec(m, 16 // m, (100 + 10 * m) * MiB, 7.5 * m, 400) for m in (1, 2, 4, 8, 16)]
+    options = [LeverOption(label, make_plan(16, 400 * MiB, observations_from_records(r), 0.0), None, r)
+               for label, r in (("eager", eager), ("ckpt-blocks", ckpt))]
+    assert options[0].plan.recommended.micro_batch == 4 and options[1].plan.recommended.micro_batch == 16
+    costs = lever_costs(eager, ckpt)
+    assert [c.peak_change for c in costs] == [-40 * m * MiB for m in (1, 2, 4, 8, 16)]
+    text = format_exploration(options)
+    # 7.5 vs 10 samples/s per sample: step time x4/3. The fastest that fits: checkpointed 16 x 1.
+    assert "checkpointing: \u2212640.0 MiB at micro-batch 16" in text and "~+33% step time" in text
+    assert "recommended across levers: ckpt-blocks, micro-batch 16 x 1" in text
