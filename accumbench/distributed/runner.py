@@ -31,6 +31,7 @@ from accumbench.runner import (
 )
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.timeline import Timeline
+from accumbench.levers import Levers, with_levers
 from accumbench.workloads import Workload, load_workload
 
 
@@ -124,7 +125,9 @@ class DistributedRunner:
         key = (case.workload, case.options)
         if key not in self._workloads:
             self._workloads[key] = load_workload(case.workload, case.options_dict)
-        return self._workloads[key]
+        if case.compile:  # its compile step would fall inside DDP's warm-up steps, unrecorded
+            raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
+        return with_levers(self._workloads[key], Levers.of(case))
 
     def case_id(self, dcase: DdpCase) -> str:
         """The id the case's record will carry."""
