@@ -23,7 +23,9 @@ name of a module holding it does (`blocks.0` freezes everything under it; `*.bia
 - Compile: `torch.compile(model)` (default backend), applied last, so patterns match the
   model's own names.
   `CompileClock` times compilation through dynamo's compile callbacks, so it is recorded apart
-  from step times, and counts recompilations.
+  from step times, and counts recompilations. A case compiles nothing (0 s) when an earlier case
+  of the same process compiled the same graph: dynamo reuses it for a new model of the same
+  class and shapes.
 """
 
 from __future__ import annotations
