@@ -15,6 +15,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from accumbench.textfmt import format_bytes
+
 
 @dataclass(frozen=True)
 class LeverOption:
@@ -100,13 +102,11 @@ def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointi
 
 
 def _gib(n: float | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 2**30:,.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:,.1f} MiB"
+    return format_bytes(n)
 
 
 def _gib_signed(n: float) -> str:
-    return ("+" if n >= 0 else "\u2212") + _gib(abs(n))
+    return format_bytes(n, signed=True)
 
 
 __all__ = ["LeverCost", "LeverOption", "best_option", "format_exploration", "lever_costs"]

@@ -346,5 +346,5 @@ def test_plan_across_levers_recommends_what_fits_and_says_what_checkpointing_cos
     assert [c.peak_change for c in costs] == [-40 * m * MiB for m in (1, 2, 4, 8, 16)]
     text = format_exploration(options)
     # 7.5 vs 10 samples/s per sample: step time x4/3. The fastest that fits: checkpointed 16 x 1.
-    assert "checkpointing: \u2212640.0 MiB at micro-batch 16" in text and "~+33% step time" in text
+    assert "checkpointing: -640 MiB at micro-batch 16" in text and "~+33% step time" in text
     assert "recommended across levers: ckpt-blocks, micro-batch 16 x 1" in text

@@ -21,7 +21,8 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 
 @click.command()
 @click.option("--workload", "workload_specs", multiple=True, metavar="W",
-              help="Repeatable. Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a "
+              help="Repeatable. Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk), "
+                   "hf:<model> (a transformers model from its config, e.g. hf:gpt2-tiny) or a "
                    "plug-in path/to/file.py:factory or package.module:factory. Default: mlp, convnet-gn, "
                    "convnet-bn and gpt padded=true, all tiny.")
 @click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
@@ -64,6 +65,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     Examples:
       accumbench check
       accumbench check --workload gpt --workload-opt padded=true --loss-norm both
+      accumbench check --workload hf:gpt2-tiny --workload-opt padded=true   # HF's num_items_in_batch
       accumbench check --workload my_model.py:build --dtype float32 --strict
       accumbench check --out results/check.jsonl && accumbench report results/check.jsonl
 

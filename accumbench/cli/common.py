@@ -8,6 +8,9 @@ from typing import Any, NoReturn, Sequence
 
 import click
 
+# Re-exported: the commands (and tests) format bytes as `accumbench.cli.common.format_bytes`.
+from accumbench.textfmt import format_bytes  # noqa: F401
+
 SCENARIO_NAMES = ["large-batch", "accumulated", "multitask-combined", "multitask-sequential"]
 SINGLE_LOSS_DEFAULT = ("large-batch", "accumulated")
 MULTITASK_DEFAULT = ("multitask-combined", "multitask-sequential")
@@ -17,11 +20,14 @@ def case_selection_options(suite_help: str):
     """The flags that select cases, shared by `run` and `estimate` so both take the same cases:
     --suite (its help says that command's default), --workload, --workload-opt, --scenario,
     --micro-batch, --accum-steps, --amp, --set-to-none/--zero-grads and --loss-norm."""
+    from accumbench.hf_configs import hf_help
+
     options = [
         click.option("--suite", default=None, help=suite_help),
         click.option("--workload", "workload_spec", default=None,
-                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
-                          "path/to/file.py:factory or package.module:factory. Defines the cases from flags."),
+                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk), hf:<model>, or a "
+                          "plug-in path/to/file.py:factory or package.module:factory. Defines the cases from "
+                          "flags. " + hf_help()),
         click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
                      help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true."),
         click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
@@ -109,21 +115,6 @@ def fail_input(message: str) -> NoReturn:
     """Print one clear line and exit 2 (usage or input error)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
-
-
-def format_bytes(n: int | float | None) -> str:
-    """Bytes for people: KiB/MiB/GiB with three significant digits."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{value:.0f} B"
-            # Three significant figures without scientific notation (1016 KiB, not 1.02e+03).
-            return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def int_list(text: str, flag: str) -> list[int]:

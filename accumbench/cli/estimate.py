@@ -68,6 +68,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
       accumbench estimate --workload gpt --workload-opt size=gpt2 --amp bf16 \\
           --micro-batch 8,16,32 --accum-steps 1,4 --out results/gpt2-estimate.jsonl
       accumbench estimate --device-kind a100 --assume attention_kernel=math
+      accumbench estimate --workload hf:llama-3.2-1b --workload-opt seq_len=2048 --amp bf16 --micro-batch 1,4
       accumbench estimate --suite smoke --device-kind cpu   # compare with run --device cpu
 
     Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed, 2 bad input.

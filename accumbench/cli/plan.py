@@ -29,7 +29,8 @@ def _fraction(text: str) -> float:
 @click.option("--memory-budget", required=True, metavar="SIZE",
               help="Device memory you can use: 24GiB (binary), 24GB (decimal), 80e9 or plain bytes.")
 @click.option("--workload", "workload_spec", default=None,
-              help="Workload to plan for (built-in or plug-in spec). Without --results, estimated on the spot.")
+              help="Workload to plan for (built-in, hf:<model> or plug-in spec). Without --results, estimated "
+                   "on the spot.")
 @click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
               help="Option for the workload factory, repeatable, e.g. size=gpt2.")
 @click.option("--results", "results", multiple=True, type=click.Path(path_type=Path),

@@ -100,6 +100,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
       accumbench run --device cuda --suite default --out results/h100.jsonl --resume
       accumbench run --workload gpt --workload-opt size=small --micro-batch 4,8 --accum-steps 1,4
       accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
+      accumbench run --workload hf:gpt2-small --workload-opt seq_len=512 --amp bf16 --micro-batch 8
       accumbench run --workload two-models --micro-batch 8 --accum-steps 1,2 --timeline
       accumbench run --nproc-per-node 2 --device cpu --workload gpt --micro-batch 4 --accum-steps 4
 

@@ -33,6 +33,10 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 
+class WorkloadError(ValueError):
+    """A workload spec that cannot be loaded; the message is one line for the user."""
+
+
 @dataclass(frozen=True)
 class Workload:
     """A model, its data and its loss, as the scenarios need them.
