@@ -93,9 +93,12 @@ class TrainingState:
         return copy_to_device(host_batch, self.device)
 
     def grad_sync(self, micro_step: int, micro_steps: int) -> contextlib.AbstractContextManager:
-        """Under DDP with `skip_sync_until_last`, `model.no_sync()` on every micro-step but the
-        last (gradients all-reduced once per optimizer step); otherwise a null context."""
+        """With `skip_sync_until_last`, every micro-step but the last skips the gradient sync:
+        DDP's `model.no_sync()` (all-reduced once per optimizer step), FSDP2's
+        `set_requires_gradient_sync(False)` (reduce-scattered once); otherwise a null context."""
         if self.skip_sync_until_last and micro_step < micro_steps - 1:
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2 has no no_sync()
+                return _fsdp_sync_off(self.model)
             return self.model.no_sync()
         return contextlib.nullcontext()
 
@@ -123,6 +126,16 @@ class TrainingState:
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=self.options.set_to_none)
         self.mark("end")
+
+
+@contextlib.contextmanager
+def _fsdp_sync_off(model: nn.Module):
+    """FSDP2's `no_sync()`: gradients stay unsharded and un-reduced until sync is back on."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def copy_to_device(obj: Any, device: torch.device) -> Any:

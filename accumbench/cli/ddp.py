@@ -20,17 +20,24 @@ _NOT_COPIED = ("nproc_per_node", "distributed", "device")
 
 
 def run_ddp(*, torch_device, cases: Sequence[Any], seed: int, out_path: Path, resume: bool, overwrite: bool,
-            list_only: bool, distributed: bool, nproc_per_node: int | None, timeline: bool = False) -> None:
+            list_only: bool, distributed: bool, nproc_per_node: int | None, timeline: bool = False,
+            parallel: str = "ddp", reshard_after_forward: bool = True, fsdp_wrap: str | None = None) -> None:
     """Launch torchrun (`nproc_per_node`) or run this process's rank (`distributed`); `timeline`
-    traces each case on every rank and keeps rank 0's curve (the flag travels to the ranks)."""
+    traces each case on every rank and keeps rank 0's curve (the flag travels to the ranks).
+    `parallel` "fsdp" runs the cases under FSDP2 (`accumbench.distributed.fsdp`) instead of DDP."""
     from accumbench.distributed import ddp_cases
+    from accumbench.distributed.fsdp import fsdp_cases
 
     if distributed and nproc_per_node is not None:
         fail_input("pass either --nproc-per-node N (launches torchrun) or --distributed (already under "
                    "torchrun), not both")
-    dcases, skipped = ddp_cases(cases)
+    if parallel == "fsdp":
+        dcases, skipped = fsdp_cases(cases, reshard_after_forward, fsdp_wrap)
+    else:
+        dcases, skipped = ddp_cases(cases)
     if not dcases:
-        fail_input("DDP runs the large-batch and accumulated scenarios; every selected case is multi-task")
+        fail_input(f"{parallel.upper()} runs the large-batch and accumulated scenarios; every selected case is "
+                   "multi-task")
     if nproc_per_node is not None:
         _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_only, nproc_per_node)
     else:
@@ -64,6 +71,14 @@ def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
     return args
 
 
+def _case_id(workload_name: str, dcase, optimizer: str, world_size: int) -> str:
+    """The record id of a DDP or an FSDP case."""
+    from accumbench.distributed import DdpCase, ddp_case_id
+    from accumbench.distributed.fsdp import fsdp_case_id
+
+    return (ddp_case_id if isinstance(dcase, DdpCase) else fsdp_case_id)(workload_name, dcase, optimizer, world_size)
+
+
 def _check_cases(dcases) -> dict[tuple, Any]:
     """Load every workload and check every scenario fits it, before anything runs."""
     from accumbench.scenarios import check_compatible
@@ -94,7 +109,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     """Check the input in this process (one clear error, not one per rank), then run torchrun."""
     import torch
 
-    from accumbench.distributed import ddp_case_id, launch_torchrun
+    from accumbench.distributed import launch_torchrun
     from accumbench.runner import default_optimizer_label
 
     if torch_device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
@@ -104,7 +119,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     if list_only:
         for dcase in dcases:
             workload = workloads[(dcase.case.workload, dcase.case.options)]
-            click.echo(ddp_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
+            click.echo(_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
         click.echo(f"{len(dcases)} case(s) at world size {nproc_per_node}", err=True)
         return
     problem = results_file_problem(out_path, resume, overwrite)  # checked here; the ranks claim the file
@@ -145,8 +160,12 @@ def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list
     from accumbench.records import append_record
 
     _check_cases(dcases)  # same input on every rank: every rank stops alike
-    runner = DistributedRunner(groups, seed=seed, trace_timelines=timeline,
-                               timeline_sink=timeline_sink(out_path) if timeline else None)
+    from accumbench.distributed.fsdp import FsdpCase
+    from accumbench.distributed.fsdp_runner import FsdpRunner
+
+    runner_class = FsdpRunner if dcases and isinstance(dcases[0], FsdpCase) else DistributedRunner
+    runner = runner_class(groups, seed=seed, trace_timelines=timeline,
+                          timeline_sink=timeline_sink(out_path) if timeline else None)
     context = runner.context
     writer = runner.is_writer
     if list_only:

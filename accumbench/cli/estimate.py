@@ -50,8 +50,17 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "estimates every case on its own, without the grouped replay, so it is slower.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would be estimated, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
+@click.option("--parallel", type=click.Choice(["none", "fsdp"]), default="none", show_default=True,
+              help="fsdp: predict rank 0's peak under FSDP2 for --world-size ranks, in this process, on a "
+                   "fake process group (micro-batch per rank; accumulated with and without sync).")
+@click.option("--world-size", type=click.IntRange(min=1), default=None, metavar="W",
+              help="With --parallel fsdp: the number of GPUs (ranks) to predict for.")
+@click.option("--reshard-after-forward", type=click.Choice(["true", "false"]), default="true",
+              show_default=True, help="With --parallel fsdp: as run's.")
+@click.option("--fsdp-wrap", default=None, metavar="PATTERN", help="With --parallel fsdp: as run's.")
 def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp,
-             set_to_none, loss_norm, out_path, timeline, list_only, seed) -> None:
+             set_to_none, loss_norm, out_path, timeline, list_only, seed, parallel="none", world_size=None,
+             reshard_after_forward="true", fsdp_wrap=None) -> None:
     """Predict each case's CUDA peak memory on fake tensors, with no GPU.
 
     The same cases as `run` (same flags), the same scenario step code, run on fake tensors that
@@ -70,6 +79,8 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
       accumbench estimate --device-kind a100 --assume attention_kernel=math
       accumbench estimate --workload hf:llama-3.2-1b --workload-opt seq_len=2048 --amp bf16 --micro-batch 1,4
       accumbench estimate --suite smoke --device-kind cpu   # compare with run --device cpu
+      accumbench estimate --parallel fsdp --world-size 8 --workload gpt --workload-opt size=gpt2 \
+          --amp bf16 --micro-batch 8 --accum-steps 4     # rank 0 of 8 GPUs, on this CPU
 
     Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed, 2 bad input.
     """
@@ -86,6 +97,14 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
+    if parallel == "fsdp" or world_size is not None:
+        from accumbench.cli.fsdp_estimate import estimate_fsdp_command
+
+        return estimate_fsdp_command(cases, assumptions, parallel=parallel, world_size=world_size,
+                                     reshard_after_forward=reshard_after_forward == "true", fsdp_wrap=fsdp_wrap,
+                                     out_path=out_path, timeline=timeline, list_only=list_only, seed=seed)
+    if reshard_after_forward != "true" or fsdp_wrap is not None:
+        fail_input("--reshard-after-forward and --fsdp-wrap are FSDP settings: add --parallel fsdp --world-size W")
     runner = estimate_runner(assumptions, seed, timeline_sink=timeline_sink(out_path) if timeline else None)
     validate_cases(runner, cases)
     if list_only:

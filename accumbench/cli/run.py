@@ -85,9 +85,20 @@ class _RichProgress:
               help="This process is a rank of a torchrun job (torchrun --nproc-per-node N -m accumbench run "
                    "--distributed ...); rank 0 writes --out. Collective timeout: $ACCUMBENCH_DIST_TIMEOUT "
                    "seconds (default 300).")
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
+              help="With --nproc-per-node/--distributed: DistributedDataParallel, or FSDP2 fully_shard on "
+                   "each transformer block (or top-level child) and the root; accumulated runs with the "
+                   "gradient reduce-scatter skipped until the last micro-step, and on every micro-step.")
+@click.option("--reshard-after-forward", type=click.Choice(["true", "false"]), default="true",
+              show_default=True, help="FSDP: free the gathered parameters after each unit's forward "
+                                      "(all-gather them again in backward), or keep them.")
+@click.option("--fsdp-wrap", default=None, metavar="PATTERN",
+              help="FSDP: shard the modules whose qualified name matches this fnmatch pattern, e.g. "
+                   "'blocks.*' (default: ModuleList elements, else top-level children).")
 def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
         loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, timeline=False,
-        nproc_per_node=None, distributed=False) -> None:
+        nproc_per_node=None, distributed=False, parallel="ddp", reshard_after_forward="true",
+        fsdp_wrap=None) -> None:
     """Measure peak memory and throughput of training-step scenarios.
 
     Every case is warmed up (optimizer state created, workspaces allocated), then measured; its
@@ -103,6 +114,8 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
       accumbench run --workload hf:gpt2-small --workload-opt seq_len=512 --amp bf16 --micro-batch 8
       accumbench run --workload two-models --micro-batch 8 --accum-steps 1,2 --timeline
       accumbench run --nproc-per-node 2 --device cpu --workload gpt --micro-batch 4 --accum-steps 4
+      accumbench run --nproc-per-node 2 --device cpu --parallel fsdp --workload gpt --micro-batch 4 \
+          --accum-steps 4 --reshard-after-forward false
 
     Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an
     error, 2 bad input, 130 interrupted.
@@ -123,12 +136,17 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=warmup, steps=steps,
     )
-    if distributed or nproc_per_node is not None:  # DDP: see accumbench/cli/ddp.py
+    if parallel != "fsdp" and (reshard_after_forward != "true" or fsdp_wrap is not None):
+        fail_input("--reshard-after-forward and --fsdp-wrap are FSDP settings: add --parallel fsdp")
+    if parallel == "fsdp" and not (distributed or nproc_per_node is not None):
+        fail_input("--parallel fsdp runs on torchrun: add --nproc-per-node N (or --distributed under torchrun)")
+    if distributed or nproc_per_node is not None:  # DDP and FSDP: see accumbench/cli/ddp.py
         from accumbench.cli.ddp import run_ddp
 
         return run_ddp(torch_device=torch_device, cases=cases, seed=seed, out_path=out_path, resume=resume,
                        overwrite=overwrite, list_only=list_only, distributed=distributed,
-                       nproc_per_node=nproc_per_node, timeline=timeline)
+                       nproc_per_node=nproc_per_node, timeline=timeline, parallel=parallel,
+                       reshard_after_forward=reshard_after_forward == "true", fsdp_wrap=fsdp_wrap)
     runner = Runner(torch_device, seed=seed, timeline_sink=timeline_sink(out_path) if timeline else None)
     validate_cases(runner, cases)
     if list_only:

@@ -35,6 +35,7 @@ class RankResult:
     breakdown: dict[str, int] | None = None
     step_times_s: tuple[float, ...] = ()
     comm: CommStats | None = None
+    collectives: Any = None  # FSDP: `collectives.CollectiveStats` (comm stays None)
 
 
 _COLLECTIVE_TEXT = re.compile(r"timed out|timeout|connection (closed|reset)|gloo|nccl|peer", re.I)
@@ -78,6 +79,15 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
     peak = peak_flops(device_name, amp)
     reserved = [r.peak_reserved for r in results if r.peak_reserved is not None]
     comm = [r.comm for r in results]
+    stats = {} if any(c is None for c in comm) else {  # None: FSDP, which counts its own
+        "buckets": max(c.buckets for c in comm),
+        "allreduces_per_step": max(c.allreduces_per_step for c in comm),
+        "allreduces_per_bucket_per_step": max(c.allreduces_per_step / c.buckets if c.buckets else 0.0
+                                              for c in comm),
+        "allreduce_time_s_per_step": max(c.time_s_per_step for c in comm),
+        "allreduce_timing": comm[0].timing,
+        "per_rank_allreduce_time_s_per_step": [c.time_s_per_step for c in comm],
+    }
     return {
         "status": "ok",
         "peak_allocated": worst.peak_allocated,
@@ -92,14 +102,8 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         "flops_per_step": flops,
         "mfu": flops / median / (peak * len(results)) if (flops and peak and median > 0) else None,
         "distributed_stats": {
-            "buckets": max(c.buckets for c in comm),
-            "allreduces_per_step": max(c.allreduces_per_step for c in comm),
-            "allreduces_per_bucket_per_step": max(c.allreduces_per_step / c.buckets if c.buckets else 0.0
-                                                  for c in comm),
-            "allreduce_time_s_per_step": max(c.time_s_per_step for c in comm),
-            "allreduce_timing": comm[0].timing,
+            **stats,
             "per_rank_peak_allocated": [r.peak_allocated for r in results],
             "per_rank_samples_per_s": per_rank_speed,
-            "per_rank_allreduce_time_s_per_step": [c.time_s_per_step for c in comm],
         },
     }

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import flop_registry
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
-from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.meters.tracker import LiveBytesTracker, local_tensor
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
 
@@ -249,6 +249,7 @@ class LoggingTracker(LiveBytesTracker):
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """As the parent's, logging a change of category."""
+        tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
         entry = self._live.get(tensor.untyped_storage())

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, levers, output, tables, timelines
+from accumbench.report import bars, communication, figures, findings, fsdp, levers, output, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.layout import save
 from accumbench.report.tables import Table
@@ -123,6 +123,21 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (communication.communication_table(f),),
         lambda f, fits: communication.communication_findings(f),
         "no DDP records (run with --nproc-per-node)",
+        optional=True,
+    ),
+    FigureKind(
+        "fsdp_communication", "FSDP: reduce-scatter every micro-step vs once per step",
+        "Accumulation under FSDP2 (`accumbench run --parallel fsdp --nproc-per-node N`), each "
+        "configuration run twice: reduce-scattering the gradients after every micro-step, and with "
+        "set_requires_gradient_sync(False) on all but the last. Left: gradient reduce-scatters per "
+        "optimizer step on one rank (one per FSDP unit and synchronised micro-step). Middle: the "
+        "peak (max over ranks): skipping the sync keeps the unsharded gradients between "
+        "micro-steps. Right: samples/s summed over ranks. Micro-batches are per rank. Only what "
+        "was run is shown: multi-GPU numbers come from multi-GPU runs, not from this CPU.",
+        lambda f, fits: fsdp.fsdp_figure(f),
+        lambda f, fits: (fsdp.fsdp_table(f),),
+        lambda f, fits: fsdp.fsdp_findings(f),
+        "no FSDP records (run with --parallel fsdp)",
         optional=True,
     ),
     FigureKind(

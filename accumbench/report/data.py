@@ -233,6 +233,8 @@ def _assign_lines(frame: pd.DataFrame) -> pd.DataFrame:
 
 DDP_NO_SYNC_TEXT = "no_sync()"
 DDP_SYNC_TEXT = "all-reduce every micro-step"
+FSDP_NO_SYNC_TEXT = "reduce-scatter once per step"
+FSDP_SYNC_TEXT = "reduce-scatter every micro-step"
 
 
 def ddp_sync_text(distributed: Any) -> str:
@@ -240,6 +242,8 @@ def ddp_sync_text(distributed: Any) -> str:
     optimizer step) or `'all-reduce every micro-step'`; `''` for a single-process record."""
     if not isinstance(distributed, dict) or "no_sync" not in distributed:
         return ""
+    if distributed.get("parallel") == "fsdp":
+        return FSDP_NO_SYNC_TEXT if distributed["no_sync"] else FSDP_SYNC_TEXT
     return DDP_NO_SYNC_TEXT if distributed["no_sync"] else DDP_SYNC_TEXT
 
 
