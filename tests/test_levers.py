@@ -145,7 +145,7 @@ def trainable_grad_bytes(levers: Levers) -> int:
 
 
 @pytest.mark.parametrize("levers", [
-    {"lora": "r=4,targets=qkv|proj"},
+    pytest.param({"lora": "r=4,targets=qkv|proj"}, marks=pytest.mark.slow),
     pytest.param({"freeze": "blocks.0|wte|wpe"}, marks=pytest.mark.slow),
     pytest.param({"trainable": "lm_head|ln_f"}, marks=pytest.mark.slow),
     pytest.param({"lora": "r=2,targets=*.mlp.*", "checkpoint": "blocks"}, marks=pytest.mark.slow),
@@ -201,7 +201,7 @@ def test_case_ids_carry_levers_only_when_on():
 # --- the estimate equals the cpu meter with each lever -----------------------------------------
 
 @pytest.mark.parametrize("levers", [
-    {"lora": "r=4,targets=qkv|proj", "checkpoint": "blocks.1"},
+    pytest.param({"lora": "r=4,targets=qkv|proj", "checkpoint": "blocks.1"}, marks=pytest.mark.slow),
     pytest.param({"checkpoint": "blocks"}, marks=pytest.mark.slow),
     pytest.param({"freeze": "blocks.0|wte|wpe"}, marks=pytest.mark.slow),
 ])
