@@ -75,9 +75,14 @@ class TrainingState:
     # Tensors a wrapper keeps between steps that the model's parameters do not show (DDP's
     # gradient buckets, held by its C++ reducer), so that a tracer counts them from the start.
     held_buffers: list[torch.Tensor] = field(default_factory=list)
+    # When a list, `backward` appends (micro-step, loss) to it: the runner's NaN/inf check on the
+    # step after the measured ones. None while measuring, so the timed steps keep no extra tensor.
+    loss_log: list | None = None
+    micro_step: int | None = None  # the micro-step of the phase marked last
 
     def mark(self, phase: str, micro_step: int | None = None) -> None:
         """Tell the observer a phase starts."""
+        self.micro_step = micro_step
         self.observer.phase(phase, micro_step)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -109,6 +114,8 @@ class TrainingState:
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """`loss.backward()`, through the GradScaler under fp16 so small gradients don't flush to 0."""
+        if self.loss_log is not None:
+            self.loss_log.append((self.micro_step, loss.detach()))
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward(retain_graph=retain_graph)

@@ -273,7 +273,9 @@ def _add_throughput(frame: pd.DataFrame) -> pd.DataFrame:
     derived = frame["effective_batch"] / medians
     samples = recorded.where(recorded.notna(), derived)
     tokens = pd.to_numeric(frame["tokens_per_s"], errors="coerce")
-    ok = frame["status"] == "ok"
+    # The estimate meter's samples/s are predictions: drawn only against the measured
+    # (report.predicted), never as throughput.
+    ok = (frame["status"] == "ok") & (frame["meter"] != "estimate")
     return frame.assign(
         samples_per_s_=samples.where(ok),
         tokens_per_sample_=(tokens / samples).where(ok),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from accumbench.report.build import SectionReport
+from accumbench.report.sections import SectionReport
 from accumbench.report.tables import Table
 
 

@@ -64,10 +64,17 @@ def _load_factory(spec: str) -> Callable[..., Any]:
             raise WorkloadError(f"cannot import workload file {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
+        # The file's folder is importable while it loads, as with `python file.py`, so a plug-in
+        # can import a module that sits next to it.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # a plug-in can raise anything on import
             raise WorkloadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(target)
