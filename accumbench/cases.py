@@ -14,6 +14,8 @@ Suite file format (see `accumbench/suites/smoke.toml`):
     accum_steps = [1, 2, 4]    # or: effective_batch = [32] (accum = effective / micro)
     max_effective_batch = 64   # optional cap
     amp = "bf16"               # optional per-group override of a default
+    checkpoint = "blocks"      # levers (accumbench.levers): checkpoint, freeze, trainable,
+    compile = true             #   lora = "r=8,targets=qkv", compile
 
 Expansion: the (micro_batch, accum_steps) grid; `large-batch` runs one batch of each distinct
 effective size (accum 1); `accumulated` runs the pairs with accum >= 2 (accum 1 *is* the large
@@ -35,7 +37,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BUILTIN_SUITES = ("smoke", "default")
-CASE_KNOBS = ("warmup", "steps", "amp", "set_to_none", "loss_norm")
+CASE_KNOBS = ("warmup", "steps", "amp", "set_to_none", "loss_norm",
+              "checkpoint", "freeze", "trainable", "lora", "compile")
 
 
 class SuiteError(ValueError):
@@ -58,6 +61,22 @@ class Case:
     # A fixed count of timed steps; None: the runner's adaptive policy (time until the
     # median is known, see `accumbench.meters.timing`).
     steps: int | None = None
+    # Levers beside accumulation (accumbench.levers): activation checkpointing, frozen
+    # parameters, LoRA adapters, torch.compile. All off by default.
+    checkpoint: str = "none"
+    freeze: str | None = None
+    trainable: str | None = None
+    lora: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        from accumbench.levers import LeverError, Levers
+
+        try:
+            levers = Levers.of(self)
+        except LeverError as exc:
+            raise SuiteError(str(exc)) from None
+        object.__setattr__(self, "lora", levers.lora)  # canonical text: one id per setting
 
     @property
     def effective_batch(self) -> int:
@@ -90,7 +109,10 @@ def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1)
     ]
     if world_size != 1:
         parts.append(f"ws{world_size}")
-    return "/".join(parts)
+    from accumbench.levers import Levers
+
+    # Levers appear only when on, so the ids of cases without them never change.
+    return "/".join(parts + Levers.of(case).id_parts())
 
 
 def expand_group(

@@ -30,6 +30,7 @@ from accumbench.cases import Case
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.estimate import EstimateMeter, StepProfile, estimate_measurement
 from accumbench.records import Record
+from accumbench.levers import Levers
 from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case
 from accumbench.scenarios import TrainingState, loss_weights
 from accumbench.timeline import Timeline
@@ -61,7 +62,7 @@ def estimate_each(cases: Sequence[Case], runner: Runner, assumptions: DeviceAssu
 def group_key(case: Case) -> tuple:
     """Cases that differ only in micro-batch size and in N >= 2 share one group."""
     return (case.workload, case.options, case.scenario, min(case.accum_steps, MAX_MICRO_STEPS),
-            case.amp, case.set_to_none, case.loss_norm)
+            case.amp, case.set_to_none, case.loss_norm, Levers.of(case))
 
 
 def estimate_cases(cases: Sequence[Case], assumptions: DeviceAssumptions, *, seed: int = DEFAULT_SEED,
@@ -92,6 +93,8 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     meter = runner.meter
     if not isinstance(meter, EstimateMeter):
         raise TypeError("estimate_group needs a runner with an EstimateMeter")
+    if cases[0].compile:  # refused: the runner records why (accumbench.levers.ESTIMATE_REFUSES_COMPILE)
+        return [runner.measure(case) for case in cases]
     workload = runner.workload(cases[0])
     sizes = sorted({c.micro_batch for c in cases})
     micro_steps = min(cases[0].accum_steps, MAX_MICRO_STEPS)

@@ -95,6 +95,18 @@ class Record:
     timeline: str | None = None
     # estimate meter: what the prediction assumed (device kind, workspaces, attention kernel)
     assumptions: dict[str, Any] | None = None
+    # levers beside accumulation (accumbench.levers), all off by default: activation
+    # checkpointing (module pattern or "blocks"), frozen/trainable parameter patterns, LoRA spec,
+    # torch.compile; what they left trainable; compile wall time (never in step_times_s); a note
+    # on what a meter could not see (e.g. the cpu meter counts a compiled case's eager step)
+    checkpoint: str = "none"
+    freeze: str | None = None
+    trainable: str | None = None
+    lora: str | None = None
+    compile: bool = False
+    trainable_parameters: int | None = None
+    compile_time_s: float | None = None
+    lever_note: str | None = None
     # provenance
     meter: str = "cpu"
     device_name: str = ""

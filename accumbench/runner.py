@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from accumbench.cases import Case, case_id
 from accumbench.environment import peak_flops, provenance, utc_timestamp
+from accumbench.levers import Levers, levered_record, measure_levered, trainable_parameters, with_levers
 from accumbench.meters import Meter, meter_for
 from accumbench.meters.base import Measurement
 from accumbench.meters.timing import StepPolicy
@@ -240,6 +241,7 @@ def identity_fields(case: Case, workload: Workload, optimizer_name: str,
         "warmup_steps": case.warmup,
         "measured_steps": case.steps or 0,  # adaptive: the count timed, set with the step times
         "steps_setting": policy.setting,
+        **Levers.of(case).fields(),
     }
 
 
@@ -305,7 +307,7 @@ class Runner:
 
     def workload(self, case: Case) -> Workload:
         """Load (once) the workload a case names."""
-        return self._workloads.get(case)
+        return with_levers(self._workloads.get(case), Levers.of(case))
 
     def shared_settings(self) -> dict[str, Any]:
         """The settings (`records.RESUME_SETTINGS`) every record of this runner carries."""
@@ -338,8 +340,7 @@ class Runner:
 
     def _measure_ok(self, case: Case, workload: Workload) -> Record:
         prepared = prepare_case(case, workload, self.device, self.seed, meter=self.meter)
-        measurement = self.meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
-                                         case_policy(case, self.timing))
+        measurement, lever_fields = measure_levered(case, self.meter, prepared, case_policy(case, self.timing))
         # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
         if self.meter.counts_flops:
             flops = measurement.flops_per_step
@@ -347,7 +348,7 @@ class Runner:
             flops = count_flops_checking_losses(
                 prepared, lambda: prepare_case(case, workload, self.device, self.seed, meter=self.meter),
                 case.warmup + len(measurement.step_times_s))
-        record = self.ok_record(case, workload, prepared.state, measurement, flops)
+        record = levered_record(self.ok_record(case, workload, prepared.state, measurement, flops), lever_fields)
         if self.timeline_sink is not None:
             # After the measured steps, so tracing never touches the record's numbers.
             timeline = self.meter.trace(prepared.step, prepared.state)
@@ -373,6 +374,7 @@ class Runner:
             breakdown=measurement.breakdown,
             assumptions=measurement.assumptions,
             parameters=sum(p.numel() for p in state.model.parameters()),
+            trainable_parameters=trainable_parameters(state.model) if Levers.of(case).freezes else None,
             timestamp=utc_timestamp(),
         )
 

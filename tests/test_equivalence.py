@@ -116,8 +116,8 @@ def test_batchnorm_convnet_is_not_equivalent_and_batchnorm_is_named():
         assert r.verdict == "not-equivalent"
         assert r.rel_error > 0.05  # several percent at least (measured: 27-35%)
         assert [c.kind for c in r.causes] == ["batchnorm"]
-        assert r.batchnorm_layers == ("features.1", "features.4", "features.7", "features.10")
-        assert "features.1" in r.causes[0].summary and "GroupNorm" in r.causes[0].fix
+        assert r.batchnorm_layers == ("features.0.1", "features.0.4", "features.1.1", "features.1.4")
+        assert "features.0.1" in r.causes[0].summary and "GroupNorm" in r.causes[0].fix
         # With BatchNorm frozen (per-sample statistics) the difference is gone: it is the whole cause.
         assert r.counterfactuals[BATCHNORM_EVAL] < 1e-13 and r.explained
         assert r.running_stats_drift > 0.01

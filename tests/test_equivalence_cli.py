@@ -48,7 +48,7 @@ def test_default_check_reproduces_the_known_picture(default_run):
         bad = key[0] == "convnet-bn-tiny" or (key[0] == "gpt-tiny-padded" and key[2] == "mean")
         assert ("NOT equivalent" in line) == bad, line
     assert "BatchNorm" in rows[("convnet-bn-tiny", 4, "mean")]
-    assert "features.1" in result.stdout and "GroupNorm" in result.stdout
+    assert "features.0.1" in result.stdout and "GroupNorm" in result.stdout
     assert "--loss-norm token" in result.stdout and "scaler.update() once per optimizer step" in result.stdout
     assert "equivalent when <= 1e-10" in result.stdout
 

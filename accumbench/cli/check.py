@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input, int_list, open_results, workload_options
+from accumbench.cli.common import fail_input, int_list, lever_options, lever_settings, open_results, workload_options
 
 # The built-ins that make the point, at their tiny size: two that accumulate exactly, one with
 # BatchNorm, one with padded sequences (varying valid tokens per micro-batch).
@@ -49,6 +49,7 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines instead of the table.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 on any non-equivalent result, explained or not (CI: require your model to accumulate exactly).")
+@lever_options()
 def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dtype, seed, threads, out_path,
           append, overwrite, as_json, strict) -> None:
     """Compare the gradients of N accumulated micro-batches with one large batch.
@@ -91,10 +92,16 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     results = None if out_path is None else open_results(
         out_path, "accumbench check", append=append, overwrite=overwrite, allowed=("--append", "--overwrite"))
 
+    from accumbench.levers import CHECK_REFUSES_COMPILE, Levers, check_levers, levered_check_record, with_levers
+
+    levers = Levers(**lever_settings())
+    if levers.compile:
+        fail_input(CHECK_REFUSES_COMPILE)
     workloads = []
     for spec, opts in targets:
         try:
-            workload = load_workload(spec, opts)
+            workload = with_levers(load_workload(spec, opts), levers)
+            check_levers(workload)
             norms = loss_norms_for(workload, config.loss_norm)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
@@ -108,15 +115,16 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
         for note in results.notes:
             click.echo(f"note: {note}", err=True)
     try:
-        code = _check_all(workloads, config, dtype, threads, results, as_json, strict)
+        code = _check_all(workloads, config, dtype, threads, results, as_json, strict, levers)
     finally:
         if results is not None:
             results.release()
     sys.exit(code)
 
 
-def _check_all(workloads, config, dtype, threads, out, as_json, strict) -> int:
-    """Check each workload, appending its records as soon as they exist; print; the exit code."""
+def _check_all(workloads, config, dtype, threads, out, as_json, strict, levers=None) -> int:
+    """Check each workload, appending its records as soon as they exist; print; the exit code.
+    `levers` (accumbench.levers.Levers) the workloads were built with: their records carry them."""
     import uuid
 
     import torch
@@ -124,6 +132,7 @@ def _check_all(workloads, config, dtype, threads, out, as_json, strict) -> int:
     from accumbench.equivalence import check_workload
     from accumbench.equivalence.record import check_provenance, failure_records, to_record
     from accumbench.equivalence.table import format_diagnosis, format_header, format_notes, format_table
+    from accumbench.levers import levered_check_record
     from accumbench.results_file import ResultsWriteError
 
     torch.set_num_threads(threads)
@@ -147,6 +156,8 @@ def _check_all(workloads, config, dtype, threads, out, as_json, strict) -> int:
         else:
             checked += found
             new = [to_record(r, run_id, provenance) for r in found]
+            if levers is not None:
+                new = [levered_check_record(r, levers) for r in new]
         try:
             for record in new:
                 if out is not None:

@@ -53,9 +53,64 @@ def case_selection_options(suite_help: str):
     def decorate(command):
         for option in reversed(options):  # click lists options in decorator order, top first
             command = option(command)
+        return lever_options()(command)
+
+    return decorate
+
+
+LEVERS_META_KEY = "accumbench.levers"
+
+
+def _keep_lever(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # The lever flags reach the commands through the context, not as parameters, so adding a
+    # lever never changes a command's signature (`lever_settings` reads them back).
+    if value is not None and value != ():
+        ctx.meta.setdefault(LEVERS_META_KEY, {})[param.name] = value
+    return value
+
+
+def lever_options():
+    """The levers beside accumulation (accumbench.levers), shared by run, estimate, plan and
+    check: --checkpoint, --freeze, --trainable, --lora, --compile. Read with `lever_settings()`."""
+    options = [
+        click.option("--checkpoint", default=None, metavar="none|blocks|PATTERN", expose_value=False,
+                     callback=_keep_lever,
+                     help="Activation checkpointing (non-reentrant, RNG preserved): 'blocks' = the built-in's "
+                          "transformer blocks / conv stages, or a pattern of module names or classes, "
+                          "e.g. 'blocks.*' or 'DecoderLayer|Block' (globs separated by |)."),
+        click.option("--freeze", default=None, metavar="PATTERN", expose_value=False, callback=_keep_lever,
+                     help="Freeze the parameters matching PATTERN (their names or their modules' names/classes), "
+                          "e.g. 'wte|wpe|blocks.0'; the optimizer holds the trainable ones only."),
+        click.option("--trainable", default=None, metavar="PATTERN", expose_value=False, callback=_keep_lever,
+                     help="Train only the parameters matching PATTERN (all others frozen), e.g. 'lm_head|ln_f'."),
+        click.option("--lora", default=None, metavar="r=N,targets=PATTERN[,alpha=A][,dropout=P]",
+                     expose_value=False, callback=_keep_lever,
+                     help="LoRA adapters on the nn.Linear layers matching targets (plain PyTorch); every other "
+                          "parameter frozen unless --trainable names it, e.g. r=8,targets='qkv|proj'."),
+        click.option("--compile/--no-compile", "compile", default=None, expose_value=False, callback=_keep_lever,
+                     help="torch.compile the model (default backend). Compile time is recorded apart "
+                          "(compile_time_s), never in step times. Not with estimate (it says why)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
         return command
 
     return decorate
+
+
+def lever_settings() -> dict[str, Any]:
+    """The lever flags given on the command line (only those given), checked: exit 2 with one
+    line for a bad value. Used by `select_cases`, `plan` and `check`."""
+    from accumbench.levers import LeverError, Levers
+
+    settings = dict(click.get_current_context().meta.get(LEVERS_META_KEY, {}))
+    try:
+        Levers(**settings)
+    except LeverError as exc:
+        fail_input(str(exc))
+    return settings
 
 
 def fail_input(message: str) -> NoReturn:
@@ -121,7 +176,8 @@ def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_st
     from accumbench.workloads import WorkloadError, load_workload
 
     check_suite_flags(suite, workload, given_on_command_line("workload_opts", "micro_batch", "accum_steps"))
-    knobs = {"amp": amp, "set_to_none": set_to_none, "loss_norm": loss_norm, "warmup": warmup, "steps": steps}
+    knobs = {"amp": amp, "set_to_none": set_to_none, "loss_norm": loss_norm, "warmup": warmup, "steps": steps,
+             **lever_settings()}
     try:
         if workload is not None:
             if not scenarios:
@@ -150,9 +206,18 @@ def validate_cases(runner, cases) -> None:
 
     if not cases:
         fail_input("no cases selected")
+    from accumbench.levers import Levers, check_levers
+
     for case in cases:
         try:
-            check_compatible(case.scenario, runner.workload(case))
+            workload = runner.workload(case)
+            check_compatible(case.scenario, workload)
+            if Levers.of(case).active:
+                check_levers(workload)
+            if case.compile and runner.meter.name == "estimate":
+                from accumbench.levers import ESTIMATE_REFUSES_COMPILE
+
+                fail_input(ESTIMATE_REFUSES_COMPILE)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
 

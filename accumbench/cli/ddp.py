@@ -56,7 +56,9 @@ def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
             continue
         if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
             continue
-        value = ctx.params[param.name]
+        # Lever flags (expose_value=False) live in the context's meta, not in its params.
+        value = ctx.params[param.name] if param.name in ctx.params else \
+            ctx.meta.get("accumbench.levers", {}).get(param.name)
         if param.is_flag and param.secondary_opts:
             args.append(param.opts[0] if value else param.secondary_opts[0])
         elif param.is_flag:
@@ -89,6 +91,8 @@ def _check_cases(dcases):
     for dcase in dcases:
         try:
             check_compatible(dcase.case.scenario, workloads.get(dcase.case))
+            if dcase.case.compile:
+                raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
     return workloads

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input, workload_options
+from accumbench.cli.common import fail_input, lever_options, lever_settings, workload_options
 from accumbench.cli.estimate import DEVICE_KINDS, device_assumptions
 
 
@@ -55,6 +55,7 @@ def _fraction(text: str) -> float:
                    "micro-batch x steps are per rank, memory is rank 0's (estimated on a fake process group "
                    "with the gradient sync skipped until the last micro-step, or --results of world size W).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@lever_options()
 def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, scenario, amp, set_to_none,
          loss_norm, margin, device_kind, assume, as_json, world_size=1) -> None:
     """Recommend micro-batch x accumulation steps for an effective batch under a memory budget.
@@ -132,6 +133,9 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     except PlanError as exc:
         fail_input(str(exc))
     click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
+    if not results and not as_json and world_size == 1:  # the lever exploration is single-process
+        click.echo(_explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none, loss_norm,
+                                          device_kind, assume, budget, margin_value))
 
 
 def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1):
@@ -169,7 +173,7 @@ def _from_estimates(spec, options, workload, effective_batch, family, amp, set_t
 
     assumptions = device_assumptions(device_kind, assume)
     cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
-                            loss_norm=loss_norm)
+                            loss_norm=loss_norm, **lever_settings())
     click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
                + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else "") + "...", err=True)
     if world_size > 1:
@@ -186,3 +190,38 @@ def _from_estimates(spec, options, workload, effective_batch, family, amp, set_t
         sys.exit(1)
     source = f"estimates ({records[0].device_name})"
     return observations_from_records(records), source, "estimated", workload.name
+
+
+def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
+                           assume, budget, margin) -> str:
+    """The plan with checkpointing off and on (the other levers as given), side by side, with
+    what checkpointing costs (accumbench.lever_plan)."""
+    from accumbench.estimate import estimate_cases
+    from accumbench.lever_plan import LeverOption, format_exploration
+    from accumbench.levers import ESTIMATE_REFUSES_COMPILE, Levers
+    from accumbench.plan import PlanError, candidate_cases, make_plan, observations_from_records
+
+    settings = lever_settings()
+    if settings.get("compile"):
+        return f"levers not explored: {ESTIMATE_REFUSES_COMPILE}"
+    assumptions = device_assumptions(device_kind, assume)
+    explored = []
+    for checkpoint in ("none", settings.get("checkpoint") if settings.get("checkpoint", "none") != "none" else "blocks"):
+        levers = {**settings, "checkpoint": checkpoint}
+        label = Levers(**levers).describe()
+        try:
+            cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
+                                    loss_norm=loss_norm, **levers)
+            records = estimate_cases(cases, assumptions)
+            problem = next((r.error for r in records if r.status == "error"), None)
+            if problem:
+                explored.append(LeverOption(label, None, problem.splitlines()[0][:200], records))
+                continue
+            made = make_plan(effective_batch, budget, observations_from_records(records), margin,
+                             exact_source="estimated")
+            explored.append(LeverOption(label, made, None, records))
+        except PlanError as exc:  # NothingFits included
+            explored.append(LeverOption(label, None, str(exc), ()))
+        except ValueError as exc:
+            explored.append(LeverOption(label, None, str(exc), ()))
+    return format_exploration(explored)

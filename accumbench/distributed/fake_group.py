@@ -28,6 +28,7 @@ from accumbench.meters.estimate import EstimateMeter
 from accumbench.records import Record
 from accumbench.runner import DEFAULT_SEED, PreparedCase, identity_fields, optimizer_label, speed_fields
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
+from accumbench.levers import ESTIMATE_REFUSES_COMPILE, LeverError, Levers, with_levers
 from accumbench.workloads import load_workload
 
 
@@ -83,9 +84,11 @@ class FsdpEstimator:
     def estimate(self, fcase: FsdpCase) -> Record:
         """One case's prediction as a record (an `error` record if it cannot be estimated)."""
         case = fcase.case
-        workload = load_workload(case.workload, case.options_dict)
+        workload = with_levers(load_workload(case.workload, case.options_dict), Levers.of(case))
         counter = CollectiveCounter("cpu")
         try:
+            if case.compile:
+                raise LeverError(ESTIMATE_REFUSES_COMPILE)
             with self.meter.case_context(), observe_storage_resizes():
                 prepared = self.prepare(fcase, workload, counter)
                 counter.reset()

@@ -32,6 +32,7 @@ from accumbench.runner import (
 )
 from accumbench.meters.timing import StepPolicy
 from accumbench.timeline import Timeline
+from accumbench.levers import Levers, with_levers
 from accumbench.workloads import Workload
 
 
@@ -135,7 +136,10 @@ class DistributedRunner:
 
     def workload(self, dcase: DdpCase | Case) -> Workload:
         """Load (once) the workload a case names."""
-        return self._workloads.get(dcase.case if isinstance(dcase, DdpCase) else dcase)
+        case = dcase.case if isinstance(dcase, DdpCase) else dcase
+        if case.compile:  # its compile step would fall inside DDP's warm-up steps, unrecorded
+            raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
+        return with_levers(self._workloads.get(case), Levers.of(case))
 
     def shared_settings(self) -> dict[str, Any]:
         """The settings (`records.RESUME_SETTINGS`) every record of this runner carries."""

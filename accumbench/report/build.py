@@ -17,7 +17,7 @@ from typing import Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, fsdp, output, predicted, tables, timelines
+from accumbench.report import bars, communication, figures, findings, fsdp, levers, output, predicted, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.html import render_page
 from accumbench.report.layout import add_footer, provenance_text, save
@@ -136,6 +136,20 @@ FIGURES: tuple[FigureKind, ...] = (
         lambda f, fits: (fsdp.fsdp_table(f),),
         lambda f, fits: fsdp.fsdp_findings(f),
         "no FSDP records (run with --parallel fsdp)",
+        optional=True,
+    ),
+    FigureKind(
+        "levers", "Levers beside accumulation: checkpointing, frozen parameters, compile",
+        "Each configuration measured with a lever (--checkpoint, --freeze/--trainable/--lora, "
+        "--compile) beside the same configuration without levers (eager). Left: peak memory; "
+        "right: samples/s at the median step time. Checkpointing trades recomputation for "
+        "activation memory; frozen parameters hold no gradients or optimizer state; compile time "
+        "is kept out of the step times (the table gives it). On the cpu meter a compiled case's "
+        "peak is that of its eager step.",
+        lambda f, fits: levers.levers_figure(f),
+        lambda f, fits: (levers.levers_table(f),),
+        lambda f, fits: levers.levers_findings(f),
+        "no records with levers",
         optional=True,
     ),
     FigureKind(

@@ -36,7 +36,7 @@ REQUIRED_COLUMNS = (
 # would put two different measurements on the same point; the report then names them in the
 # line labels.
 VARIANT_KNOBS = ("amp", "set_to_none", "optimizer", "loss_norm", "retain_graph",
-                 "workload_options")
+                 "workload_options", "checkpoint", "freeze", "trainable", "lora", "compile")
 
 SCENARIO_ORDER = ("large-batch", "accumulated", "multitask-combined", "multitask-sequential")
 SCENARIO_NAMES = {
@@ -127,7 +127,8 @@ def _with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     template = records_to_frame([])
     defaults: dict[str, Any] = {"source": "<results>", "meter": "", "device_name": "",
-                                "world_size": 1, "step_times_s": (), "case_id": None}
+                                "world_size": 1, "step_times_s": (), "case_id": None,
+                                "checkpoint": "none", "compile": False}
     for column in list(template.columns) + ["source"]:
         if column not in frame.columns:
             frame[column] = [defaults.get(column)] * len(frame)

@@ -56,6 +56,8 @@ class Workload:
     - `count_loss_elements(batch)`: how many elements (valid tokens) the loss averages over;
       needed for `loss_norm="token"`.
     - `options`: the keyword options the factory was called with, recorded with each result.
+    - `checkpoint_blocks`: the module pattern `--checkpoint blocks` checkpoints (class or
+      qualified names, see `accumbench.levers`); None when the workload names no blocks.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Workload:
     count_loss_elements: Callable[[Batch], int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    checkpoint_blocks: str | None = None
 
     @property
     def is_multitask(self) -> bool:

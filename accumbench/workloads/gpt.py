@@ -153,6 +153,7 @@ def gpt(size: str = "tiny", seq_len: int | None = None, padded: bool = False) ->
         loss=token_loss,
         tokens_per_sample=cfg.seq_len,
         count_loss_elements=count_valid_tokens,
+        checkpoint_blocks="Block",  # each transformer block (attention + MLP)
         options={"size": size, "seq_len": cfg.seq_len, "padded": bool(padded)},
         description=(
             f"GPT {cfg.n_layer}L/{cfg.d_model}d/{cfg.n_head}h, vocab {cfg.vocab_size}, seq {cfg.seq_len}, "

@@ -114,6 +114,7 @@ def _multitask(layout: str, size: str, seq_len: int | None) -> Workload:
         tasks=TASKS,
         layout=layout,
         tokens_per_sample=cfg.seq_len,
+        checkpoint_blocks="Block",  # each transformer block of each trunk
         options={"size": size, "seq_len": cfg.seq_len},
         description=f"{'two separate transformers' if layout == 'separate' else 'shared transformer trunk, two heads'}"
         f" ({cfg.n_layer}L/{cfg.d_model}d, seq {cfg.seq_len}); tasks: {', '.join(TASKS)}",

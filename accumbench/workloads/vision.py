@@ -37,20 +37,25 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; choose bn or gn")
 
 
+class ConvStage(nn.Sequential):
+    """Two conv-norm-ReLU layers, the first halving the image (except in the first stage): the
+    unit `--checkpoint blocks` checkpoints."""
+
+
 class ConvNet(nn.Module):
     """Stages of conv-norm-ReLU, each halving the image, then global average pool and a linear head."""
 
     def __init__(self, cfg: ConvNetConfig, norm: str) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        stages: list[nn.Module] = []
         previous = cfg.in_channels
         for i, width in enumerate(cfg.channels):
             stride = 1 if i == 0 else 2
-            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False),
-                       _norm(norm, width), nn.ReLU()]
-            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(norm, width), nn.ReLU()]
+            stages.append(ConvStage(
+                nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False), _norm(norm, width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(norm, width), nn.ReLU()))
             previous = width
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*stages)
         self.head = nn.Linear(previous, cfg.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +85,7 @@ def _convnet(norm: str, size: str) -> Workload:
         build_model=lambda: ConvNet(cfg, norm),
         make_batch=_image_batch(cfg),
         loss=classification_loss,
+        checkpoint_blocks="ConvStage",  # each stage: two conv-norm-ReLU layers
         options={"size": size},
         description=f"ConvNet {cfg.channels} with {'BatchNorm' if norm == 'bn' else 'GroupNorm'}, "
         f"{cfg.image}x{cfg.image} images",
