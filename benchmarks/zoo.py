@@ -129,10 +129,22 @@ def causal_lm_workload(config, name: str, seq_len: int = SEQ_LEN, experts: str |
                     tokens_per_sample=seq_len, options={"model_type": name})
 
 
-def build(model_type: str = "llama", seq_len: int = SEQ_LEN, experts: str = "default") -> Workload:
-    """Plug-in factory: `--workload benchmarks/zoo.py:build --workload-opt model_type=mixtral`."""
-    name = f"zoo-{model_type}" + ("" if experts == "default" else f"-{experts}")
-    return causal_lm_workload(tiny_config(model_type), name, seq_len, None if experts == "default" else experts)
+# An OLMoE-shaped mixture of experts of ~350M parameters (OLMoE-1B-7B: hidden 2048, 16 layers,
+# 64 experts, top-8): the GPU check's model (benchmarks/gpu/moe_check.sh).
+MOE_350M = {"hidden_size": 768, "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 12,
+            "head_dim": 64, "intermediate_size": 512, "moe_intermediate_size": 512, "num_experts": 32,
+            "num_local_experts": 32, "num_experts_per_tok": 4, "vocab_size": 32000,
+            "max_position_embeddings": 4096}
+
+
+def build(model_type: str = "llama", seq_len: int = SEQ_LEN, experts: str = "default", size: str = "tiny") -> Workload:
+    """Plug-in factory: `--workload benchmarks/zoo.py:build --workload-opt model_type=mixtral`
+    (`size=moe-350m`: the GPU check's OLMoE-shaped model instead of the tiny recipe)."""
+    if size not in ("tiny", "moe-350m"):
+        raise ValueError(f"size must be tiny or moe-350m, got {size!r}")
+    name = f"zoo-{model_type}" + ("" if experts == "default" else f"-{experts}") + ("" if size == "tiny" else f"-{size}")
+    config = tiny_config(model_type, **(MOE_350M if size == "moe-350m" else {}))
+    return causal_lm_workload(config, name, seq_len, None if experts == "default" else experts)
 
 
 def build_vit(image_size: int = 32) -> Workload:
