@@ -49,9 +49,11 @@ the cpu meter's number to the byte, which is how the estimate is validated witho
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+# The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
+from accumbench.textfmt import parse_size
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -127,24 +129,6 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
             return None
         return parse_size(text)
     return text
-
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '24GiB' (binary), '24GB' (decimal), '80e9' or '512'; ValueError otherwise.
-
-    >>> parse_size("24GiB"), parse_size("24GB"), parse_size("80e9")
-    (25769803776, 24000000000, 80000000000)
-    """
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ValueError(f"not a size: {text!r} (examples: 24GiB, 24GB, 80e9)")
-    number, unit = match.groups()
-    return int(round(float(number) * _UNITS[(unit or "").lower()]))
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

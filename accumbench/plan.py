@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from accumbench.fit import MemoryFit, fit_memory_line
+from accumbench.textfmt import format_bytes, text_table
 
 DEFAULT_MARGIN = 0.10
 SINGLE, ACCUMULATED = "one micro-step", "accumulating"
@@ -189,9 +190,9 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     if not fitting:
         smallest = min(known, key=lambda c: c.predicted_peak)
         raise NothingFits(
-            f"no configuration of effective batch {effective_batch} fits in {_gib(budget_bytes)} "
-            f"({_gib(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
-            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {_gib(smallest.predicted_peak)}"
+            f"no configuration of effective batch {effective_batch} fits in {format_bytes(budget_bytes)} "
+            f"({format_bytes(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
+            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {format_bytes(smallest.predicted_peak)}"
         )
     rated = [c for c in fitting if c.samples_per_s]
     if rated:
@@ -259,25 +260,24 @@ def format_plan(plan: Plan) -> str:
     """The plan as a readable table with the recommendation underneath."""
     lines = [
         f"plan: {plan.workload or 'workload'}, effective batch {plan.effective_batch}, budget "
-        f"{_gib(plan.budget_bytes)} ({_gib(plan.usable_bytes)} usable with a {plan.margin:.0%} margin)",
+        f"{format_bytes(plan.budget_bytes)} ({format_bytes(plan.usable_bytes)} usable with a {plan.margin:.0%} margin)",
     ]
     if plan.source:
         lines.append(f"memory from {plan.source}")
     for kind, fit in plan.lines.items():
-        lines.append(f"  line ({kind}): {_gib(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
+        lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
                      f"per sample (r2 {fit.r2:.4f})")
-    header = f"{'micro-batch':>11}  {'accum':>5}  {'peak':>10}  {'from':<22}  {'samples/s':>10}  fits"
-    lines += ["", header, "-" * len(header)]
+    rows = []
     for c in plan.candidates:
         mark = "  <- recommended" if c == plan.recommended else ""
         speed = f"{c.samples_per_s:,.1f}" if c.samples_per_s else "-"
-        peak = _gib(c.predicted_peak) if c.predicted_peak is not None else "-"
-        fits = "yes" if c.fits else "no"
-        lines.append(f"{c.micro_batch:>11}  {c.accum_steps:>5}  {peak:>10}  {c.peak_source:<22}  {speed:>10}  "
-                     f"{fits}{mark}")
+        rows.append((c.micro_batch, c.accum_steps, format_bytes(c.predicted_peak), c.peak_source, speed,
+                     ("yes" if c.fits else "no") + mark))
+    lines += ["", text_table(("micro-batch", "accum", "peak", "from", "samples/s", "fits"), rows,
+                             right=(0, 1, 2, 4))]
     r = plan.recommended
     lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
-                  f"peak {_gib(r.predicted_peak)}: {plan.reason}"]
+                  f"peak {format_bytes(r.predicted_peak)}: {plan.reason}"]
     return "\n".join(lines)
 
 
@@ -295,17 +295,6 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "candidates": [cand(c) for c in plan.candidates],
         "recommended": cand(plan.recommended), "reason": plan.reason,
     }
-
-
-def _gib(n: float | None) -> str:
-    """GiB with two decimals; smaller amounts in MiB or KiB (a small model's plan reads
-    '0.38 MiB', not '0.00 GiB')."""
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 __all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",

@@ -12,9 +12,10 @@ import json
 import math
 import os
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 
@@ -127,16 +128,31 @@ class Record:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RecordError(f"{name} must be a positive integer, got {value!r}")
         for name in ("peak_allocated", "first_step_peak_allocated", "peak_reserved",
-                     "baseline_allocated", "flops_per_step"):
+                     "baseline_allocated", "device_total_memory", "flops_per_step"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise RecordError(f"{name} must be a non-negative integer of bytes, got {value!r}")
+        # Throughput that is negative, NaN or infinite is impossible: a reader that drew or
+        # gated it would crash or decide on garbage (a hand-edited or corrupted file).
+        for name in ("samples_per_s", "tokens_per_s", "mfu"):
+            value = getattr(self, name)
+            if value is not None and not _non_negative_number(value):
+                raise RecordError(f"{name} must be a non-negative finite number, got {value!r}")
         # `accumbench check` writes ok records with scenario "equivalence": they carry an
         # `equivalence` block and measure no memory, so they have no peak.
         if self.status == "ok" and self.peak_allocated is None and self.scenario != "equivalence":
             raise RecordError("an ok record needs peak_allocated")
-        if any(not isinstance(t, (int, float)) or t < 0 for t in self.step_times_s):
-            raise RecordError("step_times_s must hold non-negative numbers of seconds")
+        bad_times = [t for t in self.step_times_s if not _non_negative_number(t)]
+        if bad_times:
+            raise RecordError(
+                f"step_times_s must hold non-negative finite numbers of seconds, got {bad_times[0]!r}"
+            )
+
+
+def _non_negative_number(value: Any) -> bool:
+    """True for an int or float that is finite and >= 0 (bools are not numbers here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _jsonable(value: Any) -> Any:
@@ -201,11 +217,19 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> No
     os.replace(tmp, path)
 
 
-def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:
+def _warn(message: str) -> None:
+    """Tell the user on stderr; readers are library code, so no click here."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def iter_records(path: str | os.PathLike[str], warn: Callable[[str], None] | None = None) -> Iterator[Record]:
     """Yield the records of one JSONL file; raise `RecordError` naming file and line on bad input.
 
-    Blank lines are skipped. A truncated last line (a run killed mid-write) is an error too:
-    the message says which line, so the user can delete it and `--resume`.
+    Blank lines are skipped. A torn last line (a run killed mid-write, a full disk: invalid JSON
+    with no newline after it) is skipped with a warning through `warn` (default: stderr), so
+    the file's complete records stay usable; invalid JSON anywhere else is an error. A record
+    holding an impossible value (negative or NaN throughput, step time or peak) is an error
+    naming file and line, so no command draws, gates or plans on it.
     """
     path = Path(path)
     if not path.exists():
@@ -219,6 +243,12 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
+                # append_record writes a line and its newline in one write: a line without
+                # its newline at the end of the file is a write that never finished.
+                if not line.endswith("\n") and not fh.read(1):
+                    (warn or _warn)(f"{path}:{lineno}: skipped a torn last line (an interrupted write; "
+                                    f"{len(line)} characters); the file's other records are used")
+                    return
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(data, dict):
                 raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")

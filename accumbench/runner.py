@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
 from accumbench.cases import Case, case_id
@@ -68,13 +69,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def pin_host_batch(obj: Any) -> Any:
     """Page-locked copies of a host batch's tensors, so the per-micro-step copy to the GPU is
     asynchronous, as with a DataLoader(pin_memory=True)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory()
-    if isinstance(obj, dict):
-        return {k: pin_host_batch(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(pin_host_batch(v) for v in obj)
-    return obj
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.pin_memory(), obj)
 
 
 def pin_determinism() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from accumbench.workloads.base import Workload
@@ -127,15 +128,12 @@ class TrainingState:
 def copy_to_device(obj: Any, device: torch.device) -> Any:
     """Copy every tensor in nested tuples/lists/dicts to `device` (asynchronously from pinned
     host memory on CUDA); tensors already there are cloned."""
-    if isinstance(obj, torch.Tensor):
-        if obj.device == device:
-            return obj.clone()
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: copy_to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(copy_to_device(v, device) for v in obj)
-    return obj
+    def copy(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        return leaf.clone() if leaf.device == device else leaf.to(device, non_blocking=True)
+
+    return pytree.tree_map(copy, obj)
 
 
 def new_training_state(

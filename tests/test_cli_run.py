@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from accumbench.cli import main
 from accumbench.records import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def invoke(*args):
@@ -102,12 +105,21 @@ def test_progress_lines_show_case_count_and_peak(tmp_path):
     assert json.loads(line)["status"] == "ok"
 
 
-def test_smoke_suite_runs_clean(tmp_path):
-    out = tmp_path / "smoke.jsonl"
-    result = invoke("run", "--device", "cpu", "--suite", "smoke", "--out", str(out))
-    assert result.exit_code == 0, result.output
-    records = read_records(out)
-    assert len(records) >= 30 and all(r.status == "ok" for r in records)
+def test_smoke_suite_runs_clean_in_the_ci_gate():
+    """The smoke suite runs once, in .ci/run's gate: `run --suite smoke` (exit 1 when a case
+    errors) then `compare` against the committed baseline with --fail-on-missing (a case that was
+    ok and now fails or runs out of memory regresses; a missing one fails). Running it here as
+    well doubled the test time. What the gate relies on is checked here: the suite has at least
+    30 cases, exactly the baseline's, and every one of them is ok in the baseline."""
+    listed = invoke("run", "--device", "cpu", "--suite", "smoke", "--list").stdout.split()
+    baseline = read_records(ROOT / "results" / "baseline-cpu.jsonl")
+    assert len(listed) >= 30 and len(set(listed)) == len(listed)
+    assert sorted(listed) == sorted(r.case_id for r in baseline)
+    assert all(r.status == "ok" for r in baseline)
+    ci = (ROOT / ".ci" / "run").read_text()
+    gate = ci.index("accumbench run --suite smoke --device cpu --out")
+    assert "accumbench compare results/baseline-cpu.jsonl" in ci[gate:] and "--fail-on-missing" in ci[gate:]
+    assert "set -euo pipefail" in ci  # a failing gate command fails CI
 
 
 def test_bytes_read_as_people_write_them():

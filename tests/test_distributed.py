@@ -392,6 +392,7 @@ BROKEN_PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # launches torchrun and two fresh Python processes: ~1 min on 2 cores (.ci/run runs it)
 def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per_case(tmp_path):
     plugin = tmp_path / "broken.py"
     plugin.write_text(BROKEN_PLUGIN)

@@ -182,7 +182,7 @@ def test_device_memory_far_above_the_peaks_is_named_not_drawn():
     ax = figures.memory_vs_effective_batch(frame).axes[0]
     assert figures.device_memory_label(TOTAL) not in lines(ax)
     assert ax.get_ylim()[1] < 3
-    assert [t.get_text() for t in ax.texts] == ["device memory (80.00 GiB): far above"]
+    assert [t.get_text() for t in ax.texts] == ["device memory (80.0 GiB): far above"]
 
 
 def test_throughput_figure_points_are_median_rates_and_bars_span_the_quartiles():
@@ -221,7 +221,7 @@ def test_memory_fit_recovers_bytes_per_sample_and_intercept_and_is_drawn():
 
     drawn = lines(figures.memory_vs_micro_batch(frame, fits).axes[0])
     label = figures.fit_label(PER_SAMPLE, STATIC)
-    assert label == "fit: 320.00 MiB/sample + 4.00 GiB"
+    assert label == "fit: 320 MiB/sample + 4.00 GiB"
     assert drawn[label][0] == [0, 128]
     assert drawn[label][1] == pytest.approx([4, peak_large(128) / GiB])
     assert drawn["large batch"][0] == [8, 16, 32, 64, 128]
@@ -269,8 +269,8 @@ def test_figures_absent_when_records_do_not_carry_what_they_show():
 def test_findings_read_the_numbers():
     frame, _ = prepared(gpt_records() + multitask_records())
     assert findings.memory_findings(frame)[0] == (
-        "gpt: the large batch peaks at 44.00 GiB at effective batch 128; runs out of memory from "
-        "effective batch 256; accumulating 32 × 8 reaches 256 at 14.06 GiB, where the large "
+        "gpt: the large batch peaks at 44.0 GiB at effective batch 128; runs out of memory from "
+        "effective batch 256; accumulating 32 × 8 reaches 256 at 14.1 GiB, where the large "
         "batch ran out of memory.")
     # Large batch at 128: 128 / step_time(128, 1); accumulated 32 x 4: 128 / step_time(32, 4).
     share = step_time(128, 1) / step_time(32, 4)
@@ -293,10 +293,10 @@ def test_findings_compare_within_one_variant_only():
                         peak_allocated=scale * 11 * GiB)]
     frame, _ = prepared(records)
     assert findings.memory_findings(frame) == [
-        "gpt (amp=bf16): the large batch peaks at 40.00 GiB at effective batch 32; accumulating "
-        "8 × 4 reaches 32 at 11.00 GiB (72.5% less than the large batch).",
-        "gpt (amp=fp16): the large batch peaks at 80.00 GiB at effective batch 32; accumulating "
-        "8 × 4 reaches 32 at 22.00 GiB (72.5% less than the large batch).",
+        "gpt (amp=bf16): the large batch peaks at 40.0 GiB at effective batch 32; accumulating "
+        "8 × 4 reaches 32 at 11.0 GiB (72.5% less than the large batch).",
+        "gpt (amp=fp16): the large batch peaks at 80.0 GiB at effective batch 32; accumulating "
+        "8 × 4 reaches 32 at 22.0 GiB (72.5% less than the large batch).",
     ]
 
 
@@ -515,9 +515,9 @@ def test_summary_has_the_key_table(two_device_report):
     result, _, _ = two_device_report
     summary = (result.out_dir / "summary.md").read_text()
     assert f"### {H100} · cuda meter · h100.jsonl" in summary
-    assert "| gpt | large batch | 128 × 1 | 128 | ok | 44.00 GiB | 55.0% |" in summary
+    assert "| gpt | large batch | 128 × 1 | 128 | ok | 44.0 GiB | 55.0% |" in summary
     assert "| gpt | large batch | 256 × 1 | 256 | oom | — | — | — |" in summary
-    assert "| gpt | large batch | 320.00 MiB | 4.00 GiB | 1.0000 |" in summary
+    assert "| gpt | large batch | 320 MiB | 4.00 GiB | 1.0000 |" in summary
     assert "two-models | separate | 16×1 | 6.00 GiB | 3.60 GiB | -40.0% | 0.0% |" in summary
 
 

@@ -75,7 +75,7 @@ def test_communication_table_holds_each_records_counts_and_times():
     assert synced[col("all-reduce time per step")].value == pytest.approx(0.016)
     assert unsynced[col("samples/s (all ranks)")].value == pytest.approx(8 * 4 * 2 / 0.40)
     assert synced[col("effective batch (global)")].value == 64
-    assert unsynced[col("peak per rank")].text == "18.00 MiB / 17.00 MiB"
+    assert unsynced[col("peak per rank")].text == "18.0 MiB / 17.0 MiB"
     failed = by_case[("4 × 2", DDP_NO_SYNC_TEXT)]
     assert failed[col("status")].text == "oom" and failed[col("all-reduces per step")].value is None
     assert by_case[("8 × 1", "—")][col("all-reduces per step")].value == BUCKETS

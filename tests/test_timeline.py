@@ -109,13 +109,24 @@ def test_decimation_keeps_peak_and_remaps_marks():
     assert small[new_marks[1][0]] == values[15000] or new_marks[1][0] < len(small)
 
 
-def test_run_timeline_flag_writes_a_sidecar_and_keeps_the_numbers(tmp_path):
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The same tiny cases run twice through `accumbench run`, with and without --timeline (shared
+    by the sidecar and report tests: one pair of CLI runs instead of one per test)."""
+    folder = tmp_path_factory.mktemp("timeline-cli")
     args = ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4",
-            "--accum-steps", "1,2", "--steps", "1", "--warmup", "1"]
-    plain, traced_out = tmp_path / "plain.jsonl", tmp_path / "traced.jsonl"
-    assert CliRunner().invoke(main, [*args, "--out", str(plain)]).exit_code == 0
-    assert CliRunner().invoke(main, [*args, "--out", str(traced_out), "--timeline"]).exit_code == 0
+            "--accum-steps", "1,3", "--steps", "1", "--warmup", "1"]
+    plain, traced_out = folder / "plain.jsonl", folder / "traced.jsonl"
+    for out, extra in ((plain, []), (traced_out, ["--timeline"])):
+        result = CliRunner().invoke(main, [*args, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+    return plain, traced_out
+
+
+def test_run_timeline_flag_writes_a_sidecar_and_keeps_the_numbers(cli_runs):
+    plain, traced_out = cli_runs
     plain_records, traced_records = read_records(plain), read_records(traced_out)
+    assert len(traced_records) == 3
     assert [r.peak_allocated for r in plain_records] == [r.peak_allocated for r in traced_records]
     assert all(r.timeline is None for r in plain_records)
     assert sidecar_path(traced_out).exists() and not sidecar_path(plain).exists()
@@ -124,13 +135,10 @@ def test_run_timeline_flag_writes_a_sidecar_and_keeps_the_numbers(tmp_path):
         assert timeline is not None and timeline.peak == record.peak_allocated
 
 
-def test_report_draws_the_timelines_with_their_peaks(tmp_path):
+def test_report_draws_the_timelines_with_their_peaks(cli_runs, tmp_path):
     from accumbench.report import build_report
 
-    out = tmp_path / "traced.jsonl"
-    args = ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "4",
-            "--accum-steps", "1,3", "--steps", "1", "--warmup", "1", "--timeline", "--out", str(out)]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    _, out = cli_runs
     result = build_report([out], tmp_path / "report")
     assert (tmp_path / "report" / "memory_timeline.png").exists()
     figure = result.figures["memory_timeline"]

@@ -8,6 +8,9 @@ from typing import Any, NoReturn, Sequence
 
 import click
 
+# Re-exported: the commands (and tests) format bytes as `accumbench.cli.common.format_bytes`.
+from accumbench.textfmt import format_bytes  # noqa: F401
+
 SCENARIO_NAMES = ["large-batch", "accumulated", "multitask-combined", "multitask-sequential"]
 SINGLE_LOSS_DEFAULT = ("large-batch", "accumulated")
 MULTITASK_DEFAULT = ("multitask-combined", "multitask-sequential")
@@ -54,21 +57,6 @@ def fail_input(message: str) -> NoReturn:
     """Print one clear line and exit 2 (usage or input error)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
-
-
-def format_bytes(n: int | float | None) -> str:
-    """Bytes for people: KiB/MiB/GiB with three significant digits."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{value:.0f} B"
-            # Three significant figures without scientific notation (1016 KiB, not 1.02e+03).
-            return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def int_list(text: str, flag: str) -> list[int]:

@@ -124,6 +124,13 @@ def compare(baseline, current, memory_check, throughput_tolerance, alpha, throug
         )
     except MismatchError as exc:
         raise InputError(str(exc)) from None
+    if not comparison.cases:
+        # Nothing was compared, so nothing could regress: a PASS would gate nothing (usually
+        # the wrong file or a renamed suite).
+        raise InputError(
+            f"no case in common: {baseline} has {len(comparison.only_baseline)} case(s), {current} has "
+            f"{len(comparison.only_current)}, and no case_id (with world_size) appears in both"
+        )
 
     renderer = {"markdown": render_markdown, "json": render_json}.get(fmt, render_text)
     click.echo(renderer(comparison), nl=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from accumbench.workloads import Workload
 
@@ -13,19 +14,16 @@ from accumbench.workloads import Workload
 def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
     """This rank's slice (along dim 0) of every tensor in a global batch, copied so the rank
     holds only its shard. Raises ValueError for a tensor whose first dimension does not split."""
-    if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0:
-            return batch.clone()
-        rows = batch.shape[0]
+    def shard(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() == 0:
+            return tensor.clone()
+        rows = tensor.shape[0]
         if rows % world_size:
             raise ValueError(f"cannot shard a batch tensor of {rows} rows over {world_size} ranks")
         n = rows // world_size
-        return batch[rank * n:(rank + 1) * n].clone()
-    if isinstance(batch, dict):
-        return {k: shard_batch(v, rank, world_size) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(shard_batch(v, rank, world_size) for v in batch)
-    return batch
+        return tensor[rank * n:(rank + 1) * n].clone()
+
+    return pytree.tree_map_only(torch.Tensor, shard, batch)
 
 
 def ddp_loss_weights(workload: Workload, global_batches: Sequence[Any], shards: Sequence[Any],

@@ -10,17 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 
 def _sample_count(batch: Any) -> int | None:
     """Length along dim 0 of the first tensor (with at least one dimension) in the batch."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() > 0 else None
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    for value in values:
-        count = _sample_count(value)
-        if count is not None:
-            return count
+    for leaf in pytree.tree_leaves(batch):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return leaf.shape[0]
     return None
 
 
@@ -41,41 +38,23 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
         raise ValueError(f"a batch of {total} samples does not split into {parts} equal micro-batches")
     size = total // parts
 
-    def split(value: Any, where: str) -> list[Any]:
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 0:
-                return [value] * parts
-            if value.shape[0] != total:
-                raise ValueError(
-                    f"batch{where} has {value.shape[0]} rows along dim 0, the batch has {total} samples; "
-                    "make_batch must put the sample axis first in every tensor"
-                )
-            return list(torch.split(value, size))
-        if isinstance(value, dict):
-            pieces = {k: split(v, f"{where}[{k!r}]") for k, v in value.items()}
-            return [{k: pieces[k][i] for k in value} for i in range(parts)]
-        if isinstance(value, (list, tuple)):
-            pieces = [split(v, f"{where}[{j}]") for j, v in enumerate(value)]
-            return [_rebuild(value, [p[i] for p in pieces]) for i in range(parts)]
-        return [value] * parts
+    leaves, spec = pytree.tree_flatten_with_path(batch)
 
-    return split(batch, "")
+    def split(path: Any, value: Any) -> list[Any]:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return [value] * parts
+        if value.shape[0] != total:
+            raise ValueError(
+                f"batch{pytree.keystr(path)} has {value.shape[0]} rows along dim 0, the batch has {total} "
+                "samples; make_batch must put the sample axis first in every tensor"
+            )
+        return list(torch.split(value, size))
 
-
-def _rebuild(like: list | tuple, items: list[Any]) -> Any:
-    """A container of `like`'s type (namedtuples included) holding `items`."""
-    if isinstance(like, tuple) and hasattr(like, "_fields"):
-        return type(like)(*items)
-    return type(like)(items)
+    pieces = [split(path, value) for path, value in leaves]
+    return [pytree.tree_unflatten([p[i] for p in pieces], spec) for i in range(parts)]
 
 
 def cast_floating(obj: Any, dtype: torch.dtype) -> Any:
     """Cast every floating-point tensor in nested tuples/lists/dicts to `dtype`; integer tensors
     (token ids, labels, masks) and other values are returned as they are."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return {k: cast_floating(v, dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return _rebuild(obj, [cast_floating(v, dtype) for v in obj])
-    return obj
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t, obj)

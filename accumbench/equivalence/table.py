@@ -7,6 +7,7 @@ import textwrap
 from typing import Iterable, Sequence
 
 from accumbench.equivalence.check import EquivalenceResult
+from accumbench.textfmt import text_table
 from accumbench.equivalence.diagnose import ALL_REMOVED, CAUSE_LABELS, BATCHNORM_EVAL, DROPOUT_OFF, TOKEN_NORM
 
 WIDTH = 100
@@ -45,19 +46,12 @@ def format_table(results: Sequence[EquivalenceResult]) -> str:
     """The results as an aligned text table: workload, N, loss norm, relative error, verdict,
     optimizer update errors (SGD, AdamW) and the causes found."""
     header = ("workload", "N", "loss norm", "rel error", "verdict", "SGD step", "AdamW step", "cause")
-    rows = [header]
+    rows = []
     for r in results:
         causes = ", ".join(CAUSE_LABELS.get(c.kind, c.kind) for c in r.causes) or "-"
         rows.append((r.workload, str(r.accum_steps), r.loss_norm, format_error(r.rel_error), verdict_text(r),
                      format_error(r.optimizer_step.get("sgd")), format_error(r.optimizer_step.get("adamw")), causes))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {1, 3, 5, 6}
-    lines = []
-    for row in rows:
-        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows, right=(1, 3, 5, 6))
 
 
 def format_header(results: Sequence[EquivalenceResult]) -> str:

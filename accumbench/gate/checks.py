@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from accumbench.gate import stats
+from accumbench.textfmt import format_bytes, parse_size
 
 SAME = "same"
 REGRESSION = "regression"
@@ -24,11 +25,6 @@ IMPROVEMENT = "improvement"
 UNTESTED = "untested"  # the data cannot decide (too few samples): never gated
 NOT_AVAILABLE = "n/a"  # nothing to compare (no step times, a side not ok)
 
-_BYTE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30,
-}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 
 
@@ -75,10 +71,10 @@ class Tolerance:
         percent = re.fullmatch(_NUMBER + r"\s*%", raw)
         if percent:
             return cls(float(percent.group(1)) / 100.0, True, raw)
-        amount = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", raw)
-        if amount and amount.group(2).lower() in _BYTE_UNITS:
-            value = float(amount.group(1)) * _BYTE_UNITS[amount.group(2).lower()]
-            return cls(value, False, raw)
+        try:
+            return cls(float(parse_size(raw)), False, raw)
+        except ValueError:
+            pass
         raise ValueError(
             f"cannot read tolerance {raw!r}: use a percentage like '0.5%' or an amount of bytes "
             "like '0', '4096', '64KiB', '1MiB'"
@@ -296,14 +292,3 @@ def _signed_bytes(delta: float) -> str:
     return sign + format_bytes(abs(delta))
 
 
-def format_bytes(n: float) -> str:
-    """Bytes in binary units with 3 significant figures: 512 B, 1.50 KiB, 23.4 MiB, 4.00 GiB."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{n:.0f} B"
-            digits = 0 if abs(n) >= 100 else 1 if abs(n) >= 10 else 2
-            return f"{n:.{digits}f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

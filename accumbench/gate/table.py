@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from accumbench.gate.checks import IMPROVEMENT, NOT_AVAILABLE, REGRESSION, SAME, UNTESTED, format_bytes
 from accumbench.gate.compare import VERDICTS, WARNING, CaseComparison, Comparison
 from accumbench.gate.stats import samples_needed
+from accumbench.textfmt import text_table
 
 VERDICT_LABELS = {
     REGRESSION: "REGRESSION",
@@ -34,7 +35,7 @@ def render_text(comparison: Comparison) -> str:
     ]
     rows = [_cells(c) for c in _ordered(comparison.cases)]
     if rows:
-        lines += _fixed_width([_HEADERS, *rows], right_align=range(1, 8))
+        lines += text_table(_HEADERS, rows, right=range(1, 8)).split("\n")
     else:
         lines.append("(no case is present on both sides)")
     lines += _details(comparison, bullet="  ", code=lambda s: s)
@@ -157,17 +158,6 @@ def _summary_line(comparison: Comparison) -> str:
         f"({counts[IMPROVEMENT]} improved, {counts[SAME]} ok, {counts[WARNING]} slower but not gated; "
         f"{counts['only_baseline']} only in baseline, {counts['only_current']} only in current)"
     )
-
-
-def _fixed_width(rows: Sequence[Sequence[str]], right_align) -> list[str]:
-    right = set(right_align)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-
-    def fmt(row: Sequence[str]) -> str:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        return "  ".join(cells).rstrip()
-
-    return [fmt(rows[0]), "  ".join("-" * w for w in widths), *[fmt(r) for r in rows[1:]]]
 
 
 def _bytes(value: float | None) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from accumbench.scenarios import TrainingState
 
@@ -83,15 +84,8 @@ class Meter(abc.ABC):
 
 
 def flat_tensors(obj: Any) -> Iterable[torch.Tensor]:
-    """Every tensor inside nested tuples, lists and dicts."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from flat_tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from flat_tensors(value)
+    """Every tensor inside nested tuples, lists and dicts, in order."""
+    return [leaf for leaf in pytree.tree_leaves(obj) if isinstance(leaf, torch.Tensor)]
 
 
 def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:

@@ -7,7 +7,9 @@ to `html.render_page` and `markdown.render_summary`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,7 +17,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, tables, timelines
+from accumbench.report import bars, communication, figures, findings, output, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
 from accumbench.report.layout import save
 from accumbench.report.tables import Table
@@ -214,7 +216,36 @@ def build_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]],
     Raises `ReportInputError` when there is nothing to report and
     `accumbench.records.RecordError` for a corrupt or foreign file; anything missing short of
     that (a file with only OOMs, no breakdowns) is said in the report and in `notes`.
+
+    The report is built in a staging folder and moved into `out_dir` only when complete: a
+    failure leaves `out_dir` as it was. Files an earlier report wrote there that this one does
+    not are removed (said in `notes`); other files in the folder are left alone.
     """
+    final = Path(out_dir)
+    try:
+        staging, created = output.stage(final)
+    except output.ReportFolderError as exc:
+        raise ReportInputError(str(exc)) from None
+    try:
+        result = _write_report(results, staging, title)
+        stale = output.publish(staging, final, _OWN_FILES)
+    except BaseException:
+        output.discard(staging, created)
+        raise
+    notes = result.notes + ((f"removed {len(stale)} file(s) of an earlier report in {final} that this "
+                             f"report does not write: {', '.join(stale)}",) if stale else ())
+    return dataclasses.replace(result, out_dir=final, files=tuple(final / f.name for f in result.files),
+                               notes=notes)
+
+
+# File names a report writes, for folders made before the manifest (see `output.publish`).
+_OWN_FILES = (r"index\.html", r"summary\.md",
+              *(re.escape(kind.name) + r"(--section-\d+)?\.(png|svg)" for kind in FIGURES))
+
+
+def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_dir: Path,
+                  title: str) -> ReportResult:
+    """Build the report and write its files into `out_dir` (a fresh staging folder)."""
     # Imported here: html and markdown import this module for the dataclasses above.
     from accumbench.report.html import render_page
     from accumbench.report.markdown import render_summary

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from accumbench import textfmt
+
 MISSING = "—"
 
 # Binary units, largest first, as the CUDA allocator and nvidia-smi count them.
@@ -42,15 +44,13 @@ def memory_unit(largest_bytes: float) -> tuple[str, int]:
 
 
 def format_bytes(value: Any, signed: bool = False) -> str:
-    """`1610612736` -> `'1.50 GiB'`; None/NaN -> `'—'`. `signed` adds a `+` to positive values."""
+    """`1610612736` -> `'1.50 GiB'`; None/NaN -> `'—'`. `signed` adds a `+` to positive values.
+
+    The project's one byte format (`accumbench.textfmt.format_bytes`), with the report's dash.
+    """
     if is_missing(value):
         return MISSING
-    number = float(value)
-    name, size = memory_unit(abs(number))
-    sign = "+" if signed and number > 0 else ""
-    if name == "B":
-        return f"{sign}{number:.0f} B"
-    return f"{sign}{number / size:.2f} {name}"
+    return textfmt.format_bytes(value, signed=signed)
 
 
 def format_rate(value: Any, unit: str = "/s") -> str:
