@@ -99,7 +99,7 @@ def toy_case(route: str, scenario: str = "accumulated", accum: int = 2) -> Case:
     return Case(f"{TOY}:build", scenario, 2, accum, (("route", route),), warmup=1, steps=1)
 
 
-@pytest.mark.parametrize("routing", ["balanced", "worst"])
+@pytest.mark.parametrize("routing", ["balanced", pytest.param("worst", marks=pytest.mark.slow)])
 def test_moe_estimate_is_byte_equal_when_the_routing_is_the_assumption(routing):
     the_case = toy_case(routing)
     measured = Runner(torch.device("cpu")).measure(the_case)
@@ -113,6 +113,7 @@ def test_moe_estimate_is_byte_equal_when_the_routing_is_the_assumption(routing):
     assert f"moe-routing-{routing}" in estimated.assumptions["applied"]
 
 
+@pytest.mark.slow
 def test_moe_routing_bounds_differ_and_grouped_estimates_state_them():
     cases = [toy_case("learned", "large-batch", 1), toy_case("learned")]
     records = estimate_cases(cases, assumptions_for("cpu"))
