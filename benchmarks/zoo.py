@@ -202,7 +202,7 @@ def run_one(model_type: str, experts: str) -> dict:
 def judge(result: dict) -> dict:
     """A row of the table: ran / estimated / byte-equal (or within the routing bound) and why not."""
     row = {"type": result["type"], "experts": result["experts"], "moe": result.get("moe", False)}
-    if result.get("outcome") in ("skipped", "crashed"):
+    if result.get("outcome") in ("skipped", "crashed", "not-reached"):
         return {**row, "outcome": result["outcome"], "reason": result["reason"]}
     cpu, est = result["cpu"], result["estimate"]
     bad = [r for r in cpu if r["status"] != "ok"]
@@ -241,14 +241,17 @@ def summarise(rows: list[dict]) -> dict:
     return {
         "transformers": __import__("transformers").__version__, "torch": torch.__version__,
         "cases": "large-batch mb=2 and accumulated mb=2 x2, seq 32, AdamW(foreach), fp32",
-        "tried": len(main), "skipped": sum(r["outcome"] == "skipped" for r in main),
+        "types": len(main), "not_reached": sum(r["outcome"] == "not-reached" for r in main),
+        "tried": sum(r["outcome"] != "not-reached" for r in main),
+        "skipped": sum(r["outcome"] == "skipped" for r in main),
         "ran_on_cpu_meter": len(ran), "estimated": len(estimated),
         "byte_equal": sum(r["outcome"] == "byte-equal" for r in ran),
         "within_routing_bound": sum(r["outcome"] == "within-routing-bound" for r in ran),
         "equal_share_of_ran": round(len(equal) / len(ran), 4) if ran else None,
         "moe_types_ran": sum(r["moe"] for r in ran),
         "failures": {r["type"] + ("" if r["experts"] == "default" else f" ({r['experts']})"): f"{r['outcome']}: {r['reason']}"
-                     for r in rows if r["outcome"] not in ("byte-equal",)},
+                     for r in rows if r["outcome"] not in ("byte-equal", "not-reached")},
+        "not_reached_types": [r["type"] for r in rows if r["outcome"] == "not-reached"],
         "eager_moe": [{k: r.get(k) for k in ("type", "outcome", "cpu_peaks", "routing_peaks", "worst_gap")}
                       for r in rows if r["experts"] == "eager"],
     }
@@ -309,14 +312,15 @@ def main(argv: list[str] | None = None) -> int:
                       "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
         result["seconds"] = round(time.perf_counter() - t0)
         (raw / f"{model_type}-{experts}.json").write_text(json.dumps(result) + "\n")
-        print(f"{model_type} ({experts}): {judge(result)['outcome']} ({result['seconds']} s)", flush=True)
+        print(f"{model_type} ({experts}): {judge(result)['outcome']} ({result.get('seconds', '-')} s)", flush=True)
         return result
 
     raw = args.out / "raw"
     raw.mkdir(exist_ok=True)
     if args.summarise:  # from what a (possibly interrupted) sweep left in OUT/raw
-        results = [json.loads(p.read_text()) for p in sorted(raw.glob("*.json"))]
-        results.sort(key=lambda r: (r["experts"] != "default", r["type"]))
+        done = {(r["type"], r["experts"]): r for r in (json.loads(p.read_text()) for p in raw.glob("*.json"))}
+        results = [done.get(job, {"type": job[0], "experts": job[1], "outcome": "not-reached",
+                                  "reason": "the sweep was stopped before this type"}) for job in jobs]
     else:
         # Forked workers that imported transformers once; a fresh one after every few types, so
         # what one model leaves behind (registries, caches) cannot grow without bound.
@@ -336,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 est_file.write(json.dumps(record) + "\n")
             rows.append(judge(result))
             print(f"[{index}/{len(jobs)}] {result['type']} ({result['experts']}): {rows[-1]['outcome']} "
-                  f"{rows[-1].get('reason', '')[:150]} ({result['seconds']} s)", flush=True)
+                  f"{rows[-1].get('reason', '')[:150]} ({result.get('seconds', '-')} s)", flush=True)
     summary = summarise(rows)
     summary["wall_s"] = round(time.perf_counter() - started)
     (args.out / "table.md").write_text(table(rows))

@@ -9,7 +9,8 @@ both:
 - **The value-producing part runs for real on small real tensors.** Every tensor whose value
   does not depend on the model's weights (the batch, `arange`/`zeros` constants, masks and
   position ids made from them, routing indices, counts, offsets) keeps a real copy beside its
-  fake one, up to `max_bytes` each: an op whose inputs all have one runs for real on them too.
+  fake one (integer and boolean tensors up to 64 MiB, floating ones up to 1 MiB): an op whose
+  inputs all have one runs for real on them too.
   A data-dependent op then runs for real, and its fake result gets the real result's sizes,
   strides and storage bytes. While the model is built, its own values are kept as well (weight
   initialisation may read them: `torch.nn.init.trunc_normal_` loops until no sample is out of
@@ -47,7 +48,11 @@ from accumbench.estimate_assumptions import MOE_ROUTINGS
 from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, op_name
 
 aten = torch.ops.aten
-DEFAULT_MAX_BYTES = 16 << 20
+# Largest tensors whose values are kept: integer and boolean ones (indices, masks, one-hot
+# routing) up to 64 MiB, floating ones (constants, weights while the model is built) up to 1 MiB,
+# so that building a large model never materialises its weights.
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_FLOAT_BYTES = 1 << 20
 # Ops whose indices output routes tokens: (op, index of the indices output).
 ROUTING_OPS = {aten.topk.default: 1, aten.argmax.default: 0}
 
@@ -93,12 +98,14 @@ class KnownValues(TorchDispatchMode):
     """Keeps real values beside fake tensors and resolves data-dependent ops with them (see the
     module docstring). Enter it after the fake-tensor mode and before the tracker."""
 
-    def __init__(self, moe_routing: str = "balanced", max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, moe_routing: str = "balanced", max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_float_bytes: int = DEFAULT_MAX_FLOAT_BYTES) -> None:
         super().__init__()
         if moe_routing not in MOE_ROUTINGS:
             raise ValueError(f"moe_routing must be one of {', '.join(MOE_ROUTINGS)}, got {moe_routing!r}")
         self.moe_routing = moe_routing
         self.max_bytes = max_bytes
+        self.max_float_bytes = max_float_bytes
         self._values = WeakIdKeyDictionary()   # fake tensor -> real tensor
         self._assumed = WeakIdKeyDictionary()  # fake tensor -> True when its value is assumed
         self._stale = WeakIdKeyDictionary()    # fake storage -> True once written without values
@@ -136,7 +143,7 @@ class KnownValues(TorchDispatchMode):
                     self._assumed.pop(f, None)
 
     def _small(self, out: Any) -> bool:
-        return all(t.untyped_storage().nbytes() <= self.max_bytes
+        return all(t.untyped_storage().nbytes() <= (self.max_float_bytes if t.is_floating_point() else self.max_bytes)
                    for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
 
     def _real(self, func, args, kwargs, tensors: list[torch.Tensor]) -> Any:
