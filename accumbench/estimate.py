@@ -66,9 +66,11 @@ def group_key(case: Case) -> tuple:
 
 def estimate_cases(cases: Sequence[Case], assumptions: DeviceAssumptions, *, seed: int = DEFAULT_SEED,
                    run_id: str | None = None, runner: Runner | None = None,
-                   on_record: Callable[[Record], None] | None = None) -> list[Record]:
+                   on_record: Callable[[Record], None] | None = None,
+                   on_profile: Callable[[Case, StepProfile], None] | None = None) -> list[Record]:
     """One estimate record per case, in the order of `cases`; `on_record` sees each record as
-    soon as its group is done. A case that fails is an `error` record; a predicted peak above
+    soon as its group is done, `on_profile` each case's steady-step profile (its op table is
+    what `benchmarks/steptime_validation.py` refits the speed constants on). A case that fails is an `error` record; a predicted peak above
     the device's usable memory is an `oom` record that keeps the predicted peak."""
     runner = runner or estimate_runner(assumptions, seed, run_id)
     groups: dict[tuple, list[Case]] = {}
@@ -76,7 +78,7 @@ def estimate_cases(cases: Sequence[Case], assumptions: DeviceAssumptions, *, see
         groups.setdefault(group_key(case), []).append(case)
     results: dict[Case, Record] = {}
     for group in groups.values():
-        for case, record in zip(group, estimate_group(runner, group)):
+        for case, record in zip(group, estimate_group(runner, group, on_profile)):
             record = predicted_oom(record, assumptions)
             results[case] = record
             if on_record:
@@ -84,7 +86,8 @@ def estimate_cases(cases: Sequence[Case], assumptions: DeviceAssumptions, *, see
     return [results[case] for case in cases]
 
 
-def estimate_group(runner: Runner, cases: Sequence[Case]) -> list[Record]:
+def estimate_group(runner: Runner, cases: Sequence[Case],
+                   on_profile: Callable[[Case, StepProfile], None] | None = None) -> list[Record]:
     """Records for cases of one group (see `group_key`), profiled as the module docstring says."""
     meter = runner.meter
     if not isinstance(meter, EstimateMeter):
@@ -115,14 +118,23 @@ def estimate_group(runner: Runner, cases: Sequence[Case]) -> list[Record]:
                                micro_steps, notes.get(case.micro_batch)) for case in cases]
             if meter.routing_read:  # the peak depends on assumed routing: each case states both bounds
                 records = None
+            elif on_profile:
+                for case in cases:
+                    on_profile(case, steady[case.micro_batch])
     except KeyboardInterrupt:
         raise
     except Exception:
-        # Let the runner estimate each case on its own: it turns a failure into an error record.
-        records = [runner.measure(case) for case in cases]
+        records = None
     finally:
         meter.release(runner.device)
-    return records if records is not None else [runner.measure(case) for case in cases]
+    if records is None:
+        # Let the runner estimate each case on its own: it turns a failure into an error record.
+        records = []
+        for case in cases:
+            records.append(runner.measure(case))
+            if on_profile and meter.last_profiles is not None and records[-1].status == "ok":
+                on_profile(case, meter.last_profiles[1])
+    return records
 
 
 def _batches_of(probe: Case, micro_batch: int, workload, state: TrainingState, seed: int) -> PreparedCase:
@@ -149,9 +161,13 @@ def proportional(low: StepProfile, low_size: int, high: StepProfile, high_size: 
 
     def at(size: int) -> StepProfile:
         sizes = [k * size if scaled else k for k, scaled in per_sample]
-        # Counted FLOPs (matmuls, convolutions, attention) interpolate linearly in the batch.
+        # Counted FLOPs (matmuls, convolutions, attention) interpolate linearly in the batch,
+        # and so do each op's FLOPs and bytes (the same ops ran at both sizes).
         flops = low.flops + (high.flops - low.flops) * (size - low_size) // (high_size - low_size)
-        return high.with_sizes(sizes, flops)
+        ops = None
+        if low.ops is not None and high.ops is not None and low.ops.same_ops(high.ops):
+            ops = low.ops.interpolate(low_size, high.ops, high_size, size)
+        return high.with_sizes(sizes, flops, ops)
 
     return at
 
@@ -164,7 +180,8 @@ def _record(runner: Runner, case: Case, workload, state: TrainingState, steady: 
                      "repeat micro-step 2")
     if first is None:
         notes.append("first-step peak: profiled at the group's largest micro-batch only")
-    measurement = estimate_measurement(steady, runner.meter.assumptions, first, "; ".join(notes) or None)
+    measurement = estimate_measurement(steady, runner.meter.assumptions, first, "; ".join(notes) or None,
+                                       accum_steps=case.accum_steps)
     flops = steady.flops * case.accum_steps // micro_steps
     record = runner.ok_record(case, workload, state, measurement, flops)
     return dataclasses.replace(record, warmup_steps=1, measured_steps=1)
@@ -184,10 +201,73 @@ def predicted_oom(record: Record, assumptions: DeviceAssumptions) -> Record:
     )
 
 
+class _Stopped(Exception):
+    """Raised from `on_record` to end an estimate early (the session's `stop`)."""
+
+
+class EstimateRunner:
+    """The estimate as a runner `session.execute` can drive: grouped replay (`estimate_cases`),
+    or one case at a time (`estimate_each`, for timelines), with each record handed to the sink
+    as soon as its group is done."""
+
+    is_writer = True
+
+    def __init__(self, runner: Runner, assumptions: DeviceAssumptions, each: bool = False) -> None:
+        self.runner = runner
+        self.assumptions = assumptions
+        self.each = each
+
+    def share(self, value):
+        """One process: the value itself."""
+        return value
+
+    def case_id(self, case: Case) -> str:
+        """The id the case's record will carry."""
+        return self.runner.case_id(case)
+
+    def shared_settings(self) -> dict:
+        """Seed, meter, predicted device and torch version: what every estimate record carries."""
+        return self.runner.shared_settings()
+
+    def case_settings(self, case: Case) -> dict:
+        """Nothing per case: an estimate profiles one warm-up and one steady step, whatever the
+        case asks."""
+        return {}
+
+    def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
+            progress=None, stop: Callable[[], bool] | None = None) -> list[Record]:
+        """Estimate the cases not in `skip`; tell `progress` and `sink` as each record comes."""
+        skip = set(skip)
+        todo = [c for c in cases if self.case_id(c) not in skip]
+        position = {self.case_id(c): (i, c) for i, c in enumerate(todo, start=1)}
+        records: list[Record] = []
+
+        def on_record(record: Record) -> None:
+            index, case = position[record.case_id]
+            if progress:
+                progress.case_started(index, len(todo), case)
+            if sink:
+                sink(record)
+            records.append(record)
+            if progress:
+                progress.case_finished(index, len(todo), case, record)
+            if stop is not None and stop():
+                raise _Stopped
+
+        try:
+            if self.each:
+                estimate_each(todo, self.runner, self.assumptions, on_record=on_record)
+            else:
+                estimate_cases(todo, self.assumptions, runner=self.runner, on_record=on_record)
+        except _Stopped:
+            pass
+        return records
+
+
 def groups_of(cases: Iterable[Case]) -> int:
     """How many groups (profiled model builds) the cases need."""
     return len({group_key(c) for c in cases})
 
 
-__all__ = ["MAX_MICRO_STEPS", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
+__all__ = ["MAX_MICRO_STEPS", "EstimateRunner", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
            "groups_of", "predicted_oom", "proportional"]

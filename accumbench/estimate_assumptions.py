@@ -42,6 +42,21 @@ every estimate record lists the ones it used (`Record.assumptions`):
   the allocator cannot use (CUDA context, handles, fragmentation); a predicted peak above their
   difference is reported as status `oom`.
 
+Speed (what `accumbench.steptime` predicts step times from; None on the `cpu` kind, which
+predicts no speed):
+
+- `peak_flops_bf16`, `peak_flops_fp16`, `peak_flops_tf32`, `peak_flops_fp32`: dense FLOP/s
+  from the data sheet (fp32 matmuls run without TF32 by default; fp32 convolutions with it).
+- `memory_bandwidth`, `host_to_device_bandwidth`: bytes/s, data sheet (HBM; PCIe per direction).
+- `host_op_seconds`: host time per dispatched aten op (Python, autograd, dispatcher);
+  `launch_seconds`: host time per kernel launch on top; `host_tensor_seconds`: host time per
+  tensor in a foreach op's lists (the optimizer step's per-parameter work); `kernel_floor_seconds`: the least time
+  a kernel takes on the device; `flop_efficiency`, `bandwidth_efficiency`: the fraction of the
+  peak FLOP/s (cuBLAS GEMMs, attention) and bandwidth kernels reach; `conv_flop_efficiency`:
+  the fraction of peak cuDNN's convolutions reach. Six of these seven are fitted on the H100 (not
+  `host_tensor_seconds`)
+  (`benchmarks/steptime_validation.py`, results/estimate-vs-h100/steptime_vs_measured.md).
+
 The `cpu` kind assumes nothing: exact sizes, no workspaces, the CPU's own kernels; it predicts
 the cpu meter's number to the byte, which is how the estimate is validated without a GPU.
 """
@@ -52,6 +67,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+SPEED_FIELDS = ("peak_flops_bf16", "peak_flops_fp16", "peak_flops_tf32", "peak_flops_fp32", "memory_bandwidth",
+                "host_to_device_bandwidth", "host_op_seconds", "launch_seconds", "host_tensor_seconds",
+                "kernel_floor_seconds",
+                "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
 # The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
 from accumbench.textfmt import parse_size
 
@@ -78,6 +97,20 @@ class DeviceAssumptions:
     cudnn_workspace_bytes: int
     scratch_bytes: int
     cuda_autocast: bool
+    # speed (accumbench.steptime); None: no step time is predicted
+    peak_flops_bf16: float | None = None
+    peak_flops_fp16: float | None = None
+    peak_flops_tf32: float | None = None
+    peak_flops_fp32: float | None = None
+    memory_bandwidth: float | None = None
+    host_to_device_bandwidth: float | None = None
+    host_op_seconds: float | None = None
+    launch_seconds: float | None = None
+    host_tensor_seconds: float | None = None
+    kernel_floor_seconds: float | None = None
+    flop_efficiency: float | None = None
+    bandwidth_efficiency: float | None = None
+    conv_flop_efficiency: float | None = None
     moe_routing: str = "balanced"
 
     def __post_init__(self) -> None:
@@ -92,6 +125,24 @@ class DeviceAssumptions:
                 raise ValueError(f"{name} must not be negative")
         if self.allocator_round_bytes < 1:
             raise ValueError("allocator_round_bytes must be at least 1 (1 = exact sizes)")
+        self.speed()  # validates the speed constants when they are all given
+
+    def speed(self):
+        """The `accumbench.steptime.SpeedConstants` of this kind, or None when any is unknown."""
+        from accumbench.steptime import SpeedConstants
+
+        values = [getattr(self, name) for name in SPEED_FIELDS]
+        if any(v is None for v in values):
+            return None
+        v = dict(zip(SPEED_FIELDS, values))
+        return SpeedConstants(
+            peak_flops={"bf16": v["peak_flops_bf16"], "fp16": v["peak_flops_fp16"],
+                        "tf32": v["peak_flops_tf32"], "fp32": v["peak_flops_fp32"]},
+            memory_bandwidth=v["memory_bandwidth"], host_to_device_bandwidth=v["host_to_device_bandwidth"],
+            host_op_seconds=v["host_op_seconds"], launch_seconds=v["launch_seconds"],
+            host_tensor_seconds=v["host_tensor_seconds"],
+            kernel_floor_seconds=v["kernel_floor_seconds"], flop_efficiency=v["flop_efficiency"],
+            bandwidth_efficiency=v["bandwidth_efficiency"], conv_flop_efficiency=v["conv_flop_efficiency"])
 
     @property
     def usable_memory_bytes(self) -> int | None:
@@ -118,6 +169,13 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
+    if "float" in annotation:
+        if text.lower() == "none":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key} takes a number (e.g. 989e12, 5e-6), got {value!r}") from None
     if "bool" in annotation:
         if text.lower() in ("true", "yes", "on", "1"):
             return True
@@ -142,7 +200,8 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int) -> DeviceAssumptions:
+def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int,
+               speed: dict[str, float]) -> DeviceAssumptions:
     return DeviceAssumptions(
         kind=kind,
         label=label,
@@ -157,18 +216,40 @@ def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int) -
         cudnn_workspace_bytes=8 * MIB,
         scratch_bytes=0,
         cuda_autocast=True,
+        **speed,
     )
 
 
 # The cuBLAS workspace default outside sm90: 4096 KiB x 2 + 16 KiB x 8.
 _PRE_HOPPER_CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
 
+# Step-time constants fitted on the H100 (results/NVIDIA-H100-80GB-HBM3/default.jsonl, torch 2.11)
+# by benchmarks/steptime_validation.py on all 78 measured cases, rounded to 3 digits; the held-out
+# errors are in results/estimate-vs-h100/steptime_vs_measured.md. bandwidth_efficiency sits at its
+# bound of 1: the byte counts overstate what fused and in-place kernels move. host_tensor_seconds
+# is not fitted (0): fitting it made the held-out error worse. Host costs belong to the host and
+# the software stack more than to the GPU: H200 and A100 reuse them until measured.
+H100_FITTED = {"host_op_seconds": 6.57e-6, "launch_seconds": 25.5e-6, "host_tensor_seconds": 0.0,
+               "kernel_floor_seconds": 15.2e-6, "flop_efficiency": 0.49, "bandwidth_efficiency": 0.999,
+               "conv_flop_efficiency": 0.121}
+# Data sheets (dense, no sparsity): H100 SXM5 and H200 SXM 989.4 TFLOP/s bf16/fp16, 494.7 TF32,
+# 66.9 fp32; HBM3 3.35 TB/s (H100), HBM3e 4.8 TB/s (H200); PCIe Gen5 x16 64 GB/s per direction.
+# A100 SXM4 80GB: 312 bf16/fp16, 156 TF32, 19.5 fp32; HBM2e 2.039 TB/s; PCIe Gen4 x16 32 GB/s.
+# H200 and A100 are data sheet only: not calibrated on a measured run yet.
+_HOPPER = {"peak_flops_bf16": 989.4e12, "peak_flops_fp16": 989.4e12, "peak_flops_tf32": 494.7e12,
+           "peak_flops_fp32": 66.9e12, "host_to_device_bandwidth": 64e9}
+H100_SPEED = {**_HOPPER, "memory_bandwidth": 3.35e12, **H100_FITTED}
+H200_SPEED = {**_HOPPER, "memory_bandwidth": 4.8e12, **H100_FITTED}
+A100_SPEED = {"peak_flops_bf16": 312e12, "peak_flops_fp16": 312e12, "peak_flops_tf32": 156e12,
+              "peak_flops_fp32": 19.5e12, "memory_bandwidth": 2.039e12, "host_to_device_bandwidth": 32e9,
+              **H100_FITTED}
+
 # A literal registry: device kind -> assumptions. Totals are what torch reports for the 80 GB
 # H100/A100 and the 141 GB H200 (a little under the marketing size).
 DEVICE_ASSUMPTIONS: dict[str, DeviceAssumptions] = {
-    "h100": _cuda_kind("h100", "H100", 79.11, 32 * MIB),
-    "h200": _cuda_kind("h200", "H200", 139.8, 32 * MIB),
-    "a100": _cuda_kind("a100", "A100", 79.15, _PRE_HOPPER_CUBLAS_WORKSPACE),
+    "h100": _cuda_kind("h100", "H100", 79.11, 32 * MIB, H100_SPEED),
+    "h200": _cuda_kind("h200", "H200", 139.8, 32 * MIB, H200_SPEED),
+    "a100": _cuda_kind("a100", "A100", 79.15, _PRE_HOPPER_CUBLAS_WORKSPACE, A100_SPEED),
     "cpu": DeviceAssumptions(
         kind="cpu", label="cpu", total_memory_bytes=None, reserve_bytes=0, allocator_round_bytes=1,
         cublas_workspace_bytes=0, cublaslt_workspace_bytes=0, gemm_threads=0,
@@ -186,5 +267,5 @@ def assumptions_for(kind: str, overrides: Mapping[str, Any] | None = None) -> De
     return base.with_overrides(overrides) if overrides else base
 
 
-__all__ = ["ATTENTION_KERNELS", "DEVICE_ASSUMPTIONS", "DeviceAssumptions", "assumptions_for",
+__all__ = ["ATTENTION_KERNELS", "DEVICE_ASSUMPTIONS", "SPEED_FIELDS", "DeviceAssumptions", "assumptions_for",
            "parse_overrides", "parse_size"]

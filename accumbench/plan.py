@@ -12,11 +12,17 @@ Pure functions over observations (measured records, or estimates made on the spo
    also rules out accumulating at that micro-batch and above: accumulating holds more).
 3. A candidate fits when its predicted peak is at most the budget less a safety margin (10% by
    default: fragmentation, other processes, what the prediction cannot see).
-4. Throughput: samples/s measured for that pair, else for the same micro-batch with another N
-   (the per-sample rate depends on the micro-batch, not on N). The recommendation is the fitting
-   candidate with the highest predicted throughput; with no throughput known it is the largest
-   micro-batch that fits, because larger micro-batches keep the GPU busier (fewer, larger
-   kernels; one optimizer step per N micro-steps either way).
+4. Throughput: samples/s measured (or predicted by the estimate meter's step-time model) for
+   that pair, else borrowed from the same micro-batch with another N (the per-sample rate
+   depends mostly on the micro-batch, not on N), and labelled so: "measured", "estimated",
+   "from mb=1 x16", or nothing when unknown. Candidates are ranked by samples/s; each says how
+   much slower than the fastest fitting one it is (the cost of accumulating). The recommendation
+   is the fastest candidate that fits; with no throughput known it is the largest micro-batch
+   that fits, because larger micro-batches keep the GPU busier (fewer, larger kernels; one
+   optimizer step per N micro-steps either way).
+
+Candidates carry a `variant` (empty today): a further dimension such as a memory lever
+(checkpointing, freezing), matched against observations of the same variant.
 
 A plan never recommends a candidate whose predicted peak exceeds the usable budget; when none
 fits, `NothingFits` says what the smallest one needs.
@@ -53,6 +59,8 @@ class Observation:
     peak_allocated: int | None
     samples_per_s: float | None = None
     parameters: int | None = None
+    speed_predicted: bool = False  # samples/s from the estimate meter's step-time model
+    variant: str = ""
 
     @property
     def kind(self) -> str:
@@ -67,15 +75,21 @@ class Candidate:
     micro_batch: int
     accum_steps: int
     predicted_peak: int | None
-    peak_source: str  # "measured", "estimated", "fit", "fit + gradients", "measured OOM", "unknown"
+    peak_source: str  # "measured", "estimated", "measured at 4x32", "fit", "fit + gradients", "measured OOM", "unknown"
     samples_per_s: float | None
-    speed_source: str | None
+    speed_source: str | None  # "measured", "estimated", "from mb=M xN" (borrowed), None: unknown
     fits: bool
+    variant: str = ""  # a further dimension (e.g. a memory lever); "" for the plain step
 
     @property
     def kind(self) -> str:
         """One micro-step (accumulation 1) or accumulating."""
         return SINGLE if self.accum_steps == 1 else ACCUMULATED
+
+    @property
+    def label(self) -> str:
+        """'8x32' (micro-batch x accumulation steps), with the variant when there is one."""
+        return f"{self.micro_batch}x{self.accum_steps}" + (f" {self.variant}" if self.variant else "")
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,18 @@ class Plan:
     def usable_bytes(self) -> int:
         """The budget less the safety margin: what a candidate's peak must not exceed."""
         return usable(self.budget_bytes, self.margin)
+
+    def ranked(self) -> list[Candidate]:
+        """Candidates by samples/s, fastest first; those with no throughput last, by micro-batch."""
+        return sorted(self.candidates, key=lambda c: (c.samples_per_s is None, -(c.samples_per_s or 0.0),
+                                                      -c.micro_batch))
+
+    def slowdown(self, candidate: Candidate) -> float | None:
+        """How many times slower than the recommendation a candidate runs (None: unknown)."""
+        best = self.recommended.samples_per_s
+        if not best or not candidate.samples_per_s:
+            return None
+        return best / candidate.samples_per_s
 
 
 def usable(budget_bytes: int, margin: float) -> int:
@@ -124,7 +150,7 @@ def memory_lines(observations: Iterable[Observation]) -> dict[str, MemoryFit]:
     return lines
 
 
-def _peak(kind: str, micro: int, observations: Sequence[Observation], lines: dict[str, MemoryFit],
+def _peak(kind: str, micro: int, accum: int, observations: Sequence[Observation], lines: dict[str, MemoryFit],
           exact_source: str) -> tuple[int | None, str]:
     same = [o for o in observations if o.kind == kind]
     # Accumulating holds at least what one micro-step holds, so a one-step OOM rules it out too.
@@ -132,10 +158,14 @@ def _peak(kind: str, micro: int, observations: Sequence[Observation], lines: dic
             and (o.kind == kind or o.kind == SINGLE)]
     if ooms and micro >= min(ooms):
         return None, "measured OOM"
-    exact = [o.peak_allocated for o in same if o.micro_batch == micro and o.peak_allocated is not None
+    exact = [o for o in same if o.micro_batch == micro and o.peak_allocated is not None
              and o.status in ("ok", "oom")]
     if exact:
-        return max(exact), exact_source
+        # An accumulated peak does not depend on N: another N's peak stands in, and says so.
+        donor = max(exact, key=lambda o: (o.accum_steps == accum, o.peak_allocated))
+        if donor.accum_steps == accum:
+            return donor.peak_allocated, exact_source
+        return donor.peak_allocated, f"{exact_source} at {donor.micro_batch}x{donor.accum_steps}"
     if kind in lines:
         return int(math.ceil(lines[kind].predict(micro))), "fit"
     if kind == SINGLE and ACCUMULATED in lines:
@@ -150,14 +180,21 @@ def _peak(kind: str, micro: int, observations: Sequence[Observation], lines: dic
 
 
 def _speed(micro: int, accum: int, observations: Sequence[Observation]) -> tuple[float | None, str | None]:
+    """Samples/s of a candidate and where it comes from: "measured" or "estimated" for the pair
+    itself, "from mb=M xN" when borrowed from the same micro-batch with another N (of the same
+    kind, else of the other), (None, None) when nothing says."""
     rated = [o for o in observations if o.samples_per_s and o.status == "ok"]
-    exact = [o.samples_per_s for o in rated if o.micro_batch == micro and o.accum_steps == accum]
+    exact = [o for o in rated if o.micro_batch == micro and o.accum_steps == accum]
     if exact:
-        return max(exact), "measured"
+        best = max(exact, key=lambda o: o.samples_per_s)
+        return best.samples_per_s, "estimated" if best.speed_predicted else "measured"
     kind = SINGLE if accum == 1 else ACCUMULATED
-    same = [o.samples_per_s for o in rated if o.micro_batch == micro and o.kind == kind]
+    same = [o for o in rated if o.micro_batch == micro]
     if same:
-        return max(same), "same micro-batch"
+        # Prefer the same kind, then the nearest accumulation count.
+        donor = min(same, key=lambda o: (o.kind != kind, abs(math.log(o.accum_steps / accum))))
+        how = "estimated " if donor.speed_predicted else ""
+        return donor.samples_per_s, f"{how}from mb={donor.micro_batch} x{donor.accum_steps}"
     return None, None
 
 
@@ -178,7 +215,7 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     candidates = []
     for micro, accum in divisor_pairs(effective_batch):
         kind = SINGLE if accum == 1 else ACCUMULATED
-        peak, peak_source = _peak(kind, micro, observations, lines, exact_source)
+        peak, peak_source = _peak(kind, micro, accum, observations, lines, exact_source)
         speed, speed_source = _speed(micro, accum, observations)
         candidates.append(Candidate(micro, accum, peak, peak_source, speed, speed_source,
                                     fits=peak is not None and peak <= limit))
@@ -197,7 +234,7 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     rated = [c for c in fitting if c.samples_per_s]
     if rated:
         best = max(rated, key=lambda c: (c.samples_per_s, c.micro_batch))
-        reason = f"the fastest that fits ({best.samples_per_s:,.1f} samples/s, {best.speed_source})"
+        reason = f"the fastest that fits ({_rate(best)} samples/s, {best.speed_source})"
     else:
         best = max(fitting, key=lambda c: c.micro_batch)
         reason = ("the largest micro-batch that fits (no throughput measured; larger micro-batches "
@@ -207,7 +244,8 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
 
 def observations_from_records(records: Iterable[Any]) -> list[Observation]:
     """Observations from result records (measured or estimated)."""
-    return [Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s, r.parameters)
+    return [Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s, r.parameters,
+                        speed_predicted=r.meter == "estimate" or getattr(r, "predicted_step_time_s", None) is not None)
             for r in records if r.status in ("ok", "oom")]
 
 
@@ -268,17 +306,44 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
                      f"per sample (r2 {fit.r2:.4f})")
     rows = []
-    for c in plan.candidates:
+    for rank, c in enumerate(plan.ranked(), start=1):
         mark = "  <- recommended" if c == plan.recommended else ""
-        speed = f"{c.samples_per_s:,.1f}" if c.samples_per_s else "-"
-        rows.append((c.micro_batch, c.accum_steps, format_bytes(c.predicted_peak), c.peak_source, speed,
-                     ("yes" if c.fits else "no") + mark))
-    lines += ["", text_table(("micro-batch", "accum", "peak", "from", "samples/s", "fits"), rows,
-                             right=(0, 1, 2, 4))]
+        rows.append((rank, c.micro_batch, c.accum_steps, format_bytes(c.predicted_peak), c.peak_source,
+                     _rate(c) if c.samples_per_s else "-", c.speed_source or "", ("yes" if c.fits else "no") + mark))
+    lines += ["", "candidates, fastest first:",
+              text_table(("rank", "micro-batch", "accum", "peak", "from", "samples/s", "from", "fits"), rows,
+                         right=(0, 1, 2, 3, 5))]
     r = plan.recommended
     lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
                   f"peak {format_bytes(r.predicted_peak)}: {plan.reason}"]
+    costs = [cost_line(plan, c) for c in plan.ranked() if c.fits and c != r and plan.slowdown(c)]
+    if costs:
+        lines += ["", "what the other fitting candidates cost:"] + [f"  {line}" for line in costs]
     return "\n".join(lines)
+
+
+def cost_line(plan: Plan, c: Candidate) -> str:
+    """'8x32: 5.10 GiB, ~310 samples/s (estimated), 2.1x slower than 32x8': one candidate's
+    memory and speed against the recommendation, each number with where it comes from."""
+    r = plan.recommended
+    slowdown = plan.slowdown(c)
+    speed = f"{_rate(c)} samples/s ({c.speed_source})" if c.samples_per_s else "samples/s unknown"
+    peak = f"{format_bytes(c.predicted_peak)} ({c.peak_source})" if c.predicted_peak is not None else "peak unknown"
+    if slowdown is None:
+        versus = ""
+    elif slowdown >= 1.005:
+        versus = f", {slowdown:.1f}x slower than {r.label}" if slowdown >= 1.05 else f", {(slowdown - 1):.0%} slower than {r.label}"
+    else:
+        versus = f", as fast as {r.label}"
+    return f"{c.label}: {peak}, {speed}{versus}"
+
+
+def _rate(c: Candidate) -> str:
+    """Samples/s with '~' when predicted or borrowed rather than measured for this pair."""
+    if not c.samples_per_s:
+        return "-"
+    approx = "" if c.speed_source == "measured" else "~"
+    return f"{approx}{c.samples_per_s:,.0f}" if c.samples_per_s >= 100 else f"{approx}{c.samples_per_s:,.1f}"
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -286,17 +351,17 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     def cand(c: Candidate) -> dict[str, Any]:
         return {"micro_batch": c.micro_batch, "accum_steps": c.accum_steps, "predicted_peak": c.predicted_peak,
                 "peak_source": c.peak_source, "samples_per_s": c.samples_per_s, "speed_source": c.speed_source,
-                "fits": c.fits}
+                "fits": c.fits, "variant": c.variant, "slowdown_vs_recommended": plan.slowdown(c)}
     return {
         "workload": plan.workload, "effective_batch": plan.effective_batch, "budget_bytes": plan.budget_bytes,
         "margin": plan.margin, "usable_bytes": plan.usable_bytes, "source": plan.source,
         "lines": {k: {"bytes_per_sample": f.bytes_per_sample, "intercept_bytes": f.intercept_bytes, "r2": f.r2}
                   for k, f in plan.lines.items()},
-        "candidates": [cand(c) for c in plan.candidates],
+        "candidates": [cand(c) for c in plan.ranked()],
         "recommended": cand(plan.recommended), "reason": plan.reason,
     }
 
 
 __all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",
-           "PlanError", "candidate_cases", "divisor_pairs", "format_plan", "make_plan", "memory_lines",
+           "PlanError", "candidate_cases", "cost_line", "divisor_pairs", "format_plan", "make_plan", "memory_lines",
            "observations_from_records", "plan_to_dict", "select_records", "usable"]

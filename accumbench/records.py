@@ -1,6 +1,6 @@
 """The result record: one JSON object per measured case, one per line of a JSONL file.
 
-The field names are the public contract (see DESIGN.md, "Result record"): the report, the
+The field names are the public contract (see docs/design.md, "The record contract"): the report, the
 regression gate and outside tools read them. Extend with new optional fields; never rename.
 Bytes and seconds are stored raw; formatting happens at the edges (CLI, report).
 """
@@ -22,6 +22,9 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error")
 METERS = ("cuda", "cpu", "estimate")
 BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
+# The settings that change the numbers: `run --resume` refuses a file whose records carry other
+# values than the request would (a record without the field, e.g. an older file, is not compared).
+RESUME_SETTINGS = ("warmup_steps", "measured_steps", "seed", "meter", "device_name", "torch_version")
 
 
 class RecordError(ValueError):
@@ -55,9 +58,11 @@ class Record:
     world_size: int = 1
     warmup_steps: int = 0
     measured_steps: int = 0
+    seed: int | None = None  # model initialisation and batches (None: written before the field existed)
     # outcome
     status: str = "ok"
     error: str | None = None
+    traceback: str | None = None  # an error record: the formatted exception, for debugging a plug-in
     # memory, bytes
     peak_allocated: int | None = None
     first_step_peak_allocated: int | None = None
@@ -71,6 +76,9 @@ class Record:
     tokens_per_s: float | None = None
     flops_per_step: int | None = None
     mfu: float | None = None
+    # The estimate meter's predicted step time (accumbench.steptime); its samples/s, tokens/s and
+    # mfu then come from it. Never a measurement: measured times are in step_times_s.
+    predicted_step_time_s: float | None = None
     parameters: int | None = None
     # optional blocks written by other commands (check, distributed runs, timelines)
     equivalence: dict[str, Any] | None = None

@@ -9,7 +9,9 @@ freed, and the run goes on.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
+import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -93,20 +95,33 @@ class PreparedCase:
 
 
 def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int = DEFAULT_SEED,
-                 meter: Meter | None = None) -> PreparedCase:
+                 meter: Meter | None = None, *, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 make_batches: Callable[[torch.Generator], tuple[list[Any], list[float]]] | None = None
+                 ) -> PreparedCase:
     """Build model, optimizer and batches for a case, seeded so every run builds the same ones.
-    With a `meter`, the meter builds the model (the estimate meter makes it of fake tensors)."""
+    With a `meter`, the meter builds the model (the estimate meter makes it of fake tensors).
+    The DDP runner passes `wrap` (the model in DistributedDataParallel) and `make_batches`
+    (this rank's shards of the global micro-batches and their loss weights)."""
     check_compatible(case.scenario, workload)
     options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
     torch.manual_seed(seed)
     model = meter.build_model(workload, device) if meter else workload.build_model().to(device)
+    if wrap is not None:
+        model = wrap(model)
     state = new_training_state(workload, model, device, options)
     generator = torch.Generator().manual_seed(seed)
-    host_batches = [workload.make_batch(case.micro_batch, generator) for _ in range(case.accum_steps)]
-    weights = loss_weights(workload, host_batches, case.loss_norm)
+    if make_batches is not None:
+        host_batches, weights = make_batches(generator)
+    else:
+        host_batches = [workload.make_batch(case.micro_batch, generator) for _ in range(case.accum_steps)]
+        weights = loss_weights(workload, host_batches, case.loss_norm)
     if device.type == "cuda":
         host_batches = [pin_host_batch(b) for b in host_batches]
     return PreparedCase(case.scenario, workload, state, host_batches, weights)
+
+
+class NonFiniteLoss(ValueError):
+    """A loss was NaN or infinite; the message names the micro-step."""
 
 
 def count_flops(step: Callable[[], None]) -> int:
@@ -116,6 +131,84 @@ def count_flops(step: Callable[[], None]) -> int:
     with counter:
         step()
     return int(counter.get_total_flops())
+
+
+def _first_nonfinite(log: list) -> tuple[int | None, float] | None:
+    """(micro-step, value) of the first NaN/inf loss in a step's loss log, or None (one sync)."""
+    if not log:
+        return None
+    values = torch.stack([loss.detach().float().reshape(()) for _, loss in log]).cpu().tolist()
+    return next(((micro_step, value) for (micro_step, _), value in zip(log, values) if not math.isfinite(value)),
+                None)
+
+
+def _logged_step(prepared: PreparedCase, step: Callable[[], None]) -> tuple[int | None, float] | None:
+    log: list = []
+    prepared.state.loss_log = log
+    try:
+        step()
+    finally:
+        prepared.state.loss_log = None
+    return _first_nonfinite(log)
+
+
+def count_flops_checking_losses(prepared: PreparedCase, rebuild: Callable[[], PreparedCase] | None = None,
+                                steps: int = 0) -> int:
+    """`count_flops` of one more step that also keeps each micro-step's loss; raise
+    `NonFiniteLoss` when one is NaN or infinite.
+
+    The check rides on the FLOP-count step, after the measured ones, so the timed steps gain no
+    host synchronisation (one sync per case). A NaN in a measured step reaches the parameters,
+    or (fp16, where the scaler skips the step) recurs on the same batches, so it shows here.
+    To name where it first appeared, `rebuild()` makes the case afresh (same seed: same model
+    and batches) and up to `steps` steps are replayed with the losses checked after each."""
+    flops = 0
+
+    def counted() -> None:
+        nonlocal flops
+        flops = count_flops(prepared.step)
+
+    found = _logged_step(prepared, counted)
+    if found is None:
+        return flops
+    where = f"after the {steps} measured step(s)"
+    if rebuild is not None:
+        replay = rebuild()
+        for index in range(1, steps + 1):
+            first = _logged_step(replay, replay.step)
+            if first is not None:
+                found, where = first, f"in optimizer step {index} (replayed from the start)"
+                break
+        del replay
+    micro_step, value = found
+    at = f"micro-step {micro_step + 1} of {len(prepared.batches)}" if micro_step is not None else "a step"
+    raise NonFiniteLoss(f"the loss is {value} at {at}, {where}; check the model, the data and the learning rate")
+
+
+class WorkloadCache:
+    """Workloads loaded once per (spec, options): both runners build many cases of one."""
+
+    def __init__(self) -> None:
+        self._workloads: dict[tuple, Workload] = {}
+
+    def get(self, case: Case) -> Workload:
+        """The workload a case names, loaded on first use."""
+        key = (case.workload, case.options)
+        if key not in self._workloads:
+            self._workloads[key] = load_workload(case.workload, case.options_dict)
+        return self._workloads[key]
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """A failed case's outcome fields: oom or error, the first line of the message, and (error)
+    the formatted traceback so a plug-in author can debug. Drops the exception's frames after,
+    since they hold the case's tensors."""
+    status = "oom" if is_out_of_memory(exc) else "error"
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if status == "error" else None
+    exc.__traceback__ = None
+    return {"status": status, "error": f"{type(exc).__name__}: {first_line}".strip()[:500],
+            "traceback": text[-20000:] if text else None}
 
 
 def identity_fields(case: Case, workload: Workload, optimizer_name: str) -> dict[str, Any]:
@@ -149,12 +242,13 @@ def optimizer_label(optimizer: torch.optim.Optimizer) -> str:
 
 def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops: int | None,
                  device_name: str) -> dict[str, Any]:
-    """Throughput from the median step time (robust to the odd slow step); no speeds without
-    step times (the estimate meter times nothing)."""
-    if not measurement.step_times_s:
+    """Throughput from the median step time (robust to the odd slow step), or from the estimate
+    meter's predicted step time (kept in `predicted_step_time_s`); else no speeds."""
+    predicted = measurement.predicted_step_time_s
+    if not measurement.step_times_s and not predicted:
         return {"step_times_s": (), "samples_per_s": None, "tokens_per_s": None,
                 "flops_per_step": flops, "mfu": None}
-    median = statistics.median(measurement.step_times_s)
+    median = statistics.median(measurement.step_times_s) if measurement.step_times_s else predicted
     samples_per_s = case.effective_batch / median if median > 0 else None
     peak = peak_flops(device_name, case.amp)
     return {
@@ -164,6 +258,7 @@ def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops
         if samples_per_s and workload.tokens_per_sample else None,
         "flops_per_step": flops,
         "mfu": flops / median / peak if (flops and peak and median > 0) else None,
+        **({"predicted_step_time_s": predicted} if predicted and not measurement.step_times_s else {}),
     }
 
 
@@ -181,15 +276,27 @@ class Runner:
         self.meter = meter or meter_for(device.type)
         self.seed = seed
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self._workloads: dict[tuple, Workload] = {}
-        self._provenance = {**provenance(), **self.meter.device_info(device), "meter": self.meter.name}
+        self._workloads = WorkloadCache()
+        self._provenance = {**provenance(), **self.meter.device_info(device), "meter": self.meter.name,
+                            "seed": seed}
+
+    is_writer = True  # one process: it writes the results (the DDP runner: rank 0 only)
+
+    def share(self, value: Any) -> Any:
+        """What every process of the job agrees on (one process: the value itself)."""
+        return value
 
     def workload(self, case: Case) -> Workload:
         """Load (once) the workload a case names."""
-        key = (case.workload, case.options)
-        if key not in self._workloads:
-            self._workloads[key] = load_workload(case.workload, case.options_dict)
-        return self._workloads[key]
+        return self._workloads.get(case)
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings (`records.RESUME_SETTINGS`) every record of this runner carries."""
+        return {k: self._provenance[k] for k in ("seed", "meter", "device_name", "torch_version")}
+
+    def case_settings(self, case: Case) -> dict[str, Any]:
+        """The per-case settings a record of `case` carries (warm-up and measured steps)."""
+        return {"warmup_steps": case.warmup, "measured_steps": case.steps}
 
     def measure(self, case: Case) -> Record:
         """Measure one case; never raises for a failing case (OOM and errors become records),
@@ -201,15 +308,11 @@ class Runner:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing case is data, not the end of the run
-            status = "oom" if is_out_of_memory(exc) else "error"
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            exc.__traceback__ = None  # the traceback's frames hold the case's tensors
             return Record(
                 run_id=self.run_id,
                 **self._provenance,
                 **identity_fields(case, workload, default_optimizer_label(workload)),
-                status=status,
-                error=f"{type(exc).__name__}: {first_line}".strip()[:500],
+                **error_fields(exc),
                 timestamp=utc_timestamp(),
             )
         finally:
@@ -220,7 +323,12 @@ class Runner:
         measurement = self.meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
                                          case.steps)
         # A meter that counts FLOPs itself (the estimate meter) is spared FlopCounterMode.
-        flops = measurement.flops_per_step if self.meter.counts_flops else count_flops(prepared.step)
+        if self.meter.counts_flops:
+            flops = measurement.flops_per_step
+        else:
+            flops = count_flops_checking_losses(
+                prepared, lambda: prepare_case(case, workload, self.device, self.seed, meter=self.meter),
+                case.warmup + case.steps)
         record = self.ok_record(case, workload, prepared.state, measurement, flops)
         if self.timeline_sink is not None:
             # After the measured steps, so tracing never touches the record's numbers.
@@ -249,9 +357,11 @@ class Runner:
         )
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None,
-            skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
-        """Measure every case in order; `skip` holds case ids already measured (resume)."""
-        return run_cases(cases, self.measure, self.case_id, sink, skip, progress)
+            skip: Iterable[str] = (), progress: RunProgress | None = None,
+            stop: Callable[[], bool] | None = None) -> list[Record]:
+        """Measure every case in order; `skip` holds case ids already measured (resume);
+        `stop()`, asked after each case, ends the run early (a results file that failed)."""
+        return run_cases(cases, self.measure, self.case_id, sink, skip, progress, stop)
 
     def case_id(self, case: Case) -> str:
         """The id a case's record will carry (needs the workload's name and optimizer)."""
@@ -261,9 +371,9 @@ class Runner:
 
 def run_cases(cases: Sequence[Any], measure: Callable[[Any], Record], case_id_of: Callable[[Any], str],
               sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
-              progress: RunProgress | None = None) -> list[Record]:
+              progress: RunProgress | None = None, stop: Callable[[], bool] | None = None) -> list[Record]:
     """The run loop both runners share: skip finished ids, tell `progress`, measure, hand each
-    record to `sink` as soon as it exists."""
+    record to `sink` as soon as it exists; after each case, end early when `stop()` says so."""
     pin_determinism()
     skip = set(skip)
     records: list[Record] = []
@@ -279,6 +389,8 @@ def run_cases(cases: Sequence[Any], measure: Callable[[Any], Record], case_id_of
         records.append(record)
         if progress:
             progress.case_finished(index, total, case, record)
+        if stop is not None and stop():
+            break
     return records
 
 

@@ -75,9 +75,14 @@ class TrainingState:
     # Tensors a wrapper keeps between steps that the model's parameters do not show (DDP's
     # gradient buckets, held by its C++ reducer), so that a tracer counts them from the start.
     held_buffers: list[torch.Tensor] = field(default_factory=list)
+    # When a list, `backward` appends (micro-step, loss) to it: the runner's NaN/inf check on the
+    # step after the measured ones. None while measuring, so the timed steps keep no extra tensor.
+    loss_log: list | None = None
+    micro_step: int | None = None  # the micro-step of the phase marked last
 
     def mark(self, phase: str, micro_step: int | None = None) -> None:
         """Tell the observer a phase starts."""
+        self.micro_step = micro_step
         self.observer.phase(phase, micro_step)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -93,9 +98,12 @@ class TrainingState:
         return copy_to_device(host_batch, self.device)
 
     def grad_sync(self, micro_step: int, micro_steps: int) -> contextlib.AbstractContextManager:
-        """Under DDP with `skip_sync_until_last`, `model.no_sync()` on every micro-step but the
-        last (gradients all-reduced once per optimizer step); otherwise a null context."""
+        """With `skip_sync_until_last`, every micro-step but the last skips the gradient sync:
+        DDP's `model.no_sync()` (all-reduced once per optimizer step), FSDP2's
+        `set_requires_gradient_sync(False)` (reduce-scattered once); otherwise a null context."""
         if self.skip_sync_until_last and micro_step < micro_steps - 1:
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2 has no no_sync()
+                return _fsdp_sync_off(self.model)
             return self.model.no_sync()
         return contextlib.nullcontext()
 
@@ -106,6 +114,8 @@ class TrainingState:
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """`loss.backward()`, through the GradScaler under fp16 so small gradients don't flush to 0."""
+        if self.loss_log is not None:
+            self.loss_log.append((self.micro_step, loss.detach()))
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         loss.backward(retain_graph=retain_graph)
@@ -123,6 +133,16 @@ class TrainingState:
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=self.options.set_to_none)
         self.mark("end")
+
+
+@contextlib.contextmanager
+def _fsdp_sync_off(model: nn.Module):
+    """FSDP2's `no_sync()`: gradients stay unsharded and un-reduced until sync is back on."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def copy_to_device(obj: Any, device: torch.device) -> Any:

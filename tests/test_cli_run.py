@@ -82,7 +82,7 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
 
 def test_resume_from_a_corrupt_file_names_the_line(tmp_path):
     out = tmp_path / "r.jsonl"
-    out.write_text('{"schema": 1\n')
+    out.write_text('{"schema": 1\n\n{"schema": 1}\n')  # a broken line before the last: not a torn write
     result = CliRunner().invoke(main, ["run", "--device", "cpu", "--workload", "mlp", "--out", str(out), "--resume"])
     assert result.exit_code == 2
     assert "r.jsonl:1: not valid JSON" in result.output

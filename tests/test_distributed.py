@@ -128,7 +128,8 @@ def test_merge_results_names_the_rank_that_failed_not_the_one_left_waiting():
     assert merged["error"].endswith("(rank 0 gave up waiting for it)")
     both = merge_results([failed_result(0, ValueError("bad")), failed_result(1, ValueError("bad"))], 8, None,
                          "cpu", "none")
-    assert both == {"status": "error", "error": "rank 0: ValueError: bad (rank 1 failed too)"}
+    assert both == {"status": "error", "error": "rank 0: ValueError: bad (rank 1 failed too)",
+                    "traceback": "ValueError: bad\n"}  # the failing rank's traceback (none: never raised)
 
 
 def test_context_outside_torchrun_says_how_to_launch():

@@ -35,3 +35,16 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README and "python -m pytest -q" in ci
     assert "torch==2.13.0" in ci
+
+
+def test_the_design_document_names_only_files_that_exist():
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    design = (root / "docs" / "design.md").read_text()
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*(?:\.py|/))`", design))
+    assert {"runner.py", "results_file.py", "session.py", "meters/"} <= named
+    missing = [n for n in named if not ((root / "accumbench" / n).exists() or (root / n).exists())]
+    assert not missing, f"docs/design.md names files that do not exist: {missing}"
+    for path in [root / "README.md", *root.joinpath("accumbench").rglob("*.py")]:
+        assert "DESIGN.md" not in path.read_text(), f"{path} cites DESIGN.md, which is not in the repository"

@@ -79,6 +79,8 @@ def test_grouped_replay_equals_estimating_each_case(h100_estimator):
         assert record.case_id == slow.case_id and record.effective_batch == the_case.effective_batch
         assert (record.peak_allocated, record.baseline_allocated, record.breakdown, record.flops_per_step) == (
             slow.peak_allocated, slow.baseline_allocated, slow.breakdown, slow.flops_per_step), the_case.label()
+        # Step time too: interpolated op tables and the repeated third micro-step match running them.
+        assert record.predicted_step_time_s == pytest.approx(slow.predicted_step_time_s, rel=1e-9)
 
 
 # --- the relations of real runs ------------------------------------------------------------------

@@ -18,6 +18,8 @@ def test_estimate_writes_estimate_records_that_match_run_on_cpu(tmp_path):
     estimates = read_records(out)
     assert len(estimates) == 5 and {r.meter for r in estimates} == {"estimate"}  # large batch 2, 4, 8
     assert all(r.assumptions["device_kind"] == "cpu" and r.step_times_s == () for r in estimates)
+    # The cpu kind predicts no speed (no step-time constants).
+    assert all(r.samples_per_s is None and r.predicted_step_time_s is None for r in estimates)
 
     measured_path = tmp_path / "run.jsonl"
     result = runner.invoke(main, ["run", *TINY_MLP, "--device", "cpu", "--warmup", "1", "--steps", "1",

@@ -197,3 +197,29 @@ def test_small_amounts_read_in_their_own_unit():
 
     assert [_gib(n) for n in (3 * 2**30, 1.5 * 2**20, 2048, 100, None)] == [
         "3.00 GiB", "1.50 MiB", "2.00 KiB", "100 B", "-"]
+
+
+def test_plan_ranks_by_samples_per_s_and_says_where_each_number_comes_from():
+    from accumbench.plan import Observation, cost_line, make_plan
+
+    gib = 2**30
+    observations = [
+        Observation(32, 8, "ok", 16 * gib, 617.0),                          # measured
+        Observation(8, 32, "ok", 6 * gib, 310.0, speed_predicted=True),     # estimated
+        Observation(1, 16, "ok", 3 * gib, 33.0),                            # lends to 1 x 256
+        Observation(16, 1, "ok", 9 * gib, None),                            # no throughput
+        Observation(64, 1, "ok", 31 * gib, 650.0),
+    ]
+    plan = make_plan(256, 24 * gib, observations)
+    by_pair = {(c.micro_batch, c.accum_steps): c for c in plan.candidates}
+    assert by_pair[(32, 8)].speed_source == "measured"
+    assert by_pair[(8, 32)].speed_source == "estimated"
+    assert by_pair[(1, 256)].speed_source == "from mb=1 x16" and by_pair[(1, 256)].samples_per_s == 33.0
+    assert by_pair[(16, 16)].speed_source is None and by_pair[(16, 16)].samples_per_s is None
+    assert by_pair[(1, 256)].peak_source == "measured at 1x16"
+    # 64 x 4 would be faster, but does not fit: the fastest that fits is recommended.
+    assert (plan.recommended.micro_batch, plan.recommended.accum_steps) == (32, 8)
+    ranked = [(c.micro_batch, c.accum_steps) for c in plan.ranked()]
+    assert ranked[:4] == [(64, 4), (32, 8), (8, 32), (1, 256)]
+    line = cost_line(plan, by_pair[(8, 32)])
+    assert line == "8x32: 6.00 GiB (measured), ~310 samples/s (estimated), 2.0x slower than 32x8"

@@ -166,7 +166,7 @@ def test_a_failing_report_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr("accumbench.report.markdown.render_summary", broken)
+    monkeypatch.setattr(build, "render_summary", broken)  # where build_report looks it up
     with pytest.raises(RuntimeError, match="figure failed"):
         build.build_report([path], out)
     assert [p.name for p in out.iterdir()] == ["index.html"]

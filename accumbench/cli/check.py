@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input, int_list, workload_options
+from accumbench.cli.common import fail_input, int_list, open_results, workload_options
 
 # The built-ins that make the point, at their tiny size: two that accumulate exactly, one with
 # BatchNorm, one with padded sequences (varying valid tokens per micro-batch).
@@ -21,7 +21,8 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 
 @click.command()
 @click.option("--workload", "workload_specs", multiple=True, metavar="W",
-              help="Repeatable. Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a "
+              help="Repeatable. Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk), "
+                   "hf:<model> (a transformers model from its config, e.g. hf:gpt2-tiny) or a "
                    "plug-in path/to/file.py:factory or package.module:factory. Default: mlp, convnet-gn, "
                    "convnet-bn and gpt padded=true, all tiny.")
 @click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
@@ -43,7 +44,8 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
               help="Write one record per workload, N and loss norm to this JSONL file (scenario "
                    "'equivalence'), for `report` and `compare`.")
 @click.option("--append", is_flag=True, help="Add to an existing --out file (e.g. next to `run` results).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--overwrite", is_flag=True,
+              help="Start --out afresh; the old file is kept as FILE.bak (or FILE.bak.1, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines instead of the table.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 on any non-equivalent result, explained or not (CI: require your model to accumulate exactly).")
@@ -63,6 +65,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     Examples:
       accumbench check
       accumbench check --workload gpt --workload-opt padded=true --loss-norm both
+      accumbench check --workload hf:gpt2-tiny --workload-opt padded=true   # HF's num_items_in_batch
       accumbench check --workload my_model.py:build --dtype float32 --strict
       accumbench check --out results/check.jsonl && accumbench report results/check.jsonl
 
@@ -70,14 +73,8 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     not equivalent with no known cause, a workload that failed, or (--strict) any result not
     equivalent; 2 bad input.
     """
-    import uuid
-
-    import torch
-
-    from accumbench.equivalence import CheckConfig, check_workload, loss_norms_for
-    from accumbench.equivalence.record import check_provenance, failure_records, to_record
-    from accumbench.equivalence.table import format_diagnosis, format_header, format_notes, format_table
-    from accumbench.records import write_records, append_record
+    from accumbench.equivalence import CheckConfig, loss_norms_for
+    from accumbench.results_file import ResultsFileError
     from accumbench.workloads import WorkloadError, load_workload
 
     options = workload_options(workload_opts)
@@ -89,10 +86,10 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
         targets = list(DEFAULT_WORKLOADS)
     config = CheckConfig(accum_steps=tuple(int_list(accum_steps, "--accum-steps")), micro_batch=micro_batch,
                          loss_norm=loss_norm, dtype=dtype, seed=seed)
-    if out_path is not None and out_path.exists() and out_path.stat().st_size > 0 and not (append or overwrite):
-        fail_input(f"{out_path} already exists; pass --append to add to it, --overwrite to replace it, or another --out")
-    if append and overwrite:
-        fail_input("--append and --overwrite exclude each other")
+    if out_path is None and (append or overwrite):
+        fail_input("--append and --overwrite need --out")
+    results = None if out_path is None else open_results(
+        out_path, "accumbench check", append=append, overwrite=overwrite, allowed=("--append", "--overwrite"))
 
     workloads = []
     for spec, opts in targets:
@@ -103,10 +100,36 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
             fail_input(str(exc))
         workloads.append((workload, norms))
 
+    if results is not None:
+        try:
+            results.claim()  # before the first check: locked, writable, old file set aside
+        except ResultsFileError as exc:
+            fail_input(str(exc))
+        for note in results.notes:
+            click.echo(f"note: {note}", err=True)
+    try:
+        code = _check_all(workloads, config, dtype, threads, results, as_json, strict)
+    finally:
+        if results is not None:
+            results.release()
+    sys.exit(code)
+
+
+def _check_all(workloads, config, dtype, threads, out, as_json, strict) -> int:
+    """Check each workload, appending its records as soon as they exist; print; the exit code."""
+    import uuid
+
+    import torch
+
+    from accumbench.equivalence import check_workload
+    from accumbench.equivalence.record import check_provenance, failure_records, to_record
+    from accumbench.equivalence.table import format_diagnosis, format_header, format_notes, format_table
+    from accumbench.results_file import ResultsWriteError
+
     torch.set_num_threads(threads)
     run_id = uuid.uuid4().hex[:12]
     provenance = check_provenance()
-    results, records, failed = [], [], []
+    checked, records, failed = [], [], []
     for workload, norms in workloads:
         click.echo(f"checking {workload.name} (N={','.join(map(str, config.accum_steps))}, "
                    f"{'/'.join(norms)}) ...", err=True)
@@ -119,39 +142,41 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
             hint = " (a model that makes float32 tensors itself may need --dtype float32)" \
                 if dtype == "float64" and ("dtype" in message.lower() or "double" in message.lower()) else ""
             failed.append(f"{workload.name}: {message}{hint}")
-            records += failure_records(workload.name, workload.options, norms, config, message + hint, run_id,
-                                       provenance)
-            continue
-        results += found
-        records += [to_record(r, run_id, provenance) for r in found]
-
-    if out_path is not None:
-        if append:
-            for record in records:
-                append_record(out_path, record)
+            new = failure_records(workload.name, workload.options, norms, config, message + hint, run_id,
+                                  provenance)
         else:
-            write_records(out_path, records)
+            checked += found
+            new = [to_record(r, run_id, provenance) for r in found]
+        try:
+            for record in new:
+                if out is not None:
+                    out.append(record)  # on disk at once, as run does
+                records.append(record)
+        except ResultsWriteError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 1
     if as_json:
         for record in records:
             click.echo(record.to_json())
-    elif results:
-        click.echo(format_header(results))
+    elif checked:
+        click.echo(format_header(checked))
         click.echo()
-        click.echo(format_table(results))
-        for block in (format_diagnosis(results), format_notes(results)):
+        click.echo(format_table(checked))
+        for block in (format_diagnosis(checked), format_notes(checked)):
             if block:
                 click.echo()
                 click.echo(block)
     for line in failed:
         click.echo(f"error: check failed for {line}", err=True)
-    if out_path is not None:
-        click.echo(f"wrote {len(records)} record(s) to {out_path}", err=True)
+    if out is not None:
+        click.echo(f"wrote {len(records)} record(s) to {out.path}", err=True)
 
-    unexplained = [r for r in results if not r.explained]
-    not_equivalent = [r for r in results if not r.equivalent]
+    unexplained = [r for r in checked if not r.explained]
+    not_equivalent = [r for r in checked if not r.equivalent]
     if failed or unexplained or (strict and not_equivalent):
         if unexplained:
             click.echo(f"{len(unexplained)} result(s) not equivalent with no known cause", err=True)
         if strict and not_equivalent and not unexplained:
             click.echo(f"--strict: {len(not_equivalent)} result(s) not equivalent", err=True)
-        sys.exit(1)
+        return 1
+    return 0

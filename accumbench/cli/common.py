@@ -20,20 +20,25 @@ def case_selection_options(suite_help: str):
     """The flags that select cases, shared by `run` and `estimate` so both take the same cases:
     --suite (its help says that command's default), --workload, --workload-opt, --scenario,
     --micro-batch, --accum-steps, --amp, --set-to-none/--zero-grads and --loss-norm."""
+    from accumbench.hf_configs import hf_help
+
     options = [
         click.option("--suite", default=None, help=suite_help),
         click.option("--workload", "workload_spec", default=None,
-                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk) or a plug-in "
-                          "path/to/file.py:factory or package.module:factory. Defines the cases from flags."),
+                     help="Built-in (gpt, convnet-bn, convnet-gn, mlp, two-models, shared-trunk), hf:<model>, or a "
+                          "plug-in path/to/file.py:factory or package.module:factory. Defines the cases from "
+                          "flags instead of a suite (not with --suite). " + hf_help()),
         click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
-                     help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true."),
+                     help="Option for the workload factory, repeatable, e.g. size=small, seq_len=256, padded=true. "
+                          "With --workload only (an error with a suite)."),
         click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIO_NAMES),
                      help="Repeatable. With --workload: the scenarios to run (default: large-batch and "
                           "accumulated, or both multi-task ones). With a suite: keep only these."),
         click.option("--micro-batch", default="4,8,16", show_default=True,
-                     help="Comma-separated micro-batch sizes (with --workload)."),
+                     help="Comma-separated micro-batch sizes. With --workload only: a suite defines its own "
+                          "(an error with a suite)."),
         click.option("--accum-steps", default="1,2,4", show_default=True,
-                     help="Comma-separated accumulation steps (with --workload)."),
+                     help="Comma-separated accumulation steps. With --workload only (an error with a suite)."),
         click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None,
                      help="Autocast dtype; fp16 uses a GradScaler across the accumulation window. "
                           "Default: none, or the suite's."),
@@ -83,13 +88,39 @@ def workload_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+SUITE_RULES = ("With a suite, --scenario keeps only those scenarios and --amp, --set-to-none/--zero-grads, "
+               "--loss-norm, --warmup and --steps override the suite's values; --workload, --workload-opt, "
+               "--micro-batch and --accum-steps define cases and are refused.")
+
+
+def given_on_command_line(*names: str) -> set[str]:
+    """Which of the current command's parameters the user gave (not left at their default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+
+
+def check_suite_flags(suite: str | None, workload: str | None, given: set[str]) -> None:
+    """Exit 2 when case-defining flags come with a suite (they would be silently ignored)."""
+    if suite is not None and workload is not None:
+        fail_input("--suite and --workload exclude each other: --workload defines the cases itself")
+    if workload is None:
+        flags = [flag for name, flag in (("workload_opts", "--workload-opt"), ("micro_batch", "--micro-batch"),
+                                         ("accum_steps", "--accum-steps")) if name in given]
+        if flags:
+            fail_input(f"{', '.join(flags)} define(s) cases with --workload and cannot change a suite "
+                       f"({suite or 'the default suite'}); pass --workload, or drop the flag. " + SUITE_RULES)
+
+
 def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_steps, amp, set_to_none,
                  loss_norm, warmup, steps):
     """The cases a command's flags select: from --workload and the grid flags, or from a suite
-    (filtered by --scenario, knobs overridden by the flags that were given)."""
+    (filtered by --scenario, knobs overridden by the flags that were given; see `SUITE_RULES`)."""
     from accumbench.cases import SuiteError, expand_group, load_suite, override
     from accumbench.workloads import WorkloadError, load_workload
 
+    check_suite_flags(suite, workload, given_on_command_line("workload_opts", "micro_batch", "accum_steps"))
     knobs = {"amp": amp, "set_to_none": set_to_none, "loss_norm": loss_norm, "warmup": warmup, "steps": steps}
     try:
         if workload is not None:
@@ -126,54 +157,15 @@ def validate_cases(runner, cases) -> None:
             fail_input(str(exc))
 
 
-def timeline_sink(out_path: Path):
-    """Append each timeline to OUT.timelines.jsonl; the record keeps that file's name."""
-    from accumbench.timeline import append_timeline, sidecar_path
+def open_results(out_path: Path, command: str, *, resume: bool = False, overwrite: bool = False,
+                 append: bool = False, allowed: tuple[str, ...] = ("--resume", "--overwrite")):
+    """The command's `ResultsFile`, checked before anything is measured: contradicting flags,
+    an existing file without --resume/--overwrite, a folder that cannot hold it -> exit 2."""
+    from accumbench.results_file import ResultsFile
 
-    path = sidecar_path(out_path)
-
-    def sink(record, timeline) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_timeline(path, timeline)
-        return path.name
-
-    return sink
-
-
-def _set_aside_results(out_path: Path) -> None:
-    """`--overwrite`: keep the old results file, and its timelines, as FILE.bak."""
-    from accumbench.timeline import sidecar_path
-
-    for path in (out_path, sidecar_path(out_path)):
-        if path.exists():
-            path.replace(path.with_name(path.name + ".bak"))
-
-
-def results_file_problem(out_path: Path, resume: bool, overwrite: bool) -> str | None:
-    """Why `run` cannot write to `out_path` as asked (it holds results and neither --resume nor
-    --overwrite was given), or None. Changes nothing."""
-    if out_path.exists() and out_path.stat().st_size > 0 and not (resume or overwrite):
-        return (f"{out_path} already holds results; pass --resume to add the missing cases, "
-                "--overwrite to start afresh, or another --out")
-    return None
-
-
-def claim_results_file(out_path: Path, resume: bool, overwrite: bool) -> set[str]:
-    """Make `out_path` ready for `run` to append to; return the case ids already measured there
-    (ok or oom) that --resume skips. --overwrite sets the old file and its timelines aside as
-    FILE.bak. Raises ValueError, with one line for the user, when the file cannot be used."""
-    from accumbench.records import RecordError, iter_records
-
-    problem = results_file_problem(out_path, resume, overwrite)
+    results = ResultsFile(out_path, resume=resume, overwrite=overwrite, append=append,
+                          command=command, allowed=allowed)
+    problem = results.problem()
     if problem:
-        raise ValueError(problem)
-    if not (out_path.exists() and out_path.stat().st_size > 0):
-        return set()
-    if resume:
-        try:
-            return {r.case_id for r in iter_records(out_path) if r.status in ("ok", "oom")}
-        except RecordError as exc:
-            raise ValueError(f"cannot resume: {exc}") from None
-    _set_aside_results(out_path)
-    return set()
-
+        fail_input(problem)
+    return results

@@ -1,8 +1,9 @@
 """`accumbench run --distributed` and `--nproc-per-node N`: the DDP side of the run command.
 
 `--nproc-per-node N` checks the input here, then launches `torchrun` with `--distributed` and
-the same flags. Under torchrun each rank selects the same cases; rank 0 alone decides what the
-results file holds (resume, overwrite), prints progress and writes the records.
+the same flags, holding the results file's lock for the ranks. Under torchrun each rank selects
+the same cases and calls `session.execute`; rank 0 alone claims the results file (resume,
+overwrite), prints progress and writes the records.
 """
 
 from __future__ import annotations
@@ -13,24 +14,31 @@ from typing import Any, Sequence
 
 import click
 
-from accumbench.cli.common import claim_results_file, fail_input, results_file_problem, timeline_sink
+from accumbench.cli.common import fail_input, open_results
 
 # Options the relaunch sets itself rather than copies from the command line.
 _NOT_COPIED = ("nproc_per_node", "distributed", "device")
 
 
 def run_ddp(*, torch_device, cases: Sequence[Any], seed: int, out_path: Path, resume: bool, overwrite: bool,
-            list_only: bool, distributed: bool, nproc_per_node: int | None, timeline: bool = False) -> None:
+            list_only: bool, distributed: bool, nproc_per_node: int | None, timeline: bool = False,
+            parallel: str = "ddp", reshard_after_forward: bool = True, fsdp_wrap: str | None = None) -> None:
     """Launch torchrun (`nproc_per_node`) or run this process's rank (`distributed`); `timeline`
-    traces each case on every rank and keeps rank 0's curve (the flag travels to the ranks)."""
+    traces each case on every rank and keeps rank 0's curve (the flag travels to the ranks).
+    `parallel` "fsdp" runs the cases under FSDP2 (`accumbench.distributed.fsdp`) instead of DDP."""
     from accumbench.distributed import ddp_cases
+    from accumbench.distributed.fsdp import fsdp_cases
 
     if distributed and nproc_per_node is not None:
         fail_input("pass either --nproc-per-node N (launches torchrun) or --distributed (already under "
                    "torchrun), not both")
-    dcases, skipped = ddp_cases(cases)
+    if parallel == "fsdp":
+        dcases, skipped = fsdp_cases(cases, reshard_after_forward, fsdp_wrap)
+    else:
+        dcases, skipped = ddp_cases(cases)
     if not dcases:
-        fail_input("DDP runs the large-batch and accumulated scenarios; every selected case is multi-task")
+        fail_input(f"{parallel.upper()} runs the large-batch and accumulated scenarios; every selected case is "
+                   "multi-task")
     if nproc_per_node is not None:
         _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_only, nproc_per_node)
     else:
@@ -62,19 +70,25 @@ def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
     return args
 
 
-def _check_cases(dcases) -> dict[tuple, Any]:
-    """Load every workload and check every scenario fits it, before anything runs."""
-    from accumbench.scenarios import check_compatible
-    from accumbench.workloads import WorkloadError, load_workload
+def _case_id(workload_name: str, dcase, optimizer: str, world_size: int) -> str:
+    """The record id of a DDP or an FSDP case."""
+    from accumbench.distributed import DdpCase, ddp_case_id
+    from accumbench.distributed.fsdp import fsdp_case_id
 
-    workloads: dict[tuple, Any] = {}
+    return (ddp_case_id if isinstance(dcase, DdpCase) else fsdp_case_id)(workload_name, dcase, optimizer, world_size)
+
+
+def _check_cases(dcases):
+    """Load every workload and check every scenario fits it, before anything runs; return the
+    loaded workloads (a `runner.WorkloadCache`)."""
+    from accumbench.runner import WorkloadCache
+    from accumbench.scenarios import check_compatible
+    from accumbench.workloads import WorkloadError
+
+    workloads = WorkloadCache()
     for dcase in dcases:
-        case = dcase.case
-        key = (case.workload, case.options)
         try:
-            if key not in workloads:
-                workloads[key] = load_workload(case.workload, case.options_dict)
-            check_compatible(case.scenario, workloads[key])
+            check_compatible(dcase.case.scenario, workloads.get(dcase.case))
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
     return workloads
@@ -90,7 +104,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     """Check the input in this process (one clear error, not one per rank), then run torchrun."""
     import torch
 
-    from accumbench.distributed import ddp_case_id, launch_torchrun
+    from accumbench.distributed import launch_torchrun
     from accumbench.runner import default_optimizer_label
 
     if torch_device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
@@ -99,16 +113,29 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     workloads = _check_cases(dcases)
     if list_only:
         for dcase in dcases:
-            workload = workloads[(dcase.case.workload, dcase.case.options)]
-            click.echo(ddp_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
+            workload = workloads.get(dcase.case)
+            click.echo(_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
         click.echo(f"{len(dcases)} case(s) at world size {nproc_per_node}", err=True)
         return
-    problem = results_file_problem(out_path, resume, overwrite)  # checked here; the ranks claim the file
-    if problem:
-        fail_input(problem)
-    _note_skipped(skipped)
-    args = relaunch_args(click.get_current_context(), torch_device.type)
-    sys.exit(launch_torchrun(nproc_per_node, args, torch_device.type))
+    import os
+
+    from accumbench.results_file import LOCK_HOLDER_ENV, ResultsFileError
+
+    # Checked and locked here, for the whole job; rank 0 claims the file under this lock.
+    results = open_results(out_path, "accumbench run --nproc-per-node", resume=resume, overwrite=overwrite)
+    try:
+        results.lock()
+    except ResultsFileError as exc:
+        fail_input(str(exc))
+    with results:
+        _note_skipped(skipped)
+        args = relaunch_args(click.get_current_context(), torch_device.type)
+        os.environ[LOCK_HOLDER_ENV] = str(results.lock_path.resolve())
+        try:
+            code = launch_torchrun(nproc_per_node, args, torch_device.type)
+        finally:
+            os.environ.pop(LOCK_HOLDER_ENV, None)
+    sys.exit(code)
 
 
 def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline) -> None:
@@ -136,59 +163,32 @@ def _run_rank(torch_device, dcases, skipped, seed, out_path, resume, overwrite, 
 
 
 def _run_joined(groups, dcases, skipped, seed, out_path, resume, overwrite, list_only, timeline) -> None:
-    from accumbench.cli.run import _close, _LineProgress, _print_summary, _RichProgress
+    from accumbench.cli.progress import print_summary, progress_for
     from accumbench.distributed import DistributedRunner
-    from accumbench.records import append_record
+    from accumbench.results_file import ResultsFile
+    from accumbench.session import execute
 
     _check_cases(dcases)  # same input on every rank: every rank stops alike
-    runner = DistributedRunner(groups, seed=seed, trace_timelines=timeline,
-                               timeline_sink=timeline_sink(out_path) if timeline else None)
+    from accumbench.distributed.fsdp import FsdpCase
+    from accumbench.distributed.fsdp_runner import FsdpRunner
+
+    # Rank 0 alone touches the file (in `execute`); the others follow its decision.
+    results = ResultsFile(out_path, resume=resume, overwrite=overwrite, command="accumbench run --distributed")
+    runner_class = FsdpRunner if dcases and isinstance(dcases[0], FsdpCase) else DistributedRunner
+    runner = runner_class(groups, seed=seed, trace_timelines=timeline,
+                          timeline_sink=results.timeline_sink() if timeline else None)
     context = runner.context
-    writer = runner.is_writer
     if list_only:
-        if writer:
+        if runner.is_writer:
             for dcase in dcases:
                 click.echo(runner.case_id(dcase))
         return
-
-    # Rank 0 alone reads and moves the results file; the others follow its decision.
-    decision: tuple[str, Any] | None = None
-    if writer:
-        try:
-            decision = ("ok", claim_results_file(out_path, resume, overwrite))
-        except ValueError as exc:
-            decision = ("error", str(exc))
-    kind, payload = groups.broadcast(decision)
-    if kind == "error":
-        if writer:
-            fail_input(payload)
-        sys.exit(2)
-    done: set[str] = payload
-    todo = [d for d in dcases if runner.case_id(d) not in done]
-    progress = None
-    if writer:
+    if runner.is_writer:
         _note_skipped(skipped)
-        click.echo(
-            f"accumbench: {len(todo)} case(s) on {runner.meter_name} ({context.device}) x {context.world_size} "
-            f"rank(s), {context.backend}"
-            + (f", {len(dcases) - len(todo)} already in {out_path}" if done else "")
-            + f" -> {out_path}", err=True,
-        )
-        progress = _RichProgress(len(todo)) if sys.stderr.isatty() else _LineProgress()
-    try:
-        records = runner.run(todo, sink=lambda r: append_record(out_path, r), progress=progress)
-    except KeyboardInterrupt:
-        if writer:
-            _close(progress)
-            click.echo(f"\ninterrupted; the records measured are in {out_path}; "
-                       "run again with --resume to measure the rest", err=True)
-        sys.exit(130)
-    if writer:
-        _close(progress)
-        _print_summary(records)
-        click.echo(f"wrote {len(records)} record(s) to {out_path}", err=True)
-    errors = [r for r in records if r.status == "error"]
-    if errors:
-        if writer:
-            click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
-        sys.exit(1)
+
+    def heading(todo: int, already: int) -> str:
+        return (f"accumbench: {todo} case(s) on {runner.meter_name} ({context.device}) x {context.world_size} "
+                f"rank(s), {context.backend}" + (f", {already} already in {out_path}" if already else "")
+                + f" -> {out_path}")
+
+    sys.exit(execute(dcases, runner, results, progress_for, heading=heading, summary=print_summary))

@@ -9,15 +9,17 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
+    SUITE_RULES,
     case_selection_options,
     fail_input,
-    format_bytes,
     int_list,
+    open_results,
     select_cases,
-    timeline_sink,
     validate_cases,
     workload_options,
 )
+
+from accumbench.textfmt import format_bytes, text_table
 
 DEVICE_KINDS = ["h100", "h200", "a100", "cpu"]
 
@@ -42,17 +44,31 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "attention_scratch=true, cudnn_workspace_bytes=8MiB, scratch_bytes=0, "
                    "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true, "
                    "moe_routing=balanced|worst (which experts MoE routers pick where routing decides sizes).")
-@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite).")
+@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
-              help="JSONL file of estimate records (meter: estimate); replaced if it exists.")
+              help="JSONL file of estimate records (meter: estimate), appended as each group is done.")
+@click.option("--resume", is_flag=True,
+              help="Skip the cases already in --out and append the rest (refused when the file was estimated "
+                   "with another seed, device kind or torch version).")
+@click.option("--overwrite", is_flag=True,
+              help="Start --out afresh; the old file is kept as FILE.bak (or FILE.bak.1, ...).")
 @click.option("--timeline", is_flag=True,
               help="Also trace each case's fake step into OUT.timelines.jsonl (as run --timeline); "
                    "estimates every case on its own, without the grouped replay, so it is slower.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would be estimated, and exit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
+@click.option("--parallel", type=click.Choice(["none", "fsdp"]), default="none", show_default=True,
+              help="fsdp: predict rank 0's peak under FSDP2 for --world-size ranks, in this process, on a "
+                   "fake process group (micro-batch per rank; accumulated with and without sync).")
+@click.option("--world-size", type=click.IntRange(min=1), default=None, metavar="W",
+              help="With --parallel fsdp: the number of GPUs (ranks) to predict for.")
+@click.option("--reshard-after-forward", type=click.Choice(["true", "false"]), default="true",
+              show_default=True, help="With --parallel fsdp: as run's.")
+@click.option("--fsdp-wrap", default=None, metavar="PATTERN", help="With --parallel fsdp: as run's.")
 def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp,
-             set_to_none, loss_norm, out_path, timeline, list_only, seed) -> None:
+             set_to_none, loss_norm, out_path, resume, overwrite, timeline, list_only, seed, parallel="none",
+             world_size=None, reshard_after_forward="true", fsdp_wrap=None) -> None:
     """Predict each case's CUDA peak memory on fake tensors, with no GPU.
 
     The same cases as `run` (same flags), the same scenario step code, run on fake tensors that
@@ -69,13 +85,19 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
       accumbench estimate --workload gpt --workload-opt size=gpt2 --amp bf16 \\
           --micro-batch 8,16,32 --accum-steps 1,4 --out results/gpt2-estimate.jsonl
       accumbench estimate --device-kind a100 --assume attention_kernel=math
+      accumbench estimate --workload hf:llama-3.2-1b --workload-opt seq_len=2048 --amp bf16 --micro-batch 1,4
       accumbench estimate --suite smoke --device-kind cpu   # compare with run --device cpu
+      accumbench estimate --parallel fsdp --world-size 8 --workload gpt --workload-opt size=gpt2 \
+          --amp bf16 --micro-batch 8 --accum-steps 4     # rank 0 of 8 GPUs, on this CPU
 
-    Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed, 2 bad input.
+    The results file follows run's rules: an existing file needs --resume or --overwrite.
+
+    Exit codes: 0 every case estimated (predicted OOM counts), 1 some case failed or the
+    results could not be written, 2 bad input, 130 interrupted.
     """
-    from accumbench.estimate import estimate_cases, estimate_each, estimate_runner, groups_of
-    from accumbench.timeline import sidecar_path
-    from accumbench.records import write_records
+    from accumbench.cli.progress import LineProgress
+    from accumbench.estimate import EstimateRunner, estimate_runner, groups_of
+    from accumbench.session import execute
 
     assumptions = device_assumptions(device_kind, assume)
     options = workload_options(workload_opts)
@@ -86,51 +108,45 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
-    runner = estimate_runner(assumptions, seed, timeline_sink=timeline_sink(out_path) if timeline else None)
+    results = None if list_only else open_results(out_path, "accumbench estimate", resume=resume,
+                                                  overwrite=overwrite)
+    if parallel == "fsdp" or world_size is not None:
+        from accumbench.cli.fsdp_estimate import estimate_fsdp_command
+
+        return estimate_fsdp_command(cases, assumptions, parallel=parallel, world_size=world_size,
+                                     reshard_after_forward=reshard_after_forward == "true", fsdp_wrap=fsdp_wrap,
+                                     results=results, timeline=timeline, list_only=list_only, seed=seed)
+    if reshard_after_forward != "true" or fsdp_wrap is not None:
+        fail_input("--reshard-after-forward and --fsdp-wrap are FSDP settings: add --parallel fsdp --world-size W")
+    runner = estimate_runner(assumptions, seed,
+                             timeline_sink=results.timeline_sink() if timeline and results else None)
     validate_cases(runner, cases)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))
         click.echo(f"{len(cases)} case(s)", err=True)
         return
-    click.echo(f"accumbench estimate: {len(cases)} case(s) in {groups_of(cases)} group(s) for "
-               f"{runner.meter.device_info(runner.device)['device_name']} -> {out_path}", err=True)
     started = time.perf_counter()
-    done: list = []
 
-    def progress(record) -> None:
-        done.append(record)
-        click.echo(f"[{len(done)}/{len(cases)}] {record.case_id}: "
-                   + (format_bytes(record.peak_allocated) if record.peak_allocated is not None else record.status),
-                   err=True)
+    def heading(todo: int, already: int) -> str:
+        return (f"accumbench estimate: {todo} case(s) in {groups_of(cases)} group(s) for "
+                f"{runner.meter.device_info(runner.device)['device_name']}"
+                + (f", {already} already in {out_path}" if already else "") + f" -> {out_path}")
 
-    try:
-        if timeline:
-            sidecar_path(out_path).unlink(missing_ok=True)  # replaced, as the results file is
-            records = estimate_each(cases, runner, assumptions, on_record=progress)
-        else:
-            records = estimate_cases(cases, assumptions, runner=runner, on_record=progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted after {len(done)} record(s); nothing written", err=True)
-        sys.exit(130)
-    write_records(out_path, records)
-    _print_summary(records, assumptions)
-    click.echo(f"wrote {len(records)} estimate record(s) to {out_path} in {time.perf_counter() - started:.1f} s",
-               err=True)
-    errors = [r for r in records if r.status == "error"]
-    if errors:
-        click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' field)", err=True)
-        sys.exit(1)
+    def summary(records) -> None:
+        _print_summary(records, assumptions)
+        click.echo(f"estimated in {time.perf_counter() - started:.1f} s", err=True)
+
+    # Lines, not a bar: grouped records arrive in bursts, a bar would jump.
+    sys.exit(execute(cases, EstimateRunner(runner, assumptions, each=timeline), results,
+                     lambda total: LineProgress(), heading=heading, summary=summary))
 
 
 def _print_summary(records, assumptions) -> None:
     if not records:
         return
     usable = assumptions.usable_memory_bytes
-    width = max(len(r.case_id) for r in records)
-    click.echo(f"{'case':<{width}}  {'status':<6}  {'predicted peak':>14}")
-    for r in records:
-        peak = format_bytes(r.peak_allocated) if r.peak_allocated is not None else "-"
-        click.echo(f"{r.case_id:<{width}}  {r.status:<6}  {peak:>14}")
+    rows = [(r.case_id, r.status, format_bytes(r.peak_allocated)) for r in records]
+    click.echo(text_table(["case", "status", "predicted peak"], rows, right=(2,)))
     if usable is not None:
         click.echo(f"(usable memory assumed: {format_bytes(usable)} of {format_bytes(assumptions.total_memory_bytes)})")

@@ -29,7 +29,8 @@ def _fraction(text: str) -> float:
 @click.option("--memory-budget", required=True, metavar="SIZE",
               help="Device memory you can use: 24GiB (binary), 24GB (decimal), 80e9 or plain bytes.")
 @click.option("--workload", "workload_spec", default=None,
-              help="Workload to plan for (built-in or plug-in spec). Without --results, estimated on the spot.")
+              help="Workload to plan for (built-in, hf:<model> or plug-in spec). Without --results, estimated "
+                   "on the spot.")
 @click.option("--workload-opt", "workload_opts", multiple=True, metavar="KEY=VALUE",
               help="Option for the workload factory, repeatable, e.g. size=gpt2.")
 @click.option("--results", "results", multiple=True, type=click.Path(path_type=Path),
@@ -49,19 +50,26 @@ def _fraction(text: str) -> float:
               help="Device the estimates are for (without --results).")
 @click.option("--assume", "assume", multiple=True, metavar="KEY=VALUE",
               help="Override an estimate assumption (see accumbench estimate --help).")
+@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, metavar="W",
+              help="GPUs the effective batch is spread over, sharded with FSDP2 (as run --parallel fsdp): "
+                   "micro-batch x steps are per rank, memory is rank 0's (estimated on a fake process group "
+                   "with the gradient sync skipped until the last micro-step, or --results of world size W).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, scenario, amp, set_to_none,
-         loss_norm, margin, device_kind, assume, as_json) -> None:
+         loss_norm, margin, device_kind, assume, as_json, world_size=1) -> None:
     """Recommend micro-batch x accumulation steps for an effective batch under a memory budget.
 
-    Lists every (micro-batch, accumulation steps) pair whose product is --effective-batch with
-    its predicted peak and throughput, marks those that fit the budget less the margin, and
-    recommends the fastest that fits (with no measured throughput: the largest micro-batch that
-    fits, since larger micro-batches use the GPU better). Predictions come from --results (the
-    peak at a measured micro-batch, else a straight line fitted through peak vs micro-batch; a
-    measured OOM rules out that micro-batch and larger), or else from estimates made on the spot
-    for --workload (see accumbench estimate). It never recommends a configuration that does
-    not fit by its own prediction.
+    Lists every (micro-batch, accumulation steps) pair whose product is --effective-batch,
+    fastest first, with its predicted peak and samples/s, marks those that fit the budget less
+    the margin, recommends the fastest that fits and says what each other fitting pair costs
+    ("8x32: 5.10 GiB (estimated), ~310 samples/s (estimated), 2.1x slower than 32x8"). Every
+    number says where it comes from: measured, estimated (the estimate meter's prediction),
+    fit (a line through peak vs micro-batch), "from mb=1 x16" (samples/s borrowed from the same
+    micro-batch at another accumulation count), or nothing when unknown. Predictions come from
+    --results (a measured OOM rules out that micro-batch and larger), or else from estimates
+    made on the spot for --workload (peaks and step times, see accumbench estimate). With no
+    throughput at all it recommends the largest micro-batch that fits. It never recommends a
+    configuration that does not fit by its own prediction.
 
     \b
     Examples:
@@ -69,6 +77,8 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
           --effective-batch 256 --memory-budget 24GiB
       accumbench plan --results results/h100.jsonl --workload gpt --workload-opt size=gpt2 \\
           --amp bf16 --effective-batch 256 --memory-budget 40GB --margin 5%
+      accumbench plan --workload gpt --workload-opt size=gpt2 --amp bf16 \
+          --effective-batch 256 --memory-budget 24GiB --world-size 8   # 32 per GPU, FSDP
 
     Exit codes: 0 a configuration fits, 1 none fits the budget, 2 bad input.
     """
@@ -93,17 +103,28 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     if scenario is not None and workload is not None and not workload.is_multitask:
         fail_input(f"--scenario {scenario} needs a multi-task workload; {workload.name} has a single loss")
     family = scenario or ("multitask-combined" if workload is not None and workload.is_multitask else None)
+    per_rank = effective_batch
+    if world_size > 1:
+        if effective_batch % world_size:
+            fail_input(f"--effective-batch {effective_batch} does not split over --world-size {world_size} ranks")
+        if family is not None:
+            fail_input("--world-size plans FSDP, which runs single-loss workloads (large-batch and accumulated)")
+        per_rank = effective_batch // world_size
 
     try:
         if results:
-            observations, source, exact, name = _from_results(results, workload, family, amp, set_to_none, loss_norm)
+            observations, source, exact, name = _from_results(results, workload, family, amp, set_to_none, loss_norm,
+                                                              world_size)
         else:
             if workload is None:
                 fail_input("give --workload to estimate, or --results with measured records")
-            observations, source, exact, name = _from_estimates(workload_spec, options, workload, effective_batch,
+            observations, source, exact, name = _from_estimates(workload_spec, options, workload, per_rank,
                                                                 family, amp, set_to_none, loss_norm,
-                                                                device_kind, assume)
-        made = make_plan(effective_batch, budget, observations, margin_value, exact_source=exact,
+                                                                device_kind, assume, world_size)
+        if world_size > 1:  # the plan is per rank: say so wherever it names the batch
+            name += f" on {world_size} ranks (FSDP; micro-batch x steps and peak per rank, " \
+                    f"{per_rank} of the {effective_batch} samples each)"
+        made = make_plan(per_rank, budget, observations, margin_value, exact_source=exact,
                          source=source, workload=name)
     except NothingFits as exc:
         click.echo(f"no configuration fits: {exc}", err=True)
@@ -113,7 +134,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
 
 
-def _from_results(paths, workload, family, amp, set_to_none, loss_norm):
+def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1):
     from accumbench.plan import observations_from_records, select_records
     from accumbench.records import RecordError, read_records
 
@@ -121,6 +142,12 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm):
         records = read_records(list(paths))
     except RecordError as exc:
         fail_input(str(exc))
+    if world_size > 1:  # that world size's FSDP records, accumulated with the sync skipped
+        records = [r for r in records if r.world_size == world_size and isinstance(r.distributed, dict)
+                   and r.distributed.get("parallel") == "fsdp"
+                   and (r.scenario != "accumulated" or r.distributed.get("no_sync"))]
+        if not records:
+            fail_input(f"no FSDP records of world size {world_size} in {', '.join(str(p) for p in paths)}")
     if family is None and workload is None:
         # A results file of multi-task records only: plan its (combined) step.
         scenarios = {r.scenario for r in records}
@@ -136,15 +163,23 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm):
 
 
 def _from_estimates(spec, options, workload, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
-                    assume):
+                    assume, world_size=1):
     from accumbench.estimate import estimate_cases
     from accumbench.plan import candidate_cases, observations_from_records
 
     assumptions = device_assumptions(device_kind, assume)
     cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
                             loss_norm=loss_norm)
-    click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}...", err=True)
-    records = estimate_cases(cases, assumptions)
+    click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
+               + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else "") + "...", err=True)
+    if world_size > 1:
+        from accumbench.distributed.fake_group import estimate_fsdp
+        from accumbench.distributed.fsdp import FsdpCase
+
+        records = estimate_fsdp([FsdpCase(c, no_sync=c.scenario == "accumulated") for c in cases],
+                                assumptions, world_size)
+    else:
+        records = estimate_cases(cases, assumptions)
     errors = [r for r in records if r.status == "error"]
     if errors:
         click.echo(f"cannot plan: estimating {errors[0].case_id} failed: {errors[0].error}", err=True)

@@ -41,6 +41,10 @@ every rank); the records already written stay, and `--resume` continues.
 Modules: `process` (joining the job, groups, timeouts), `cases` (which cases, their ids), `data`
 (shards and loss weights), `comm` (the all-reduce hook), `results` (per-rank results and their
 merge), `runner` (`DistributedRunner`), `launch` (torchrun for `--nproc-per-node`).
+
+FSDP2 (`--parallel fsdp`) lives beside them: `fsdp` (cases, ids, sharding, storage resizes),
+`collectives` (counting all-gathers and reduce-scatters), `fsdp_runner` (`FsdpRunner`) and
+`fake_group` (rank 0's estimate for W ranks on a fake process group); see `fsdp`'s docstring.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from accumbench.distributed.comm import CommStats
 from accumbench.environment import peak_flops
-from accumbench.runner import is_out_of_memory
+from accumbench.runner import error_fields, is_out_of_memory
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class RankResult:
     rank: int
     status: str = "ok"
     error: str | None = None
+    traceback: str | None = None
     collective: bool = False  # the failure looks like waiting on another rank (timeout, peer gone)
     optimizer: str = ""
     parameters: int | None = None
@@ -35,6 +36,7 @@ class RankResult:
     breakdown: dict[str, int] | None = None
     step_times_s: tuple[float, ...] = ()
     comm: CommStats | None = None
+    collectives: Any = None  # FSDP: `collectives.CollectiveStats` (comm stays None)
 
 
 _COLLECTIVE_TEXT = re.compile(r"timed out|timeout|connection (closed|reset)|gloo|nccl|peer", re.I)
@@ -43,14 +45,11 @@ _COLLECTIVE_TEXT = re.compile(r"timed out|timeout|connection (closed|reset)|gloo
 def failed_result(rank: int, exc: BaseException) -> RankResult:
     """A rank's failure as data: oom or error, the first line of the message, and whether it
     looks like a consequence of another rank's failure (a collective that timed out)."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
     collective = isinstance(exc, getattr(dist, "DistError", ())) or bool(_COLLECTIVE_TEXT.search(str(exc)))
-    return RankResult(
-        rank=rank,
-        status="oom" if is_out_of_memory(exc) else "error",
-        error=f"{type(exc).__name__}: {text}".strip()[:400],
-        collective=collective and not is_out_of_memory(exc),
-    )
+    oom = is_out_of_memory(exc)
+    fields = error_fields(exc)
+    return RankResult(rank=rank, status=fields["status"], error=fields["error"][:400],
+                      traceback=fields["traceback"], collective=collective and not oom)
 
 
 def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, tokens_per_sample: int | None,
@@ -67,7 +66,7 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
             if ranks:
                 error += f" (rank {', '.join(ranks)} {what})"
         status = "oom" if any(r.status == "oom" for r in failed) else "error"
-        return {"status": status, "error": error[:500]}
+        return {"status": status, "error": error[:500], "traceback": primary.traceback}
     worst = max(results, key=lambda r: r.peak_allocated or 0)
     medians = [statistics.median(r.step_times_s) for r in results]
     per_rank_speed = [effective_batch_per_rank / m if m > 0 else None for m in medians]
@@ -78,6 +77,15 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
     peak = peak_flops(device_name, amp)
     reserved = [r.peak_reserved for r in results if r.peak_reserved is not None]
     comm = [r.comm for r in results]
+    stats = {} if any(c is None for c in comm) else {  # None: FSDP, which counts its own
+        "buckets": max(c.buckets for c in comm),
+        "allreduces_per_step": max(c.allreduces_per_step for c in comm),
+        "allreduces_per_bucket_per_step": max(c.allreduces_per_step / c.buckets if c.buckets else 0.0
+                                              for c in comm),
+        "allreduce_time_s_per_step": max(c.time_s_per_step for c in comm),
+        "allreduce_timing": comm[0].timing,
+        "per_rank_allreduce_time_s_per_step": [c.time_s_per_step for c in comm],
+    }
     return {
         "status": "ok",
         "peak_allocated": worst.peak_allocated,
@@ -92,14 +100,8 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         "flops_per_step": flops,
         "mfu": flops / median / (peak * len(results)) if (flops and peak and median > 0) else None,
         "distributed_stats": {
-            "buckets": max(c.buckets for c in comm),
-            "allreduces_per_step": max(c.allreduces_per_step for c in comm),
-            "allreduces_per_bucket_per_step": max(c.allreduces_per_step / c.buckets if c.buckets else 0.0
-                                                  for c in comm),
-            "allreduce_time_s_per_step": max(c.time_s_per_step for c in comm),
-            "allreduce_timing": comm[0].timing,
+            **stats,
             "per_rank_peak_allocated": [r.peak_allocated for r in results],
             "per_rank_samples_per_s": per_rank_speed,
-            "per_rank_allreduce_time_s_per_step": [c.time_s_per_step for c in comm],
         },
     }

@@ -22,16 +22,16 @@ from accumbench.runner import (
     DEFAULT_SEED,
     PreparedCase,
     RunProgress,
-    count_flops,
+    WorkloadCache,
+    count_flops_checking_losses,
     default_optimizer_label,
     identity_fields,
     optimizer_label,
-    pin_host_batch,
+    prepare_case,
     run_cases,
 )
-from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.timeline import Timeline
-from accumbench.workloads import Workload, load_workload
+from accumbench.workloads import Workload
 
 
 # DDP rebuilds its gradient buckets, in the order the first backward produced the gradients,
@@ -62,26 +62,25 @@ def wrap_ddp(model: torch.nn.Module, context: DistContext, group: Any,
 def prepare_ddp_case(dcase: DdpCase, workload: Workload, context: DistContext, group: Any,
                      counter: AllReduceCounter, seed: int = DEFAULT_SEED,
                      bucket_cap_mb: float | None = None) -> PreparedCase:
-    """Build the case as `runner.prepare_case` does, with the model in DDP over `group` (its
-    all-reduces counted by `counter`'s hook) and this rank's shard of each global micro-batch.
-    Every rank builds the same initial model from the seed (DDP also broadcasts rank 0's)."""
+    """`runner.prepare_case` with the model in DDP over `group` (its all-reduces counted by
+    `counter`'s hook) and this rank's shard of each global micro-batch. Every rank builds the
+    same initial model from the seed (DDP also broadcasts rank 0's)."""
     case = dcase.case
-    check_compatible(case.scenario, workload)
-    options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
-    torch.manual_seed(seed)
-    model = wrap_ddp(workload.build_model().to(context.device), context, group, bucket_cap_mb)
-    model.register_comm_hook(counter, AllReduceCounter.hook)
-    state = new_training_state(workload, model, context.device, options)
-    state.skip_sync_until_last = dcase.no_sync
-    generator = torch.Generator().manual_seed(seed)
-    global_batches = [workload.make_batch(case.micro_batch * context.world_size, generator)
-                      for _ in range(case.accum_steps)]
-    shards = [shard_batch(b, context.rank, context.world_size) for b in global_batches]
-    weights = ddp_loss_weights(workload, global_batches, shards, case.loss_norm, context.world_size)
-    del global_batches
-    if context.device.type == "cuda":
-        shards = [pin_host_batch(b) for b in shards]
-    return PreparedCase(case.scenario, workload, state, shards, weights)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        ddp = wrap_ddp(model, context, group, bucket_cap_mb)
+        ddp.register_comm_hook(counter, AllReduceCounter.hook)
+        return ddp
+
+    def make_batches(generator: torch.Generator) -> tuple[list[Any], list[float]]:
+        global_batches = [workload.make_batch(case.micro_batch * context.world_size, generator)
+                          for _ in range(case.accum_steps)]
+        shards = [shard_batch(b, context.rank, context.world_size) for b in global_batches]
+        return shards, ddp_loss_weights(workload, global_batches, shards, case.loss_norm, context.world_size)
+
+    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap, make_batches=make_batches)
+    prepared.state.skip_sync_until_last = dcase.no_sync
+    return prepared
 
 
 class DistributedRunner:
@@ -108,23 +107,32 @@ class DistributedRunner:
         self._timeline: Timeline | None = None  # this rank's trace of the case being measured
         # One run id for the job: rank 0's.
         self.run_id = groups.broadcast((run_id or uuid.uuid4().hex[:12]) if self.context.is_writer else None)
-        self._workloads: dict[tuple, Workload] = {}
+        self._workloads = WorkloadCache()
         meter, _ = ddp_meter(self.context.device.type, AllReduceCounter(None, self.context.device.type))
         self.meter_name = meter.name
-        self._provenance = {**provenance(), **meter.device_info(self.context.device), "meter": meter.name}
+        self._provenance = {**provenance(), **meter.device_info(self.context.device), "meter": meter.name,
+                            "seed": seed}
 
     @property
     def is_writer(self) -> bool:
         """True on rank 0."""
         return self.context.is_writer
 
+    def share(self, value: Any) -> Any:
+        """Rank 0's `value`, on every rank (collective)."""
+        return self.groups.broadcast(value if self.is_writer else None)
+
     def workload(self, dcase: DdpCase | Case) -> Workload:
         """Load (once) the workload a case names."""
-        case = dcase.case if isinstance(dcase, DdpCase) else dcase
-        key = (case.workload, case.options)
-        if key not in self._workloads:
-            self._workloads[key] = load_workload(case.workload, case.options_dict)
-        return self._workloads[key]
+        return self._workloads.get(dcase.case if isinstance(dcase, DdpCase) else dcase)
+
+    def shared_settings(self) -> dict[str, Any]:
+        """The settings (`records.RESUME_SETTINGS`) every record of this runner carries."""
+        return {k: self._provenance[k] for k in ("seed", "meter", "device_name", "torch_version")}
+
+    def case_settings(self, dcase: DdpCase) -> dict[str, Any]:
+        """The per-case settings a record of `dcase` carries (the warm-up DDP really runs)."""
+        return {"warmup_steps": ddp_warmup(dcase.case.warmup), "measured_steps": dcase.case.steps}
 
     def case_id(self, dcase: DdpCase) -> str:
         """The id the case's record will carry."""
@@ -166,7 +174,8 @@ class DistributedRunner:
                                     self.bucket_cap_mb)
         measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches,
                                                  ddp_warmup(case.warmup), case.steps)
-        flops = count_flops(prepared.step)  # after measuring, on every rank (the step all-reduces)
+        # After measuring, on every rank (the step all-reduces); also checks the losses are finite.
+        flops = count_flops_checking_losses(prepared, steps=ddp_warmup(case.warmup) + case.steps)
         if self.trace_timelines:
             # After the measured steps (and the all-reduce window), so the record's numbers are
             # untouched. The buckets were allocated during warm-up, where the meter saw them; the
@@ -217,9 +226,12 @@ class DistributedRunner:
         )
 
     def run(self, cases: Sequence[DdpCase], sink: Callable[[Record], None] | None = None,
-            skip: Iterable[str] = (), progress: RunProgress | None = None) -> list[Record]:
+            skip: Iterable[str] = (), progress: RunProgress | None = None,
+            stop: Callable[[], bool] | None = None) -> list[Record]:
         """Measure every case in order on every rank; `skip` holds ids already measured (the
-        same on every rank). Rank 0 calls `sink` and `progress`; every rank returns the records."""
+        same on every rank). Rank 0 calls `sink` and `progress`; every rank returns the records.
+        `stop` is asked on rank 0 after each case and its answer shared, so all ranks end alike."""
         writer = self.is_writer
+        agreed_stop = (lambda: bool(self.share(stop() if writer else None))) if stop is not None else None
         return run_cases(cases, self.measure, self.case_id, sink if writer else None, skip,
-                         progress if writer else None)
+                         progress if writer else None, agreed_stop)

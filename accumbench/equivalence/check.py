@@ -28,6 +28,7 @@ from accumbench.equivalence.diagnose import (
     batchnorm_layers,
     dropout_cause,
     dropout_layers,
+    is_hf_model,
     random_forward_cause,
     running_stats,
     token_mean_cause,
@@ -235,7 +236,7 @@ class _Probe:
 
 
 def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], random_rest: bool,
-              counts: list[int] | None) -> tuple[list[Cause], dict[str, float]]:
+              counts: list[int] | None, hf_model: bool = False) -> tuple[list[Cause], dict[str, float]]:
     """The causes that apply to this comparison and the error with each switched off."""
     causes: list[Cause] = []
     counterfactuals: dict[str, float] = {}
@@ -244,7 +245,7 @@ def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], 
         causes.append(batchnorm_cause(bn))
         counterfactuals[BATCHNORM_EVAL] = probe.compare(ModelSetting(batchnorm_eval=True), loss_norm).rel_error
     if token_cause:
-        causes.append(token_mean_cause(counts))
+        causes.append(token_mean_cause(counts, hf_model))
         counterfactuals[TOKEN_NORM] = probe.compare(AS_IS, "token").rel_error
     if dropout:
         causes.append(dropout_cause(dropout))
@@ -301,7 +302,7 @@ def check_workload(workload: Workload, config: CheckConfig | None = None) -> lis
                 comparison = probe.compare(AS_IS, loss_norm)
                 # Causes explain a difference: an equivalent result has none to explain.
                 causes, counterfactuals = ([], {}) if comparison.rel_error <= config.tolerance else \
-                    _diagnose(probe, loss_norm, bn, dropout, random_rest, counts)
+                    _diagnose(probe, loss_norm, bn, dropout, random_rest, counts, is_hf_model(model))
                 drift = None
                 if bn:
                     drift = compare_tensors(probe.accumulated(AS_IS, loss_norm).stats, probe.large(AS_IS).stats).rel_error

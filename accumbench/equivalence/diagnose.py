@@ -131,26 +131,41 @@ def batchnorm_cause(layers: Sequence[str]) -> Cause:
     )
 
 
-def token_mean_cause(counts: Sequence[int]) -> Cause:
-    """A mean loss per micro-batch over different numbers of valid tokens, divided by N."""
+def is_hf_model(model: nn.Module) -> bool:
+    """True for a Hugging Face transformers model (a `PreTrainedModel` subclass), found by its
+    class hierarchy so that transformers need not be imported."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
+               for c in type(model).__mro__)
+
+
+def token_mean_cause(counts: Sequence[int], hf_model: bool = False) -> Cause:
+    """A mean loss per micro-batch over different numbers of valid tokens, divided by N; for a
+    Hugging Face model, named as HF Trainer's accumulation bug and its `num_items_in_batch` fix."""
     total = sum(counts)
     shown = ", ".join(str(c) for c in counts[:8]) + (", ..." if len(counts) > 8 else "")
-    return Cause(
-        kind="token-mean",
-        summary=f"mean loss per micro-batch over varying valid tokens ({min(counts)} to {max(counts)}), "
-                "divided by N",
-        explanation=(
-            "Each micro-batch's loss is the mean over its own valid (non-padding) tokens, then divided by "
-            "N: a token in a micro-batch with few valid tokens weighs more than one in a full micro-batch. "
-            f"The large batch averages over all its tokens at once, every token weighing the same (at "
-            f"N={len(counts)}: {shown} valid tokens per micro-batch, {total} in all)."
-        ),
-        fix=(
-            "sum the per-token losses and divide by the effective batch's total valid-token count: "
-            "`--loss-norm token` (each micro-batch loss x count_i / total)"
-        ),
-        counterfactual=TOKEN_NORM,
+    explanation = (
+        "Each micro-batch's loss is the mean over its own valid (non-padding) tokens, then divided by "
+        "N: a token in a micro-batch with few valid tokens weighs more than one in a full micro-batch. "
+        f"The large batch averages over all its tokens at once, every token weighing the same (at "
+        f"N={len(counts)}: {shown} valid tokens per micro-batch, {total} in all)."
     )
+    fix = ("sum the per-token losses and divide by the effective batch's total valid-token count: "
+           "`--loss-norm token` (each micro-batch loss x count_i / total)")
+    summary = (f"mean loss per micro-batch over varying valid tokens ({min(counts)} to {max(counts)}), "
+               "divided by N")
+    if hf_model:
+        summary += " (HF Trainer without num_items_in_batch)"
+        explanation += (
+            " This is Hugging Face Trainer's gradient-accumulation bug: the model's own loss (labels "
+            "!= -100, shifted by one for causal LMs) is a per-micro-batch mean over a varying number of "
+            "valid tokens, and Trainer divided it by the accumulation steps (fixed in transformers 4.46)."
+        )
+        fix = ("pass `num_items_in_batch` (the accumulation window's total count of labels != -100, after "
+               "the causal shift) to the model's loss, `model(**batch, num_items_in_batch=total)`, which "
+               "sums the per-token losses and divides by it, as Trainer does since transformers 4.46; that "
+               "is normalising by the window's total valid tokens: `--loss-norm token` here")
+    return Cause(kind="token-mean", summary=summary, explanation=explanation, fix=fix,
+                 counterfactual=TOKEN_NORM)
 
 
 def dropout_cause(layers: Sequence[str]) -> Cause:

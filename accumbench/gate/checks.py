@@ -261,6 +261,8 @@ class CommunicationCheck:
 
     def evaluate(self, baseline: dict | None, current: dict | None) -> Outcome:
         """Compare two `distributed` blocks."""
+        if any(isinstance(x, dict) and x.get("parallel") == "fsdp" for x in (baseline, current)):
+            return self._fsdp(baseline, current)
         b = baseline.get("allreduces_per_step") if isinstance(baseline, dict) else None
         c = current.get("allreduces_per_step") if isinstance(current, dict) else None
         if not isinstance(b, (int, float)) or not isinstance(c, (int, float)):
@@ -273,6 +275,30 @@ class CommunicationCheck:
                      else " (same buckets: more synchronised micro-steps; is no_sync() still used?)")
             return Outcome(REGRESSION, what + cause, b, c, change)
         if c < b:
+            return Outcome(IMPROVEMENT, what, b, c, change)
+        return Outcome(SAME, what, b, c, change)
+
+
+    @staticmethod
+    def _fsdp(baseline: dict | None, current: dict | None) -> Outcome:
+        """FSDP: all-gathers and reduce-scatters per optimizer step, gated exactly (FSDP units x
+        gathers or synchronised micro-steps: deterministic). A change of either is a regression
+        when it grows, an improvement when it shrinks; the outcome's numbers are the collectives
+        in all (more in one and fewer in the other is a regression, named)."""
+        keys = ("allgathers_per_step", "reducescatters_per_step")
+        pairs = [(baseline.get(k) if isinstance(baseline, dict) else None,
+                  current.get(k) if isinstance(current, dict) else None) for k in keys]
+        if any(not isinstance(v, (int, float)) for pair in pairs for v in pair):
+            return Outcome(NOT_AVAILABLE, "no FSDP collective counts on one side")
+        b, c = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        change = stats.relative_change(b, c) if b else (math.inf if c else 0.0)
+        what = "; ".join(f"{k.split('_')[0]} per optimizer step {x:g} -> {y:g}" for k, (x, y) in zip(keys, pairs))
+        if any(y > x for x, y in pairs):
+            units = (baseline.get("fsdp_units"), current.get("fsdp_units"))
+            cause = (f" (FSDP units {units[0]} -> {units[1]})" if units[0] != units[1] else
+                     " (same FSDP units: is the gradient sync still skipped, resharding unchanged?)")
+            return Outcome(REGRESSION, what + cause, b, c, change)
+        if any(y < x for x, y in pairs):
             return Outcome(IMPROVEMENT, what, b, c, change)
         return Outcome(SAME, what, b, c, change)
 

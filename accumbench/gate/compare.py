@@ -4,7 +4,7 @@ Reads DataFrames (from `accumbench.records.load_results`) or sequences of `Recor
 frozen `Comparison` that the renderers in `accumbench.gate.table` format. Never prints, never
 exits: the CLI turns `Comparison.exit_code` into the process's exit status.
 
-Rules (DESIGN.md, "Regression gate"):
+Rules (docs/design.md, "Regression gate"):
 - A case is matched by `case_id`, and by `world_size` too when it is above 1.
 - Both ok: the memory check and the throughput check decide (see `accumbench.gate.checks`);
   for `accumbench check` records the equivalence check too, and for DDP records the count of
@@ -287,11 +287,16 @@ def _compare_case(
         current_status=c_status,
         memory=memory,
         throughput=throughput,
-        baseline_samples_per_s=_number(base.get("samples_per_s")),
-        current_samples_per_s=_number(cur.get("samples_per_s")),
+        baseline_samples_per_s=_measured_rate(base),
+        current_samples_per_s=_measured_rate(cur),
         verdict=verdict,
         reasons=reasons,
     )
+
+
+def _measured_rate(row: Mapping[str, Any]) -> float | None:
+    """Samples/s when measured; None for the estimate meter's predicted rate (never compared)."""
+    return None if row.get("meter") == "estimate" else _number(row.get("samples_per_s"))
 
 
 def _mismatches(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], throughput_gated: bool) -> list[Mismatch]:

@@ -41,6 +41,8 @@ class Measurement:
     assumptions: dict[str, Any] | None = None
     # FLOPs of one step, from meters that count them (`Meter.counts_flops`).
     flops_per_step: int | None = None
+    # A predicted (not measured) step time, from the estimate meter's step-time model.
+    predicted_step_time_s: float | None = None
 
 
 class Meter(abc.ABC):

@@ -26,15 +26,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import flop_registry
 
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
 from accumbench.meters.known_values import MOE_ROUTINGS, KnownValues, known_tensors_look_real
-from accumbench.meters.tracker import LiveBytesTracker
+from accumbench.meters.tracker import LiveBytesTracker, local_tensor
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
+from accumbench.steptime import OpTable, OpTally, op_flops, predict_step_time
 
 # --- the allocation log ------------------------------------------------------------------------
 
@@ -69,6 +69,7 @@ class StepProfile:
     attention_calls: tuple[tuple[str, str], ...]  # (kernel assumed for CUDA, kernel the step ran)
     flops: int
     convolutions: bool = False
+    ops: OpTable | None = None  # every op of the step, for the step-time model (accumbench.steptime)
 
     def sizes(self) -> list[int]:
         """Every byte count in the log, in order (what differs between micro-batch sizes)."""
@@ -80,12 +81,14 @@ class StepProfile:
         return (events, self.step_start, self.gemm_threads, self.lt_threads, self.attention_calls,
                 self.convolutions)
 
-    def with_sizes(self, sizes: Sequence[int], flops: int | None = None) -> "StepProfile":
-        """The same log with other byte counts (a replay at another micro-batch size)."""
+    def with_sizes(self, sizes: Sequence[int], flops: int | None = None, ops: OpTable | None = None
+                   ) -> "StepProfile":
+        """The same log with other byte counts (a replay at another micro-batch size), and the
+        op table at that size (None: unknown)."""
         it = iter(sizes)
         events = tuple(e if e[0] in (FREE, MOVE) else (e[0], e[1], int(next(it)), *e[3:])
                        for e in self.events)
-        return replace(self, events=events, flops=self.flops if flops is None else flops)
+        return replace(self, events=events, flops=self.flops if flops is None else flops, ops=ops)
 
     def replay(self, assumptions: DeviceAssumptions) -> "Replay":
         """Live bytes before the step, the step's peak and its breakdown, with the device's
@@ -145,12 +148,21 @@ class Replay:
 
 def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
                          first: StepProfile | None = None, note: str | None = None,
+                         accum_steps: int | None = None,
                          routing_peaks: dict[str, int] | None = None) -> Measurement:
-    """The measurement an estimate reports: the steady step's replay, and the warm-up step's
-    peak when it was profiled at this size. `routing_peaks`: the peak under each `moe_routing`
-    assumption, when assumed routing decided sizes (recorded as `assumptions.moe_routing_peaks`)."""
+    """The measurement an estimate reports: the steady step's replay, the warm-up step's peak
+    when it was profiled at this size, and the predicted step time (of `accum_steps`
+    micro-steps) when the device kind has speed constants. `routing_peaks`: the peak under each
+    `moe_routing` assumption, when assumed routing decided sizes (`assumptions.moe_routing_peaks`)."""
     replay = steady.replay(assumptions)
     applied = steady.applied(assumptions)
+    speed = assumptions.speed()
+    predicted = None
+    if speed is not None and steady.ops is not None:
+        step_time = predict_step_time(steady.ops, speed, accum_steps)
+        predicted = step_time.seconds
+        applied["applied"] = [*applied["applied"], f"step-time-model ({step_time.bound}-bound, "
+                                                    f"{step_time.kernels} kernels)"]
     if note:
         applied["applied"] = [*applied["applied"], note]
     if routing_peaks:
@@ -164,6 +176,7 @@ def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
         breakdown=replay.breakdown,
         assumptions=applied,
         flops_per_step=steady.flops,
+        predicted_step_time_s=predicted,
     )
 
 
@@ -214,8 +227,10 @@ class LoggingTracker(LiveBytesTracker):
     re-categorisation (for replays with rounding and at other batch sizes), notes which phase
     ran GEMMs (one cuBLAS workspace per thread), counts FLOPs and injects modelled scratch."""
 
-    def __init__(self, device_type: str, scratch: Callable[[Any, tuple, dict], int] | None = None) -> None:
+    def __init__(self, device_type: str, scratch: Callable[[Any, tuple, dict], int] | None = None,
+                 cuda: bool = False) -> None:
         super().__init__(device_type)
+        self.ops = OpTally(cuda)
         self.log: list[tuple] = []
         self.step_start = 0
         self.gemm_threads: set[str] = set()
@@ -238,7 +253,7 @@ class LoggingTracker(LiveBytesTracker):
             events=tuple(self.log), step_start=self.step_start,
             gemm_threads=frozenset(self.gemm_threads), lt_threads=frozenset(self.lt_threads),
             attention_calls=tuple(self.attention_calls), flops=int(self.flops),
-            convolutions=self.convolutions,
+            convolutions=self.convolutions, ops=self.ops.table(),
         )
 
     # -- accounting, as the parent's, plus the log --------------------------------------
@@ -255,6 +270,7 @@ class LoggingTracker(LiveBytesTracker):
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """As the parent's, logging a change of category."""
+        tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
         entry = self._live.get(tensor.untyped_storage())
@@ -280,6 +296,7 @@ class LoggingTracker(LiveBytesTracker):
     def phase(self, name: str, micro_step: int | None) -> None:
         """As the parent's; also notes which CUDA thread would run what follows."""
         super().phase(name, micro_step)
+        self.ops.phase(name, micro_step)
         self._thread = "backward" if name == "backward" else "forward"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -295,8 +312,9 @@ class LoggingTracker(LiveBytesTracker):
             self.cpu_flash_calls += 1
         elif name in CUDNN_OPS:
             self.convolutions = True
-        if packet in flop_registry:
-            self.flops += flop_registry[packet](*args, **kwargs, out_val=out)
+        flops = op_flops(func, args, kwargs, out, self.ops.cuda)
+        self.flops += flops
+        self.ops.record(func, args, kwargs, out, flops)
         if self._scratch is not None:
             self.transient(self._scratch(func, args, kwargs))
         return out
@@ -486,7 +504,7 @@ class EstimateMeter(Meter):
                                            kwargs.get("attn_mask") is not None)
             return attention_backward_scratch(kernel, query)
 
-        tracker = LoggingTracker(state.device.type, scratch if cuda else None)
+        tracker = LoggingTracker(state.device.type, scratch if cuda else None, cuda=cuda)
         tracker.adopt(self._alive_between_steps(state))
         tracker.start_step()
         if state.scaler is not None and not isinstance(state.scaler, _NoSyncGradScaler):

@@ -39,6 +39,14 @@ def cuda_allocator_bytes(nbytes: int) -> int:
     return 0 if nbytes == 0 else -(-nbytes // 512) * 512
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor holding this rank's bytes: a DTensor's (FSDP2's sharded parameters, gradients
+    and optimizer state) local shard; any other tensor itself. A DTensor is a wrapper whose own
+    storage is not memory."""
+    inner = getattr(tensor, "_local_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else tensor
+
+
 class LiveBytesTracker(TorchDispatchMode):
     """Counts live tensor-storage bytes on one device type; keeps the peak and its breakdown.
 
@@ -83,6 +91,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
         """Count the tensor's storage if it is new (views and in-place results share one)."""
+        tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
         storage = tensor.untyped_storage()
@@ -106,6 +115,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def classify(self, tensor: torch.Tensor, category: str) -> None:
         """File an already tracked (or new) tensor's bytes under `category`."""
+        tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
         entry = self._live.get(tensor.untyped_storage())

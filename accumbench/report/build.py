@@ -12,35 +12,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report import bars, communication, figures, findings, output, tables, timelines
+from accumbench.report import bars, communication, figures, findings, fsdp, output, predicted, tables, timelines
 from accumbench.report.data import ReportInputError, load_frame, memory_fits, prepare
+from accumbench.report.html import render_page
 from accumbench.report.layout import save
-from accumbench.report.tables import Table
-
-
-@dataclass(frozen=True)
-class FigureKind:
-    """One kind of figure: file name, heading, what it shows, and how to make it and its tables.
-
-    `build(frame, fits)`, `tables(frame, fits)` and `findings(frame, fits)` get the rows of one
-    section (or all rows, for the top-level file) and the memory fits of those rows. `absent`
-    says why the figure is missing when `build` returns None; `optional` figures are then left
-    out without a word (e.g. tokens/s for a workload without tokens).
-    """
-
-    name: str
-    title: str
-    caption: str
-    build: Callable[[pd.DataFrame, pd.DataFrame], Figure | None]
-    tables: Callable[[pd.DataFrame, pd.DataFrame], tuple[Table, ...]]
-    findings: Callable[[pd.DataFrame, pd.DataFrame], list[str]]
-    absent: str
-    optional: bool = False
+from accumbench.report.markdown import render_summary
+from accumbench.report.sections import FigureBlock, FigureKind, SectionReport
 
 
 def _no_findings(frame: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
@@ -86,6 +68,16 @@ FIGURES: tuple[FigureKind, ...] = (
         optional=True,
     ),
     FigureKind(
+        "predicted_vs_measured_throughput", "Predicted vs measured throughput",
+        "The estimate meter's predicted samples/s (the step-time model, no GPU) against the measured, "
+        "for the cases the files hold both of; the band is +-25%. Predictions appear nowhere else.",
+        lambda f, fits: predicted.predicted_vs_measured(f),
+        lambda f, fits: (),
+        lambda f, fits: predicted.predicted_findings(f),
+        "no case has both a predicted and a measured throughput",
+        optional=True,
+    ),
+    FigureKind(
         "memory_vs_micro_batch", "Peak memory vs micro-batch, with the fitted line",
         "Each scenario's peaks against the micro-batch, with the least-squares line through them: "
         "the slope is what one more sample costs, the intercept what the step holds whatever the "
@@ -126,6 +118,21 @@ FIGURES: tuple[FigureKind, ...] = (
         optional=True,
     ),
     FigureKind(
+        "fsdp_communication", "FSDP: reduce-scatter every micro-step vs once per step",
+        "Accumulation under FSDP2 (`accumbench run --parallel fsdp --nproc-per-node N`), each "
+        "configuration run twice: reduce-scattering the gradients after every micro-step, and with "
+        "set_requires_gradient_sync(False) on all but the last. Left: gradient reduce-scatters per "
+        "optimizer step on one rank (one per FSDP unit and synchronised micro-step). Middle: the "
+        "peak (max over ranks): skipping the sync keeps the unsharded gradients between "
+        "micro-steps. Right: samples/s summed over ranks. Micro-batches are per rank. Only what "
+        "was run is shown: multi-GPU numbers come from multi-GPU runs, not from this CPU.",
+        lambda f, fits: fsdp.fsdp_figure(f),
+        lambda f, fits: (fsdp.fsdp_table(f),),
+        lambda f, fits: fsdp.fsdp_findings(f),
+        "no FSDP records (run with --parallel fsdp)",
+        optional=True,
+    ),
+    FigureKind(
         "memory_breakdown", "Where the peak goes",
         "The peak split into parameters, gradients, optimizer state, activations and the rest, as "
         "the meter attributed it. Accumulation shrinks the activations; the other categories do "
@@ -162,34 +169,6 @@ FIGURES: tuple[FigureKind, ...] = (
         "no record carries equivalence results (run `accumbench check`)",
     ),
 )
-
-
-@dataclass(frozen=True)
-class FigureBlock:
-    """One figure of one section as the page shows it, with its tables.
-
-    `png` and `file` are None when the figure could not be drawn but its tables have rows
-    (e.g. every workload measured at a single batch size); `kind.absent` then says why.
-    """
-
-    kind: FigureKind
-    file: str | None
-    png: bytes | None
-    tables: tuple[Table, ...]
-    findings: tuple[str, ...]
-    svg_beside: bool = True  # False: the SVG is the top-level file with every section
-
-
-@dataclass(frozen=True)
-class SectionReport:
-    """Everything the page shows for one section (one device and results file)."""
-
-    title: str
-    slug: str
-    environment: Table
-    blocks: tuple[FigureBlock, ...]
-    absent: tuple[str, ...]
-    failures: Table
 
 
 @dataclass(frozen=True)
@@ -246,10 +225,6 @@ _OWN_FILES = (r"index\.html", r"summary\.md",
 def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_dir: Path,
                   title: str) -> ReportResult:
     """Build the report and write its files into `out_dir` (a fresh staging folder)."""
-    # Imported here: html and markdown import this module for the dataclasses above.
-    from accumbench.report.html import render_page
-    from accumbench.report.markdown import render_summary
-
     notes: list[str] = []
     if isinstance(results, pd.DataFrame):
         frame = results

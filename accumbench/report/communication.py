@@ -41,7 +41,8 @@ def distributed_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The records of DDP runs, with the `distributed` block's numbers as columns: `sync_`
     (how micro-steps synchronised), `buckets_`, `allreduces_per_step_`,
     `allreduce_s_per_step_` (and `_ms_`), `per_rank_peaks_` (a tuple), `backend_`."""
-    is_ddp = frame["distributed"].map(lambda d: isinstance(d, dict) and "no_sync" in d)
+    is_ddp = frame["distributed"].map(lambda d: isinstance(d, dict) and "no_sync" in d
+                                      and d.get("parallel", "ddp") == "ddp")  # FSDP: report/fsdp.py
     data = frame[is_ddp]
     blocks = data["distributed"]
 

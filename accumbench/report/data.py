@@ -232,6 +232,8 @@ def _assign_lines(frame: pd.DataFrame) -> pd.DataFrame:
 
 DDP_NO_SYNC_TEXT = "no_sync()"
 DDP_SYNC_TEXT = "all-reduce every micro-step"
+FSDP_NO_SYNC_TEXT = "reduce-scatter once per step"
+FSDP_SYNC_TEXT = "reduce-scatter every micro-step"
 
 
 def ddp_sync_text(distributed: Any) -> str:
@@ -239,6 +241,8 @@ def ddp_sync_text(distributed: Any) -> str:
     optimizer step) or `'all-reduce every micro-step'`; `''` for a single-process record."""
     if not isinstance(distributed, dict) or "no_sync" not in distributed:
         return ""
+    if distributed.get("parallel") == "fsdp":
+        return FSDP_NO_SYNC_TEXT if distributed["no_sync"] else FSDP_SYNC_TEXT
     return DDP_NO_SYNC_TEXT if distributed["no_sync"] else DDP_SYNC_TEXT
 
 
@@ -268,7 +272,9 @@ def _add_throughput(frame: pd.DataFrame) -> pd.DataFrame:
     derived = frame["effective_batch"] / medians
     samples = recorded.where(recorded.notna(), derived)
     tokens = pd.to_numeric(frame["tokens_per_s"], errors="coerce")
-    ok = frame["status"] == "ok"
+    # The estimate meter's samples/s are predictions: drawn only against the measured
+    # (report.predicted), never as throughput.
+    ok = (frame["status"] == "ok") & (frame["meter"] != "estimate")
     return frame.assign(
         samples_per_s_=samples.where(ok),
         tokens_per_sample_=(tokens / samples).where(ok),

@@ -13,7 +13,7 @@ import re
 from html import escape
 from typing import Sequence
 
-from accumbench.report.build import FigureBlock, SectionReport
+from accumbench.report.sections import FigureBlock, SectionReport
 from accumbench.report.tables import Table
 
 STYLE = """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from accumbench.report.build import SectionReport
+from accumbench.report.sections import SectionReport
 from accumbench.report.tables import Table
 
 
@@ -102,6 +102,16 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
                                                       "synchronisation", "all-reduces per step",
                                                       "all-reduce time per step",
                                                       "samples/s (all ranks)"]), ""]
+        fsdp_table = _find(section, "fsdp_communication")
+        if fsdp_table is not None:
+            block = next(b for b in section.blocks if b.kind.name == "fsdp_communication")
+            out += ["FSDP communication, reduce-scatter every micro-step vs once per step:", ""]
+            out += [f"- {_escape(s)}" for s in block.findings]
+            out += ([""] if block.findings else []) + [
+                render_markdown_table(fsdp_table, ["workload", "scenario", "micro-batch × steps (per rank)",
+                                                   "ranks", "synchronisation", "reduce-scatters per step",
+                                                   "all-gathers per step", "peak allocated (max over ranks)",
+                                                   "samples/s (all ranks)"]), ""]
         equivalence = _find(section, "equivalence")
         if equivalence is not None:
             out += ["Gradient equivalence:", "",

@@ -1,21 +1,25 @@
 """Built-in workloads and the plug-in loader.
 
 `--workload NAME` picks a built-in from `BUILTIN_WORKLOADS`; `--workload path/to/file.py:factory`
-or `--workload package.module:factory` loads a plug-in whose factory returns a `Workload`.
+or `--workload package.module:factory` loads a plug-in whose factory returns a `Workload`;
+`--workload hf:<model>` a Hugging Face transformers model from its config (`accumbench.workloads.hf`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from accumbench.workloads.base import Workload, batch_inputs, default_forward, default_optimizer
+from accumbench.workloads.base import Workload, WorkloadError, batch_inputs, default_forward, default_optimizer
 from accumbench.workloads.gpt import gpt
 from accumbench.workloads.multitask import shared_trunk, two_models
 from accumbench.workloads.vision import convnet_bn, convnet_gn, mlp
+
+HF_PREFIX = "hf:"  # --workload hf:<model>: a transformers model from its config
 
 # A literal registry: name -> factory taking keyword options.
 BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
@@ -26,10 +30,6 @@ BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
     "two-models": two_models,
     "shared-trunk": shared_trunk,
 }
-
-
-class WorkloadError(ValueError):
-    """A workload spec that cannot be loaded; the message is one line for the user."""
 
 
 def parse_option_value(text: str) -> Any:
@@ -51,8 +51,8 @@ def _load_factory(spec: str) -> Callable[..., Any]:
     target, _, attribute = spec.rpartition(":")
     if not target or not attribute:
         raise WorkloadError(
-            f"unknown workload {spec!r}: not a built-in ({', '.join(BUILTIN_WORKLOADS)}) "
-            "and not of the form path/to/file.py:factory or package.module:factory"
+            f"unknown workload {spec!r}: not a built-in ({', '.join(BUILTIN_WORKLOADS)}), "
+            "not hf:<model> and not of the form path/to/file.py:factory or package.module:factory"
         )
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target)
@@ -64,10 +64,17 @@ def _load_factory(spec: str) -> Callable[..., Any]:
             raise WorkloadError(f"cannot import workload file {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
+        # The file's folder is importable while it loads, as with `python file.py`, so a plug-in
+        # can import a module that sits next to it.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # a plug-in can raise anything on import
             raise WorkloadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(target)
@@ -82,16 +89,25 @@ def _load_factory(spec: str) -> Callable[..., Any]:
 
 
 def load_workload(spec: str, options: Mapping[str, Any] | None = None) -> Workload:
-    """Resolve a workload spec (built-in name or plug-in `file.py:factory` / `module:factory`).
+    """Resolve a workload spec (built-in name, `hf:<model>`, or plug-in `file.py:factory` /
+    `module:factory`).
 
     `options` are keyword arguments for the factory (built-ins: e.g. `size`, `seq_len`,
     `padded`). Raises `WorkloadError` with one clear line for a missing file or attribute, a
     factory that raises, or one that returns something other than a `Workload`.
     """
     options = dict(options or {})
-    factory = BUILTIN_WORKLOADS.get(spec) or _load_factory(spec)
+    if spec.startswith(HF_PREFIX):
+        # Imported here: transformers is an optional dependency and slow to import.
+        from accumbench.workloads.hf import hf
+
+        factory = functools.partial(hf, spec[len(HF_PREFIX):])
+    else:
+        factory = BUILTIN_WORKLOADS.get(spec) or _load_factory(spec)
     try:
         workload = factory(**options)
+    except WorkloadError:
+        raise
     except TypeError as exc:
         raise WorkloadError(f"workload {spec!r} does not take options {sorted(options)}: {exc}") from exc
     except Exception as exc:

@@ -33,6 +33,10 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 
+class WorkloadError(ValueError):
+    """A workload spec that cannot be loaded; the message is one line for the user."""
+
+
 @dataclass(frozen=True)
 class Workload:
     """A model, its data and its loss, as the scenarios need them.
@@ -45,7 +49,7 @@ class Workload:
     - `tokens_per_sample`: tokens in one sample, for tokens/s (None when not a token model).
     - `build_optimizer(params)`: default AdamW(foreach=True), see `default_optimizer`.
 
-    Extensions beyond DESIGN.md's minimal contract, all optional:
+    Extensions beyond the minimal contract (name, build_model, make_batch, loss), all optional:
     - `forward(model, batch, task)`: how to run the model; for `layout="separate"` it must
       honour `task` (run only that task's model) so the sequential scenario holds one graph.
     - `tasks` and `layout` (`"separate"` or `"shared-trunk"`): multi-task structure.

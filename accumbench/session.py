@@ -1,0 +1,110 @@
+"""One run session, shared by `run`, DDP rank 0 and `estimate`: claim the results file, skip
+the cases it already holds, measure the rest appending each record at once, and end with a
+summary and an exit code.
+
+`execute` works with any runner that offers `case_id`, `run(cases, sink, skip, progress,
+stop)`, `is_writer`, `share(value)` and the resume settings (`shared_settings()`,
+`case_settings(case)`): `runner.Runner`, `distributed.DistributedRunner` (every rank calls
+`execute`; rank 0 alone touches the file and talks) and `estimate.EstimateRunner`.
+
+Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an error or
+the results file could not be written, 2 the results file cannot be used as asked, 130
+interrupted. Every complete record is in the file in every case.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import click
+
+from accumbench.records import Record
+from accumbench.results_file import ResultsFile, ResultsFileError, ResultsWriteError
+
+
+def _claim(cases: Sequence[Any], runner: Any, results: ResultsFile) -> tuple[str, Any]:
+    """Rank 0's decision: ("ok", ids to skip) or ("error", one line)."""
+    try:
+        done = results.claim()
+    except ResultsFileError as exc:
+        return "error", str(exc)
+    if results.resume:
+        expected = {runner.case_id(case): runner.case_settings(case) for case in cases}
+        conflict = results.settings_conflict(expected.get, runner.shared_settings())
+        if conflict:
+            results.release()
+            return "error", conflict
+    return "ok", done
+
+
+def execute(cases: Sequence[Any], runner: Any, results: ResultsFile,
+            progress: Callable[[int], Any] | None, *, heading: Callable[[int, int], str],
+            summary: Callable[[list[Record]], None] | None = None) -> int:
+    """Run `cases` through `runner` into `results`; return the exit code (see the module).
+
+    `progress(total)` makes the progress display (None: silent); `heading(todo, already)` is
+    the line printed before measuring; `summary(records)` prints the end-of-run table."""
+    writer = runner.is_writer
+    decision = _claim(cases, runner, results) if writer else None
+    kind, payload = runner.share(decision)
+    if kind == "error":
+        if writer:
+            click.echo(f"error: {payload}", err=True)
+        return 2
+    try:
+        return _measure(cases, runner, results, payload, progress if writer else None, heading, summary)
+    finally:
+        if writer:
+            results.release()
+
+
+def _measure(cases, runner, results, done, progress, heading, summary) -> int:
+    writer = runner.is_writer
+    todo = [c for c in cases if runner.case_id(c) not in done]
+    display = None
+    if writer:
+        for note in results.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(heading(len(todo), len(cases) - len(todo)), err=True)
+        display = progress(len(todo)) if progress else None
+    written: list[Record] = []
+    failure: list[ResultsWriteError] = []
+
+    def keep(record: Record) -> None:
+        if failure:
+            return
+        try:
+            results.append(record)  # on disk at once: Ctrl-C or a crash loses nothing
+        except ResultsWriteError as exc:
+            failure.append(exc)
+            return
+        written.append(record)
+
+    try:
+        records = runner.run(todo, sink=keep, progress=display, stop=lambda: bool(failure))
+    except KeyboardInterrupt:
+        _close(display)
+        if writer:
+            click.echo(f"\ninterrupted: {len(written)} record(s) kept in {results.path}; "
+                       "run again with --resume to measure the rest", err=True)
+        return 130
+    _close(display)
+    if writer:
+        if summary:
+            summary(written)
+        if failure:
+            click.echo(f"error: {failure[0]}; run again with --resume to measure the rest", err=True)
+            return 1
+        click.echo(f"wrote {len(written)} record(s) to {results.path}", err=True)
+    errors = [r for r in records if r.status == "error"]
+    if errors:
+        if writer:
+            click.echo(f"{len(errors)} case(s) failed with an error (see the 'error' and 'traceback' fields)",
+                       err=True)
+        return 1
+    return 0
+
+
+def _close(display: Any) -> None:
+    if display is not None and hasattr(display, "close"):
+        display.close()

@@ -1,0 +1,298 @@
+"""Predict how long a training step takes on a device, from the ops of its fake step.
+
+The estimate meter runs the case's step on fake tensors. Every aten op it dispatches is tallied
+here (`OpTally`, fed by the meter's tracker): whether it launches a kernel (views and other
+metadata ops do not), its FLOPs (`torch.utils.flop_counter`'s registry: matmuls, convolutions,
+attention; plus the CPU attention kernel the fake step runs in place of CUDA's), the bytes it
+reads and writes (the sizes of its tensor inputs and outputs, so dtype-aware), the dtype its
+FLOPs run in, and the micro-step it belongs to. `predict_step_time` turns that `OpTable` into
+seconds with a small model of an eager CUDA step, whose constants (`SpeedConstants`) are named
+per device kind in `accumbench.estimate_assumptions`:
+
+- Host: Python, autograd and the dispatcher issue the ops one after another. Each op costs
+  `host_op_seconds` (views included: they are dispatched too), each kernel launch
+  `launch_seconds` more, and a foreach op `host_tensor_seconds` per tensor in its lists (the
+  optimizer step's per-parameter host work). Small micro-batches are bound here: the device
+  waits for the host.
+- Device: each kernel takes its roofline time, max(FLOPs / (flop_efficiency x the peak FLOP/s
+  of its dtype), bytes / (bandwidth_efficiency x memory bandwidth)), with
+  conv_flop_efficiency in place of flop_efficiency for cuDNN's convolutions, and at least
+  `kernel_floor_seconds` (a kernel's fixed start-up and tail on the device).
+- Overlap as a CUDA stream has it: a kernel starts when the host has launched it and the
+  previous kernel has finished. The step ends when the host is done and the last kernel has
+  finished (the harness synchronises after each step).
+- The host-to-device copy of each micro-batch (the fake step sees a copy of a host tensor) runs
+  on the stream at `host_to_device_bandwidth`.
+- Accumulation: the fake step runs at most two micro-steps (see `accumbench.estimate`); the
+  second one's ops are repeated for micro-steps 3..N, before the optimizer step's ops.
+
+What it cannot see: kernel fusion and the real kernel count of an op (a CUDA op may launch
+several kernels; foreach optimizer ops are chunked), cuDNN's and cuBLAS's algorithm choice and
+their efficiency at a given shape (one efficiency for all), causal attention skipping masked
+blocks, caching-allocator calls (cudaMalloc on a first step), host work outside aten ops (the
+harness's own Python, the data loader), GPU clocks and thermals, and syncs inside the step
+(the fp16 GradScaler's found-inf check runs without a sync on fake tensors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+VIEW, KERNEL, COPY_IN = 0, 1, 2  # op kinds: no kernel, a kernel, a host-to-device copy
+DTYPES = ("none", "fp32", "tf32", "bf16", "fp16")  # the dtype an op's FLOPs run in
+OUTSIDE = -1  # micro-step of ops outside the micro-steps (optimizer step, zero_grad)
+# Ops that run on cuDNN: fp32 convolutions use TF32 there (torch.backends.cudnn.allow_tf32 is on
+# by default); fp32 matmuls do not (torch.backends.cuda.matmul.allow_tf32 is off by default).
+CONVOLUTIONS = frozenset({"convolution", "convolution_backward", "_convolution", "cudnn_convolution",
+                          "_slow_conv2d_forward", "convolution_overrideable"})
+CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
+CPU_ATTENTION_BACKWARD = "_scaled_dot_product_flash_attention_for_cpu_backward"
+# Ops that launch no kernel: aliases, and reading a host scalar (AdamW's step counters stay on
+# the host without `capturable`).
+HOST_ONLY = frozenset({"detach", "lift_fresh", "_unsafe_view", "alias", "_local_scalar_dense"})
+_DTYPE_CODE = {torch.bfloat16: DTYPES.index("bf16"), torch.float16: DTYPES.index("fp16"),
+               torch.float32: DTYPES.index("fp32")}
+
+
+def op_flops(func: Any, args: tuple, kwargs: dict, out: Any, cuda: bool) -> int:
+    """FLOPs of one aten op as `FlopCounterMode` counts them on the device predicted for.
+
+    With `cuda`, the CPU attention kernel the fake step runs in place of CUDA's flash or
+    memory-efficient attention is counted with the same formula CUDA's kernels get
+    (4*b*h*s_q*s_k*d forward, 2.5x that backward); `FlopCounterMode` on the CPU counts nothing
+    for it, so without `cuda` neither does this (the cpu meter's count is matched).
+    """
+    packet = func.overloadpacket
+    if packet in flop_registry:
+        return int(flop_registry[packet](*args, **kwargs, out_val=out))
+    if cuda:
+        name = packet.__name__
+        if name == CPU_ATTENTION:
+            return int(sdpa_flop_count(args[0].shape, args[1].shape, args[2].shape))
+        if name == CPU_ATTENTION_BACKWARD:
+            return int(sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape))
+    return 0
+
+
+def tensor_bytes(tree: Any) -> int:
+    """Bytes of every tensor in a nested structure (numel x element size: what a kernel touches)."""
+    return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
+@dataclass(frozen=True, eq=False)
+class OpTable:
+    """The ops of one fake step, one row per dispatched op, in order (see the module docstring).
+
+    Columns: `kind` (VIEW, KERNEL, COPY_IN), `flops`, `nbytes` (read + written), `dtype` (index
+    into DTYPES), `micro_step` (0-based; OUTSIDE for the optimizer step and zero_grad) and
+    `convolution` (True for cuDNN's convolutions, which reach a lower fraction of peak than
+    cuBLAS's GEMMs and get their own efficiency), `list_tensors` (how many tensors a foreach
+    op's lists hold: the optimizer step's host work grows with the parameter count).
+    """
+
+    kind: np.ndarray
+    flops: np.ndarray
+    nbytes: np.ndarray
+    dtype: np.ndarray
+    micro_step: np.ndarray
+    convolution: np.ndarray
+    list_tensors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    @property
+    def micro_steps(self) -> int:
+        """How many micro-steps the table holds."""
+        return int(self.micro_step.max()) + 1 if len(self) and self.micro_step.max() >= 0 else 0
+
+    def same_ops(self, other: "OpTable") -> bool:
+        """True when both tables ran the same ops in the same order (sizes may differ)."""
+        return (len(self) == len(other) and bool(np.array_equal(self.kind, other.kind))
+                and bool(np.array_equal(self.dtype, other.dtype))
+                and bool(np.array_equal(self.micro_step, other.micro_step))
+                and bool(np.array_equal(self.convolution, other.convolution))
+                and bool(np.array_equal(self.list_tensors, other.list_tensors)))
+
+    def interpolate(self, low_size: int, high: "OpTable", high_size: int, size: int) -> "OpTable":
+        """The table at micro-batch `size`, each op's FLOPs and bytes on the straight line
+        through this table (at `low_size`) and `high` (at `high_size`); the ops must be the same."""
+        if not self.same_ops(high):
+            raise ValueError("cannot interpolate op tables of different ops")
+        t = (size - low_size) / (high_size - low_size)
+        return OpTable(self.kind, np.maximum(self.flops + t * (high.flops - self.flops), 0.0),
+                       np.maximum(self.nbytes + t * (high.nbytes - self.nbytes), 0.0), self.dtype, self.micro_step,
+                       self.convolution, self.list_tensors)
+
+    def repeated(self, accum_steps: int) -> "OpTable":
+        """The table of `accum_steps` micro-steps: the last profiled micro-step's ops repeated
+        for the micro-steps this table lacks (they run the same ops on same-shaped batches)."""
+        have = self.micro_steps
+        if accum_steps <= have or have == 0:
+            return self
+        last = np.flatnonzero(self.micro_step == have - 1)
+        block = slice(int(last[0]), int(last[-1]) + 1)
+        # The micro-step's ops are contiguous; what follows them is the optimizer step.
+        pieces = [np.arange(0, block.stop)] + [np.arange(block.start, block.stop)] * (accum_steps - have) \
+            + [np.arange(block.stop, len(self))]
+        index = np.concatenate(pieces)
+        return OpTable(self.kind[index], self.flops[index], self.nbytes[index], self.dtype[index],
+                       self.micro_step[index], self.convolution[index], self.list_tensors[index])
+
+    def total_flops(self) -> int:
+        """FLOPs of every op."""
+        return int(self.flops.sum())
+
+    @property
+    def kernels(self) -> int:
+        """How many ops launch a kernel (copies included)."""
+        return int(np.count_nonzero(self.kind != VIEW))
+
+
+class OpTally:
+    """Collects an `OpTable` op by op; the estimate meter's tracker calls `record` for every op
+    it sees and `phase` at each phase boundary of the step."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self._rows: list[tuple[int, float, float, int, int, bool, int]] = []
+        self._micro_step = OUTSIDE
+
+    def phase(self, name: str, micro_step: int | None) -> None:
+        """Ops from here on belong to `micro_step` (None: outside the micro-steps)."""
+        self._micro_step = OUTSIDE if micro_step is None else int(micro_step)
+
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any, flops: int) -> None:
+        """Tally one dispatched op with its FLOPs (as counted by `op_flops`)."""
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        packet = func.overloadpacket
+        name = packet.__name__
+        if func.namespace == "prim":
+            return  # metadata queries (prim::device...) the tracker itself causes: no op of the step
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if getattr(func, "is_view", False) or name in HOST_ONLY:
+            kind = VIEW
+        elif name in ("clone", "_to_copy", "copy_") and any(not isinstance(t, FakeTensor) for t in inputs):
+            # A real (host) tensor copied into the fake step: the micro-batch's upload.
+            kind = COPY_IN
+        else:
+            kind = KERNEL
+        nbytes = 0 if kind == VIEW else tensor_bytes(inputs) + tensor_bytes(out)
+        if kind == COPY_IN:
+            nbytes = tensor_bytes(inputs)
+        dtype = 0
+        if flops:
+            first = inputs[0].dtype if inputs else torch.float32
+            dtype = _DTYPE_CODE.get(first, DTYPES.index("fp32"))
+            if dtype == DTYPES.index("fp32") and self.cuda and name in CONVOLUTIONS:
+                dtype = DTYPES.index("tf32")
+        listed = sum(len(a) for a in args if isinstance(a, (list, tuple))) if name.startswith("_foreach") else 0
+        self._rows.append((kind, float(flops), float(nbytes), dtype, self._micro_step, name in CONVOLUTIONS, listed))
+
+    def table(self) -> OpTable:
+        """What was tallied, frozen."""
+        cols = list(zip(*self._rows)) if self._rows else [()] * 7
+        return OpTable(np.asarray(cols[0], dtype=np.int8), np.asarray(cols[1], dtype=np.float64),
+                       np.asarray(cols[2], dtype=np.float64), np.asarray(cols[3], dtype=np.int8),
+                       np.asarray(cols[4], dtype=np.int16), np.asarray(cols[5], dtype=bool),
+                       np.asarray(cols[6], dtype=np.int32))
+
+
+@dataclass(frozen=True)
+class SpeedConstants:
+    """A device kind's speed: data-sheet peaks and the few constants fitted to measured steps.
+
+    `peak_flops` maps DTYPES names to dense FLOP/s; bandwidths are bytes/s; times are seconds.
+    """
+
+    peak_flops: dict[str, float]
+    memory_bandwidth: float
+    host_to_device_bandwidth: float
+    host_op_seconds: float
+    launch_seconds: float
+    host_tensor_seconds: float
+    kernel_floor_seconds: float
+    flop_efficiency: float
+    bandwidth_efficiency: float
+    conv_flop_efficiency: float
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bandwidth", "host_to_device_bandwidth", "flop_efficiency", "bandwidth_efficiency",
+                     "conv_flop_efficiency"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "kernel_floor_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if any(not v > 0 for v in self.peak_flops.values()):
+            raise ValueError("peak FLOP/s must be positive")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A predicted step: its time and what bound it."""
+
+    seconds: float
+    host_seconds: float
+    device_seconds: float  # busy time of the device (kernels and copies), without waiting
+    kernels: int
+    ops: int
+
+    @property
+    def bound(self) -> str:
+        """'host' when the device waits for the host more than half the step, else 'device'."""
+        return "host" if self.device_seconds < 0.5 * self.seconds else "device"
+
+
+def kernel_seconds(table: OpTable, speed: SpeedConstants) -> np.ndarray:
+    """Each op's time on the device (0 for views): roofline, at least the kernel floor."""
+    peaks = np.array([speed.peak_flops.get(name, speed.peak_flops["fp32"]) if name != "none" else np.inf
+                      for name in DTYPES])
+    efficiency = np.where(table.convolution, speed.conv_flop_efficiency, speed.flop_efficiency)
+    compute = table.flops / (efficiency * peaks[table.dtype.astype(np.intp)])
+    memory = table.nbytes / (speed.bandwidth_efficiency * speed.memory_bandwidth)
+    seconds = np.maximum(np.maximum(compute, memory), speed.kernel_floor_seconds)
+    copies = table.kind == COPY_IN
+    seconds[copies] = table.nbytes[copies] / speed.host_to_device_bandwidth
+    seconds[table.kind == VIEW] = 0.0
+    return seconds
+
+
+def predict_step_time(table: OpTable, speed: SpeedConstants, accum_steps: int | None = None) -> StepTime:
+    """The predicted time of one optimizer step (see the module docstring); with `accum_steps`
+    above the micro-steps profiled, the last micro-step is repeated."""
+    if accum_steps is not None:
+        table = table.repeated(accum_steps)
+    launched = table.kind != VIEW
+    host_each = speed.host_op_seconds + speed.launch_seconds * launched + speed.host_tensor_seconds * table.list_tensors
+    host_done = np.cumsum(host_each)  # when the host has issued each op
+    device_each = kernel_seconds(table, speed)[launched]
+    issued = host_done[launched]
+    # end_i = max(end_{i-1}, issued_i) + d_i, unrolled: end_n = D + max(0, max_i(issued_i - D_{<i})).
+    before = np.concatenate(([0.0], np.cumsum(device_each)[:-1])) if len(device_each) else np.zeros(0)
+    busy = float(device_each.sum())
+    wait = float(np.max(issued - before)) if len(issued) else 0.0
+    device_end = busy + max(wait, 0.0)
+    host = float(host_done[-1]) if len(host_done) else 0.0
+    return StepTime(max(device_end, host), host, busy, int(np.count_nonzero(launched)), len(table))
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than 2 points."""
+    from scipy.stats import spearmanr
+
+    if len(xs) < 2:
+        return math.nan
+    return float(spearmanr(xs, ys).statistic)
+
+
+__all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "SpeedConstants", "StepTime", "VIEW",
+           "kernel_seconds", "op_flops", "predict_step_time", "spearman", "tensor_bytes"]

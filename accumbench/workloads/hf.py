@@ -1,0 +1,421 @@
+"""Hugging Face transformers models as workloads: `--workload hf:<model>`, no plug-in to write.
+
+`<model>` is resolved in this order (`resolve_hf_config`):
+
+1. a local `config.json`, or a folder that holds one (read offline);
+2. a committed example (`HF_EXAMPLES`, package data under `accumbench/hf_configs/`): tiny
+   configs for tests and real shapes written from published hyper-parameters;
+3. a transformers model type (`llama`, `gpt2`, `bert`, `vit`, `resnet`, ...) with its defaults,
+   sized by the other workload options (`hf:llama --workload-opt hidden_size=2048`);
+4. a Hub id (`meta-llama/Llama-3.2-1B`): `AutoConfig.from_pretrained(id)`, the config only,
+   never the weights; needs the Hub to be reachable.
+
+The model gets random weights from the config (`AutoModelFor<Task>.from_config`); the estimate
+meter builds it under its fake-tensor mode like any workload, so no weight is ever allocated.
+Batches are made on the host from the seeded generator: token ids and HF `labels` (-100 where
+no loss is taken), an `attention_mask` when padded, or random images. The loss is the model's
+own (`model(**batch).loss`): a mean over the micro-batch's valid labels, which is exactly what
+HF Trainer computed per micro-batch before `num_items_in_batch`. `count_loss_elements` counts
+those labels as HF's loss does (shifted by one for causal LMs), so `--loss-norm token` is
+accumbench's sum / total-valid-tokens normalisation: what `num_items_in_batch` fixes.
+
+`hf_workload(config, ...)` is the reusable part: any code holding a `PretrainedConfig` gets a
+`Workload` from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from accumbench.hf_configs import hf_example_path, hf_examples
+from accumbench.workloads.base import Workload, WorkloadError
+
+IGNORE_INDEX = -100  # HF's (and torch's) ignore_index for labels
+TASKS = ("causal-lm", "seq-cls", "masked-lm", "image-cls")
+INSTALL_HINT = "pip install 'accumbench[hf]'"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_MAX_SEQ_LEN = 512  # the default sample length when the config allows more
+DEFAULT_IMAGE_SIZE = 224  # for image models whose config has no image size (ResNet, ConvNeXt)
+MASK_PROBABILITY = 0.15  # masked-lm: BERT's share of masked positions
+# The Auto class of each task and the loss the model computes (HF's LOSS_MAPPING key, set on the
+# model so that e.g. GPT2LMHeadModel, whose class name does not say ForCausalLM, takes it without
+# a warning).
+_AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq-cls": "AutoModelForSequenceClassification",
+                 "masked-lm": "AutoModelForMaskedLM", "image-cls": "AutoModelForImageClassification"}
+_LOSS_TYPES = {"causal-lm": "ForCausalLM", "seq-cls": "ForSequenceClassification",
+               "masked-lm": "ForMaskedLM", "image-cls": "ForImageClassification"}
+# Which task an `architectures` entry of a config.json names.
+_ARCHITECTURE_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
+                       ("ForMaskedLM", "masked-lm"), ("ForSequenceClassification", "seq-cls"),
+                       ("ForImageClassification", "image-cls"))
+
+
+def _transformers():
+    """The transformers module, or a one-line WorkloadError saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise WorkloadError(f"hf: workloads need the transformers package: {INSTALL_HINT}") from None
+    return transformers
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+def _looks_like_hub_id(model: str) -> bool:
+    # owner/name with the characters the Hub allows; a bare name is a legacy id (gpt2, bert-base-uncased).
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", model) is not None
+
+
+def resolve_hf_config(model: str, overrides: dict[str, Any] | None = None):
+    """The `PretrainedConfig` for `model` (path, example, model type or Hub id; see the module
+    docstring), with `overrides` (config attributes, e.g. hidden_size=2048) applied.
+
+    Raises WorkloadError with one line: transformers missing, a name that is none of the four,
+    the Hub unreachable, an override the config does not have.
+    """
+    transformers = _transformers()
+    overrides = dict(overrides or {})
+    path = Path(model).expanduser()
+    local = path if path.exists() else hf_example_path(model)
+    if local is not None:
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise WorkloadError(f"hf:{model}: folder {local} holds no config.json")
+        try:
+            config, unused = transformers.AutoConfig.from_pretrained(
+                str(local), local_files_only=True, return_unused_kwargs=True, **overrides)
+        except Exception as exc:
+            raise WorkloadError(f"hf:{model}: cannot read {local}: {_first_line(exc)}") from None
+        _reject_unknown(model, config, unused)
+        return config
+    mapping = transformers.CONFIG_MAPPING
+    if model in mapping:
+        config_class = mapping[model]
+        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+        _reject_unknown(model, None, {k: v for k, v in overrides.items() if k not in known})
+        try:
+            return transformers.AutoConfig.for_model(model, **overrides)
+        except Exception as exc:
+            raise WorkloadError(f"hf:{model}: invalid options {overrides}: {_first_line(exc)}") from None
+    if not _looks_like_hub_id(model):
+        raise WorkloadError(
+            f"hf:{model}: not a config.json or folder, not an example ({', '.join(hf_examples())}), "
+            "not a transformers model type and not a Hub id")
+    try:
+        with _quiet_hub_client():
+            config, unused = transformers.AutoConfig.from_pretrained(model, return_unused_kwargs=True, **overrides)
+    except Exception as exc:
+        raise WorkloadError(
+            f"hf:{model}: not a local path, example or model type, and its config could not be fetched "
+            f"from the Hugging Face Hub ({_first_line(exc)}); pass a local config.json instead") from None
+    _reject_unknown(model, config, unused)
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_hub_client() -> Iterator[None]:
+    """The Hub client logs each retry of an unreachable Hub (five, over about 45 s) as a warning;
+    the failure is reported once, as one line, by the caller."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _reject_unknown(model: str, config: Any, unused: dict[str, Any]) -> None:
+    if unused:
+        kind = type(config).__name__ if config is not None else "its config"
+        raise WorkloadError(
+            f"hf:{model}: unknown option(s) {', '.join(sorted(unused))}: neither a workload option "
+            f"(task, seq_len, padded, dtype, image_size) nor an attribute of {kind}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def infer_task(config) -> str:
+    """The task a config is made for: from its `architectures`, else the first Auto mapping
+    (causal LM, masked LM, image classification) that knows its model type."""
+    for architecture in getattr(config, "architectures", None) or ():
+        for marker, task in _ARCHITECTURE_TASKS:
+            if marker in architecture:
+                return task
+    from transformers.models.auto import modeling_auto as auto
+
+    model_type = getattr(config, "model_type", None)
+    for task, names in (("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+                        ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+                        ("image-cls", auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)):
+        if model_type in names:
+            return task
+    raise WorkloadError(f"cannot tell the task of a {model_type!r} config; pass task=one of {', '.join(TASKS)}")
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the config's position embeddings allow (None: not stated)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+def _lengths(n: int, seq_len: int, padded: bool, generator: torch.Generator, low: int) -> torch.Tensor:
+    """Valid length of each sample: all of seq_len, or (padded) drawn in [max(low, seq/8), seq]."""
+    if not padded:
+        return torch.full((n,), seq_len)
+    return torch.randint(max(low, seq_len // 8), seq_len + 1, (n,), generator=generator)
+
+
+def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad_id: int, num_labels: int
+                     ) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """Batch maker for the text tasks: a dict of `input_ids`, `labels` (HF's convention) and,
+    when padded, `attention_mask`.
+
+    Padded samples have a random valid length in [seq_len/8, seq_len] (at least 2, so a causal
+    LM has a label to predict); pad positions hold `pad_id`, label -100 and mask 0, so
+    micro-batches carry different numbers of valid labels. causal-lm: labels are the input ids
+    (the model shifts them). masked-lm: 15% of the valid positions, and at least one per sample,
+    are replaced by the last vocabulary id and labelled. seq-cls: one class per sample.
+    """
+    mask_id = vocab_size - 1
+
+    def make_batch(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, vocab_size, (n, seq_len), generator=generator)
+        lengths = _lengths(n, seq_len, padded, generator, low=2)
+        pad = torch.arange(seq_len).unsqueeze(0) >= lengths.unsqueeze(1)
+        if task == "masked-lm":
+            masked = torch.rand(n, seq_len, generator=generator) < MASK_PROBABILITY
+            one = (torch.rand(n, generator=generator) * lengths).long()  # one sure position per sample
+            masked[torch.arange(n), one] = True
+            masked &= ~pad
+            labels = torch.where(masked, ids, torch.full_like(ids, IGNORE_INDEX))
+            ids = torch.where(masked, torch.full_like(ids, mask_id), ids)
+        elif task == "seq-cls":
+            labels = torch.randint(0, num_labels, (n,), generator=generator)
+        else:
+            labels = ids.clone()
+        ids[pad] = pad_id
+        if task != "seq-cls":
+            labels[pad] = IGNORE_INDEX
+        batch = {"input_ids": ids, "labels": labels}
+        if padded:
+            batch["attention_mask"] = (~pad).long()
+        return batch
+
+    return make_batch
+
+
+def image_batch_maker(channels: int, image_size: int, num_labels: int, dtype: torch.dtype
+                      ) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """Batch maker for image classification: `pixel_values` (n, C, H, W) in the weights' dtype
+    and one class label per image."""
+
+    def make_batch(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pixels = torch.randn(n, channels, image_size, image_size, generator=generator).to(dtype)
+        return {"pixel_values": pixels, "labels": torch.randint(0, num_labels, (n,), generator=generator)}
+
+    return make_batch
+
+
+def count_label_tokens(shift: bool) -> Callable[[dict[str, torch.Tensor]], int]:
+    """How many labels HF's loss averages over: `labels != -100`, without the first position
+    for causal LMs (HF shifts labels left by one inside the loss, so position 0 never counts)."""
+
+    def count(batch: dict[str, torch.Tensor]) -> int:
+        labels = batch["labels"]
+        if shift:
+            labels = labels[..., 1:]
+        return int((labels != IGNORE_INDEX).sum())
+
+    return count
+
+
+def hf_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str | None = None) -> Any:
+    """`model(**batch)`: HF models take the labels and return their own loss with the output."""
+    return model(**batch)
+
+
+def hf_loss(output: Any, batch: Any) -> torch.Tensor:
+    """The model's own loss (HF's mean over the micro-batch's valid labels)."""
+    return output.loss
+
+
+@contextlib.contextmanager
+def _skip_weight_init_on_fake_tensors(transformers) -> Iterator[None]:
+    """Under a fake-tensor mode (the estimate meter), skip HF's random initialisation: fake
+    tensors hold no values to initialise, and some initialisers read values (torch's
+    `trunc_normal_` rejection-samples, which ViT uses), which fake tensors cannot do. Weight
+    tying still runs (`init_weights` ties after `initialize_weights`), so shared storages stay
+    shared, as in the real model."""
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None:
+        yield
+        return
+    model_class = transformers.PreTrainedModel
+    original = model_class.initialize_weights
+    model_class.initialize_weights = lambda self: None
+    try:
+        yield
+    finally:
+        model_class.initialize_weights = original
+
+
+# --- the workload ------------------------------------------------------------------------------
+
+def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, padded: bool = False,
+                dtype: str | torch.dtype | None = None, image_size: int | None = None,
+                name: str | None = None) -> Workload:
+    """A `Workload` for a transformers `PretrainedConfig`, with random weights (`from_config`).
+
+    - `task`: causal-lm, seq-cls, masked-lm or image-cls (default: what the config's
+      `architectures` name, else what its model type supports first).
+    - `seq_len`: sample length of text tasks (default the config's maximum, at most 512).
+    - `padded`: variable-length samples, pads labelled -100 and masked out by `attention_mask`.
+    - `dtype`: the weights' dtype (float32 by default; bfloat16, float16, float64).
+    - `image_size`: image side for image tasks (default the config's `image_size`, else 224).
+    - `name`: the workload's name in case ids (default `hf-<model_type>`).
+
+    Raises WorkloadError (one line) for an unknown task or dtype, or a sequence longer than the
+    config's position embeddings.
+    """
+    transformers = _transformers()
+    config = copy.deepcopy(config)
+    task = task or infer_task(config)
+    if task not in TASKS:
+        raise WorkloadError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise WorkloadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    weight_dtype = dtype or torch.float32
+    auto_class = getattr(transformers, _AUTO_CLASSES[task])
+    # Fail now, not inside a case, when the model type has no model for this task.
+    if type(config) not in auto_class._model_mapping:
+        raise WorkloadError(f"transformers has no {task} model for a {config.model_type!r} config "
+                            f"({_AUTO_CLASSES[task]}); choose another task")
+    options: dict[str, Any] = {"task": task, "padded": bool(padded)}
+    if dtype is not None:
+        options["dtype"] = str(weight_dtype).removeprefix("torch.")
+    num_labels = int(getattr(config, "num_labels", 2))
+    if task == "image-cls":
+        if padded:
+            raise WorkloadError("padded=true applies to text tasks, not image-cls")
+        size = image_size or getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)  # some configs give (h, w)
+        channels = int(getattr(config, "num_channels", 3))
+        make_batch = image_batch_maker(channels, size, num_labels, weight_dtype)
+        count = None
+        tokens_per_sample = None
+        options["image_size"] = size
+        shape = f"{channels}x{size}x{size} images, {num_labels} classes"
+    else:
+        limit = max_positions(config)
+        length = int(seq_len) if seq_len is not None else min(limit or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+        if length < 2:
+            raise WorkloadError(f"seq_len must be at least 2, got {length}")
+        if limit is not None and length > limit:
+            raise WorkloadError(f"seq_len={length} exceeds the config's {limit} positions")
+        pad_id = config.pad_token_id if isinstance(getattr(config, "pad_token_id", None), int) else 0
+        # Sequence classification of decoder models finds each sample's last token by the pad id.
+        config.pad_token_id = pad_id
+        make_batch = text_batch_maker(task, int(config.vocab_size), length, bool(padded), pad_id, num_labels)
+        count = count_label_tokens(shift=task == "causal-lm") if task != "seq-cls" else \
+            (lambda batch: int(batch["labels"].shape[0]))
+        tokens_per_sample = length
+        options["seq_len"] = length
+        shape = f"seq {length}" + (", padded variable-length" if padded else "")
+
+    def build_model() -> torch.nn.Module:
+        # Quiet: from_config logs nothing the user can act on (generation defaults, tied weights).
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            with _skip_weight_init_on_fake_tensors(transformers):
+                model = auto_class.from_config(config, dtype=weight_dtype)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        model.loss_type = _LOSS_TYPES[task]
+        return model.train()
+
+    label = name or f"hf-{config.model_type}"
+    return Workload(
+        name=label,
+        build_model=build_model,
+        make_batch=make_batch,
+        loss=hf_loss,
+        tokens_per_sample=tokens_per_sample,
+        forward=hf_forward,
+        count_loss_elements=count,
+        options=options,
+        description=f"transformers {type(config).__name__.removesuffix('Config')} {task}, {shape}, "
+                    f"random weights ({str(weight_dtype).removeprefix('torch.')})",
+    )
+
+
+WORKLOAD_OPTIONS = ("task", "seq_len", "padded", "dtype", "image_size")
+
+
+def _name_part(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(value)).strip("-")
+
+
+def hf(model: str, **options: Any) -> Workload:
+    """The `hf:<model>` factory: `<model>` as `resolve_hf_config` takes it; options `task`,
+    `seq_len`, `padded`, `dtype`, `image_size` (see `hf_workload`); any other option is a config
+    attribute (hidden_size=2048, num_hidden_layers=4, ...).
+
+    The name in case ids is `hf-<model>` (a Hub id's "/" as "--"), then the task when it is not
+    the config's own, the sequence length when given, -padded, the dtype and the overrides.
+    """
+    if not model:
+        raise WorkloadError(f"hf: needs a model, e.g. hf:gpt2-small (examples: {', '.join(hf_examples())})")
+    workload_opts = {k: options.pop(k) for k in WORKLOAD_OPTIONS if k in options}
+    config = resolve_hf_config(model, options)
+    task = workload_opts.get("task")
+    path = Path(model).expanduser()
+    if path.exists():  # a local config: named by its folder
+        base = path.resolve().parent.name if path.is_file() else path.resolve().name
+    else:  # an example, a model type or a Hub id (owner/name as owner--name, as HF's cache does)
+        base = model.replace("/", "--")
+    parts = [f"hf-{_name_part(base)}"]
+    if task is not None and task != infer_task_or_none(config):
+        parts.append(_name_part(task))
+    if workload_opts.get("seq_len") is not None:
+        parts.append(f"s{workload_opts['seq_len']}")
+    if workload_opts.get("image_size") is not None:
+        parts.append(f"i{workload_opts['image_size']}")
+    if workload_opts.get("padded"):
+        parts.append("padded")
+    if workload_opts.get("dtype") is not None:
+        parts.append(_name_part(workload_opts["dtype"]))
+    parts += [_name_part(f"{k}={v}") for k, v in sorted(options.items())]
+    workload = hf_workload(config, name="-".join(parts), **workload_opts)
+    return dataclasses.replace(workload, options={"model": model, **workload.options, **options})
+
+
+def infer_task_or_none(config) -> str | None:
+    """`infer_task`, or None when the config does not say."""
+    try:
+        return infer_task(config)
+    except WorkloadError:
+        return None
+
+
+__all__ = ["TASKS", "count_label_tokens", "hf", "hf_example_path", "hf_examples", "hf_workload",
+           "infer_task", "resolve_hf_config"]
+

@@ -1,0 +1,230 @@
+"""`--workload hf:<model>`: Hugging Face transformers models from a config, on the CPU.
+
+Tiny committed configs of four architectures (GPT-2, Llama, BERT, ViT): the cpu meter and the
+estimate (`--device-kind cpu`) agree to the byte, accumulation adds exactly the gradients,
+`check` finds HF Trainer's per-micro-batch mean over padded tokens and token normalisation
+(= HF's `num_items_in_batch`) removes it; bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("transformers")  # the [hf] extra; .ci/run installs it
+
+from accumbench.cases import Case  # noqa: E402
+from accumbench.cli import main  # noqa: E402
+from accumbench.equivalence import CheckConfig, check_workload  # noqa: E402
+from accumbench.estimate_assumptions import assumptions_for  # noqa: E402
+from accumbench.meters.estimate import EstimateMeter  # noqa: E402
+from accumbench.runner import Runner  # noqa: E402
+from accumbench.workloads import WorkloadError, load_workload  # noqa: E402
+from accumbench.workloads.hf import hf_example_path, hf_examples, hf_workload, resolve_hf_config  # noqa: E402
+
+# (spec, options): padded causal LMs, a masked LM, an image classifier.
+ARCHITECTURES = {
+    "gpt2": ("hf:gpt2-tiny", (("padded", True),)),
+    "llama": ("hf:llama-tiny", (("padded", True),)),
+    "bert": ("hf:bert-tiny", ()),
+    "vit": ("hf:vit-tiny", ()),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: faster on a shared 2-core machine, and bytes do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cpu_runner() -> Runner:
+    return Runner(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def estimate_runner() -> Runner:
+    return Runner(torch.device("cpu"), meter=EstimateMeter(assumptions_for("cpu")))
+
+
+def measure(runner: Runner, spec: str, options, scenario: str, micro: int, accum: int):
+    record = runner.measure(Case(spec, scenario, micro, accum, options, warmup=1, steps=1))
+    assert record.status == "ok", record.error
+    return record
+
+
+# GPT-2 (a padded causal LM) in the default run; the other three, a few seconds each, marked slow.
+@pytest.mark.parametrize("arch", [a if a == "gpt2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHITECTURES])
+def test_estimate_equals_cpu_meter_and_accumulation_adds_exactly_the_gradients(arch, cpu_runner, estimate_runner):
+    spec, options = ARCHITECTURES[arch]
+    # Micro-batches large enough that the peak is in the backward, not in the optimizer step.
+    micro = 16 if arch == "vit" else 4
+    large = measure(cpu_runner, spec, options, "large-batch", micro, 1)
+    accumulated = measure(cpu_runner, spec, options, "accumulated", micro, 2)
+    # The estimate builds the HF model on fake tensors: no weight allocated, same bytes counted.
+    estimated = measure(estimate_runner, spec, options, "accumulated", micro, 2)
+    assert (estimated.peak_allocated, estimated.breakdown) == (accumulated.peak_allocated, accumulated.breakdown)
+    model = load_workload(spec, dict(options)).build_model()
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    # From the second micro-step on, the first one's gradients persist under the same activations:
+    # that, and nothing else, is what accumulation adds to the peak.
+    assert accumulated.breakdown["grads"] == grad_bytes
+    if arch == "vit":
+        # ViT's large-batch peak comes after the classifier head's backward (its [CLS] head is
+        # tiny), so the head's and final norm's gradients are already there: 10x64+10+2x64 floats.
+        assert large.breakdown["grads"] == (64 * 10 + 10 + 2 * 64) * 4
+    else:
+        assert large.breakdown["grads"] == 0  # the peak is where the backward starts
+    assert accumulated.peak_allocated - large.peak_allocated == grad_bytes - large.breakdown["grads"]
+
+
+def test_check_finds_hf_trainers_padded_mean_loss_and_token_norm_removes_it():
+    workload = load_workload("hf:gpt2-tiny", {"padded": True})
+    config = CheckConfig(accum_steps=(2,), micro_batch=2, loss_norm="both", optimizer_step=False, grad_scaler=False)
+    mean, token = check_workload(workload, config)
+    assert (mean.loss_norm, token.loss_norm) == ("mean", "token")
+    assert mean.rel_error > 1e-3 and not mean.equivalent and mean.explained
+    (cause,) = mean.causes
+    assert cause.kind == "token-mean"
+    assert "num_items_in_batch" in cause.fix and "HF Trainer" in cause.summary
+    assert mean.counterfactuals["token-norm"] <= 1e-12
+    assert token.rel_error <= 1e-12
+    # Counts as HF's loss counts them: labels != -100 after the shift (position 0 never counts).
+    assert sum(mean.loss_elements) == sum(int((b["labels"][:, 1:] != -100).sum())
+                                          for b in [workload.make_batch(4, torch.Generator().manual_seed(0))])
+
+
+def test_check_in_float32_on_llama_token_norm_within_1e_6():
+    workload = load_workload("hf:llama-tiny", {"padded": True})
+    config = CheckConfig(accum_steps=(4,), micro_batch=2, loss_norm="both", dtype="float32", optimizer_step=False,
+                         grad_scaler=False)
+    mean, token = check_workload(workload, config)
+    assert mean.rel_error > 1e-2 and [c.kind for c in mean.causes] == ["token-mean"]
+    assert token.rel_error <= 1e-6 and mean.counterfactuals["token-norm"] <= 1e-6
+
+
+def test_token_norm_is_hf_num_items_in_batch():
+    """accumbench's token weights (count_i / total) give HF's own fixed loss: the model called
+    with num_items_in_batch = the window's valid labels, summed over the micro-batches."""
+    workload = load_workload("hf:llama-tiny", {"padded": True})
+    torch.manual_seed(0)
+    model = workload.build_model().double()
+    batches = [workload.make_batch(2, torch.Generator().manual_seed(s)) for s in (1, 2, 3)]
+    counts = [workload.count_loss_elements(b) for b in batches]
+    assert len(set(counts)) > 1
+    total = sum(counts)
+    ours = sum(model(**b).loss * (c / total) for b, c in zip(batches, counts))
+    hf_fixed = sum(model(**b, num_items_in_batch=torch.tensor(total)).loss for b in batches)
+    torch.testing.assert_close(ours, hf_fixed, rtol=1e-12, atol=0)
+
+
+def test_batches_follow_hf_conventions():
+    causal = load_workload("hf:llama-tiny", {"padded": True, "seq_len": 16}).make_batch(8, torch.Generator().manual_seed(0))
+    ids, labels, mask = causal["input_ids"], causal["labels"], causal["attention_mask"]
+    assert ids.shape == labels.shape == mask.shape == (8, 16)
+    assert ((labels == -100) == (mask == 0)).all() and (labels[mask == 1] == ids[mask == 1]).all()
+    assert len(set(mask.sum(1).tolist())) > 1  # variable lengths
+    masked = load_workload("hf:bert-tiny", {}).make_batch(4, torch.Generator().manual_seed(0))
+    assert ((masked["labels"] != -100).sum(1) >= 1).all() and (masked["input_ids"][masked["labels"] != -100] == 255).all()
+    image = load_workload("hf:vit-tiny", {"dtype": "bfloat16"})
+    batch = image.make_batch(2, torch.Generator().manual_seed(0))
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["pixel_values"].dtype == torch.bfloat16
+    assert image.count_loss_elements is None and image.options["dtype"] == "bfloat16"
+    assert next(image.build_model().parameters()).dtype == torch.bfloat16
+
+
+def test_model_names_resolve_to_configs(tmp_path):
+    # A committed example, the same file by path and by folder, a model type with options.
+    example = resolve_hf_config("gpt2-tiny")
+    copy = tmp_path / "mine"
+    copy.mkdir()
+    shutil.copy(hf_example_path("gpt2-tiny"), copy / "config.json")
+    same = {k: v for k, v in example.to_dict().items() if k != "_name_or_path"}
+    assert {k: v for k, v in resolve_hf_config(str(copy)).to_dict().items() if k != "_name_or_path"} == same
+    assert resolve_hf_config(str(copy / "config.json")).n_embd == 64
+    assert load_workload(f"hf:{copy}", {}).name == "hf-mine"
+    sized = load_workload("hf:llama", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                       "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 128,
+                                       "seq_len": 8})
+    assert sized.name == "hf-llama-s8-hidden_size=32-intermediate_size=64-num_attention_heads=2-" \
+                         "num_hidden_layers=1-num_key_value_heads=1-vocab_size=128"
+    assert sized.options["hidden_size"] == 32 and sized.options["task"] == "causal-lm"
+    assert sum(p.numel() for p in sized.build_model().parameters()) > 0
+    # Real shapes: the published sizes.
+    llama = resolve_hf_config("llama-3.2-1b")
+    assert (llama.hidden_size, llama.num_hidden_layers, llama.num_key_value_heads, llama.vocab_size) == (2048, 16, 8, 128256)
+    assert resolve_hf_config("vit-b-16").num_labels == 1000
+    assert {"gpt2-small", "llama-3.2-1b", "qwen2.5-0.5b", "bert-base", "vit-b-16"} <= set(hf_examples())
+
+
+def test_hub_id_fetches_the_config_only_and_says_so_when_unreachable(monkeypatch):
+    import transformers
+
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append((name, kwargs))
+        if name == "acme/offline":
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection")
+        return transformers.AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                                 n_positions=16), {}
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    workload = load_workload("hf:acme/tiny-gpt", {})
+    assert workload.name == "hf-acme--tiny-gpt" and calls[0][0] == "acme/tiny-gpt"
+    with pytest.raises(WorkloadError) as info:
+        load_workload("hf:acme/offline", {})
+    message = str(info.value)
+    assert "\n" not in message and "Hugging Face Hub" in message and "local config.json" in message
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workload", "hf:no such model!"], "error: hf:no such model!: not a config.json or folder, not an example"),
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "hidden_sise=8"], "error: hf:gpt2-tiny: unknown option(s) hidden_sise"),
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "task=translate"], "error: unknown task 'translate'"),
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "seq_len=4096"], "error: seq_len=4096 exceeds the config's 32 positions"),
+    (["--workload", "hf:vit-tiny", "--workload-opt", "task=causal-lm"], "error: transformers has no causal-lm model"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = invoke("estimate", "--device-kind", "cpu", *args, "--micro-batch", "2", "--accum-steps", "1")
+    assert result.exit_code == 2
+    assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
+
+
+def test_missing_transformers_is_one_line_and_exit_2(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    result = invoke("run", "--device", "cpu", "--workload", "hf:gpt2-tiny", "--micro-batch", "2", "--accum-steps", "1")
+    assert result.exit_code == 2
+    assert result.output == "error: hf: workloads need the transformers package: pip install 'accumbench[hf]'\n"
+
+
+def test_help_lists_the_examples():
+    result = invoke("run", "--help")
+    assert "hf:<model>" in result.output and "llama-3.2-1b" in result.output
+
+
+def test_reusable_from_a_config_object():
+    """What other code (the model zoo) uses: a PretrainedConfig in, a Workload out."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=64, vocab_size=64, max_position_embeddings=16)
+    workload = hf_workload(config, task="seq-cls", seq_len=8, padded=True)
+    assert workload.name == "hf-bert" and workload.tokens_per_sample == 8
+    batch = workload.make_batch(3, torch.Generator().manual_seed(0))
+    assert batch["labels"].shape == (3,) and workload.count_loss_elements(batch) == 3
+    loss = workload.loss(workload.forward(workload.build_model(), batch), batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert json.dumps(workload.options)  # recorded with every result

@@ -1,0 +1,268 @@
+"""The results file every command writes (accumbench.results_file) and the run session: nothing
+measured is lost, nothing is measured when the file cannot take it, one writer at a time."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from accumbench.cli import main
+from accumbench.records import read_records
+from accumbench.results_file import LOCK_HOLDER_ENV, ResultsFile, ResultsFileError
+
+CASE = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2"]
+TINY = ["--device", "cpu", *CASE, "--steps", "1", "--warmup", "1"]
+
+
+def invoke(*args, **kwargs):
+    return CliRunner().invoke(main, list(args), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def one_record(tmp_path_factory) -> Path:
+    """A results file holding one measured case (TINY, accumulation 1), made once."""
+    out = tmp_path_factory.mktemp("one") / "one.jsonl"
+    result = invoke("run", *TINY, "--accum-steps", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def copy_of(tmp_path, one_record):
+    out = tmp_path / "r.jsonl"
+    shutil.copy(one_record, out)
+    return out
+
+
+@pytest.fixture
+def never_measure(monkeypatch):
+    """Fail the test if any case is measured."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a case was measured")
+
+    monkeypatch.setattr("accumbench.runner.Runner.measure", refuse)
+    monkeypatch.setattr("accumbench.estimate.estimate_group", refuse)
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder no file can be created in: read-only for a normal user; as root (who ignores
+    permissions) a sysfs folder."""
+    if os.geteuid() == 0:
+        yield Path("/sys/kernel")
+        return
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["run", "estimate"])
+@pytest.mark.parametrize("where", ["read-only folder", "under a file"])
+def test_an_output_that_cannot_be_written_exits_2_before_anything_is_measured(
+        tmp_path, unwritable_folder, never_measure, command, where):
+    if where == "read-only folder":
+        out = unwritable_folder / "r.jsonl"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "r.jsonl"
+    args = TINY if command == "run" else CASE
+    result = invoke(command, *args, "--accum-steps", "1", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot write") and len(result.output.strip().splitlines()) == 1
+    assert "[1/1]" not in result.output and "Traceback" not in result.output
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, never_measure):
+    out = tmp_path / "r.jsonl"
+    with ResultsFile(out, command="the first run") as first:
+        first.claim()
+        result = invoke("run", *TINY, "--accum-steps", "1", "--out", str(out), "--resume")
+        assert result.exit_code == 2, result.output
+        assert f"is being written by pid {os.getpid()}" in result.output and "the first run" in result.output
+    assert not first.lock_path.exists()  # released: the lock file goes with the lock
+
+
+def test_a_launcher_holds_the_lock_for_its_ranks(tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    with ResultsFile(out) as launcher:
+        launcher.lock()
+        with pytest.raises(ResultsFileError, match="being written by"):
+            ResultsFile(out).claim()
+        monkeypatch.setenv(LOCK_HOLDER_ENV, str(launcher.lock_path.resolve()))
+        rank0 = ResultsFile(out)
+        assert rank0.claim() == set()
+        rank0.release()
+
+
+def test_resume_repairs_a_torn_last_line_and_keeps_the_fragment(copy_of, never_measure):
+    fragment = '{"schema": 1, "run_id": "abc", "case_id": "mlp-ti'
+    with open(copy_of, "a") as fh:
+        fh.write(fragment)
+    result = invoke("run", *TINY, "--accum-steps", "1", "--out", str(copy_of), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "cut off and kept in" in result.output and "0 case(s)" in result.output
+    assert len(read_records(copy_of)) == 1 and copy_of.read_text().endswith("}\n")
+    assert copy_of.with_name("r.jsonl.torn").read_text() == fragment + "\n"
+
+
+def test_a_full_disk_mid_run_stops_cleanly_and_keeps_every_complete_record(tmp_path, monkeypatch):
+    import accumbench.results_file as results_file
+
+    real, calls = results_file._write_line, []
+
+    def fill_up(fh, line):
+        calls.append(line)
+        if len(calls) == 2:
+            fh.write(line[:10])  # a partial line reaches the file before the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fh, line)
+
+    monkeypatch.setattr(results_file, "_write_line", fill_up)
+    out = tmp_path / "r.jsonl"
+    result = invoke("run", *TINY, "--accum-steps", "1,2,4", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "the disk is full" in result.output and "every complete record is kept" in result.output
+    assert "--resume" in result.output and "Traceback" not in result.output
+    assert "[3/3]" not in result.output  # stopped: the third case was not measured
+    assert [r.accum_steps for r in read_records(out)] == [1]  # the partial line was cut away
+
+
+@pytest.mark.parametrize("flag, value, setting", [("--steps", "2", "measured_steps"), ("--seed", "7", "seed"),
+                                                   ("--warmup", "2", "warmup_steps")])
+def test_resume_with_other_settings_is_refused_naming_them(copy_of, never_measure, flag, value, setting):
+    args = [a for a in TINY]
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    result = invoke("run", *args, "--accum-steps", "1,2", "--out", str(copy_of), "--resume")
+    assert result.exit_code == 2, result.output
+    assert f"measured with {setting}=" in result.output and value in result.output
+    assert len(read_records(copy_of)) == 1
+
+
+def test_resume_and_overwrite_exclude_each_other(copy_of, never_measure):
+    result = invoke("run", *TINY, "--out", str(copy_of), "--resume", "--overwrite")
+    assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output
+
+
+def test_overwrite_never_destroys_an_earlier_backup(tmp_path):
+    out = tmp_path / "r.jsonl"
+    sidecar = tmp_path / "r.timelines.jsonl"
+    for generation in ("first", "second", "third"):
+        out.write_text(json.dumps({"generation": generation}) + "\n")
+        sidecar.write_text(generation)
+        with ResultsFile(out, overwrite=True) as results:
+            results.claim()
+    assert json.loads((tmp_path / "r.jsonl.bak").read_text())["generation"] == "first"
+    assert json.loads((tmp_path / "r.jsonl.bak.1").read_text())["generation"] == "second"
+    assert (tmp_path / "r.timelines.jsonl.bak.1").read_text() == "second"
+    assert out.read_text() == ""  # the third was set aside too; the file starts afresh
+
+
+def test_estimate_refuses_an_existing_file_without_a_flag(copy_of, never_measure):
+    before = copy_of.read_text()
+    result = invoke("estimate", *CASE, "--out", str(copy_of))
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
+    assert copy_of.read_text() == before
+
+
+def test_check_refuses_an_existing_file_offering_its_own_flags(copy_of):
+    result = invoke("check", "--workload", "mlp", "--out", str(copy_of))
+    assert result.exit_code == 2 and "--append" in result.output and "--resume" not in result.output
+
+
+@pytest.mark.parametrize("args", [["--suite", "smoke", "--micro-batch", "4"],
+                                  ["--suite", "smoke", "--workload-opt", "size=tiny"],
+                                  ["--accum-steps", "2"],  # the default suite, implied
+                                  ["--suite", "smoke", "--workload", "mlp"]])
+def test_case_defining_flags_with_a_suite_are_a_usage_error(tmp_path, args):
+    result = invoke("run", "--device", "cpu", *args, "--out", str(tmp_path / "r.jsonl"))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "--workload" in result.output
+
+
+def test_a_plugin_can_import_a_module_next_to_it(tmp_path):
+    from accumbench.workloads import load_workload
+
+    (tmp_path / "my_layers.py").write_text("import torch\nWIDTH = 24\n"
+                                           "def block():\n    return torch.nn.Linear(16, WIDTH)\n")
+    (tmp_path / "my_model.py").write_text(
+        "import torch, torch.nn.functional as F\nfrom accumbench import Workload\nimport my_layers\n"
+        "def build():\n"
+        "    return Workload(name='next-to', build_model=lambda: torch.nn.Sequential(my_layers.block(), "
+        "torch.nn.Linear(my_layers.WIDTH, 4)),\n"
+        "        make_batch=lambda n, g: (torch.randn(n, 16, generator=g), torch.randint(0, 4, (n,), generator=g)),\n"
+        "        loss=lambda out, batch: F.cross_entropy(out, batch[1]))\n")
+    workload = load_workload(f"{tmp_path / 'my_model.py'}:build")
+    assert workload.build_model()[0].out_features == 24
+    assert str(tmp_path) not in __import__("sys").path  # importable while it loads only
+
+
+def _workload(name, make_batch=None, forward=None):
+    import torch.nn.functional as F
+
+    from accumbench import Workload
+    from accumbench.workloads.base import default_forward
+
+    return Workload(name=name, build_model=lambda: torch.nn.Linear(8, 4),
+                    make_batch=make_batch or (lambda n, g: (torch.randn(n, 8, generator=g),
+                                                            torch.randint(0, 4, (n,), generator=g))),
+                    loss=lambda out, batch: F.cross_entropy(out, batch[1]), forward=forward or default_forward)
+
+
+def _measure(workload, accum_steps):
+    from accumbench.cases import Case
+    from accumbench.runner import Runner
+
+    runner = Runner(torch.device("cpu"))
+    runner._workloads._workloads[("w", ())] = workload
+    return runner.measure(Case("w", "accumulated", 2, accum_steps, warmup=1, steps=1))
+
+
+def test_a_nan_loss_makes_the_case_an_error_naming_the_micro_step():
+    made: list = []  # [generator, batches made from it]: each build of the case starts afresh
+
+    def batch(n, generator):
+        entry = next((e for e in made if e[0] is generator), None) or made.append([generator, 0]) or made[-1]
+        entry[1] += 1
+        x = torch.randn(n, 8, generator=generator)
+        if entry[1] == 2:  # the second micro-batch of the step holds a NaN
+            x[0, 0] = float("nan")
+        return x, torch.randint(0, 4, (n,), generator=generator)
+
+    record = _measure(_workload("nan-loss", make_batch=batch), accum_steps=3)
+    assert record.status == "error"
+    assert "the loss is nan at micro-step 2 of 3, in optimizer step 1" in record.error
+    assert "NonFiniteLoss" in record.traceback
+
+
+def test_an_error_record_keeps_the_traceback():
+    def forward(model, batch, task=None):
+        return broken_layer(model, batch)
+
+    def broken_layer(model, batch):
+        raise ValueError("shape mismatch in my layer")
+
+    record = _measure(_workload("raises", forward=forward), accum_steps=2)
+    assert record.status == "error" and record.error == "ValueError: shape mismatch in my layer"
+    assert "in broken_layer" in record.traceback and record.traceback.rstrip().endswith(
+        "ValueError: shape mismatch in my layer")
+    assert json.loads(record.to_json())["traceback"] == record.traceback
+
+
+def test_a_complete_last_record_without_its_newline_is_kept_and_ended(copy_of):
+    copy_of.write_text(copy_of.read_text().rstrip("\n"))  # written by a tool that omits the final newline
+    with ResultsFile(copy_of, append=True) as results:
+        results.claim()
+        results.append(results.existing[0])
+    assert len(read_records(copy_of)) == 2 and not copy_of.with_name("r.jsonl.torn").exists()

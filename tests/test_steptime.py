@@ -1,0 +1,129 @@
+"""The step-time model: FLOP counts against their formulas, monotonicity, overrides, records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from accumbench.cli import main
+from accumbench.estimate_assumptions import assumptions_for
+from accumbench.records import read_records
+from accumbench.steptime import DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, op_flops, predict_step_time
+
+TINY_MLP = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1,4"]
+SPEED = assumptions_for("h100").speed()
+
+
+def test_matmul_flops_are_two_m_n_k():
+    m, k, n = 3, 5, 7
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.mm(a, b)
+    assert op_flops(torch.ops.aten.mm.default, (a, b), {}, out, cuda=True) == 2 * m * n * k
+
+
+def test_attention_flops_match_the_formula_forward_and_backward():
+    batch, heads, seq, dim = 2, 3, 16, 8
+    q, k, v = (torch.randn(batch, heads, seq, dim) for _ in range(3))
+    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    out, lse = forward(q, k, v)
+    # The CPU kernel the fake step runs stands for CUDA's flash attention: 4*b*h*s^2*d forward.
+    assert op_flops(forward, (q, k, v), {}, (out, lse), cuda=True) == 4 * batch * heads * seq**2 * dim
+    # FlopCounterMode on the CPU counts none for it: so neither does the cpu kind.
+    assert op_flops(forward, (q, k, v), {}, (out, lse), cuda=False) == 0
+    backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+    grads = backward(out, q, k, v, out, lse, 0.0, False)
+    # Backward: 2.5x the forward (dV, dP, dS->dQ, dK: five matmuls against the forward's two).
+    assert op_flops(backward, (out, q, k, v, out, lse, 0.0, False), {}, grads, cuda=True) \
+        == 10 * batch * heads * seq**2 * dim
+
+
+def _table(flops: list[float], nbytes: list[float] | None = None, kinds: list[int] | None = None) -> OpTable:
+    n = len(flops)
+    return OpTable(np.array(kinds or [KERNEL] * n, dtype=np.int8), np.array(flops, dtype=float),
+                   np.array(nbytes or [0.0] * n, dtype=float), np.full(n, DTYPES.index("bf16"), dtype=np.int8),
+                   np.zeros(n, dtype=np.int16), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32))
+
+
+def test_predicted_time_grows_with_flops_and_with_op_count():
+    small = predict_step_time(_table([1e12] * 10), SPEED).seconds
+    large = predict_step_time(_table([4e12] * 10), SPEED).seconds
+    assert large > small * 3  # device-bound: time follows the FLOPs
+    few = predict_step_time(_table([1e3] * 10), SPEED).seconds
+    many = predict_step_time(_table([1e3] * 1000), SPEED).seconds
+    assert many > few * 50  # host-bound: time follows the op count
+    with_views = predict_step_time(_table([1e3] * 10 + [0.0] * 10, kinds=[KERNEL] * 10 + [VIEW] * 10), SPEED)
+    # Views launch nothing: they cost only the host's per-op time.
+    few_host = predict_step_time(_table([1e3] * 10), SPEED).host_seconds
+    assert with_views.host_seconds == pytest.approx(few_host + 10 * SPEED.host_op_seconds)
+    assert with_views.seconds > few
+    assert with_views.kernels == 10 and with_views.bound == "host"
+    # One memory-bound kernel: launched after its host time, then bytes over the achieved bandwidth.
+    assert predict_step_time(_table([0.0], nbytes=[3.35e12]), SPEED).seconds == pytest.approx(
+        SPEED.host_op_seconds + SPEED.launch_seconds + 1.0 / SPEED.bandwidth_efficiency, rel=1e-9)
+
+
+def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
+    table = OpTable(np.full(5, KERNEL, dtype=np.int8), np.array([1e12, 2e12, 2e12, 0.0, 0.0]), np.zeros(5),
+                    np.full(5, DTYPES.index("bf16"), dtype=np.int8), np.array([0, 1, 1, OUTSIDE, OUTSIDE], dtype=np.int16),
+                    np.zeros(5, dtype=bool), np.zeros(5, dtype=np.int32))
+    four = table.repeated(4)
+    assert four.flops.tolist() == [1e12, 2e12, 2e12, 2e12, 2e12, 2e12, 2e12, 0.0, 0.0]
+    assert four.micro_step.tolist()[-2:] == [OUTSIDE, OUTSIDE] and table.repeated(2) is table
+    assert predict_step_time(table, SPEED, 4).seconds > predict_step_time(table, SPEED, 2).seconds
+
+
+def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "h100.jsonl"
+    assert runner.invoke(main, ["estimate", *TINY_MLP, "--out", str(out)]).exit_code == 0
+    records = {r.case_id: r for r in read_records(out)}
+    for r in records.values():
+        assert r.step_times_s == () and r.predicted_step_time_s > 0  # predicted, never measured
+        assert r.samples_per_s == pytest.approx(r.effective_batch / r.predicted_step_time_s)
+        assert any(a.startswith("step-time-model") for a in r.assumptions["applied"])
+    one = next(r for r in records.values() if r.micro_batch == 2 and r.accum_steps == 1)
+    four = next(r for r in records.values() if r.micro_batch == 2 and r.accum_steps == 4)
+    assert four.predicted_step_time_s > 2 * one.predicted_step_time_s  # 4 micro-steps (2 profiled, 2 repeated)
+    slow = tmp_path / "slow.jsonl"
+    result = runner.invoke(main, ["estimate", *TINY_MLP, "--assume", "host_op_seconds=1e-3", "--out", str(slow)])
+    assert result.exit_code == 0, result.output
+    for r in read_records(slow):
+        assert r.assumptions["host_op_seconds"] == 1e-3
+        assert r.predicted_step_time_s > 10 * records[r.case_id].predicted_step_time_s
+    bad = runner.invoke(main, ["estimate", *TINY_MLP, "--assume", "flop_efficiency=fast", "--out", str(slow)])
+    assert bad.exit_code == 2 and "flop_efficiency takes a number" in bad.output
+
+
+def test_the_h100_constants_are_named_and_h200_differs_by_its_data_sheet():
+    h100, h200 = assumptions_for("h100"), assumptions_for("h200")
+    assert h100.speed() is not None and assumptions_for("cpu").speed() is None
+    assert h200.memory_bandwidth > h100.memory_bandwidth and h200.peak_flops_bf16 == h100.peak_flops_bf16
+    with pytest.raises(ValueError):
+        dataclasses.replace(h100, flop_efficiency=0.0)
+
+
+def test_foreach_ops_cost_host_time_per_tensor_in_their_lists():
+    table = _table([1e3] * 3)
+    listed = dataclasses.replace(table, list_tensors=np.array([0, 100, 0], dtype=np.int32))
+    speed = dataclasses.replace(SPEED, host_tensor_seconds=1e-6)
+    assert predict_step_time(listed, speed).host_seconds == pytest.approx(
+        predict_step_time(table, speed).host_seconds + 100e-6)
+
+
+def test_compare_never_gates_on_or_shows_predicted_throughput():
+    from accumbench.gate.checks import NOT_AVAILABLE
+    from accumbench.gate.compare import compare_results
+
+    def estimate(rate: float) -> dict:
+        return {"case_id": "c", "status": "ok", "meter": "estimate", "device_name": "estimate: H100",
+                "torch_version": "2", "peak_allocated": 100, "step_times_s": [], "samples_per_s": rate,
+                "predicted_step_time_s": 1.0 / rate, "world_size": 1}
+
+    result = compare_results([estimate(100.0)], [estimate(50.0)])  # predicted to halve: not a regression
+    (case,) = result.cases
+    assert case.throughput.verdict == NOT_AVAILABLE and not case.throughput.fails
+    assert case.baseline_samples_per_s is None and case.current_samples_per_s is None
