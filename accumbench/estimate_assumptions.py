@@ -33,6 +33,11 @@ every estimate record lists the ones it used (`Record.assumptions`):
 - `cuda_autocast`: apply CUDA's autocast policy (which ops run in fp32 under bf16/fp16: layer
   and group norm, softmax, sums, losses...) rather than the CPU's; the estimate runs on fake
   CPU tensors, because autograd cannot run on fake CUDA tensors without a CUDA build.
+- `moe_routing` (`balanced` or `worst`): which experts a mixture-of-experts router picks depends
+  on trained weights, so where routing decides sizes (a loop over the experts hit, one matmul per
+  expert) the estimate assumes it: `balanced` spreads tokens evenly over the experts, `worst`
+  sends every token to the same k experts. Records of such steps give the peak under both
+  (`assumptions.moe_routing_peaks`); see `accumbench.meters.known_values`.
 - `total_memory_bytes` and `reserve_bytes`: the device's memory as torch reports it and what
   the allocator cannot use (CUDA context, handles, fragmentation); a predicted peak above their
   difference is reported as status `oom`.
@@ -72,6 +77,7 @@ from accumbench.textfmt import parse_size
 MIB = 1 << 20
 GIB = 1 << 30
 ATTENTION_KERNELS = ("auto", "flash", "efficient", "math")
+MOE_ROUTINGS = ("balanced", "worst")
 
 
 @dataclass(frozen=True)
@@ -105,11 +111,14 @@ class DeviceAssumptions:
     flop_efficiency: float | None = None
     bandwidth_efficiency: float | None = None
     conv_flop_efficiency: float | None = None
+    moe_routing: str = "balanced"
 
     def __post_init__(self) -> None:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
                              f"got {self.attention_kernel!r}")
+        if self.moe_routing not in MOE_ROUTINGS:
+            raise ValueError(f"moe_routing must be one of {', '.join(MOE_ROUTINGS)}, got {self.moe_routing!r}")
         for name in ("reserve_bytes", "cublas_workspace_bytes", "cublaslt_workspace_bytes",
                      "gemm_threads", "cudnn_workspace_bytes", "scratch_bytes"):
             if getattr(self, name) < 0:

@@ -42,7 +42,8 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
               help="Override one assumption, repeatable: cublas_workspace_bytes=32MiB, "
                    "cublaslt_workspace_bytes=1MiB, gemm_threads=2, attention_kernel=auto|flash|efficient|math, "
                    "attention_scratch=true, cudnn_workspace_bytes=8MiB, scratch_bytes=0, "
-                   "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true.")
+                   "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true, "
+                   "moe_routing=balanced|worst (which experts MoE routers pick where routing decides sizes).")
 @case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,

@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
+from accumbench.meters.known_values import MOE_ROUTINGS, KnownValues, known_tensors_look_real
 from accumbench.meters.tracker import LiveBytesTracker, local_tensor
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
@@ -147,10 +148,12 @@ class Replay:
 
 def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
                          first: StepProfile | None = None, note: str | None = None,
-                         accum_steps: int | None = None) -> Measurement:
+                         accum_steps: int | None = None,
+                         routing_peaks: dict[str, int] | None = None) -> Measurement:
     """The measurement an estimate reports: the steady step's replay, the warm-up step's peak
     when it was profiled at this size, and the predicted step time (of `accum_steps`
-    micro-steps) when the device kind has speed constants."""
+    micro-steps) when the device kind has speed constants. `routing_peaks`: the peak under each
+    `moe_routing` assumption, when assumed routing decided sizes (`assumptions.moe_routing_peaks`)."""
     replay = steady.replay(assumptions)
     applied = steady.applied(assumptions)
     speed = assumptions.speed()
@@ -162,6 +165,9 @@ def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
                                                     f"{step_time.kernels} kernels)"]
     if note:
         applied["applied"] = [*applied["applied"], note]
+    if routing_peaks:
+        applied["applied"] = [*applied["applied"], f"moe-routing-{assumptions.moe_routing}"]
+        applied["moe_routing_peaks"] = dict(routing_peaks)
     return Measurement(
         peak_allocated=replay.peak,
         first_step_peak_allocated=first.replay(assumptions).peak if first is not None else None,
@@ -409,6 +415,7 @@ class EstimateMeter(Meter):
         self.assumptions = assumptions
         self.last_profiles: tuple[StepProfile, StepProfile] | None = None
         self._mode = None
+        self._values: KnownValues | None = None
 
     @contextlib.contextmanager
     def case_context(self) -> Iterator[None]:
@@ -416,10 +423,25 @@ class EstimateMeter(Meter):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._values = KnownValues(self.assumptions.moe_routing)
         try:
             yield
         finally:
-            self._mode = None
+            self._mode = self._values = None
+
+    @property
+    def routing_read(self) -> bool:
+        """True when assumed MoE routing decided a size in this case (its peak then depends on
+        the `moe_routing` assumption)."""
+        return self._values is not None and self._values.assumption_read
+
+    def _fake(self) -> contextlib.ExitStack:
+        """The fake-tensor mode and, over it, the values that resolve data-dependent ops."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._mode)
+        stack.enter_context(self._values)
+        stack.enter_context(known_tensors_look_real(self._values))
+        return stack
 
     def release(self, device: torch.device) -> None:
         """Fake tensors hold no device memory: a young-generation collection is enough (a full
@@ -435,8 +457,11 @@ class EstimateMeter(Meter):
             raise ValueError("the estimate meter runs on fake CPU tensors: use torch.device('cpu')")
         # No .to(device): fake tensors are made on the CPU already, and Module.to would try to
         # swap each fake parameter with itself.
-        with self._mode:
-            return workload.build_model()
+        with self._fake():
+            model = workload.build_model()
+        # Weights are random: the step must not depend on values the cpu meter does not share.
+        self._values.forget(model.parameters())
+        return model
 
     def measure(self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int,
                 steps: int) -> Measurement:
@@ -444,7 +469,24 @@ class EstimateMeter(Meter):
         first = self.profile(step, state)
         steady = self.profile(step, state)
         self.last_profiles = (first, steady)
-        return estimate_measurement(steady, self.assumptions, first)
+        return estimate_measurement(steady, self.assumptions, first,
+                                    routing_peaks=self.routing_peaks(step, state, steady))
+
+    def routing_peaks(self, step: Step, state: TrainingState, steady: StepProfile) -> dict[str, int] | None:
+        """When assumed MoE routing decided sizes: the steady peak under each `moe_routing`
+        assumption (one more fake step per other assumption); else None."""
+        if not self.routing_read:
+            return None
+        chosen = self.assumptions.moe_routing
+        peaks = {chosen: steady.replay(self.assumptions).peak}
+        try:
+            for other in MOE_ROUTINGS:
+                if other != chosen:
+                    self._values.moe_routing = other
+                    peaks[other] = self.profile(step, state).replay(self.assumptions).peak
+        finally:
+            self._values.moe_routing = chosen
+        return {routing: peaks[routing] for routing in MOE_ROUTINGS}
 
     def profile(self, step: Step, state: TrainingState) -> StepProfile:
         """Run one step on fake tensors under a fresh logging tracker; return its profile.
@@ -471,7 +513,7 @@ class EstimateMeter(Meter):
         state.observer = tracker
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(self._mode)
+                stack.enter_context(self._fake())
                 if cuda:
                     stack.enter_context(cuda_autocast_policy())
                     stack.enter_context(_AttentionChoice(assumptions.attention_kernel, tracker))
@@ -496,7 +538,7 @@ class EstimateMeter(Meter):
             return 0 if nbytes == 0 else -(-nbytes // round_to) * round_to
 
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self._mode)
+            stack.enter_context(self._fake())
             if self.assumptions.cuda_autocast:
                 stack.enter_context(cuda_autocast_policy())
                 stack.enter_context(_AttentionChoice(self.assumptions.attention_kernel,

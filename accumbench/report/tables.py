@@ -72,6 +72,16 @@ def case_text(row: Any) -> str:
     return row.line
 
 
+def routing_bounds_text(row: Any) -> str:
+    """' (MoE routing: balanced 5.2 MiB, worst 5.0 MiB)' for an estimate whose peak depends on the
+    `moe_routing` assumption and whose two bounds differ; else ''."""
+    assumptions = getattr(row, "assumptions", None)
+    peaks = assumptions.get("moe_routing_peaks") if isinstance(assumptions, dict) else None
+    if not peaks or len(set(peaks.values())) < 2:
+        return ""
+    return " (MoE routing: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in peaks.items()) + ")"
+
+
 def memory_table(frame: pd.DataFrame) -> Table:
     """Peak memory per case, with the device share and, for failed cases, the predicted peak."""
     rows = []
@@ -82,7 +92,7 @@ def memory_table(frame: pd.DataFrame) -> Table:
         rows.append((
             text(r.workload), text(case_text(r)), number(r.micro_batch), number(r.accum_steps),
             number(r.effective_batch), text(r.status),
-            number(r.peak_allocated, format_bytes),
+            number(r.peak_allocated, lambda v, r=r: format_bytes(v) + routing_bounds_text(r)),
             number(r.first_step_peak_allocated, format_bytes),
             number(share, format_percent),
             number(r.predicted_peak, format_bytes),

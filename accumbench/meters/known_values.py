@@ -1,0 +1,254 @@
+"""Values beside fake tensors: what lets the estimate run data-dependent ops.
+
+Fake tensors have sizes but no values, so an op whose result depends on values fails on them:
+`.item()` (`aten._local_scalar_dense`), `nonzero`, `torch.where(mask)`, `masked_select`,
+`unique`, a loop over the experts a router hit. A careful estimator resolves each one in one of
+two ways, and `KnownValues` (a dispatch mode under the tracker, over the fake-tensor mode) does
+both:
+
+- **The value-producing part runs for real on small real tensors.** Every tensor whose value
+  does not depend on the model's weights (the batch, `arange`/`zeros` constants, masks and
+  position ids made from them, routing indices, counts, offsets) keeps a real copy beside its
+  fake one (integer and boolean tensors up to 64 MiB, floating ones up to 1 MiB): an op whose
+  inputs all have one runs for real on them too.
+  A data-dependent op then runs for real, and its fake result gets the real result's sizes,
+  strides and storage bytes. While the model is built, its own values are kept as well (weight
+  initialisation may read them: `torch.nn.init.trunc_normal_` loops until no sample is out of
+  range, the `_local_scalar_dense` a ViT failed on); `forget` drops the parameters' values
+  afterwards, so a step never depends on random weights the cpu meter does not share.
+- **Values no one can know come from a named assumption.** Which experts a router picks depends
+  on the weights: the indices of a `topk` (or `argmax`) over values the estimate does not hold
+  are set by `moe_routing` (`balanced`: token t's j-th choice is expert (t*k + j) mod E, so
+  every expert gets the same number of tokens; `worst`: every token picks experts 0..k-1, so k
+  experts get every token). `assumption_read` tells whether such values ever decided a size;
+  only then does the peak depend on the assumption.
+
+Anything else ends the case with `UnmodelledOp`: one line that names the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterator
+
+import torch
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    UnsupportedOperatorException,
+    unset_fake_temporarily,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
+
+from accumbench.estimate_assumptions import MOE_ROUTINGS
+from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, op_name
+
+aten = torch.ops.aten
+# Largest tensors whose values are kept: integer and boolean ones (indices, masks, one-hot
+# routing) up to 64 MiB, floating ones (constants, weights while the model is built) up to 1 MiB,
+# so that building a large model never materialises its weights.
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_FLOAT_BYTES = 1 << 20
+# Ops whose indices output routes tokens: (op, index of the indices output).
+ROUTING_OPS = {aten.topk.default: 1, aten.argmax.default: 0}
+
+
+def routing_indices(shape: tuple[int, ...], dim: int, choices: int, k: int, routing: str) -> torch.Tensor:
+    """The assumed indices of a top-k over `choices` experts (see the module docstring)."""
+    dim = dim % len(shape) if shape else 0
+    moved = [*shape[:dim], *shape[dim + 1:], k]
+    tokens = 1
+    for size in moved[:-1]:
+        tokens *= size
+    j = torch.arange(k)
+    if routing == "worst":
+        flat = j.expand(tokens, k)
+    else:
+        flat = (torch.arange(tokens)[:, None] * k + j) % choices
+    return flat.reshape(moved).movedim(-1, dim)
+
+
+@contextlib.contextmanager
+def known_tensors_look_real(values: "KnownValues") -> Iterator[None]:
+    """Libraries that take another branch for fake tensors (transformers' `is_tracing`: "a fake
+    tensor means torch.compile is tracing, do not read values") see a fake tensor whose value the
+    estimate holds as a real one, so the estimate runs the branch the real step runs (e.g. SDPA's
+    `is_causal` instead of a materialised mask). Fake tensors of unknown value stay fake."""
+    module = sys.modules.get("transformers.utils.import_utils")
+    original = getattr(module, "is_fake_tensor", None)
+    if original is None:
+        yield
+        return
+
+    def is_fake_tensor(x) -> bool:
+        return original(x) and values.value_of(x) is None
+
+    module.is_fake_tensor = is_fake_tensor
+    try:
+        yield
+    finally:
+        module.is_fake_tensor = original
+
+
+class KnownValues(TorchDispatchMode):
+    """Keeps real values beside fake tensors and resolves data-dependent ops with them (see the
+    module docstring). Enter it after the fake-tensor mode and before the tracker."""
+
+    def __init__(self, moe_routing: str = "balanced", max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_float_bytes: int = DEFAULT_MAX_FLOAT_BYTES) -> None:
+        super().__init__()
+        if moe_routing not in MOE_ROUTINGS:
+            raise ValueError(f"moe_routing must be one of {', '.join(MOE_ROUTINGS)}, got {moe_routing!r}")
+        self.moe_routing = moe_routing
+        self.max_bytes = max_bytes
+        self.max_float_bytes = max_float_bytes
+        self._values = WeakIdKeyDictionary()   # fake tensor -> real tensor
+        self._assumed = WeakIdKeyDictionary()  # fake tensor -> True when its value is assumed
+        self._stale = WeakIdKeyDictionary()    # fake storage -> True once written without values
+        self.routing_calls = 0
+        self.assumption_read = False
+
+    # --- values --------------------------------------------------------------------------
+    def value_of(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The real value of a tensor, when known (a real tensor is its own)."""
+        if not isinstance(tensor, FakeTensor):
+            return tensor
+        value = self._values.get(tensor)
+        if value is None or tensor.untyped_storage() in self._stale:
+            return None
+        return value
+
+    def forget(self, tensors) -> None:
+        """Drop the values of these tensors (the model's parameters once it is built)."""
+        for tensor in tensors:
+            if isinstance(tensor, FakeTensor):
+                self._values.pop(tensor, None)
+                self._stale[tensor.untyped_storage()] = True
+
+    def _remember(self, fake: Any, real: Any, assumed: bool) -> None:
+        fakes, reals = tree_flatten(fake)[0], tree_flatten(real)[0]
+        if len(fakes) != len(reals):
+            return
+        for f, r in zip(fakes, reals):
+            if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and f.shape == r.shape \
+                    and f.dtype == r.dtype:
+                self._values[f] = r
+                if assumed:
+                    self._assumed[f] = True
+                else:
+                    self._assumed.pop(f, None)
+
+    def _small(self, out: Any) -> bool:
+        return all(t.untyped_storage().nbytes() <= (self.max_float_bytes if t.is_floating_point() else self.max_bytes)
+                   for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+
+    def _real(self, func, args, kwargs, tensors: list[torch.Tensor]) -> Any:
+        """Run `func` for real on the inputs' values."""
+        values = {id(t): self.value_of(t) for t in tensors}
+        swap = lambda x: values[id(x)] if isinstance(x, torch.Tensor) else x  # noqa: E731
+        with unset_fake_temporarily(), torch.no_grad():
+            return func(*tree_map(swap, args), **tree_map(swap, kwargs))
+
+    # --- dispatch -------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        known = all(self.value_of(t) is not None for t in tensors)
+        assumed = any(t in self._assumed for t in tensors if isinstance(t, FakeTensor))
+        if func is aten._local_scalar_dense.default:
+            return self._read(func, args[0], known, assumed)
+        try:
+            kernel = FAKE_KERNELS.get(func)
+            out = kernel(*args, **kwargs) if kernel is not None else func(*args, **kwargs)
+        except (DynamicOutputShapeException, DataDependentOutputException):
+            return self._data_dependent(func, args, kwargs, tensors, known, assumed)
+        except UnsupportedOperatorException:
+            if known and tensors:
+                return self._data_dependent(func, args, kwargs, tensors, known, assumed)
+            raise UnmodelledOp(op_name(func), "it has no fake kernel, and its inputs' values are not known") from None
+        except Exception as exc:
+            if func.namespace in ("aten", "prims", "prim"):
+                raise  # torch's own ops fail on fake tensors as on real ones (shapes, dtypes)
+            if known and tensors:
+                return self._data_dependent(func, args, kwargs, tensors, known, assumed)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnmodelledOp(op_name(func), f"its fake kernel failed ({first[:160]})") from None
+        written = [a for a, arg in zip(args, func._schema.arguments)
+                   if arg.alias_info is not None and arg.alias_info.is_write and isinstance(a, torch.Tensor)]
+        if known and self._small(out):
+            try:
+                self._remember(out, self._real(func, args, kwargs, tensors), assumed)
+                return out
+            except Exception:  # a value is a help, never a requirement: forget it
+                pass
+        for tensor in written:  # written with values we do not have: its old value is stale
+            if isinstance(tensor, FakeTensor):
+                self._stale[tensor.untyped_storage()] = True
+        if func in ROUTING_OPS and not known:
+            self._assume_routing(func, args, kwargs, out)
+        return out
+
+    def _read(self, func, tensor: torch.Tensor, known: bool, assumed: bool) -> Any:
+        if known:
+            self.assumption_read |= assumed
+            with unset_fake_temporarily():
+                return self.value_of(tensor).item()
+        try:
+            return func(tensor)  # fake tensors made from real scalars keep their value
+        except DataDependentOutputException:
+            raise UnmodelledOp("aten._local_scalar_dense (.item())",
+                               f"reads the value of a {tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')} "
+                               "tensor computed from weights or activations, whose values the estimate does not hold"
+                               ) from None
+
+    def _data_dependent(self, func, args, kwargs, tensors, known: bool, assumed: bool) -> Any:
+        """A result whose size depends on values: run it for real, give the fake result its sizes."""
+        if not known:
+            raise UnmodelledOp(op_name(func), "its output size depends on the values of tensors computed "
+                                              "from weights or activations, which the estimate does not hold")
+        self.assumption_read |= assumed
+        real = self._real(func, args, kwargs, tensors)
+
+        def fake_like(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            itemsize = value.element_size()
+            storage = torch.empty(-(-value.untyped_storage().nbytes() // itemsize), dtype=value.dtype)
+            return storage.as_strided(value.shape, value.stride(), value.storage_offset())
+
+        out = tree_map(fake_like, real)
+        self._remember(out, real, assumed)
+        return out
+
+    def _assume_routing(self, func, args, kwargs, out) -> None:
+        """Give the indices of a top-k over unknown scores the assumed routing."""
+        source = args[0]
+        if func is aten.topk.default:
+            k = args[1]
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+        else:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if dim is None:
+                return
+            k = None
+        indices = out[ROUTING_OPS[func]] if isinstance(out, (tuple, list)) else out
+        if not isinstance(indices, FakeTensor) or source.dim() == 0:
+            return
+        choices = source.size(dim)
+        with unset_fake_temporarily():
+            value = routing_indices(tuple(source.shape), dim, choices, k or 1, self.moe_routing)
+            if k is None:
+                keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+                value = value if keepdim else value.squeeze(dim)
+            real = torch.empty_strided(indices.shape, indices.stride(), dtype=indices.dtype)
+            real.copy_(value.reshape(indices.shape))
+        self._values[indices] = real
+        self._assumed[indices] = True
+        self.routing_calls += 1
+
+
+__all__ = ["KnownValues", "MOE_ROUTINGS", "routing_indices"]
