@@ -34,8 +34,7 @@ from accumbench.runner import (
     pin_host_batch,
 )
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
-from accumbench.levers import Levers, with_levers
-from accumbench.workloads import Workload, load_workload
+from accumbench.workloads import Workload
 
 
 def rank_batches(workload: Workload, case: Case, rank: int, world_size: int, seed: int
@@ -102,12 +101,9 @@ class FsdpRunner(DistributedRunner):
     def workload(self, fcase: FsdpCase | Case) -> Workload:
         """Load (once) the workload a case names."""
         case = fcase.case if isinstance(fcase, FsdpCase) else fcase
-        key = (case.workload, case.options)
-        if key not in self._workloads:
-            self._workloads[key] = load_workload(case.workload, case.options_dict)
         if case.compile:  # its compile step would fall inside the warm-up steps, unrecorded
             raise ValueError("--compile is not measured under FSDP yet; run it without --parallel fsdp")
-        return with_levers(self._workloads[key], Levers.of(case))
+        return super().workload(case)  # the one workload cache, levers applied
 
     def case_id(self, fcase: FsdpCase) -> str:
         """The id the case's record will carry."""
