@@ -89,8 +89,12 @@ class Case:
         return dict(self.options)
 
     def label(self) -> str:
-        """A short human description for progress lines."""
-        return f"{self.workload} {self.scenario} mb={self.micro_batch} x{self.accum_steps}"
+        """A short human description for progress lines (levers named when on, so two cases
+        that differ only in a lever read differently)."""
+        from accumbench.levers import Levers
+
+        return " ".join([f"{self.workload} {self.scenario} mb={self.micro_batch} x{self.accum_steps}",
+                         *Levers.of(self).id_parts()])
 
 
 def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1) -> str:

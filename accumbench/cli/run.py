@@ -31,8 +31,8 @@ from accumbench.cli.common import (
                    "DDP runs 10 unless given).")
 @click.option("--ci-target", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
               metavar="FRACTION",
-              help="Adaptive timing: after warm-up, time steps until the median step time's 95%% "
-                   "confidence interval is within +-FRACTION of it (default 0.02 = 2%%), or the "
+              help="Adaptive timing: after warm-up, time steps until the median step time's 95% "
+                   "confidence interval is within +-FRACTION of it (default 0.02 = 2%), or the "
                    "--time-cap is reached; at least 6 steps. Ignored with --steps.")
 @click.option("--time-cap", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Adaptive timing: at most this many seconds of timed steps per case (default "

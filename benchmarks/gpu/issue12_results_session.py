@@ -84,7 +84,7 @@ def main() -> int:
 
     steps = [*CASE[:-1], "5"]
     refused = accumbench("run", "--device", device, *steps, "--out", str(run_file), "--resume")
-    check("resume_with_other_steps_refused", refused.returncode == 2 and "measured_steps" in refused.stderr
+    check("resume_with_other_steps_refused", refused.returncode == 2 and "steps_setting" in refused.stderr
           and len(records(run_file)) == 3, refused.stderr.strip()[-300:])
 
     plugin = out / "issue12_nan_plugin.py"

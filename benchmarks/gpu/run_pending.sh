@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every pending GPU check, in priority order, each one time-boxed, in one device call:
+#
+#   bash benchmarks/gpu/run_pending.sh OUTDIR [BUDGET_S] [CHECK ...]   # on the GPU machine
+#   bash benchmarks/gpu/run_pending.sh OUTDIR 900 --dry-run issue12 fsdp   # CPU: the scripts' own dry runs
+#
+# BUDGET_S (default 540: one device call may run 600 s) is the wall time for the whole call; a
+# check whose expected time exceeds what is left is skipped and listed as pending, so a second
+# call can take the rest (name the checks to run). Each check writes under OUTDIR/<check>/ and
+# its log to OUTDIR/<check>.log; OUTDIR/pending.txt lists what ran, its exit code, and what did
+# not run. Commit OUTDIR under results/<device name>/ with a note of what was run.
+#
+# Checks (expected seconds on an H100, by their authors; none has run on a GPU yet):
+#   issue12   60  results file, session, NaN check and lock on CUDA       (issue 12)
+#   ddp       60  NCCL DDP at world size 1 with timelines                 (issue 7/8)
+#   fsdp     120  NCCL FSDP2 at world size 1, vs its estimate             (issue 17)
+#   steptime 180  step time predicted, then measured, 6 new configs       (issue 15)
+#   moe      300  OLMoE-shaped MoE estimated and measured                 (issue 18)
+#   levers   240  default suite's checkpoint and compile cases            (issue 16)
+#   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8)
+#   hf       600  GPT-2 small, Qwen2.5-0.5B, Llama-3.2-1B vs estimate     (issue 14)
+#   adaptive 600  the default suite under adaptive timing (< 10 min?)     (issue 13)
+set -uo pipefail
+out=${1:?usage: run_pending.sh OUTDIR [BUDGET_S] [--dry-run] [CHECK ...]}; shift
+budget=540
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then budget=$1; shift; fi
+dry=""
+if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+start=$(date +%s)
+order=(issue12 ddp fsdp steptime moe levers core hf adaptive)
+declare -A expected=([issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=180 [moe]=300 [levers]=240 [core]=300
+                     [hf]=600 [adaptive]=600)
+wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=("${order[@]}")
+for name in "${wanted[@]}"; do
+  [ -n "${expected[$name]:-}" ] || { echo "unknown check $name (known: ${order[*]})" >&2; exit 2; }
+done
+
+command_for() {  # the check's command line, on CUDA or as its own CPU dry run
+  local d=$out/$1
+  case $1 in
+    issue12)  echo "python3 benchmarks/gpu/issue12_results_session.py $d ${dry:+--device cpu}" ;;
+    ddp)      echo "python3 benchmarks/gpu/ddp_nccl.py $d" ;;
+    fsdp)     echo "python3 benchmarks/gpu/fsdp_nccl.py $d ${dry:+--device cpu}" ;;
+    steptime) echo "bash benchmarks/gpu/steptime_check.sh $d h100 ${dry:+--dry-run}" ;;
+    moe)      echo "bash benchmarks/gpu/moe_check.sh $d ${dry:+--dry-run}" ;;
+    levers)   echo "bash benchmarks/gpu/levers_check.sh $d ${dry:+--dry-run}" ;;
+    core)     echo "bash benchmarks/gpu/run_validation_a.sh $d" ;;
+    hf)       echo "bash benchmarks/gpu/hf_models.sh $d ${dry:+--tiny}" ;;
+    adaptive) echo "env OUT=$d bash benchmarks/gpu/issue13_adaptive_timing.sh ${dry:+--dry-run}" ;;
+  esac
+}
+
+[ -z "$dry" ] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
+                   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } \
+  | tee "$out/device.txt"
+: > "$out/pending.txt"
+for name in "${wanted[@]}"; do
+  left=$(( budget - ($(date +%s) - start) ))
+  if [ "$left" -lt "${expected[$name]}" ]; then
+    echo "$name: not run (expects ${expected[$name]} s, $left s left)" | tee -a "$out/pending.txt"
+    continue
+  fi
+  if [ -n "$dry" ] && { [ "$name" = ddp ] || [ "$name" = core ]; }; then
+    echo "$name: not run (no CPU dry run: needs CUDA)" | tee -a "$out/pending.txt"
+    continue
+  fi
+  cmd=$(command_for "$name")
+  echo "=== $name ($(date +%T), $left s left): $cmd"
+  mkdir -p "$out/$name"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$left" $cmd > "$out/$name.log" 2>&1
+  rc=$?
+  tail -5 "$out/$name.log"
+  echo "$name: exit $rc in $(( $(date +%s) - t0 )) s ($cmd)" | tee -a "$out/pending.txt"
+done
+echo "--- $out/pending.txt"; cat "$out/pending.txt"
