@@ -321,6 +321,8 @@ def test_report_puts_each_lever_beside_its_eager_twin():
     assert [len(ax.containers) for ax in figure.axes] == [3, 3]  # eager, ckpt-blocks, compile
     # Lines in the memory figure are told apart by their levers, not drawn on one another.
     assert frame["line"].nunique() == 3
+    # ... named by the levers that are on, never by the unset ones ("lora=nan").
+    assert sorted(frame["variant"]) == ["ckpt-blocks", "compile", "eager"]
 
 
 # --- plan across levers ------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from accumbench.fit import fit_memory_line
+from accumbench.levers import Levers
 from accumbench.records import Record, iter_records, records_to_frame
 from accumbench.stats import StepTimes
+from accumbench.report.units import is_missing
 
 SECTION_KEYS = ("source", "meter", "device_name", "world_size")
 
@@ -35,8 +37,9 @@ REQUIRED_COLUMNS = (
 # Knobs that, when they differ between records of one scenario of one workload in one section,
 # would put two different measurements on the same point; the report then names them in the
 # line labels.
-VARIANT_KNOBS = ("amp", "set_to_none", "optimizer", "loss_norm", "retain_graph",
-                 "workload_options", "checkpoint", "freeze", "trainable", "lora", "compile")
+LEVER_KNOBS = ("checkpoint", "freeze", "trainable", "lora", "compile")
+VARIANT_KNOBS = ("amp", "set_to_none", "optimizer", "loss_norm", "retain_graph", "workload_options",
+                 *LEVER_KNOBS)
 
 SCENARIO_ORDER = ("large-batch", "accumulated", "multitask-combined", "multitask-sequential")
 SCENARIO_NAMES = {
@@ -188,6 +191,22 @@ def scenario_rank(scenario: str) -> int:
     return SCENARIO_ORDER.index(scenario) if scenario in SCENARIO_ORDER else len(SCENARIO_ORDER)
 
 
+def lever_label(row: Any) -> str:
+    """The levers of a record as a short label (`eager` when none)."""
+    def value(name: str, default: Any) -> Any:
+        # A frame row (Series) or an itertuples row.
+        v = row.get(name, default) if hasattr(row, "get") else getattr(row, name, default)
+        return default if is_missing(v) else v
+
+    try:
+        levers = Levers(checkpoint=value("checkpoint", "none"), freeze=value("freeze", None),
+                        trainable=value("trainable", None), lora=value("lora", None),
+                        compile=bool(value("compile", False)))
+    except ValueError:
+        return "?"
+    return levers.describe()
+
+
 def _knob_text(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True) if value else "{}"
@@ -206,8 +225,11 @@ def _assign_lines(frame: pd.DataFrame) -> pd.DataFrame:
     # retain_graph=True) differs between scenarios without making two variants of either.
     for _, group in frame.groupby(["section", "workload", "scenario"], sort=False):
         varying = [k for k in VARIANT_KNOBS if group[k].map(_knob_text).nunique() > 1]
+        # Levers are named together, and only those that are on ("ckpt-blocks", "eager").
+        levers_vary = any(k in LEVER_KNOBS for k in varying)
         for i in group.index:
-            variant[i] = ", ".join(f"{k}={_knob_text(frame.at[i, k])}" for k in varying)
+            parts = [f"{k}={_knob_text(frame.at[i, k])}" for k in varying if k not in LEVER_KNOBS]
+            variant[i] = ", ".join(parts + ([lever_label(frame.loc[i])] if levers_vary else []))
     frame = frame.assign(variant=variant)
 
     lines, orders = [], []

@@ -11,34 +11,17 @@ Same conventions as `bars`: prepared frame in, `Figure` (or None when no record 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.levers import Levers
-from accumbench.report.data import scenario_name
+from accumbench.report.data import lever_label, scenario_name
 from accumbench.report.layout import PANEL_SIZE, finish_axes, grid
 from accumbench.report.tables import Table, number, text
 from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing, memory_unit
 
 EAGER = "eager"
 TWIN_KEYS = ("section", "workload", "scenario", "micro_batch", "accum_steps", "amp", "set_to_none", "loss_norm")
-
-
-def lever_label(row: Any) -> str:
-    """The levers of a record as a short label (`eager` when none)."""
-    def value(name: str, default: Any) -> Any:
-        v = getattr(row, name, default)
-        return default if is_missing(v) else v
-
-    try:
-        levers = Levers(checkpoint=value("checkpoint", "none"), freeze=value("freeze", None),
-                        trainable=value("trainable", None), lora=value("lora", None),
-                        compile=bool(value("compile", False)))
-    except ValueError:
-        return "?"
-    return levers.describe()
 
 
 def lever_rows(frame: pd.DataFrame) -> pd.DataFrame:
