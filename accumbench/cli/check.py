@@ -92,7 +92,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     results = None if out_path is None else open_results(
         out_path, "accumbench check", append=append, overwrite=overwrite, allowed=("--append", "--overwrite"))
 
-    from accumbench.levers import CHECK_REFUSES_COMPILE, Levers, check_levers, levered_check_record, with_levers
+    from accumbench.levers import CHECK_REFUSES_COMPILE, Levers, check_levers, with_levers
 
     levers = Levers(**lever_settings())
     if levers.compile:

@@ -7,65 +7,49 @@ the all-gathers and reduce-scatters and writes the FSDP `distributed` block.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 
 from accumbench.cases import Case
 from accumbench.distributed.collectives import CollectiveCounter, CollectiveStats
-from accumbench.distributed.comm import ddp_meter
-from accumbench.distributed.data import ddp_loss_weights, shard_batch
 from accumbench.distributed.fsdp import FsdpCase, fsdp_case_id, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.process import DistContext
-from accumbench.distributed.results import RankResult, failed_result, merge_results
-from accumbench.distributed.runner import DistributedRunner, ddp_steps
+from accumbench.distributed.results import RankResult, merge_results
+from accumbench.distributed.runner import DistributedRunner, ddp_steps, rank_batches
 from accumbench.meters.timing import StepPolicy
 from accumbench.environment import utc_timestamp
 from accumbench.records import Record
 from accumbench.runner import (
     DEFAULT_SEED,
     PreparedCase,
-    count_flops,
+    count_flops_checking_losses,
     default_optimizer_label,
     identity_fields,
     optimizer_label,
-    pin_host_batch,
+    prepare_case,
 )
-from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.workloads import Workload
-
-
-def rank_batches(workload: Workload, case: Case, rank: int, world_size: int, seed: int
-                 ) -> tuple[list[Any], list[float]]:
-    """This rank's shard of each global micro-batch (`micro_batch * world_size` samples, from
-    the same seed as a single-process run) and the loss weights DDP and FSDP share."""
-    generator = torch.Generator().manual_seed(seed)
-    global_batches = [workload.make_batch(case.micro_batch * world_size, generator)
-                      for _ in range(case.accum_steps)]
-    shards = [shard_batch(b, rank, world_size) for b in global_batches]
-    return shards, ddp_loss_weights(workload, global_batches, shards, case.loss_norm, world_size)
 
 
 def prepare_fsdp_case(fcase: FsdpCase, workload: Workload, context: DistContext, group: Any,
                       counter: CollectiveCounter | None = None, seed: int = DEFAULT_SEED) -> PreparedCase:
-    """Build the case as `prepare_ddp_case` does, with the model sharded by FSDP2 over `group`
-    (its collectives counted by `counter`) and this rank's shard of each global micro-batch."""
+    """`runner.prepare_case` with the model sharded by FSDP2 over `group` (its collectives
+    counted by `counter`) and this rank's shard of each global micro-batch."""
     case = fcase.case
-    check_compatible(case.scenario, workload)
-    options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
-    torch.manual_seed(seed)
-    model = workload.build_model().to(context.device)
-    shard_model(model, mesh_of(group, context.device.type), case.amp, fcase.reshard_after_forward, fcase.wrap)
-    if counter is not None:
-        counter.install(model)
-    state = new_training_state(workload, model, context.device, options)
-    state.skip_sync_until_last = fcase.no_sync
-    shards, weights = rank_batches(workload, case, context.rank, context.world_size, seed)
-    if context.device.type == "cuda":
-        shards = [pin_host_batch(b) for b in shards]
-    return PreparedCase(case.scenario, workload, state, shards, weights)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        shard_model(model, mesh_of(group, context.device.type), case.amp, fcase.reshard_after_forward, fcase.wrap)
+        if counter is not None:
+            counter.install(model)
+        return model
+
+    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap,
+                            make_batches=lambda _: rank_batches(workload, case, context.rank, context.world_size,
+                                                                seed))
+    prepared.state.skip_sync_until_last = fcase.no_sync
+    return prepared
 
 
 def collective_fields(stats: Sequence[CollectiveStats]) -> dict[str, Any]:
@@ -110,43 +94,23 @@ class FsdpRunner(DistributedRunner):
         workload = self.workload(fcase)
         return fsdp_case_id(workload.name, fcase, default_optimizer_label(workload), self.context.world_size)
 
-    def measure(self, fcase: FsdpCase) -> Record:
-        """Measure one case on every rank and merge; every rank returns the same record.
-        A failing case (on any rank) becomes an `oom`/`error` record, never an exception."""
-        workload = self.workload(fcase)
-        group = self.groups.new_case_group()
-        counter = CollectiveCounter(self.context.device.type)
-        meter, window = ddp_meter(self.context.device.type, counter)
-        try:
-            with observe_storage_resizes():
-                local = self._measure_fsdp(fcase, workload, group, counter, meter, window)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a failing case is data; the other ranks must hear of it
-            local = failed_result(self.context.rank, exc)
-            exc.__traceback__ = None  # its frames hold the case's tensors
-        finally:
-            meter.release(self.context.device)
-        results = self.groups.all_gather(local)
-        try:
-            dist.destroy_process_group(group)
-        except Exception:  # a group broken by a failed rank: dropping it is all we need
-            pass
-        record = self._fsdp_record(fcase, workload, results)
-        timeline, self._timeline = self._timeline, None
-        if record.status == "ok" and timeline is not None and self.timeline_sink is not None:
-            timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
-            record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
-        return record
+    def _new_counter(self, group: Any) -> CollectiveCounter:
+        """FSDP2's all-gathers and reduce-scatters, counted through its custom-collective hooks."""
+        return CollectiveCounter(self.context.device.type)
 
-    def _measure_fsdp(self, fcase: FsdpCase, workload: Workload, group: Any, counter: CollectiveCounter,
-                      meter, window) -> RankResult:
+    def _measure_context(self) -> contextlib.AbstractContextManager:
+        """FSDP2 frees and re-allocates full parameters by resizing storage: tell the tracker."""
+        return observe_storage_resizes()
+
+    def _measure_local(self, fcase: FsdpCase, workload: Workload, group: Any, counter: CollectiveCounter,
+                       meter, window) -> RankResult:
         case = fcase.case
         prepared = prepare_fsdp_case(fcase, workload, self.context, group, counter, self.seed)
         # Every rank times the same steps: a fixed count, as under DDP.
         measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
                                     ddp_steps(case.steps))
-        flops = count_flops(prepared.step)  # after measuring, on every rank (the step communicates)
+        # After measuring, on every rank (the step communicates); also checks the losses are finite.
+        flops = count_flops_checking_losses(prepared, steps=case.warmup + ddp_steps(case.steps))
         if self.trace_timelines:
             self._timeline = meter.trace(prepared.step, prepared.state)
         model = prepared.state.model
@@ -164,7 +128,7 @@ class FsdpRunner(DistributedRunner):
             collectives=window.stats,
         )
 
-    def _fsdp_record(self, fcase: FsdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
+    def _record(self, fcase: FsdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
         case = fcase.case
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import uuid
 from typing import Any, Callable, Iterable, Sequence
@@ -71,6 +73,17 @@ def wrap_ddp(model: torch.nn.Module, context: DistContext, group: Any,
     return DistributedDataParallel(model, **kwargs)
 
 
+def rank_batches(workload: Workload, case: Case, rank: int, world_size: int, seed: int
+                 ) -> tuple[list[Any], list[float]]:
+    """This rank's shard of each global micro-batch (`micro_batch * world_size` samples, from
+    the same seed as a single-process run) and the loss weights DDP and FSDP share."""
+    generator = torch.Generator().manual_seed(seed)
+    global_batches = [workload.make_batch(case.micro_batch * world_size, generator)
+                      for _ in range(case.accum_steps)]
+    shards = [shard_batch(b, rank, world_size) for b in global_batches]
+    return shards, ddp_loss_weights(workload, global_batches, shards, case.loss_norm, world_size)
+
+
 def prepare_ddp_case(dcase: DdpCase, workload: Workload, context: DistContext, group: Any,
                      counter: AllReduceCounter, seed: int = DEFAULT_SEED,
                      bucket_cap_mb: float | None = None) -> PreparedCase:
@@ -84,13 +97,9 @@ def prepare_ddp_case(dcase: DdpCase, workload: Workload, context: DistContext, g
         ddp.register_comm_hook(counter, AllReduceCounter.hook)
         return ddp
 
-    def make_batches(generator: torch.Generator) -> tuple[list[Any], list[float]]:
-        global_batches = [workload.make_batch(case.micro_batch * context.world_size, generator)
-                          for _ in range(case.accum_steps)]
-        shards = [shard_batch(b, context.rank, context.world_size) for b in global_batches]
-        return shards, ddp_loss_weights(workload, global_batches, shards, case.loss_norm, context.world_size)
-
-    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap, make_batches=make_batches)
+    # rank_batches seeds its own generator from `seed`: the very one prepare_case would pass.
+    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap,
+                            make_batches=lambda _: rank_batches(workload, case, context.rank, context.world_size, seed))
     prepared.state.skip_sync_until_last = dcase.no_sync
     return prepared
 
@@ -160,10 +169,11 @@ class DistributedRunner:
         A failing case (on any rank) becomes an `oom`/`error` record, never an exception."""
         workload = self.workload(dcase)
         group = self.groups.new_case_group()
-        counter = AllReduceCounter(group, self.context.device.type)
+        counter = self._new_counter(group)
         meter, window = ddp_meter(self.context.device.type, counter)
         try:
-            local = self._measure_local(dcase, workload, group, counter, meter, window)
+            with self._measure_context():
+                local = self._measure_local(dcase, workload, group, counter, meter, window)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing case is data; the other ranks must hear of it
@@ -182,6 +192,14 @@ class DistributedRunner:
             timeline = dataclasses.replace(timeline, case_id=record.case_id, run_id=record.run_id)
             record = dataclasses.replace(record, timeline=self.timeline_sink(record, timeline))
         return record
+
+    def _new_counter(self, group: Any) -> Any:
+        """What counts and times this runner's collectives (DDP: the all-reduce comm hook)."""
+        return AllReduceCounter(group, self.context.device.type)
+
+    def _measure_context(self) -> contextlib.AbstractContextManager:
+        """Context a case is measured under (FSDP: its storage resizes reach the tracker)."""
+        return contextlib.nullcontext()
 
     def _measure_local(self, dcase: DdpCase, workload: Workload, group: Any, counter: AllReduceCounter,
                        meter: Meter, window: CommWindowTimer) -> RankResult:
