@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from accumbench.fit import MemoryFit, fit_memory_line
+from accumbench.fit import MIN_POINTS_FOR_R2, MemoryFit, fit_memory_line
 from accumbench.textfmt import format_bytes, text_table
 
 DEFAULT_MARGIN = 0.10
@@ -304,7 +304,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"memory from {plan.source}")
     for kind, fit in plan.lines.items():
         lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
-                     f"per sample (r2 {fit.r2:.4f})")
+                     f"per sample ({fit.quality()})")
     rows = []
     for rank, c in enumerate(plan.ranked(), start=1):
         mark = "  <- recommended" if c == plan.recommended else ""
@@ -355,7 +355,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     return {
         "workload": plan.workload, "effective_batch": plan.effective_batch, "budget_bytes": plan.budget_bytes,
         "margin": plan.margin, "usable_bytes": plan.usable_bytes, "source": plan.source,
-        "lines": {k: {"bytes_per_sample": f.bytes_per_sample, "intercept_bytes": f.intercept_bytes, "r2": f.r2}
+        "lines": {k: {"bytes_per_sample": f.bytes_per_sample, "intercept_bytes": f.intercept_bytes,
+                        "r2": f.r2 if f.points >= MIN_POINTS_FOR_R2 else None, "points": f.points}
                   for k, f in plan.lines.items()},
         "candidates": [cand(c) for c in plan.ranked()],
         "recommended": cand(plan.recommended), "reason": plan.reason,

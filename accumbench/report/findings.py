@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from accumbench.fit import fit_quality
 from accumbench.report.data import ddp_sync_text, scenario_name
 from accumbench.report.units import format_bytes, format_percent
 from accumbench.stats import MIN_STEPS_FOR_RATIO, Ratio, StepTimes, throughput_ratio, typical_spread
@@ -149,17 +150,6 @@ def throughput_findings(frame: pd.DataFrame) -> list[str]:
         sentences.append(f"{workload}, effective batch {target}, accumulation's samples/s relative "
                          "to the large batch's (95% interval): " + "; ".join(shares) + ".")
     return sentences
-
-
-# A line through two points always fits exactly: r² says something from three points on.
-MIN_POINTS_FOR_R2 = 3
-
-
-def fit_quality(r2: float, points: int) -> str:
-    """'r² 0.998, 5 points', or only the point count below `MIN_POINTS_FOR_R2`."""
-    if points < MIN_POINTS_FOR_R2:
-        return f"{points} points: a line through them fits by construction"
-    return f"r² {r2:.3f}, {points} points"
 
 
 def _sync_note(row) -> str:

@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from accumbench.fit import MIN_POINTS_FOR_R2
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.report.data import in_display_order, scenario_name
-from accumbench.report.findings import MIN_POINTS_FOR_R2, ratio_text, row_ratio
+from accumbench.report.findings import ratio_text, row_ratio
 from accumbench.report.units import (
     MISSING, format_bytes, format_percent, format_rate, format_ratio, format_seconds, is_missing,
 )
