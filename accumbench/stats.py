@@ -138,13 +138,18 @@ class Ratio:
 
 
 def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: float = 1.0,
-                     seed: int = BOOTSTRAP_SEED) -> Ratio | None:
+                     seed: int = BOOTSTRAP_SEED, drift: float = 0.0) -> Ratio | None:
     """Throughput of `a` relative to `b`: `(batch_a / median a) / (batch_b / median b)`.
 
     The interval is the 2.5-97.5% percentile bootstrap of that ratio, resampling each case's
-    step times independently (`scipy.stats.bootstrap`, seeded). None when either median is
-    missing or zero; an interval-less `Ratio` when either side has under 6 steps; `too_noisy`
-    set when either median's 95% CI is wider than +-5%.
+    step times independently (`scipy.stats.bootstrap`, seeded), then widened by `drift` on
+    each side (low / (1 + drift), high * (1 + drift)). Resampling a case's own steps cannot
+    see the machine change between the two cases, which were measured at different times;
+    `drift` is that allowance (the report passes its section's typical spread: three smoke
+    runs on a shared 2-core VM moved ratios by 5-10% between runs while each run's bootstrap
+    interval was +-2-3%). None when either median is missing or zero; an interval-less
+    `Ratio` when either side has under 6 steps; `too_noisy` set when either median's 95% CI
+    is wider than +-5%.
     """
     if not (a.median > 0 and b.median > 0):
         return None
@@ -152,7 +157,7 @@ def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: 
     if len(a) < MIN_STEPS_FOR_RATIO or len(b) < MIN_STEPS_FOR_RATIO:
         return Ratio(value)
     if len(set(a.times)) == 1 and len(set(b.times)) == 1:
-        return Ratio(value, value, value)
+        return Ratio(value, value / (1 + drift), value * (1 + drift))
     widths = [w for w in (a.ci_half_width(), b.ci_half_width()) if w is not None]
     noisy = max(widths) if widths and max(widths) > MAX_HALF_WIDTH_FOR_CLAIM else None
     import numpy as np
@@ -167,7 +172,7 @@ def throughput_ratio(a: StepTimes, b: StepTimes, batch_a: float = 1.0, batch_b: 
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
         return Ratio(value)
-    return Ratio(value, min(low, value), max(high, value), noisy)
+    return Ratio(value, min(low, value) / (1 + drift), max(high, value) * (1 + drift), noisy)
 
 
 def typical_spread(samples: Sequence[StepTimes]) -> float | None:

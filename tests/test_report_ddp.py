@@ -150,6 +150,7 @@ def test_a_throughput_difference_inside_the_scatter_is_said_to_be():
                          "step_times_s": (0.30, 0.40, 0.45, 0.55, 0.60, 0.42, 0.58, 0.52)})
     frame, _ = prepare(records_to_frame(noisy))
     (sentence,) = communication_findings(frame)
-    # The no_sync() median is known to +-31% only: a range, never a point figure.
-    assert "its samples/s: too noisy to say (a median step time known to ±30.9% only; 0.86×–1.25×)" in sentence
+    # The no_sync() median is known to +-31% only: a range, never a point figure. The range is
+    # the bootstrap's 0.86x-1.25x widened by the section's timing drift allowance.
+    assert "its samples/s: too noisy to say (a median step time known to ±30.9% only; 0.75×–1.43×)" in sentence
     assert "higher" not in sentence and "lower" not in sentence

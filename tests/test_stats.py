@@ -119,3 +119,16 @@ def test_the_runner_records_the_policy_the_interval_and_why_it_stopped():
     assert fixed.median_step_time_ci_s is None  # 4 steps: no 95% interval
     # Timing never touches memory: the same peak either way.
     assert adaptive.peak_allocated == fixed.peak_allocated
+
+
+def test_drift_widens_the_interval_on_both_sides_and_can_make_a_difference_unmeasurable():
+    from accumbench.stats import StepTimes, throughput_ratio
+
+    fast = StepTimes(tuple(0.100 + 0.001 * (i % 5) for i in range(30)))
+    slow = StepTimes(tuple(0.110 + 0.001 * (i % 5) for i in range(30)))
+    tight = throughput_ratio(fast, slow)
+    assert tight.low > 1  # ~1.10x, tight: the bootstrap alone excludes 1
+    wide = throughput_ratio(fast, slow, drift=0.10)
+    assert wide.value == tight.value
+    assert wide.low == pytest.approx(tight.low / 1.10) and wide.high == pytest.approx(tight.high * 1.10)
+    assert wide.low < 1 < wide.high  # a 10% drift allowance swallows a 10% difference

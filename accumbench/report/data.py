@@ -22,7 +22,7 @@ import pandas as pd
 from accumbench.fit import fit_memory_line
 from accumbench.levers import Levers
 from accumbench.records import Record, iter_records, records_to_frame
-from accumbench.stats import StepTimes
+from accumbench.stats import StepTimes, typical_spread
 from accumbench.report.units import is_missing
 
 SECTION_KEYS = ("source", "meter", "device_name", "world_size")
@@ -107,6 +107,7 @@ def prepare(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     frame = _assign_lines(frame)
     frame = _add_throughput(frame)
+    frame = _add_timing_drift(frame)
     frame = _add_predictions(frame, memory_fits(frame))
 
     for _, sec in frame.groupby("section", sort=True):
@@ -119,6 +120,17 @@ def prepare(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{title}: {counts['error']} case(s) failed with an error "
                          "(listed under 'Failed cases')")
     return frame, notes
+
+
+def _add_timing_drift(frame: pd.DataFrame) -> pd.DataFrame:
+    """`timing_drift_`: each section's typical spread (median IQR/median of its timed cases),
+    the allowance every throughput ratio of that section is widened by (`stats.throughput_ratio`:
+    its bootstrap cannot see the machine drift between two cases measured at different times)."""
+    drift = pd.Series(0.0, index=frame.index)
+    for _, sec in frame.groupby("section", sort=False):
+        timed = [t for t, status in zip(sec["step_times_"], sec["status"]) if status == "ok" and len(t)]
+        drift[sec.index] = typical_spread(timed) or 0.0
+    return frame.assign(timing_drift_=drift)
 
 
 def _count_text(counts: pd.Series) -> str:

@@ -7,6 +7,8 @@ saved there, what it cost in throughput. Empty list when the data does not allow
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from accumbench.fit import fit_quality
@@ -43,8 +45,11 @@ def ratio_text(ratio: Ratio | None, what: str = "") -> str:
 
 def row_ratio(a, b) -> Ratio | None:
     """Throughput of record row `a` relative to row `b` (prepared-frame rows: `step_times_`,
-    `effective_batch`), with its bootstrap interval."""
-    return throughput_ratio(a.step_times_, b.step_times_, a.effective_batch, b.effective_batch)
+    `effective_batch`, `timing_drift_`), with its bootstrap interval widened by the section's
+    timing drift allowance."""
+    drift = max(float(getattr(a, "timing_drift_", 0.0) or 0.0), float(getattr(b, "timing_drift_", 0.0) or 0.0))
+    return throughput_ratio(a.step_times_, b.step_times_, a.effective_batch, b.effective_batch,
+                            drift=drift if math.isfinite(drift) else 0.0)
 
 
 def noise_findings(frame: pd.DataFrame) -> list[str]:
@@ -57,7 +62,9 @@ def noise_findings(frame: pd.DataFrame) -> list[str]:
     spread = typical_spread(timed)
     if spread is not None:
         sentence = (f"Timing noise: step times spread by {format_percent(spread)} of their median "
-                    f"(median IQR/median over {len(timed)} timed cases)")
+                    f"(median IQR/median over {len(timed)} timed cases); every speed ratio's interval "
+                    f"is widened by that much on each side, for the machine's drift between cases "
+                    f"measured at different times")
         reasons = ok["stop_reason"].value_counts() if "stop_reason" in ok else pd.Series(dtype=int)
         parts = [f"{reasons[k]} {label}" for k, label in (
             ("ci-target", "reached their CI target"),
