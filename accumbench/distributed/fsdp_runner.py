@@ -16,7 +16,7 @@ from accumbench.cases import Case
 from accumbench.distributed.collectives import CollectiveCounter, CollectiveStats
 from accumbench.distributed.fsdp import FsdpCase, fsdp_case_id, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.process import DistContext
-from accumbench.distributed.results import RankResult, merge_results
+from accumbench.distributed.results import RankResult, measured_result, merge_results
 from accumbench.distributed.runner import DistributedRunner, ddp_steps, rank_batches
 from accumbench.meters.timing import StepPolicy
 from accumbench.environment import utc_timestamp
@@ -27,7 +27,6 @@ from accumbench.runner import (
     count_flops_checking_losses,
     default_optimizer_label,
     identity_fields,
-    optimizer_label,
     prepare_case,
 )
 from accumbench.workloads import Workload
@@ -113,20 +112,8 @@ class FsdpRunner(DistributedRunner):
         flops = count_flops_checking_losses(prepared, steps=case.warmup + ddp_steps(case.steps))
         if self.trace_timelines:
             self._timeline = meter.trace(prepared.step, prepared.state)
-        model = prepared.state.model
-        return RankResult(
-            rank=self.context.rank,
-            optimizer=optimizer_label(prepared.state.optimizer),
-            parameters=sum(p.numel() for p in model.parameters()),  # DTensors: the full shapes
-            flops=flops,
-            peak_allocated=measurement.peak_allocated,
-            first_step_peak_allocated=measurement.first_step_peak_allocated,
-            baseline_allocated=measurement.baseline_allocated,
-            peak_reserved=measurement.peak_reserved,
-            breakdown=measurement.breakdown,
-            step_times_s=tuple(measurement.step_times_s),
-            collectives=window.stats,
-        )
+        return measured_result(self.context.rank, prepared.state, prepared.state.model, measurement, flops,
+                               collectives=window.stats)
 
     def _record(self, fcase: FsdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
         case = fcase.case

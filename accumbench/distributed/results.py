@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from accumbench.distributed.comm import CommStats
 from accumbench.environment import peak_flops
-from accumbench.runner import error_fields, is_out_of_memory
+from accumbench.runner import error_fields, is_out_of_memory, optimizer_label
 from accumbench.stats import StepTimes
 
 
@@ -37,6 +37,26 @@ class RankResult:
     step_times_s: tuple[float, ...] = ()
     comm: CommStats | None = None
     collectives: Any = None  # FSDP: `collectives.CollectiveStats` (comm stays None)
+
+
+def measured_result(rank: int, state: Any, model: Any, measurement: Any, flops: int | None,
+                    **stats: Any) -> RankResult:
+    """What one rank measured without error: the meter's `measurement` of a case whose
+    `TrainingState` is `state`, counting the parameters of the unwrapped `model`, plus the
+    runner's communication `stats` (`comm=` for DDP, `collectives=` for FSDP)."""
+    return RankResult(
+        rank=rank,
+        optimizer=optimizer_label(state.optimizer),
+        parameters=sum(p.numel() for p in model.parameters()),  # DTensors: the full shapes
+        flops=flops,
+        peak_allocated=measurement.peak_allocated,
+        first_step_peak_allocated=measurement.first_step_peak_allocated,
+        baseline_allocated=measurement.baseline_allocated,
+        peak_reserved=measurement.peak_reserved,
+        breakdown=measurement.breakdown,
+        step_times_s=tuple(measurement.step_times_s),
+        **stats,
+    )
 
 
 _COLLECTIVE_TEXT = re.compile(r"timed out|timeout|connection (closed|reset)|gloo|nccl|peer", re.I)

@@ -16,7 +16,7 @@ from accumbench.distributed.cases import DdpCase, ddp_case_id
 from accumbench.distributed.comm import AllReduceCounter, CommWindowTimer, ddp_meter
 from accumbench.distributed.data import ddp_loss_weights, shard_batch
 from accumbench.distributed.process import DistContext, ProcessGroups
-from accumbench.distributed.results import RankResult, failed_result, merge_results
+from accumbench.distributed.results import RankResult, failed_result, measured_result, merge_results
 from accumbench.environment import provenance, utc_timestamp
 from accumbench.meters.base import Measurement, Meter
 from accumbench.records import Record
@@ -28,7 +28,6 @@ from accumbench.runner import (
     count_flops_checking_losses,
     default_optimizer_label,
     identity_fields,
-    optimizer_label,
     prepare_case,
     run_cases,
 )
@@ -216,20 +215,8 @@ class DistributedRunner:
             # tracer starts afresh and must be told they live.
             prepared.state.held_buffers = list(counter.buffers.values())
             self._timeline = meter.trace(prepared.step, prepared.state)
-        module = prepared.state.model.module
-        return RankResult(
-            rank=self.context.rank,
-            optimizer=optimizer_label(prepared.state.optimizer),
-            parameters=sum(p.numel() for p in module.parameters()),
-            flops=flops,
-            peak_allocated=measurement.peak_allocated,
-            first_step_peak_allocated=measurement.first_step_peak_allocated,
-            baseline_allocated=measurement.baseline_allocated,
-            peak_reserved=measurement.peak_reserved,
-            breakdown=measurement.breakdown,
-            step_times_s=tuple(measurement.step_times_s),
-            comm=window.stats,
-        )
+        return measured_result(self.context.rank, prepared.state, prepared.state.model.module, measurement,
+                               flops, comm=window.stats)
 
     def _record(self, dcase: DdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
         case = dcase.case
