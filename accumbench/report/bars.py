@@ -102,6 +102,37 @@ def paired_bars(ax: Axes, data: pd.DataFrame, categories: list[str], values: pd.
     ax.set_ylim(len(categories) - 0.5, -0.5)
 
 
+def sync_pairs_figure(data: pd.DataFrame, category, panels: tuple[tuple[str, str], ...],
+                      series: tuple[str, str], colors: dict[str, str]) -> Figure | None:
+    """Synchronising every micro-step vs once per optimizer step, per accumulated configuration
+    (DDP's `no_sync()`, FSDP's skipped reduce-scatter): one row of `panels` ((column, axis label)
+    each) per section, one pair of bars (`paired_bars` over the `sync_` column, in `series`
+    order) per `category(row)`. `data`: the distributed rows of a prepared frame; None when none
+    accumulated."""
+    data = data[data["scenario"] == "accumulated"]
+    if data.empty:
+        return None
+    data = in_display_order(data)
+    data = data.assign(category=[category(r) for r in data.itertuples()])
+    sections = panels_by(data, ["section"])
+    most = max(p.frame["category"].nunique() for p in sections)
+    fig, axes = grid(len(panels) * len(sections), columns=len(panels),
+                     panel_size=(PANEL_SIZE[0] * 0.8, 1.9 + 0.62 * most))
+    for i, section in enumerate(sections):
+        rows = section.frame
+        for j, (column, label) in enumerate(panels):
+            ax = axes[len(panels) * i + j]
+            values = pd.to_numeric(rows[column], errors="coerce").where(rows["status"] == "ok")
+            speed = column == "samples_per_s_"
+            paired_bars(ax, rows, list(dict.fromkeys(rows["category"])), values, "sync_", series, colors,
+                        show_categories=j == 0, speed=speed)
+            ax.set_xlabel(label, fontsize=8)
+            ax.margins(x=0.45 if speed else 0.15)
+            finish_axes(ax, label.split(" (")[0] + (f"\n{section.title}" if section.title else ""),
+                        legend_below=True)
+    return fig
+
+
 def _multitask_panel(ax: Axes, panel, column: str, memory: bool) -> None:
     data = panel.frame
     categories = list(dict.fromkeys(data.sort_values(["workload", "micro_batch"])["category"]))

@@ -16,13 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from accumbench.report.data import DDP_NO_SYNC_TEXT, DDP_SYNC_TEXT, ddp_sync_text, in_display_order, scenario_name
 from accumbench.report.findings import ratio_text, row_ratio
-from accumbench.report.bars import paired_bars
-from accumbench.report.layout import PANEL_SIZE, finish_axes, grid, panels_by
+from accumbench.report.bars import sync_pairs_figure
 from accumbench.report.tables import Table, number, text
 from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing
 
@@ -75,33 +73,7 @@ def communication_figure(frame: pd.DataFrame) -> Figure | None:
     of horizontal bars per workload and micro-batch × steps. A case that did not run has no bar
     and its status written instead; the `no_sync()` bar is annotated with its change.
     """
-    data = distributed_rows(frame)
-    data = data[data["scenario"] == "accumulated"]
-    if data.empty:
-        return None
-    data = in_display_order(data)
-    data = data.assign(category=[_category(r) for r in data.itertuples()])
-    panels = panels_by(data, ["section"])
-    most = max(p.frame["category"].nunique() for p in panels)
-    fig, axes = grid(len(PANELS) * len(panels), columns=len(PANELS),
-                     panel_size=(PANEL_SIZE[0] * 0.8, 1.9 + 0.62 * most))
-    for i, panel in enumerate(panels):
-        for j, (column, label) in enumerate(PANELS):
-            _pair_panel(axes[len(PANELS) * i + j], panel, column, label, show_ticks=j == 0)
-    return fig
-
-
-def _pair_panel(ax: Axes, panel, column: str, label: str, show_ticks: bool) -> None:
-    data = panel.frame
-    categories = list(dict.fromkeys(data["category"]))
-    values = pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
-    speed = column == "samples_per_s_"
-    paired_bars(ax, data, categories, values, "sync_", SYNC_ORDER, SYNC_COLORS, show_categories=show_ticks,
-                speed=speed)
-    ax.set_xlabel(label, fontsize=8)
-    ax.margins(x=0.45 if speed else 0.15)
-    title = label.split(" (")[0]
-    finish_axes(ax, title + (f"\n{panel.title}" if panel.title else ""), legend_below=True)
+    return sync_pairs_figure(distributed_rows(frame), _category, PANELS, SYNC_ORDER, SYNC_COLORS)
 
 
 def communication_table(frame: pd.DataFrame) -> Table:

@@ -17,10 +17,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from accumbench.report.bars import paired_bars
+from accumbench.report.bars import sync_pairs_figure
 from accumbench.report.data import FSDP_NO_SYNC_TEXT, FSDP_SYNC_TEXT, ddp_sync_text, in_display_order, scenario_name
 from accumbench.report.findings import ratio_text, row_ratio
-from accumbench.report.layout import PANEL_SIZE, finish_axes, grid, panels_by
 from accumbench.report.tables import Table, number, text
 from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing
 
@@ -72,29 +71,7 @@ def _category(row: Any) -> str:
 def fsdp_figure(frame: pd.DataFrame) -> Figure | None:
     """Reduce-scatter every micro-step vs once per step, per accumulated FSDP configuration:
     reduce-scatters per step, peak memory, throughput (None without FSDP records)."""
-    data = fsdp_rows(frame)
-    data = data[data["scenario"] == "accumulated"]
-    if data.empty:
-        return None
-    data = in_display_order(data)
-    data = data.assign(category=[_category(r) for r in data.itertuples()])
-    panels = panels_by(data, ["section"])
-    most = max(p.frame["category"].nunique() for p in panels)
-    fig, axes = grid(len(PANELS) * len(panels), columns=len(PANELS),
-                     panel_size=(PANEL_SIZE[0] * 0.8, 1.9 + 0.62 * most))
-    for i, panel in enumerate(panels):
-        for j, (column, label) in enumerate(PANELS):
-            ax = axes[len(PANELS) * i + j]
-            rows = panel.frame
-            values = pd.to_numeric(rows[column], errors="coerce").where(rows["status"] == "ok")
-            speed = column == "samples_per_s_"
-            paired_bars(ax, rows, list(dict.fromkeys(rows["category"])), values, "sync_", SYNC_ORDER,
-                        SYNC_COLORS, show_categories=j == 0, speed=speed)
-            ax.set_xlabel(label, fontsize=8)
-            ax.margins(x=0.45 if speed else 0.15)
-            finish_axes(ax, label.split(" (")[0] + (f"\n{panel.title}" if panel.title else ""),
-                        legend_below=True)
-    return fig
+    return sync_pairs_figure(fsdp_rows(frame), _category, PANELS, SYNC_ORDER, SYNC_COLORS)
 
 
 def fsdp_table(frame: pd.DataFrame) -> Table:
