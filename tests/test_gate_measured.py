@@ -43,7 +43,7 @@ RUN_ARGS = ["--device", "cpu", "--scenario", "accumulated", "--micro-batch", "16
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    """Results files: two runs of the reference, one of each defective variant."""
+    """Results files: six runs of the reference (three disjoint pairs), one of each defective variant."""
     out = tmp_path_factory.mktemp("measured")
     threads = torch.get_num_threads()
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -53,7 +53,8 @@ def measured(tmp_path_factory):
     try:
         paths = {}
         for name, factory in (("warm-up", "mlp_plain"), ("plain1", "mlp_plain"), ("plain2", "mlp_plain"),
-                              ("plain3", "mlp_plain"), ("plain4", "mlp_plain"),
+                              ("plain3", "mlp_plain"), ("plain4", "mlp_plain"), ("plain5", "mlp_plain"),
+                              ("plain6", "mlp_plain"),
                               ("leaky", "mlp_leaky"), ("slow", "mlp_slow")):
             paths[name] = out / f"{name}.jsonl"
             result = CliRunner().invoke(
@@ -90,8 +91,10 @@ def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured):
     # more than the runs' own scatter. Measured on a shared 2-core VM it still fired on about 1%
     # of such pairs (a machine that itself slows by 15% between two runs), so the assertion is
     # statistical: of three independent pairs at most one may fire (chance of failing ~3e-4).
+    # The pairs share no run: one slow run in a chain (1-2, 2-3, 3-4) fired two pairs at once,
+    # which broke the independence the bound rests on (seen in CI: plain3 12% slow).
     fired = []
-    for a, b in (("plain1", "plain2"), ("plain2", "plain3"), ("plain3", "plain4")):
+    for a, b in (("plain1", "plain2"), ("plain3", "plain4"), ("plain5", "plain6")):
         code, report = compare(measured[a], measured[b])
         (case,) = report["cases"] if isinstance(report, dict) else [None]
         assert case is not None, report
