@@ -26,12 +26,22 @@ per device kind in `accumbench.estimate_assumptions`:
 - Accumulation: the fake step runs at most two micro-steps (see `accumbench.estimate`); the
   second one's ops are repeated for micro-steps 3..N, before the optimizer step's ops.
 
-What it cannot see: kernel fusion and the real kernel count of an op (a CUDA op may launch
-several kernels; foreach optimizer ops are chunked), cuDNN's and cuBLAS's algorithm choice and
-their efficiency at a given shape (one efficiency for all), causal attention skipping masked
-blocks, caching-allocator calls (cudaMalloc on a first step), host work outside aten ops (the
-harness's own Python, the data loader), GPU clocks and thermals, and syncs inside the step
-(the fp16 GradScaler's found-inf check runs without a sync on fake tensors).
+What it cannot see:
+- kernel fusion, and the real kernel count of an op (a CUDA op may launch several kernels;
+  foreach optimizer ops are chunked);
+- cuDNN's and cuBLAS's algorithm choice and their efficiency at a given shape (one efficiency
+  for all), and how well each memory-bound kernel uses the bandwidth (one efficiency for all:
+  on the H100 the BatchNorm ConvNet ran slower than the GroupNorm one, although under autocast
+  GroupNorm runs in fp32 and moves more bytes);
+- causal attention skipping masked blocks; caching-allocator calls (cudaMalloc on a first step);
+- host work outside aten ops: the optimizer's and the harness's own Python, the data loader. On
+  the H100 the optimizer step of the ConvNets and of GPT-2 took about 2-3 ms more than the
+  model gives its ops (a whole step minus one micro-step of the accumulated cases), so
+  accumulating at a small micro-batch was measured faster per sample than stepping every
+  micro-batch (GPT-2 at micro-batches 1-8: by 14-52% in the pairs the measurements resolve),
+  where the model predicts the two alike;
+- GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
+  without a sync on fake tensors).
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from accumbench.stats import StepTimes, throughput_ratio
 
 VIEW, KERNEL, COPY_IN = 0, 1, 2  # op kinds: no kernel, a kernel, a host-to-device copy
 DTYPES = ("none", "fp32", "tf32", "bf16", "fp16")  # the dtype an op's FLOPs run in
@@ -294,5 +306,50 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(spearmanr(xs, ys).statistic)
 
 
-__all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "SpeedConstants", "StepTime", "VIEW",
-           "kernel_seconds", "op_flops", "predict_step_time", "spearman", "tensor_bytes"]
+@dataclass(frozen=True)
+class PairOrder:
+    """How many pairs of cases a prediction orders as their measurements do.
+
+    `pairs`: every pair; `resolved`: the pairs whose measured throughput ratio's interval
+    (`stats.throughput_ratio`) excludes 1; `agree`: the resolved pairs the prediction
+    puts in the measured order. Spearman's rho counts every pair, also those whose measured order
+    is a coin toss; this counts only what the measurements can tell apart.
+    """
+
+    pairs: int
+    resolved: int
+    agree: int
+
+    @property
+    def share(self) -> float:
+        """Share of the resolved pairs in the measured order; NaN when none is resolved."""
+        return self.agree / self.resolved if self.resolved else math.nan
+
+
+def pair_order(measured: Sequence[StepTimes], batches: Sequence[float], predicted: Sequence[float],
+               drift: float = 0.0) -> PairOrder:
+    """Compare the order of predicted samples/s with the measured one, pair by pair.
+
+    `measured[i]` are case i's step times, `batches[i]` the samples of one of its steps and
+    `predicted[i]` its predicted samples/s. A pair counts as resolved when the bootstrap interval
+    of its throughput ratio, widened by `drift` (the machine's drift between cases, as the
+    report widens every ratio), excludes 1.
+    """
+    if not len(measured) == len(batches) == len(predicted):
+        raise ValueError("measured, batches and predicted must have the same length")
+    pairs = resolved = agree = 0
+    for i in range(len(measured)):
+        for j in range(i + 1, len(measured)):
+            pairs += 1
+            ratio = throughput_ratio(measured[i], measured[j], batches[i], batches[j], drift=drift)
+            # The interval alone decides (not `Ratio.differs`, whose +-5% precision rule is for
+            # claiming a speed-up): a 4x ratio known to [3, 5] orders its pair.
+            if ratio is None or not ratio.known or ratio.low <= 1.0 <= ratio.high:
+                continue
+            resolved += 1
+            agree += (ratio.value > 1) == (predicted[i] > predicted[j])
+    return PairOrder(pairs, resolved, agree)
+
+
+__all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
+           "VIEW", "kernel_seconds", "op_flops", "pair_order", "predict_step_time", "spearman", "tensor_bytes"]

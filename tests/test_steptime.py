@@ -127,3 +127,30 @@ def test_compare_never_gates_on_or_shows_predicted_throughput():
     (case,) = result.cases
     assert case.throughput.verdict == NOT_AVAILABLE and not case.throughput.fails
     assert case.baseline_samples_per_s is None and case.current_samples_per_s is None
+
+
+def test_pair_order_counts_only_the_pairs_the_measurements_resolve():
+    from accumbench.stats import StepTimes
+    from accumbench.steptime import PairOrder, pair_order
+
+    # Three cases of one sample per step: 10 ms, 20 ms (clearly slower) and 10.005 ms (inside
+    # the first one's noise: the measurements cannot order that pair).
+    jitter = [0.0, 0.002, -0.002, 0.001, -0.001, 0.0015, -0.0015, 0.0005]
+    fast, slow, tie = ([t * (1 + j) for j in jitter] for t in (0.010, 0.020, 0.010005))
+    measured = [StepTimes(fast), StepTimes(slow), StepTimes(tie)]
+    right = pair_order(measured, [1, 1, 1], predicted=[100.0, 50.0, 99.0])
+    assert (right.pairs, right.resolved, right.agree) == (3, 2, 2)
+    assert right.share == 1.0
+    # Swapping the order of the tied pair changes nothing; ranking the slow case first costs both pairs.
+    assert pair_order(measured, [1, 1, 1], predicted=[99.0, 50.0, 100.0]).agree == 2
+    assert pair_order(measured, [1, 1, 1], predicted=[100.0, 150.0, 99.0]).agree == 0
+    # Samples per step enter the throughput: 2 samples in 20 ms is as fast as 1 in 10 ms.
+    assert pair_order(measured[:2], [1, 2], predicted=[1.0, 2.0]).resolved == 0
+    # A drift allowance wider than the gap leaves nothing to order.
+    assert pair_order(measured, [1, 1, 1], predicted=[100.0, 50.0, 99.0], drift=1.5).resolved == 0
+    # Medians known only to +-10% (too noisy to claim a speed-up) still order a 4x gap.
+    wide = [0.0, 0.2, -0.2, 0.1, -0.1, 0.15, -0.15, 0.05]
+    noisy = [StepTimes([t * (1 + j) for j in wide]) for t in (0.010, 0.040)]
+    assert pair_order(noisy, [1, 1], predicted=[2.0, 1.0]) == PairOrder(pairs=1, resolved=1, agree=1)
+    with pytest.raises(ValueError):
+        pair_order(measured, [1, 1], predicted=[1.0, 2.0, 3.0])

@@ -14,7 +14,7 @@
 #   issue12   60  results file, session, NaN check and lock on CUDA       (issue 12)
 #   ddp       60  NCCL DDP at world size 1 with timelines                 (issue 7/8)
 #   fsdp     120  NCCL FSDP2 at world size 1, vs its estimate             (issue 17)
-#   steptime 180  step time predicted, then measured, 6 new configs       (issue 15)
+#   steptime 180  6 new configs measured against their committed predictions, BN vs GN kernels (issue 15)
 #   moe      300  OLMoE-shaped MoE estimated and measured                 (issue 18)
 #   levers   240  default suite's checkpoint and compile cases            (issue 16)
 #   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8)

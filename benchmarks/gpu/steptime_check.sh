@@ -3,8 +3,9 @@
 # (none of them in the calibration set, results/NVIDIA-H100-80GB-HBM3/default.jsonl) and write both.
 #   bash benchmarks/gpu/steptime_check.sh OUTDIR [DEVICE_KIND]        # on a CUDA machine, ~3 min
 #   bash benchmarks/gpu/steptime_check.sh OUTDIR h100 --dry-run       # CPU only: a tiny MLP, cpu meter
-# Writes OUTDIR/predicted.jsonl (estimate meter), OUTDIR/measured.jsonl (cuda meter) and
-# OUTDIR/steptime_check.md/.csv: predicted vs measured samples/s per case, median and worst |error|.
+# Writes OUTDIR/predicted.jsonl (estimate meter), OUTDIR/measured.jsonl (cuda meter),
+# OUTDIR/steptime_check.md/.csv (predicted vs measured samples/s per case, median and worst
+# |error|) and OUTDIR/norm_kernels.csv (BatchNorm vs GroupNorm kernel times: the largest miss).
 # DEVICE_KIND (h100, h200, a100) picks the constants; default: from the GPU's name, else h100.
 set -euo pipefail
 out=${1:?usage: steptime_check.sh OUTDIR [DEVICE_KIND] [--dry-run]}
@@ -34,50 +35,24 @@ else
     kind=$(python3 -c 'import torch; n = torch.cuda.get_device_name(); print(next((k for k in ("h200", "a100", "h100") if k.upper() in n), "h100"))')
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  # Six configurations outside the calibration set: GPT-2 at micro-batches 12, 24, 48 (the
-  # default suite has powers of two), a ConvNet (BN) at 64 and a GroupNorm one at 256 x 2.
-  cat > "$suite" <<'TOML'
-description = "issue 15: step-time predictions checked on configurations not calibrated on"
-[defaults]
-warmup = 3
-steps = 20
-amp = "bf16"
-[[group]]
-workload = "gpt"
-options = { size = "gpt2" }
-scenarios = ["accumulated"]
-micro_batch = [12, 48]
-accum_steps = [4]
-[[group]]
-workload = "gpt"
-options = { size = "gpt2" }
-scenarios = ["large-batch"]
-micro_batch = [24]
-accum_steps = [1]
-[[group]]
-workload = "convnet-bn"
-options = { size = "large" }
-scenarios = ["large-batch", "accumulated"]
-micro_batch = [64]
-accum_steps = [1, 2]
-[[group]]
-workload = "convnet-gn"
-options = { size = "large" }
-scenarios = ["accumulated"]
-micro_batch = [256]
-accum_steps = [2]
-TOML
+  # Six configurations outside the calibration set (benchmarks/gpu/steptime_check.toml); their
+  # predictions were committed before any was measured: results/estimate-vs-h100/preregistered/.
+  cp benchmarks/gpu/steptime_check.toml "$suite"
 fi
 kind=${kind:-h100}
 ab estimate --suite "$suite" --device-kind "$kind" --out "$out/predicted.jsonl"
 rm -f "$out/measured.jsonl"
 ab run --device "$device" --suite "$suite" --out "$out/measured.jsonl"
-python3 - "$out" <<'PY'
+python3 benchmarks/gpu/norm_kernels.py "$out" --device "$device"
+python3 - "$out" "$kind" <<'PY'
 import csv, statistics, sys
 from pathlib import Path
 from accumbench.records import read_records
-out = Path(sys.argv[1])
+out, kind = Path(sys.argv[1]), sys.argv[2]
 predicted = {r.case_id: r for r in read_records(out / "predicted.jsonl")}
+# The predictions committed before anything was measured (none for the dry run's cases).
+early = Path(f"results/estimate-vs-h100/preregistered/steptime_check_{kind}.jsonl")
+preregistered = {r.case_id: r.samples_per_s for r in read_records(early)} if early.exists() else {}
 rows = []
 for m in read_records(out / "measured.jsonl"):
     p = predicted.get(m.case_id)
@@ -85,16 +60,18 @@ for m in read_records(out / "measured.jsonl"):
         print(f"skipped {m.case_id}: measured {m.status}, predicted {p.status if p else 'missing'}")
         continue
     rows.append({"case_id": m.case_id, "measured": m.samples_per_s, "predicted": p.samples_per_s,
-                 "error": p.samples_per_s / m.samples_per_s - 1})
+                 "error": p.samples_per_s / m.samples_per_s - 1,
+                 "preregistered": preregistered.get(m.case_id)})
 with open(out / "steptime_check.csv", "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=["case_id", "measured", "predicted", "error"])
+    w = csv.DictWriter(fh, fieldnames=["case_id", "measured", "predicted", "error", "preregistered"])
     w.writeheader()
     w.writerows(rows)
 errors = [abs(r["error"]) for r in rows]
 lines = [f"# Predicted vs measured samples/s ({len(rows)} cases not in the calibration set)", "",
          f"median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}" if rows else "no case", "",
-         "| case | measured | predicted | error |", "| --- | ---: | ---: | ---: |"]
-lines += [f"| {r['case_id']} | {r['measured']:,.1f} | {r['predicted']:,.1f} | {r['error']:+.1%} |" for r in rows]
+         "| case | measured | predicted | error | predicted before measuring |", "| --- | ---: | ---: | ---: | ---: |"]
+lines += [f"| {r['case_id']} | {r['measured']:,.1f} | {r['predicted']:,.1f} | {r['error']:+.1%} | "
+          f"{'-' if r['preregistered'] is None else format(r['preregistered'], ',.1f')} |" for r in rows]
 (out / "steptime_check.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
