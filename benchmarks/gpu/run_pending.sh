@@ -10,11 +10,12 @@
 # its log to OUTDIR/<check>.log; OUTDIR/pending.txt lists what ran, its exit code, and what did
 # not run. Commit OUTDIR under results/<device name>/ with a note of what was run.
 #
-# Checks (expected seconds on an H100, by their authors; none has run on a GPU yet):
+# Checks, the open issue's first (expected seconds on an H100, by their authors; none has run on
+# a GPU yet):
+#   steptime 180  6 new configs vs their committed predictions, BN vs GN kernels (issue 15, open)
 #   issue12   60  results file, session, NaN check and lock on CUDA       (issue 12)
 #   ddp       60  NCCL DDP at world size 1 with timelines                 (issue 7/8)
 #   fsdp     120  NCCL FSDP2 at world size 1, vs its estimate             (issue 17)
-#   steptime 180  6 new configs measured against their committed predictions, BN vs GN kernels (issue 15)
 #   moe      300  OLMoE-shaped MoE estimated and measured                 (issue 18)
 #   levers   240  default suite's checkpoint and compile cases            (issue 16)
 #   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8)
@@ -29,7 +30,7 @@ if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 start=$(date +%s)
-order=(issue12 ddp fsdp steptime moe levers core hf adaptive)
+order=(steptime issue12 ddp fsdp moe levers core hf adaptive)
 declare -A expected=([issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=180 [moe]=300 [levers]=240 [core]=300
                      [hf]=600 [adaptive]=600)
 wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=("${order[@]}")
