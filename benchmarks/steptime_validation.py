@@ -21,9 +21,13 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
    other starting GEMM efficiencies, to show how much the held-out figures depend on a constant
    the training workloads cannot pin down. A second hold-out keeps configurations out: GPT-2
    fitted on its large-batch cases (and the other workloads), predicted on its accumulated ones.
-4. With `--repeats`, the spread of the same case measured in separate processes: the floor under
+4. With `--constants` (the JSON `benchmarks/gpu/speed_constants.py` writes on the GPU machine),
+   the same leave-one-workload-out with the four device constants measured by microbenchmarks
+   and only the host costs fitted, and every case predicted with all six measured constants and
+   nothing fitted: constants that owe nothing to the workloads make every case a held-out one.
+5. With `--repeats`, the spread of the same case measured in separate processes: the floor under
    any comparison with one run.
-5. Writes OUTDIR/steptime_vs_measured.csv and .md, and prints the constants fitted on all cases
+6. Writes OUTDIR/steptime_vs_measured.csv and .md, and prints the constants fitted on all cases
    (what `accumbench/estimate_assumptions.py` holds as H100_FITTED).
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import math
 import statistics
 import sys
@@ -55,6 +60,9 @@ FITTED = ("host_op_seconds", "launch_seconds", "kernel_floor_seconds", "flop_eff
 START = np.log([5e-6, 5e-6, 2e-6, 0.5, 0.7, 0.3])
 LOWER = np.log([1e-8, 1e-8, 1e-8, 0.02, 0.05, 0.02])
 UPPER = np.log([1e-3, 1e-3, 1e-4, 1.0, 1.0, 1.0])
+# What benchmarks/gpu/speed_constants.py measures on the device itself; with --constants these
+# stay at the measured values and only the host costs are fitted.
+DEVICE_SIDE = frozenset({"kernel_floor_seconds", "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency"})
 # Other starting GEMM efficiencies the leave-one-workload-out fit is repeated from (START has 0.5).
 START_GEMM_EFFICIENCIES = (0.3, 0.8)
 
@@ -73,9 +81,9 @@ class Point:
     times: StepTimes  # the measured step times (for which pairs the measurements can order)
 
 
-def speed_with(base: SpeedConstants, theta: np.ndarray) -> SpeedConstants:
-    """`base` with the fitted constants set from log-space parameters."""
-    return dataclasses.replace(base, **dict(zip(FITTED, np.exp(theta).tolist())))
+def speed_with(base: SpeedConstants, theta: np.ndarray, names: tuple[str, ...] = FITTED) -> SpeedConstants:
+    """`base` with the constants `names` set from log-space parameters."""
+    return dataclasses.replace(base, **dict(zip(names, np.exp(theta).tolist())))
 
 
 def predict(point: Point, speed: SpeedConstants) -> float:
@@ -84,15 +92,19 @@ def predict(point: Point, speed: SpeedConstants) -> float:
     return point.micro_batch * point.accum_steps / seconds
 
 
-def fit(points: list[Point], base: SpeedConstants, start: np.ndarray = START) -> SpeedConstants:
+def fit(points: list[Point], base: SpeedConstants, start: np.ndarray = START,
+        fixed: frozenset[str] = frozenset()) -> SpeedConstants:
     """Least squares on log(predicted / measured samples/s) over `points`, from `start` (log
-    constants, in the order of FITTED)."""
+    constants, in the order of FITTED); the constants in `fixed` keep `base`'s values."""
+    free = [i for i, name in enumerate(FITTED) if name not in fixed]
+    names = tuple(FITTED[i] for i in free)
+
     def residuals(theta: np.ndarray) -> np.ndarray:
-        speed = speed_with(base, theta)
+        speed = speed_with(base, theta, names)
         return np.array([math.log(predict(p, speed) / p.measured) for p in points])
 
-    result = least_squares(residuals, start, bounds=(LOWER, UPPER), diff_step=1e-3)
-    return speed_with(base, result.x)
+    result = least_squares(residuals, start[free], bounds=(LOWER[free], UPPER[free]), diff_step=1e-3)
+    return speed_with(base, result.x, names)
 
 
 def collect(measured_path: Path, device_kind: str) -> tuple[list[Point], SpeedConstants]:
@@ -113,12 +125,12 @@ def collect(measured_path: Path, device_kind: str) -> tuple[list[Point], SpeedCo
 
 
 def leave_one_workload_out(points: list[Point], rows: list[dict], base: SpeedConstants, start: np.ndarray,
-                           key: str) -> dict[str, SpeedConstants]:
-    """Fit without each workload in turn and predict its cases into `rows[i][key]`; the
-    constants fitted without each workload."""
+                           key: str, fixed: frozenset[str] = frozenset()) -> dict[str, SpeedConstants]:
+    """Fit without each workload in turn (the constants in `fixed` kept at `base`'s) and predict
+    its cases into `rows[i][key]`; the constants fitted without each workload."""
     constants = {}
     for workload in sorted({p.workload for p in points}):
-        speed = fit([p for p in points if p.workload != workload], base, start)
+        speed = fit([p for p in points if p.workload != workload], base, start, fixed)
         constants[workload] = speed
         for p, row in zip(points, rows):
             if p.workload == workload:
@@ -165,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("measured", type=Path)
     parser.add_argument("--device-kind", default="h100")
+    parser.add_argument("--constants", type=Path, default=None,
+                        help="speed_constants.json of benchmarks/gpu/speed_constants.py: also predict with its measured "
+                             "device constants (host costs fitted, leaving one workload out) and with all its constants")
     parser.add_argument("--repeats", type=Path, nargs="*", default=[],
                         help="files with cases of MEASURED measured again in other processes: their spread is "
                              "the reference's own noise")
@@ -205,13 +220,26 @@ def main(argv: list[str] | None = None) -> int:
         # What bounds the step, by the constants fitted on all cases.
         row["bound"] = predict_step_time(p.table, speed_all, p.accum_steps).bound
 
+    measured_blocks = []
+    if args.constants is not None:
+        microbench = json.loads(args.constants.read_text())["constants"]
+        measured_base = dataclasses.replace(base, **{k: microbench[k] for k in DEVICE_SIDE})
+        leave_one_workload_out(points, rows, measured_base, START, "device_measured", DEVICE_SIDE)
+        everything = dataclasses.replace(base, **{k: microbench[k] for k in FITTED})
+        for p, row in zip(points, rows):
+            row["microbenchmarks"] = predict(p, everything)
+        measured_blocks = [
+            (f"Held out: leave one workload out, device constants measured ({args.constants}), host costs fitted",
+             summary(rows, "device_measured", points, drift)),
+            (f"Every case held out: all six constants measured ({args.constants}), nothing fitted",
+             summary(rows, "microbenchmarks", points, drift))]
     lowo = summary(rows, "held_out_workload", points, drift)
     cfg_rows = [r for r in rows if r["held_out_config"] is not None]
     cfg = summary(cfg_rows, "held_out_config", points, drift)
     fitted = summary(rows, "fitted_on_all", points, drift)
     repeats = repeated_cases(args.measured, args.repeats)
     write(args.outdir, rows, lowo, cfg, fitted, speed_all, held_constants, len(cfg_rows), drift, repeats,
-          sensitivity)
+          sensitivity, measured_blocks)
     print("fitted on all cases: " + ", ".join(f"{k}={getattr(speed_all, k):.3g}" for k in FITTED))
     for name, s in (("leave one workload out", lowo), ("GPT-2 accumulated held out", cfg), ("fitted on all", fitted)):
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
@@ -223,11 +251,12 @@ def _pct(x: float | None) -> str:
 
 
 def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cfg, drift, repeats,
-          sensitivity) -> None:
+          sensitivity, measured_blocks) -> None:
     """The CSV (one row per case) and the Markdown summary."""
     outdir.mkdir(parents=True, exist_ok=True)
     columns = ["case_id", "workload", "scenario", "micro_batch", "accum_steps", "measured", "bound",
                "held_out_workload", "held_out_config", "fitted_on_all", "shipped"]
+    columns += [k for k in ("device_measured", "microbenchmarks") if k in rows[0]]
     with open(outdir / "steptime_vs_measured.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -285,6 +314,8 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
               + ". Without GPT-2, GEMM-bound kernels are a small share of every training case's step (at "
               "most 14% by the constants fitted on all cases), so that fit keeps the GEMM efficiency near where "
               "it starts: the leave-one-workload-out median depends on the start.", ""]
+    for title, result in measured_blocks:
+        lines += block(title, result)
     lines += block(f"Held out: GPT-2's {n_cfg} accumulated configurations (fitted on its large-batch cases "
                    "and the other workloads)", cfg)
     lines += block("In-sample: fitted on all cases (the constants the h100 kind ships)", fitted)

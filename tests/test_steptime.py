@@ -154,3 +154,40 @@ def test_pair_order_counts_only_the_pairs_the_measurements_resolve():
     assert pair_order(noisy, [1, 1], predicted=[2.0, 1.0]) == PairOrder(pairs=1, resolved=1, agree=1)
     with pytest.raises(ValueError):
         pair_order(measured, [1, 1], predicted=[1.0, 2.0, 3.0])
+
+
+def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fixed(monkeypatch):
+    """benchmarks/steptime_validation.py's fit, on cases made with known constants: free constants
+    are found again (the predictions match), constants given as measured are not touched."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from accumbench.stats import StepTimes
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "steptime_validation.py"
+    spec = importlib.util.spec_from_file_location("steptime_validation", path)
+    validation = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, validation)  # its dataclasses look themselves up there
+    spec.loader.exec_module(validation)
+
+    truth = dataclasses.replace(SPEED, host_op_seconds=8e-6, launch_seconds=20e-6, flop_efficiency=0.6)
+    # Host-bound tables (many small ops) and device-bound ones (large GEMMs, large copies) so
+    # that host costs, GEMM efficiency and bandwidth each decide some cases.
+    tables = [_table([1e3] * n) for n in (50, 200, 800)] + [_table([f] * 4) for f in (5e12, 2e13)] \
+        + [_table([0.0] * 4, nbytes=[b] * 4) for b in (1e10, 4e10)] + [_table([1e3] * 300 + [1e13] * 2)]
+
+    def point(i: int, table: OpTable):
+        seconds = predict_step_time(table, truth).seconds
+        return validation.Point(f"case{i}", "synthetic", "large-batch", 8, 1, 8 / seconds, table, StepTimes(()))
+
+    points = [point(i, t) for i, t in enumerate(tables)]
+    fitted = validation.fit(points, SPEED)
+    for p in points:
+        assert validation.predict(p, fitted) == pytest.approx(p.measured, rel=0.02)
+    # Measured device constants stay as given, however the host costs move.
+    given = dataclasses.replace(SPEED, flop_efficiency=0.3, bandwidth_efficiency=0.5)
+    kept = validation.fit(points, given, fixed=validation.DEVICE_SIDE)
+    assert (kept.flop_efficiency, kept.bandwidth_efficiency) == (0.3, 0.5)
+    assert kept.kernel_floor_seconds == given.kernel_floor_seconds
+    assert kept.host_op_seconds != given.host_op_seconds

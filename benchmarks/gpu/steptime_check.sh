@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu/steptime_check.sh OUTDIR h100 --dry-run       # CPU only: a tiny MLP, cpu meter
 # Writes OUTDIR/predicted.jsonl (estimate meter), OUTDIR/measured.jsonl (cuda meter),
 # OUTDIR/steptime_check.md/.csv (predicted vs measured samples/s per case, median and worst
-# |error|) and OUTDIR/norm_kernels.csv (BatchNorm vs GroupNorm kernel times: the largest miss).
+# |error|), OUTDIR/norm_kernels.csv (BatchNorm vs GroupNorm kernel times: the largest miss) and
+# OUTDIR/speed_constants.json (the model's constants measured by microbenchmarks).
 # DEVICE_KIND (h100, h200, a100) picks the constants; default: from the GPU's name, else h100.
 set -euo pipefail
 out=${1:?usage: steptime_check.sh OUTDIR [DEVICE_KIND] [--dry-run]}
@@ -44,6 +45,9 @@ ab estimate --suite "$suite" --device-kind "$kind" --out "$out/predicted.jsonl"
 rm -f "$out/measured.jsonl"
 ab run --device "$device" --suite "$suite" --out "$out/measured.jsonl"
 python3 benchmarks/gpu/norm_kernels.py "$out" --device "$device"
+# The model's constants measured one at a time; on a CPU afterwards:
+#   python benchmarks/steptime_validation.py OUTDIR results/NVIDIA-H100-80GB-HBM3/default.jsonl --constants "$out/speed_constants.json"
+python3 benchmarks/gpu/speed_constants.py "$out" --device "$device" ${kind:+--device-kind "$kind"}
 python3 - "$out" "$kind" <<'PY'
 import csv, statistics, sys
 from pathlib import Path

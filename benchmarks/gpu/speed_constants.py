@@ -1,0 +1,149 @@
+"""Measure the step-time model's constants directly, with microbenchmarks, instead of fitting them.
+
+Issue 15's held-out validation fits six constants to whole training steps of six workloads, and
+some are barely pinned down by them: without GPT-2 no training case is GEMM-bound, and the host
+costs per op and per launch trade against each other. Measured one at a time on the GPU machine,
+the constants owe nothing to the workloads, so every measured case of the default suite becomes
+a held-out case: `python benchmarks/steptime_validation.py ... --constants OUTDIR/speed_constants.json`
+predicts them all with these constants and no fitting.
+
+    python benchmarks/gpu/speed_constants.py OUTDIR [--device-kind h100]   # CUDA, ~30 s
+    python benchmarks/gpu/speed_constants.py OUTDIR --device cpu            # dry run (meaningless numbers)
+
+Each constant, as `accumbench.steptime` uses it:
+- `host_op_seconds`: host time of one dispatched op that launches nothing (a view), from Python;
+- `launch_seconds`: host time one tiny in-place kernel takes on top of that;
+- `kernel_floor_seconds`: device time of a tiny kernel, back to back behind a queued sleep;
+- `bandwidth_efficiency`: a large bf16 copy's bytes read and written per second over the data
+  sheet's bandwidth;
+- `flop_efficiency`: a bf16 GEMM of GPT-2's MLP shape over the data sheet's peak;
+- `conv_flop_efficiency`: a bf16 3x3 convolution of the large ConvNet's first stage, forward
+  and backward, over the peak.
+Writes OUTDIR/speed_constants.json (the constants and the raw timings) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from accumbench.estimate_assumptions import assumptions_for
+
+
+class Clock:
+    """Device time of a piece of work: CUDA events on CUDA, the host clock on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def device_seconds(self, work, repeats: int, queue_first: bool = False) -> float:
+        """Median device seconds of `work()`; with `queue_first`, a sleep kernel is queued before
+        each timing so the work's kernels run back to back, not at the host's pace."""
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            if self.cuda:
+                if queue_first:
+                    torch.cuda._sleep(50_000_000)  # ~25 ms of GPU cycles: the host runs ahead meanwhile
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                work()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                work()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def host_seconds(self, work, repeats: int) -> float:
+        """Median host seconds of issuing `work()` (the device may still be running it)."""
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            t0 = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device-kind", default=None, help="h100, h200 or a100 (default: from the GPU's name)")
+    args = parser.parse_args(argv)
+    device, cuda = args.device, args.device == "cuda"
+    kind = args.device_kind
+    if kind is None:
+        name = torch.cuda.get_device_name() if cuda else ""
+        kind = next((k for k in ("h200", "a100", "h100") if k.upper() in name), "h100")
+    speed = assumptions_for(kind).speed()
+    clock = Clock(device)
+    small = not cuda  # the CPU dry run uses small shapes
+    n_ops = 2000 if cuda else 200
+    raw: dict[str, float] = {}
+
+    # Host: a view launches nothing; a tiny in-place add launches one kernel.
+    x = torch.zeros(16, device=device)
+    raw["view_host_s"] = clock.host_seconds(lambda: [x.view(4, 4) for _ in range(n_ops)], 5) / n_ops
+    raw["add_host_s"] = clock.host_seconds(lambda: [x.add_(1.0) for _ in range(n_ops)], 5) / n_ops
+    # Device: the same tiny kernels back to back behind a queued sleep.
+    raw["add_device_s"] = clock.device_seconds(lambda: [x.add_(1.0) for _ in range(200)], 5, queue_first=True) / 200
+
+    # Bandwidth: a large bf16 copy reads and writes every byte once.
+    elements = (1 << 20) if small else (1 << 29)  # 1 GiB of bf16 on CUDA
+    src = torch.randn(elements, device=device).to(torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_s = clock.device_seconds(lambda: dst.copy_(src), 10)
+    raw["copy_bytes"] = 2 * src.numel() * src.element_size()
+    raw["copy_s"] = copy_s
+
+    # GEMM: GPT-2's MLP up-projection at 16 x 512 tokens, bf16.
+    tokens, d_model = (256, 64) if small else (8192, 768)
+    a = torch.randn(tokens, d_model, device=device, dtype=torch.bfloat16)
+    b = torch.randn(d_model, 4 * d_model, device=device, dtype=torch.bfloat16)
+    gemm_s = clock.device_seconds(lambda: torch.mm(a, b), 20)
+    raw["gemm_flops"] = 2 * tokens * d_model * 4 * d_model
+    raw["gemm_s"] = gemm_s
+
+    # Convolution: the large ConvNet's first stage (64 channels, 64 x 64), forward and backward.
+    batch, side = (2, 16) if small else (256, 64)
+    image = torch.randn(batch, 64, side, side, device=device, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(64, 64, 3, 3, device=device, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(batch, 64, side, side, device=device, dtype=torch.bfloat16)
+    conv_s = clock.device_seconds(lambda: F.conv2d(image, weight, padding=1).backward(grad), 10)
+    raw["conv_flops"] = 3 * 2 * batch * 64 * 64 * 9 * side * side  # forward, grad input, grad weight
+    raw["conv_s"] = conv_s
+
+    peak = speed.peak_flops["bf16"]
+    constants = {
+        "host_op_seconds": raw["view_host_s"],
+        "launch_seconds": max(raw["add_host_s"] - raw["view_host_s"], 0.0),
+        "kernel_floor_seconds": raw["add_device_s"],
+        "bandwidth_efficiency": min(raw["copy_bytes"] / copy_s / speed.memory_bandwidth, 1.0),
+        "flop_efficiency": min(raw["gemm_flops"] / gemm_s / peak, 1.0),
+        "conv_flop_efficiency": min(raw["conv_flops"] / conv_s / peak, 1.0),
+    }
+    result = {"device_kind": kind, "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
+              "torch": torch.__version__, "constants": constants, "raw": raw}
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    (args.outdir / "speed_constants.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
