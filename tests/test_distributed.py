@@ -303,12 +303,14 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+@pytest.mark.slow  # the two_ranks fixture spawns two gloo ranks: ~9 s on 2 cores (.ci/run's slow step runs it)
 def test_no_sync_all_reduces_once_per_optimizer_step_and_without_it_once_per_micro_step(two_ranks):
     for found in two_ranks:
         assert found["calls"][True] == [(1, 1), (1, 1)]
         assert found["calls"][False] == [(ACCUM, 1), (ACCUM, 1)]
 
 
+@pytest.mark.slow  # the two_ranks fixture spawns two gloo ranks: ~9 s on 2 cores (.ci/run's slow step runs it)
 def test_accumulated_ddp_gradients_agree_across_ranks_and_with_one_process_over_the_global_batch(two_ranks):
     from accumbench.runner import prepare_case
 
@@ -329,6 +331,7 @@ def test_accumulated_ddp_gradients_agree_across_ranks_and_with_one_process_over_
                 name, (rank0[name] - grad).abs().max().item(), grad.abs().max().item())
 
 
+@pytest.mark.slow  # the two_ranks fixture spawns two gloo ranks: ~9 s on 2 cores (.ci/run's slow step runs it)
 def test_ddp_records_carry_world_size_and_allreduce_counts(two_ranks):
     records = [[json.loads(r) for r in found["records"]] for found in two_ranks]
     assert records[0] == [{**r, "timestamp": records[0][i]["timestamp"]} for i, r in enumerate(records[1])]
@@ -347,6 +350,7 @@ def test_ddp_records_carry_world_size_and_allreduce_counts(two_ranks):
     assert sync["distributed"]["allreduces_per_step"] == ACCUM * nosync["distributed"]["allreduces_per_step"]
 
 
+@pytest.mark.slow  # the two_ranks fixture spawns two gloo ranks: ~9 s on 2 cores (.ci/run's slow step runs it)
 def test_a_rank_that_fails_makes_the_case_an_error_on_every_rank_and_the_next_case_runs(two_ranks):
     for found in two_ranks:
         failed, after = (json.loads(r) for r in found["after_failure"])

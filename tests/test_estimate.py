@@ -68,6 +68,7 @@ def test_cpu_kind_estimate_equals_the_cpu_meter_peak(cpu_runner, cpu_estimator, 
     assert estimated.flops_per_step == measured.flops_per_step
 
 
+@pytest.mark.slow  # estimates six GPT cases twice: ~5 s on 2 cores (.ci/run's slow step runs it)
 def test_grouped_replay_equals_estimating_each_case(h100_estimator):
     cases = [case("gpt", scenario, micro, accum, amp="bf16")
              for scenario, accum in (("large-batch", 1), ("accumulated", 3)) for micro in (1, 2, 5)]
