@@ -38,8 +38,9 @@ What it cannot see:
   the H100 the optimizer step of the ConvNets and of GPT-2 took about 2-3 ms more than the
   model gives its ops (a whole step minus one micro-step of the accumulated cases), so
   accumulating at a small micro-batch was measured faster per sample than stepping every
-  micro-batch (GPT-2 at micro-batches 1-8: by 14-52% in the pairs the measurements resolve),
-  where the model predicts the two alike;
+  micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
+  resolve; at 4 the one resolved pair went the other way), where the model predicts the two
+  alike;
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
 """
