@@ -72,14 +72,6 @@ def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
     return args
 
 
-def _case_id(workload_name: str, dcase, optimizer: str, world_size: int) -> str:
-    """The record id of a DDP or an FSDP case."""
-    from accumbench.distributed import DdpCase, ddp_case_id
-    from accumbench.distributed.fsdp import fsdp_case_id
-
-    return (ddp_case_id if isinstance(dcase, DdpCase) else fsdp_case_id)(workload_name, dcase, optimizer, world_size)
-
-
 def _check_cases(dcases):
     """Load every workload and check every scenario fits it, before anything runs; return the
     loaded workloads (a `runner.WorkloadCache`)."""
@@ -118,7 +110,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     if list_only:
         for dcase in dcases:
             workload = workloads.get(dcase.case)
-            click.echo(_case_id(workload.name, dcase, default_optimizer_label(workload), nproc_per_node))
+            click.echo(dcase.case_id(workload.name, default_optimizer_label(workload), nproc_per_node))
         click.echo(f"{len(dcases)} case(s) at world size {nproc_per_node}", err=True)
         return
     import os

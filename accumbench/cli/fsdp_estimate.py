@@ -15,7 +15,7 @@ def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int 
     """Check the FSDP flags, expand the cases into their FSDP variants, predict each on a fake
     process group of `world_size` ranks and append each record to `results` (a `ResultsFile`
     under run's rules; None with --list) as soon as it exists."""
-    from accumbench.distributed.fsdp import fsdp_case_id, fsdp_cases
+    from accumbench.distributed.fsdp import fsdp_cases
     from accumbench.results_file import ResultsFileError, ResultsWriteError
     from accumbench.runner import default_optimizer_label
     from accumbench.workloads import WorkloadError, load_workload
@@ -41,7 +41,7 @@ def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int 
 
     def case_id_of(fcase) -> str:
         name, optimizer = names[(fcase.case.workload, fcase.case.options)]
-        return fsdp_case_id(name, fcase, optimizer, world_size)
+        return fcase.case_id(name, optimizer, world_size)
 
     if list_only:
         for fcase in fcases:

@@ -49,7 +49,7 @@ FSDP2 (`--parallel fsdp`) lives beside them: `fsdp` (cases, ids, sharding, stora
 
 from __future__ import annotations
 
-from accumbench.distributed.cases import DdpCase, ddp_case_id, ddp_cases
+from accumbench.distributed.cases import DdpCase, DistributedCase, ddp_case_id, ddp_cases
 from accumbench.distributed.comm import AllReduceCounter, CommStats, CommWindowTimer, ddp_meter
 from accumbench.distributed.data import ddp_loss_weights, shard_batch
 from accumbench.distributed.launch import EXIT_FILE_ENV, hand_back_exit_code, launch_env, launch_torchrun, torchrun_command
@@ -79,6 +79,7 @@ __all__ = [
     "ddp_loss_weights",
     "ddp_meter",
     "DdpCase",
+    "DistributedCase",
     "ddp_warmup",
     "DEFAULT_TIMEOUT_S",
     "DistContext",

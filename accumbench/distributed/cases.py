@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 from accumbench.cases import Case, case_id
 
 
 @dataclass(frozen=True)
-class DdpCase:
-    """A case run under DDP; `no_sync` puts the non-final micro-steps under `model.no_sync()`."""
+class DistributedCase:
+    """A case run on several ranks: `no_sync` skips the gradient synchronisation on the
+    non-final micro-steps. `DdpCase` and `accumbench.distributed.fsdp.FsdpCase` say how."""
 
     case: Case
     no_sync: bool = False
+    parallel: ClassVar[str] = ""  # "ddp" or "fsdp": names the case in labels and ids
 
     @property
     def scenario(self) -> str:
@@ -27,7 +29,22 @@ class DdpCase:
 
     def label(self) -> str:
         """A short human description for progress lines."""
-        return f"{self.case.label()} ddp{'-nosync' if self.no_sync else ''}"
+        return f"{self.case.label()} {self.parallel}{'-nosync' if self.no_sync else ''}"
+
+    def case_id(self, workload_name: str, optimizer: str, world_size: int) -> str:
+        """The id this case's record carries."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DdpCase(DistributedCase):
+    """A case run under DDP; `no_sync` puts the non-final micro-steps under `model.no_sync()`."""
+
+    parallel: ClassVar[str] = "ddp"
+
+    def case_id(self, workload_name: str, optimizer: str, world_size: int) -> str:
+        """The id this case's record carries (`ddp_case_id`)."""
+        return ddp_case_id(workload_name, self, optimizer, world_size)
 
 
 def ddp_cases(cases: Iterable[Case]) -> tuple[list[DdpCase], list[Case]]:

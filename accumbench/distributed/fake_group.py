@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from accumbench.distributed.collectives import CollectiveCounter
-from accumbench.distributed.fsdp import FsdpCase, fsdp_case_id, mesh_of, observe_storage_resizes, shard_model
+from accumbench.distributed.fsdp import FsdpCase, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.fsdp_runner import collective_fields, fsdp_block, rank_batches
 from accumbench.environment import provenance, utc_timestamp
 from accumbench.estimate_assumptions import DeviceAssumptions
@@ -107,7 +107,7 @@ class FsdpEstimator:
                     "per_rank_allgather_time_s_per_step", "per_rank_reducescatter_time_s_per_step"):
             collectives.pop(key)  # the fake backend moves nothing: no times to predict
         fields = identity_fields(case, workload, optimizer)
-        fields["case_id"] = fsdp_case_id(workload.name, fcase, optimizer, self.world_size)
+        fields["case_id"] = fcase.case_id(workload.name, optimizer, self.world_size)
         fields["effective_batch"] = case.effective_batch * self.world_size
         return Record(
             run_id=self.run_id, **self._provenance, **fields, world_size=self.world_size,
@@ -127,7 +127,7 @@ class FsdpEstimator:
 
         optimizer = default_optimizer_label(workload)
         fields = identity_fields(fcase.case, workload, optimizer)
-        fields["case_id"] = fsdp_case_id(workload.name, fcase, optimizer, self.world_size)
+        fields["case_id"] = fcase.case_id(workload.name, optimizer, self.world_size)
         fields["effective_batch"] = fcase.case.effective_batch * self.world_size
         text = str(exc).splitlines()[0] if str(exc) else ""
         return Record(run_id=self.run_id, **self._provenance, **fields, world_size=self.world_size,

@@ -25,41 +25,31 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
 from accumbench.cases import Case, case_id
+from accumbench.distributed.cases import DistributedCase
 from accumbench.scenarios import AMP_DTYPES
 
 PARALLELS = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
-class FsdpCase:
+class FsdpCase(DistributedCase):
     """A case run under FSDP2: `no_sync` skips the gradient reduce-scatter on the non-final
     micro-steps; `reshard_after_forward` frees the gathered parameters after each unit's forward;
     `wrap` is the fnmatch pattern of the FSDP units (None: the default units)."""
 
-    case: Case
-    no_sync: bool = False
     reshard_after_forward: bool = True
     wrap: str | None = None
+    parallel: ClassVar[str] = "fsdp"
 
-    @property
-    def scenario(self) -> str:
-        """The wrapped case's scenario (large-batch or accumulated)."""
-        return self.case.scenario
-
-    @property
-    def workload(self) -> str:
-        """The wrapped case's workload spec."""
-        return self.case.workload
-
-    def label(self) -> str:
-        """A short human description for progress lines."""
-        return f"{self.case.label()} fsdp{'-nosync' if self.no_sync else ''}"
+    def case_id(self, workload_name: str, optimizer: str, world_size: int) -> str:
+        """The id this case's record carries (`fsdp_case_id`)."""
+        return fsdp_case_id(workload_name, self, optimizer, world_size)
 
 
 def fsdp_cases(cases, reshard_after_forward: bool = True, wrap: str | None = None

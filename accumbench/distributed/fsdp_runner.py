@@ -14,7 +14,7 @@ import torch
 
 from accumbench.cases import Case
 from accumbench.distributed.collectives import CollectiveCounter, CollectiveStats
-from accumbench.distributed.fsdp import FsdpCase, fsdp_case_id, mesh_of, observe_storage_resizes, shard_model
+from accumbench.distributed.fsdp import FsdpCase, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.process import DistContext
 from accumbench.distributed.results import RankResult, measured_result, merge_results
 from accumbench.distributed.runner import DistributedRunner, ddp_steps, rank_batches
@@ -88,11 +88,6 @@ class FsdpRunner(DistributedRunner):
             raise ValueError("--compile is not measured under FSDP yet; run it without --parallel fsdp")
         return super().workload(case)  # the one workload cache, levers applied
 
-    def case_id(self, fcase: FsdpCase) -> str:
-        """The id the case's record will carry."""
-        workload = self.workload(fcase)
-        return fsdp_case_id(workload.name, fcase, default_optimizer_label(workload), self.context.world_size)
-
     def _new_counter(self, group: Any) -> CollectiveCounter:
         """FSDP2's all-gathers and reduce-scatters, counted through its custom-collective hooks."""
         return CollectiveCounter(self.context.device.type)
@@ -121,7 +116,7 @@ class FsdpRunner(DistributedRunner):
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
         fields = identity_fields(case, workload, optimizer, StepPolicy.fixed(ddp_steps(case.steps)))
         fields["measured_steps"] = ddp_steps(case.steps)
-        fields["case_id"] = fsdp_case_id(workload.name, fcase, optimizer, ws)
+        fields["case_id"] = fcase.case_id(workload.name, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         merged = merge_results(results, case.effective_batch, workload.tokens_per_sample,
                                self._provenance["device_name"], case.amp)

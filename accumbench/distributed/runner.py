@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from accumbench.cases import Case
-from accumbench.distributed.cases import DdpCase, ddp_case_id
+from accumbench.distributed.cases import DdpCase, DistributedCase
 from accumbench.distributed.comm import AllReduceCounter, CommWindowTimer, ddp_meter
 from accumbench.distributed.data import ddp_loss_weights, shard_batch
 from accumbench.distributed.process import DistContext, ProcessGroups
@@ -142,9 +142,9 @@ class DistributedRunner:
         """Rank 0's `value`, on every rank (collective)."""
         return self.groups.broadcast(value if self.is_writer else None)
 
-    def workload(self, dcase: DdpCase | Case) -> Workload:
+    def workload(self, dcase: DistributedCase | Case) -> Workload:
         """Load (once) the workload a case names."""
-        case = dcase.case if isinstance(dcase, DdpCase) else dcase
+        case = dcase.case if isinstance(dcase, DistributedCase) else dcase
         if case.compile:  # its compile step would fall inside DDP's warm-up steps, unrecorded
             raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
         return with_levers(self._workloads.get(case), Levers.of(case))
@@ -158,10 +158,10 @@ class DistributedRunner:
         return {"warmup_steps": ddp_warmup(dcase.case.warmup),
                 "steps_setting": StepPolicy.fixed(ddp_steps(dcase.case.steps)).setting}
 
-    def case_id(self, dcase: DdpCase) -> str:
+    def case_id(self, dcase: DistributedCase) -> str:
         """The id the case's record will carry."""
         workload = self.workload(dcase)
-        return ddp_case_id(workload.name, dcase, default_optimizer_label(workload), self.context.world_size)
+        return dcase.case_id(workload.name, default_optimizer_label(workload), self.context.world_size)
 
     def measure(self, dcase: DdpCase) -> Record:
         """Measure one case on every rank and merge; every rank returns the same record.
@@ -223,7 +223,7 @@ class DistributedRunner:
         ws = self.context.world_size
         optimizer = next((r.optimizer for r in results if r.optimizer), default_optimizer_label(workload))
         fields = identity_fields(case, workload, optimizer, StepPolicy.fixed(ddp_steps(case.steps)))
-        fields["case_id"] = ddp_case_id(workload.name, dcase, optimizer, ws)
+        fields["case_id"] = dcase.case_id(workload.name, optimizer, ws)
         fields["effective_batch"] = case.effective_batch * ws
         fields["warmup_steps"] = ddp_warmup(case.warmup)  # what ran, not what was asked
         fields["measured_steps"] = ddp_steps(case.steps)
