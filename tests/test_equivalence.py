@@ -27,13 +27,7 @@ PLUGIN = str(Path(__file__).parent / "workloads" / "bn_plugin.py")
 FAST = CheckConfig(accum_steps=(2, 4))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and the suite may share a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 _cache: dict = {}
