@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+# The timing of speed_constants.py, its neighbour here (run as a script, this folder is on sys.path).
+from speed_constants import median_seconds
 
 # (channels, image side) of the large ConvNet's four stages (accumbench/workloads/vision.py).
 STAGES = ((64, 64), (128, 32), (256, 16), (512, 8))
@@ -34,22 +36,6 @@ def layer(kind: str, channels: int) -> nn.Module:
     """The norm layer the ConvNet uses, followed by its ReLU."""
     norm = nn.BatchNorm2d(channels) if kind == "bn" else nn.GroupNorm(max(1, channels // 8), channels)
     return nn.Sequential(norm, nn.ReLU())
-
-
-def seconds_per_call(fn, device: str, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after warm-up, synchronised each call."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             def forward_backward():
                 forward().backward(grad)
 
-            fwd = seconds_per_call(forward, args.device, repeats)
-            both = seconds_per_call(forward_backward, args.device, repeats)
+            fwd = median_seconds(forward, repeats, args.device == "cuda", warmup=3)
+            both = median_seconds(forward_backward, repeats, args.device == "cuda", warmup=3)
             elements = x.numel()
             rows.append({"norm": kind, "channels": channels, "side": side, "batch": batch,
                          "input_bytes": elements * x.element_size(), "output_dtype": str(probe.dtype),

@@ -26,57 +26,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from accumbench.estimate_assumptions import assumptions_for
+from accumbench.meters.base import WallClockTimer
+from accumbench.meters.cuda import CudaEventTimer
+from accumbench.stats import StepTimes
 
 
-class Clock:
-    """Device time of a piece of work: CUDA events on CUDA, the host clock on the CPU."""
+def median_seconds(work, repeats: int, cuda: bool, warmup: int = 1) -> float:
+    """Median device seconds of `work()` over `repeats` calls after `warmup` calls: CUDA events
+    around each call on CUDA (`CudaEventTimer`), the host clock on the CPU (`WallClockTimer`)."""
+    timer = CudaEventTimer() if cuda else WallClockTimer()
+    for _ in range(warmup):
+        work()
+    return StepTimes(timer.time_steps(work, repeats)).median
 
-    def __init__(self, device: str) -> None:
-        self.cuda = device == "cuda"
 
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def device_seconds(self, work, repeats: int, queue_first: bool = False) -> float:
-        """Median device seconds of `work()`; with `queue_first`, a sleep kernel is queued before
-        each timing so the work's kernels run back to back, not at the host's pace."""
-        times = []
-        for _ in range(repeats):
-            self.sync()
-            if self.cuda:
-                if queue_first:
-                    torch.cuda._sleep(50_000_000)  # ~25 ms of GPU cycles: the host runs ahead meanwhile
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                work()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                work()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    def host_seconds(self, work, repeats: int) -> float:
-        """Median host seconds of issuing `work()` (the device may still be running it)."""
-        times = []
-        for _ in range(repeats):
-            self.sync()
-            t0 = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+def host_seconds(work, repeats: int, cuda: bool) -> float:
+    """Median host seconds of issuing `work()` (the device may still be running it)."""
+    if cuda:
+        torch.cuda.synchronize()
+    return StepTimes(WallClockTimer().time_steps(work, repeats)).median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,23 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name() if cuda else ""
         kind = next((k for k in ("h200", "a100", "h100") if k.upper() in name), "h100")
     speed = assumptions_for(kind).speed()
-    clock = Clock(device)
     small = not cuda  # the CPU dry run uses small shapes
     n_ops = 2000 if cuda else 200
     raw: dict[str, float] = {}
 
     # Host: a view launches nothing; a tiny in-place add launches one kernel.
     x = torch.zeros(16, device=device)
-    raw["view_host_s"] = clock.host_seconds(lambda: [x.view(4, 4) for _ in range(n_ops)], 5) / n_ops
-    raw["add_host_s"] = clock.host_seconds(lambda: [x.add_(1.0) for _ in range(n_ops)], 5) / n_ops
-    # Device: the same tiny kernels back to back behind a queued sleep.
-    raw["add_device_s"] = clock.device_seconds(lambda: [x.add_(1.0) for _ in range(200)], 5, queue_first=True) / 200
+    raw["view_host_s"] = host_seconds(lambda: [x.view(4, 4) for _ in range(n_ops)], 5, cuda) / n_ops
+    raw["add_host_s"] = host_seconds(lambda: [x.add_(1.0) for _ in range(n_ops)], 5, cuda) / n_ops
+    # Device: the same tiny kernels back to back. On CUDA a sleep kernel queued first (~25 ms of
+    # GPU cycles) lets the host run ahead, so the kernels do not wait for their launches.
+    if cuda:
+        torch.cuda._sleep(50_000_000)
+    raw["add_device_s"] = median_seconds(lambda: [x.add_(1.0) for _ in range(200)], 5, cuda) / 200
 
     # Bandwidth: a large bf16 copy reads and writes every byte once.
     elements = (1 << 20) if small else (1 << 29)  # 1 GiB of bf16 on CUDA
     src = torch.randn(elements, device=device).to(torch.bfloat16)
     dst = torch.empty_like(src)
-    copy_s = clock.device_seconds(lambda: dst.copy_(src), 10)
+    copy_s = median_seconds(lambda: dst.copy_(src), 10, cuda)
     raw["copy_bytes"] = 2 * src.numel() * src.element_size()
     raw["copy_s"] = copy_s
 
@@ -115,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens, d_model = (256, 64) if small else (8192, 768)
     a = torch.randn(tokens, d_model, device=device, dtype=torch.bfloat16)
     b = torch.randn(d_model, 4 * d_model, device=device, dtype=torch.bfloat16)
-    gemm_s = clock.device_seconds(lambda: torch.mm(a, b), 20)
+    gemm_s = median_seconds(lambda: torch.mm(a, b), 20, cuda)
     raw["gemm_flops"] = 2 * tokens * d_model * 4 * d_model
     raw["gemm_s"] = gemm_s
 
@@ -124,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     image = torch.randn(batch, 64, side, side, device=device, dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(64, 64, 3, 3, device=device, dtype=torch.bfloat16, requires_grad=True)
     grad = torch.randn(batch, 64, side, side, device=device, dtype=torch.bfloat16)
-    conv_s = clock.device_seconds(lambda: F.conv2d(image, weight, padding=1).backward(grad), 10)
+    conv_s = median_seconds(lambda: F.conv2d(image, weight, padding=1).backward(grad), 10, cuda)
     raw["conv_flops"] = 3 * 2 * batch * 64 * 64 * 9 * side * side  # forward, grad input, grad weight
     raw["conv_s"] = conv_s
 
