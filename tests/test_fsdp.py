@@ -132,6 +132,18 @@ def test_skipping_sync_costs_the_unsharded_gradients_less_the_sharded_ones(fake_
     assert nosync.baseline_allocated == sync.baseline_allocated  # between steps both hold no gradients
 
 
+
+def test_fake_group_estimate_for_a_gpu_kind_predicts_step_time():
+    # A GPU device kind adds the step-time prediction's fields to the record (the cpu kind has none).
+    from accumbench.distributed.fake_group import estimate_fsdp
+    from accumbench.estimate_assumptions import assumptions_for
+
+    fcases, _ = fsdp_cases([CASE])
+    for record in estimate_fsdp(fcases[:1], assumptions_for("h100"), WORLD):
+        assert record.status == "ok", record.error
+        assert record.predicted_step_time_s > 0 and record.samples_per_s > 0
+        assert record.measured_steps == 0
+
 # --- two gloo ranks (torch.multiprocessing), slow ------------------------------------------
 
 def _free_port() -> int:

@@ -109,6 +109,9 @@ class FsdpEstimator:
         fields = identity_fields(case, workload, optimizer)
         fields["case_id"] = fcase.case_id(workload.name, optimizer, self.world_size)
         fields["effective_batch"] = case.effective_batch * self.world_size
+        # Merged, not passed side by side: the speed fields restate `measured_steps`.
+        fields.update(speed_fields(measurement, case, workload, measurement.flops_per_step,
+                                   self._provenance["device_name"]))
         return Record(
             run_id=self.run_id, **self._provenance, **fields, world_size=self.world_size,
             status="ok", peak_allocated=measurement.peak_allocated,
@@ -118,8 +121,6 @@ class FsdpEstimator:
             parameters=parameters, timestamp=utc_timestamp(),
             distributed={"backend": "fake", **fsdp_block(fcase), "per_rank_effective_batch": case.effective_batch,
                          **collectives},
-            **speed_fields(measurement, case, workload, measurement.flops_per_step,
-                           self._provenance["device_name"]),
         )
 
     def _failed(self, fcase: FsdpCase, workload, exc: BaseException) -> Record:
