@@ -267,5 +267,14 @@ def assumptions_for(kind: str, overrides: Mapping[str, Any] | None = None) -> De
     return base.with_overrides(overrides) if overrides else base
 
 
+def kind_for_device_name(name: str) -> str | None:
+    """The GPU device kind whose label is in a CUDA device name (`NVIDIA H200` -> `h200`), or None."""
+    # H200 before H100 is not needed today (neither label contains the other), but longest first
+    # keeps a future `H100 NVL`-style label from shadowing a shorter one.
+    labels = sorted(((a.label, kind) for kind, a in DEVICE_ASSUMPTIONS.items() if kind != "cpu"),
+                    key=lambda pair: -len(pair[0]))
+    return next((kind for label, kind in labels if label.upper() in name.upper()), None)
+
+
 __all__ = ["ATTENTION_KERNELS", "DEVICE_ASSUMPTIONS", "SPEED_FIELDS", "DeviceAssumptions", "assumptions_for",
-           "parse_overrides", "parse_size"]
+           "kind_for_device_name", "parse_overrides", "parse_size"]

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from accumbench.cli import main
-from accumbench.estimate_assumptions import assumptions_for
+from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.records import read_records
 from accumbench.steptime import DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, op_flops, predict_step_time
 
@@ -105,6 +105,13 @@ def test_the_h100_constants_are_named_and_h200_differs_by_its_data_sheet():
     with pytest.raises(ValueError):
         dataclasses.replace(h100, flop_efficiency=0.0)
 
+
+
+def test_a_cuda_device_name_names_its_kind():
+    assert kind_for_device_name("NVIDIA H200") == "h200"
+    assert kind_for_device_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert kind_for_device_name("NVIDIA A100-SXM4-80GB") == "a100"
+    assert kind_for_device_name("NVIDIA GeForce RTX 4090") is None
 
 def test_foreach_ops_cost_host_time_per_tensor_in_their_lists():
     table = _table([1e3] * 3)

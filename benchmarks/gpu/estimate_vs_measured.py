@@ -41,7 +41,7 @@ import torch
 
 from accumbench.cases import Case, load_suite
 from accumbench.estimate import estimate_cases
-from accumbench.estimate_assumptions import assumptions_for
+from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.fit import fit_memory_line
 from accumbench.plan import (
     NothingFits,
@@ -61,10 +61,7 @@ PLAN_WORKLOAD, PLAN_OPTIONS, PLAN_EFFECTIVE, PLAN_BUDGET = "gpt", {"size": "gpt2
 def device_kind() -> tuple[str, str]:
     """The assumptions' device kind for this GPU, and the GPU's name."""
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-    for kind in ("h200", "h100", "a100"):
-        if kind.upper() in name.upper():
-            return kind, name
-    return "h100", name
+    return kind_for_device_name(name) or "h100", name
 
 
 def compare(estimates, measured, out: Path) -> bool:

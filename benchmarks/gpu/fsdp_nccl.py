@@ -1,12 +1,15 @@
 """FSDP2 accumulation with NCCL at world size 1 (issue 17): proves the CUDA path of `--parallel fsdp`.
 
 Usage: python benchmarks/gpu/fsdp_nccl.py OUTDIR [--device cpu]     (a few minutes on an H100)
+       python benchmarks/gpu/fsdp_nccl.py OUTDIR --estimate-only      (any machine: estimate and compare
+                                                                       an OUTDIR/fsdp_nccl.jsonl measured before)
 
 Runs `accumbench run --nproc-per-node 1 --parallel fsdp --device cuda` (torchrun, NCCL) on gpt
 size=small in bf16 (FSDP's MixedPrecisionPolicy from --amp): large-batch 8 and 32, accumulated
 8 x 4 with the gradient sync skipped until the last micro-step and with sync on every micro-step,
 into OUTDIR/fsdp_nccl.jsonl; then `accumbench estimate --parallel fsdp --world-size 1` of the same
-cases for the device (h100, or cpu with --device cpu) into OUTDIR/fsdp_estimate.jsonl. Prints
+cases for the device's kind (from its name; h100 if unknown; cpu with --device cpu) into
+OUTDIR/fsdp_estimate.jsonl. Prints
 measured vs predicted peaks, writes OUTDIR/fsdp_nccl_summary.json and exits 1 when a case failed,
 the backend is not the expected one, or a collective was counted: with one rank FSDP2 has nothing
 to gather or scatter and issues none (measured on gloo; the estimate must say the same). With
@@ -22,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from accumbench.estimate_assumptions import kind_for_device_name
+
 ACCUM = 4
 
 
@@ -32,22 +37,28 @@ def _run(command: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     cpu = "--device" in argv and argv[argv.index("--device") + 1] == "cpu"
-    args = [a for a in argv if a not in ("--device", "cpu")]
+    estimate_only = "--estimate-only" in argv
+    args = [a for a in argv if a not in ("--device", "cpu", "--estimate-only")]
     if len(args) != 1:
         print(__doc__.splitlines()[2], file=sys.stderr)
         return 2
     out = Path(args[0])
     out.mkdir(parents=True, exist_ok=True)
-    device, kind, backend = ("cpu", "cpu", "gloo") if cpu else ("cuda", "h100", "nccl")
+    device, backend = ("cpu", "gloo") if cpu else ("cuda", "nccl")
     flags = (["--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "2", "--warmup", "1",
               "--steps", "2"] if cpu else
              ["--workload", "gpt", "--workload-opt", "size=small", "--amp", "bf16", "--micro-batch", "8",
               "--warmup", "3", "--steps", "10"])
     flags += ["--accum-steps", f"1,{ACCUM}"]
     measured, predicted = out / "fsdp_nccl.jsonl", out / "fsdp_estimate.jsonl"
-    measured.unlink(missing_ok=True)
-    _run([sys.executable, "-m", "accumbench", "run", "--nproc-per-node", "1", "--parallel", "fsdp",
-          "--device", device, *flags, "--out", str(measured)])
+    if not estimate_only:
+        measured.unlink(missing_ok=True)
+        _run([sys.executable, "-m", "accumbench", "run", "--nproc-per-node", "1", "--parallel", "fsdp",
+              "--device", device, *flags, "--out", str(measured)])
+    # The estimate runs on fake tensors: it needs no GPU, only the kind of the one measured.
+    names = {json.loads(line)["device_name"] for line in measured.read_text().splitlines()}
+    kind = "cpu" if cpu else kind_for_device_name(" ".join(names)) or "h100"
+    predicted.unlink(missing_ok=True)
     estimate_flags = [f for f in flags]
     for knob in ("--warmup", "--steps"):  # the estimate runs one warm-up and one measured step
         i = estimate_flags.index(knob)

@@ -9,6 +9,9 @@
 # reached the +-2% CI target; then the report with ratio statements and figure footers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The GPU machine has no `accumbench` on its PATH: run the checkout's package with its python3.
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+accumbench() { python3 -m accumbench "$@"; }
 out=${OUT:-/tmp}/issue13
 mkdir -p "$out"
 if [ "${1:-}" = "--dry-run" ]; then device=cpu; suite=smoke; else device=cuda; suite=default; fi
@@ -16,7 +19,7 @@ start=$(date +%s)
 accumbench run --device "$device" --suite "$suite" --out "$out/adaptive.jsonl" --overwrite
 end=$(date +%s)
 echo "suite $suite on $device: $((end - start)) s wall"
-python - "$out/adaptive.jsonl" <<'EOF'
+python3 - "$out/adaptive.jsonl" <<'EOF'
 import collections, sys
 from accumbench.records import read_records
 records = [r for r in read_records(sys.argv[1]) if r.status == "ok"]

@@ -9,6 +9,9 @@
 # and OUT/moe_check.md: estimated vs measured peak per case. Exit 1 when a case is off by more
 # than 3% (the estimate's target on CUDA; a dry run must be byte-equal).
 set -euo pipefail
+# The GPU machine has no `accumbench` on its PATH: run the checkout's package with its python3.
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+accumbench() { python3 -m accumbench "$@"; }
 OUT=${1:?usage: moe_check.sh OUT [DEVICE_KIND|--dry-run]}
 MODE=${2:-h200}
 mkdir -p "$OUT"
@@ -22,7 +25,7 @@ FLAGS=(--workload benchmarks/zoo.py:build --workload-opt model_type=olmoe --work
        --scenario large-batch --scenario accumulated)
 accumbench estimate --device-kind "$KIND" "${FLAGS[@]}" --out "$OUT/estimate.jsonl"
 accumbench run --device "$DEVICE" "${FLAGS[@]}" --out "$OUT/measured.jsonl"
-python - "$OUT" "$TOL" <<'PY'
+python3 - "$OUT" "$TOL" <<'PY'
 import sys
 from pathlib import Path
 from accumbench.records import read_records

@@ -44,7 +44,7 @@ command_for() {  # the check's command line, on CUDA or as its own CPU dry run
     issue12)  echo "python3 benchmarks/gpu/issue12_results_session.py $d ${dry:+--device cpu}" ;;
     ddp)      echo "python3 benchmarks/gpu/ddp_nccl.py $d" ;;
     fsdp)     echo "python3 benchmarks/gpu/fsdp_nccl.py $d ${dry:+--device cpu}" ;;
-    steptime) echo "bash benchmarks/gpu/steptime_check.sh $d h100 ${dry:+--dry-run}" ;;
+    steptime) echo "bash benchmarks/gpu/steptime_check.sh $d ${dry:+h100 --dry-run}" ;;
     moe)      echo "bash benchmarks/gpu/moe_check.sh $d ${dry:+--dry-run}" ;;
     levers)   echo "bash benchmarks/gpu/levers_check.sh $d ${dry:+--dry-run}" ;;
     core)     echo "bash benchmarks/gpu/run_validation_a.sh $d" ;;

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from accumbench.estimate_assumptions import assumptions_for
+from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.meters.base import WallClockTimer
 from accumbench.meters.cuda import CudaEventTimer
 from accumbench.stats import StepTimes
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     device, cuda = args.device, args.device == "cuda"
     kind = args.device_kind
     if kind is None:
-        name = torch.cuda.get_device_name() if cuda else ""
-        kind = next((k for k in ("h200", "a100", "h100") if k.upper() in name), "h100")
+        kind = (kind_for_device_name(torch.cuda.get_device_name()) if cuda else None) or "h100"
     speed = assumptions_for(kind).speed()
     small = not cuda  # the CPU dry run uses small shapes
     n_ops = 2000 if cuda else 200

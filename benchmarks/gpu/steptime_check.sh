@@ -33,7 +33,7 @@ TOML
 else
   device=cuda
   if [ -z "$kind" ]; then
-    kind=$(python3 -c 'import torch; n = torch.cuda.get_device_name(); print(next((k for k in ("h200", "a100", "h100") if k.upper() in n), "h100"))')
+    kind=$(python3 -c 'import torch; from accumbench.estimate_assumptions import kind_for_device_name as k; print(k(torch.cuda.get_device_name()) or "h100")')
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   # Six configurations outside the calibration set (benchmarks/gpu/steptime_check.toml); their
