@@ -32,7 +32,10 @@ What it cannot see:
 - cuDNN's and cuBLAS's algorithm choice and their efficiency at a given shape (one efficiency
   for all), and how well each memory-bound kernel uses the bandwidth (one efficiency for all:
   on the H100 the BatchNorm ConvNet ran slower than the GroupNorm one, although under autocast
-  GroupNorm runs in fp32 and moves more bytes);
+  GroupNorm runs in fp32 and moves more bytes; on an H200 BatchNorm's kernels at the ConvNet's
+  shapes used about 6% of the peak bandwidth by these byte counts, GroupNorm's about 19%, copies
+  88%: results/NVIDIA-H200/steptime/norm_kernels.csv. Pricing the norm ops at those rates did
+  not lower the held-out worst error, so one efficiency stays);
 - causal attention skipping masked blocks; caching-allocator calls (cudaMalloc on a first step);
 - host work outside aten ops: the optimizer's and the harness's own Python, the data loader. On
   the H100 the optimizer step of the ConvNets and of GPT-2 took about 2-3 ms more than the
