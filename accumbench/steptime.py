@@ -44,6 +44,9 @@ What it cannot see:
   micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
   resolve; at 4 the one resolved pair went the other way), where the model predicts the two
   alike;
+- what makes a mixture-of-experts step slow: on an H200 an OLMoE-shaped model (grouped_mm
+  experts) ran 1.1-3x slower than predicted, more at larger micro-batches
+  (results/NVIDIA-H200/moe/moe_check.md; not profiled);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
 """
