@@ -272,8 +272,7 @@ def assumptions_for(kind: str, overrides: Mapping[str, Any] | None = None) -> De
 
 def kind_for_device_name(name: str) -> str | None:
     """The GPU device kind whose label is in a CUDA device name (`NVIDIA H200` -> `h200`), or None."""
-    # H200 before H100 is not needed today (neither label contains the other), but longest first
-    # keeps a future `H100 NVL`-style label from shadowing a shorter one.
+    # Longest label first, so that a label contained in a longer one never shadows it.
     labels = sorted(((a.label, kind) for kind, a in DEVICE_ASSUMPTIONS.items() if kind != "cpu"),
                     key=lambda pair: -len(pair[0]))
     return next((kind for label, kind in labels if label.upper() in name.upper()), None)

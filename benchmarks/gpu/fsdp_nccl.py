@@ -9,8 +9,8 @@ size=small in bf16 (FSDP's MixedPrecisionPolicy from --amp): large-batch 8 and 3
 8 x 4 with the gradient sync skipped until the last micro-step and with sync on every micro-step,
 into OUTDIR/fsdp_nccl.jsonl; then `accumbench estimate --parallel fsdp --world-size 1` of the same
 cases for the device's kind (from its name; h100 if unknown; cpu with --device cpu) into
-OUTDIR/fsdp_estimate.jsonl. Prints
-measured vs predicted peaks, writes OUTDIR/fsdp_nccl_summary.json and exits 1 when a case failed,
+OUTDIR/fsdp_estimate.jsonl. Prints measured vs predicted peaks, writes
+OUTDIR/fsdp_nccl_summary.json and exits 1 when a case failed,
 the backend is not the expected one, or a collective was counted: with one rank FSDP2 has nothing
 to gather or scatter and issues none (measured on gloo; the estimate must say the same). With
 --device cpu (a dry run of this script's logic: gloo, gpt tiny, no AMP) the estimate must also
