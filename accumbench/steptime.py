@@ -3,7 +3,8 @@
 The estimate meter runs the case's step on fake tensors. Every aten op it dispatches is tallied
 here (`OpTally`, fed by the meter's tracker): whether it launches a kernel (views and other
 metadata ops do not), its FLOPs (`torch.utils.flop_counter`'s registry: matmuls, convolutions,
-attention; plus the CPU attention kernel the fake step runs in place of CUDA's), the bytes it
+attention; plus the CPU attention kernel the fake step runs in place of CUDA's, and grouped
+GEMMs, which the registry lacks), the bytes it
 reads and writes (the sizes of its tensor inputs and outputs, so dtype-aware), the dtype its
 FLOPs run in, and the micro-step it belongs to. `predict_step_time` turns that `OpTable` into
 seconds with a small model of an eager CUDA step, whose constants (`SpeedConstants`) are named
@@ -44,9 +45,8 @@ What it cannot see:
   micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
   resolve; at 4 the one resolved pair went the other way), where the model predicts the two
   alike;
-- what makes a mixture-of-experts step slow: on an H200 an OLMoE-shaped model (grouped_mm
-  experts) ran 1.1-3x slower than predicted, more at larger micro-batches
-  (results/NVIDIA-H200/moe/moe_check.md; not profiled);
+- how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
+  H200 an OLMoE-shaped model ran 7-21% slower than predicted (results/NVIDIA-H200/moe/);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
 """
@@ -98,6 +98,15 @@ def op_flops(func: Any, args: tuple, kwargs: dict, out: Any, cuda: bool) -> int:
         if name == CPU_ATTENTION_BACKWARD:
             return int(sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape))
     return 0
+
+
+def grouped_mm_flops(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> int:
+    """FLOPs of `aten._grouped_mm` (mixture-of-experts GEMMs), which `torch.utils.flop_counter`
+    has no formula for: two per multiply-add of each group's GEMM, every input row counted as
+    routed (rows past the last offset, if any, are counted too)."""
+    if a.dim() == 2 and b.dim() == 2:  # the groups split the contraction: out is (groups, m, n)
+        return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    return 2 * out.numel() * a.shape[-1]  # 2d x 3d, 3d x 3d, 3d x 2d: each output element, k long
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -207,6 +216,10 @@ class OpTally:
         nbytes = 0 if kind == VIEW else tensor_bytes(inputs) + tensor_bytes(out)
         if kind == COPY_IN:
             nbytes = tensor_bytes(inputs)
+        if not flops and name == "_grouped_mm":
+            # Records count FLOPs as FlopCounterMode does (none for grouped GEMMs, on the meters
+            # too), but the device does the work: the time model counts it.
+            flops = grouped_mm_flops(args[0], args[1], out)
         dtype = 0
         if flops:
             first = inputs[0].dtype if inputs else torch.float32

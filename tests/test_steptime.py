@@ -7,12 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from click.testing import CliRunner
 
 from accumbench.cli import main
 from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.records import read_records
-from accumbench.steptime import DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, op_flops, predict_step_time
+from accumbench.steptime import (DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, OpTally, grouped_mm_flops, op_flops,
+                                 predict_step_time)
 
 TINY_MLP = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1,4"]
 SPEED = assumptions_for("h100").speed()
@@ -24,6 +26,36 @@ def test_matmul_flops_are_two_m_n_k():
     out = torch.mm(a, b)
     assert op_flops(torch.ops.aten.mm.default, (a, b), {}, out, cuda=True) == 2 * m * n * k
 
+
+
+def _mm_flops(pairs) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for a, b in pairs:
+            torch.mm(a, b)
+    return counter.get_total_flops()
+
+
+def test_grouped_mm_flops_are_the_sum_of_the_groups_gemm_flops_and_the_tally_counts_them():
+    # flop_counter has no formula for grouped GEMMs (MoE experts); the time model must count them.
+    offs = torch.tensor([8, 24, 24, 40], dtype=torch.int32)  # group sizes 8, 16, 0, 16
+    bounds = [(0, 8), (8, 24), (24, 24), (24, 40)]
+    rows, weights = torch.randn(40, 16), torch.randn(4, 16, 24)
+    batched = torch.randn(4, 8, 16)
+    wide, tall = torch.randn(8, 40), torch.randn(40, 24)
+    layouts = [  # (a, b, offs, the same GEMMs one group at a time)
+        (rows, weights, offs, [(rows[s:e], weights[g]) for g, (s, e) in enumerate(bounds)]),
+        (batched, weights, None, [(batched[g], weights[g]) for g in range(4)]),
+        (wide, tall, offs, [(wide[:, s:e], tall[s:e]) for s, e in bounds]),  # groups split k
+    ]
+    for a, b, group_offs, per_group in layouts:
+        a, b = a.bfloat16(), b.bfloat16()
+        out = torch._grouped_mm(a, b, offs=group_offs)
+        assert grouped_mm_flops(a, b, out) == _mm_flops(per_group)
+        tally = OpTally(cuda=True)
+        tally.record(torch.ops.aten._grouped_mm.default, (a, b), {"offs": group_offs}, out, 0)
+        assert tally.table().flops[0] == _mm_flops(per_group) > 0
+        assert DTYPES[tally.table().dtype[0]] == "bf16"
 
 def test_attention_flops_match_the_formula_forward_and_backward():
     batch, heads, seq, dim = 2, 3, 16, 8
