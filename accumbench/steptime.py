@@ -44,7 +44,7 @@ What it cannot see:
   accumulating at a small micro-batch was measured faster per sample than stepping every
   micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
   resolve; at 4 the one resolved pair went the other way), where the model predicts the two
-  alike;
+  alike. On an H200 GPT-2's step took about 2 ms more than a micro-step (results/NVIDIA-H200/);
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
   H200 an OLMoE-shaped model ran 7-21% slower than predicted (results/NVIDIA-H200/moe/);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
