@@ -45,6 +45,7 @@ What it cannot see:
   micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
   resolve; at 4 the one resolved pair went the other way), where the model predicts the two
   alike. On an H200 GPT-2's step took about 2 ms more than a micro-step (results/NVIDIA-H200/);
+  benchmarks/gpu/optimizer_step.py times the optimizer step alone to say where it goes;
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
   H200 an OLMoE-shaped model ran 7-21% slower than predicted (results/NVIDIA-H200/moe/);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
@@ -54,7 +55,7 @@ What it cannot see:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -170,9 +171,12 @@ class OpTable:
         # The micro-step's ops are contiguous; what follows them is the optimizer step.
         pieces = [np.arange(0, block.stop)] + [np.arange(block.start, block.stop)] * (accum_steps - have) \
             + [np.arange(block.stop, len(self))]
-        index = np.concatenate(pieces)
-        return OpTable(self.kind[index], self.flops[index], self.nbytes[index], self.dtype[index],
-                       self.micro_step[index], self.convolution[index], self.list_tensors[index])
+        return self.take(np.concatenate(pieces))
+
+    def take(self, index: np.ndarray) -> "OpTable":
+        """The rows at `index` (positions, or a boolean mask such as `micro_step == OUTSIDE`
+        for the optimizer step's ops), in that order."""
+        return OpTable(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def total_flops(self) -> int:
         """FLOPs of every op."""

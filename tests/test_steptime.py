@@ -106,6 +106,9 @@ def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
     assert four.flops.tolist() == [1e12, 2e12, 2e12, 2e12, 2e12, 2e12, 2e12, 0.0, 0.0]
     assert four.micro_step.tolist()[-2:] == [OUTSIDE, OUTSIDE] and table.repeated(2) is table
     assert predict_step_time(table, SPEED, 4).seconds > predict_step_time(table, SPEED, 2).seconds
+    optimizer = table.take(table.micro_step == OUTSIDE)  # the optimizer step's ops alone
+    assert len(optimizer) == 2 and set(optimizer.micro_step.tolist()) == {OUTSIDE}
+    assert 0 < predict_step_time(optimizer, SPEED).seconds < predict_step_time(table, SPEED).seconds
 
 
 def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
