@@ -22,16 +22,14 @@ Writes OUTDIR/optimizer_step.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from accumbench.cases import Case
 from accumbench.estimate import estimate_cases
-from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
+from accumbench.estimate_assumptions import assumptions_for
 from accumbench.meters.base import WallClockTimer
 from accumbench.runner import prepare_case
 from accumbench.stats import StepTimes
@@ -39,7 +37,7 @@ from accumbench.steptime import OUTSIDE, predict_step_time
 from accumbench.workloads import load_workload
 
 # The timing of speed_constants.py, its neighbour here (run as a script, this folder is on sys.path).
-from speed_constants import median_seconds
+from speed_constants import median_seconds, parse_check_arguments
 
 # The default suite's workloads (bf16 on CUDA); the dry run's stand-ins are tiny.
 WORKLOADS = [("gpt", (("size", "gpt2"),)), ("gpt", (("size", "small"),)), ("convnet-bn", (("size", "large"),)),
@@ -90,16 +88,11 @@ def measure(case: Case, device: torch.device, cuda: bool) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outdir", type=Path)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--device-kind", default=None, help="h100, h200 or a100 (default: from the GPU's name)")
-    args = parser.parse_args(argv)
-    cuda = args.device == "cuda"
+    args = parse_check_arguments(__doc__, argv)
+    cuda, kind = args.cuda, args.device_kind
     if cuda and not torch.cuda.is_available():
         print("error: no CUDA device (use --device cpu for the dry run)", file=sys.stderr)
         return 2
-    kind = args.device_kind or (kind_for_device_name(torch.cuda.get_device_name()) if cuda else None) or "h100"
     rows = []
     print(f"{'workload':<28} {'tensors':>7} {'step ms':>8} {'host ms':>8} {'zero_grad ms':>12} {'predicted ms':>12}")
     for spec, options in WORKLOADS if cuda else DRY_WORKLOADS:

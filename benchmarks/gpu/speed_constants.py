@@ -54,16 +54,24 @@ def host_seconds(work, repeats: int, cuda: bool) -> float:
     return StepTimes(WallClockTimer().time_steps(work, repeats)).median
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_check_arguments(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments these microbenchmark checks share: OUTDIR, `--device` (cuda, or cpu for the
+    dry run) and `--device-kind`, resolved from the GPU's name when not given (else h100)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--device-kind", default=None, help="h100, h200 or a100 (default: from the GPU's name)")
     args = parser.parse_args(argv)
-    device, cuda = args.device, args.device == "cuda"
-    kind = args.device_kind
-    if kind is None:
-        kind = (kind_for_device_name(torch.cuda.get_device_name()) if cuda else None) or "h100"
+    args.cuda = args.device == "cuda"
+    if args.device_kind is None:
+        named = kind_for_device_name(torch.cuda.get_device_name()) if args.cuda and torch.cuda.is_available() else None
+        args.device_kind = named or "h100"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_check_arguments(__doc__, argv)
+    device, cuda, kind = args.device, args.cuda, args.device_kind
     speed = assumptions_for(kind).speed()
     small = not cuda  # the CPU dry run uses small shapes
     n_ops = 2000 if cuda else 200
