@@ -17,14 +17,15 @@ between them, and no gate that catches a 15% slowdown can tell a machine that go
 from code that did. `python benchmarks/throughput_noise.py --runs 200 --threads 1 --pin 0
 --in-process` measures this setup: on the 2-vCPU development VM (load 1-2) the gate fired on 2
 of 199 consecutive pairs of identical runs (run-to-run medians moved -9% to +15%), where the
-rank test alone fired on 66. So this test fails about once in a hundred runs on a noisy VM, and
-less on a quiet machine.
+rank test alone fired on 66. The test allows one of three pairs to fire, and re-measures a pair
+that fires before counting it: a slow spell of the whole VM once fired all three pairs in CI.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,32 +42,42 @@ RUN_ARGS = ["--device", "cpu", "--scenario", "accumulated", "--micro-batch", "16
             "--warmup", "2", "--steps", "30"]
 
 
-@pytest.fixture(scope="module")
-def measured(tmp_path_factory):
-    """Results files: six runs of the reference (three disjoint pairs), one of each defective variant."""
-    out = tmp_path_factory.mktemp("measured")
+@contextmanager
+def one_pinned_thread():
+    """One intra-op thread on one CPU while the block runs (see the module's docstring)."""
     threads = torch.get_num_threads()
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(1)
     if affinity:
         os.sched_setaffinity(0, {min(affinity)})
     try:
-        paths = {}
-        for name, factory in (("warm-up", "mlp_plain"), ("plain1", "mlp_plain"), ("plain2", "mlp_plain"),
-                              ("plain3", "mlp_plain"), ("plain4", "mlp_plain"), ("plain5", "mlp_plain"),
-                              ("plain6", "mlp_plain"),
-                              ("leaky", "mlp_leaky"), ("slow", "mlp_slow")):
-            paths[name] = out / f"{name}.jsonl"
-            result = CliRunner().invoke(
-                main, ["run", "--workload", f"{WORKLOADS}:{factory}", *RUN_ARGS, "--out", str(paths[name])],
-                catch_exceptions=False,
-            )
-            assert result.exit_code == 0, result.output
+        yield
     finally:
         torch.set_num_threads(threads)
         if affinity:
             os.sched_setaffinity(0, affinity)
-    return paths
+
+
+def run_variant(factory: str, path: Path) -> Path:
+    """`accumbench run` of one variant of the workload into PATH (call inside one_pinned_thread)."""
+    result = CliRunner().invoke(
+        main, ["run", "--workload", f"{WORKLOADS}:{factory}", *RUN_ARGS, "--out", str(path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """Results files: six runs of the reference (three disjoint pairs), one of each defective variant."""
+    out = tmp_path_factory.mktemp("measured")
+    with one_pinned_thread():
+        return {name: run_variant(factory, out / f"{name}.jsonl")
+                for name, factory in (("warm-up", "mlp_plain"), ("plain1", "mlp_plain"), ("plain2", "mlp_plain"),
+                                      ("plain3", "mlp_plain"), ("plain4", "mlp_plain"), ("plain5", "mlp_plain"),
+                                      ("plain6", "mlp_plain"),
+                                      ("leaky", "mlp_leaky"), ("slow", "mlp_slow"))}
 
 
 def compare(baseline: Path, current: Path, *extra: str):
@@ -85,7 +96,18 @@ def test_cpu_peak_repeats_to_the_byte(measured):
     assert a.peak_allocated == b.peak_allocated
 
 
-def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured):
+def throughput_gate_fires(baseline: Path, current: Path) -> str | None:
+    """The gate's reason when comparing the two runs fails on throughput, else None."""
+    code, report = compare(baseline, current)
+    (case,) = report["cases"] if isinstance(report, dict) else [None]
+    assert case is not None, report
+    assert case["memory"]["change"] == 0
+    if code != 0 or case["throughput"]["verdict"] == "regression":
+        return case["throughput"]["reason"]
+    return None
+
+
+def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured, tmp_path):
     # Pure noise: all samples come from the same code. The gate fires only when the
     # Mann-Whitney test is significant at p < 0.002 AND the median moved by more than 10% AND by
     # more than the runs' own scatter. Measured on a shared 2-core VM it still fired on about 1%
@@ -93,14 +115,20 @@ def test_two_runs_of_the_same_case_pass_the_throughput_gate(measured):
     # statistical: of three independent pairs at most one may fire (chance of failing ~3e-4).
     # The pairs share no run: one slow run in a chain (1-2, 2-3, 3-4) fired two pairs at once,
     # which broke the independence the bound rests on (seen in CI: plain3 12% slow).
+    # A slow spell of the whole VM breaks it too (seen in CI: all three pairs fired, one +48%), so
+    # a pair that fires is measured again, back to back, and counts only if the gate fires again,
+    # as it would every time if the harness or the gate made a run of the same code look slower
+    # (say, the second run of a process always slower). What a CI user does on a gate that fires.
     fired = []
     for a, b in (("plain1", "plain2"), ("plain3", "plain4"), ("plain5", "plain6")):
-        code, report = compare(measured[a], measured[b])
-        (case,) = report["cases"] if isinstance(report, dict) else [None]
-        assert case is not None, report
-        assert case["memory"]["change"] == 0
-        if code != 0 or case["throughput"]["verdict"] == "regression":
-            fired.append((a, b, case["throughput"]["reason"]))
+        reason = throughput_gate_fires(measured[a], measured[b])
+        if reason is None:
+            continue
+        with one_pinned_thread():
+            again = [run_variant("mlp_plain", tmp_path / f"{name}-again.jsonl") for name in (a, b)]
+        reason_again = throughput_gate_fires(*again)
+        if reason_again is not None:
+            fired.append((a, b, reason, reason_again))
     assert len(fired) <= 1, fired
 
 
