@@ -37,7 +37,7 @@ from accumbench.scenarios import (
     needs_retain_graph,
     new_training_state,
 )
-from accumbench.workloads import Workload, load_workload
+from accumbench.workloads import Workload, WorkloadError, load_workload
 
 DEFAULT_SEED = 0
 
@@ -417,5 +417,17 @@ def run_cases(cases: Sequence[Any], measure: Callable[[Any], Record], case_id_of
 
 
 def default_optimizer_label(workload: Workload) -> str:
-    """The workload's optimizer label, from an optimizer built over a one-weight stand-in model."""
-    return optimizer_label(workload.optimizer_for(torch.nn.Linear(1, 1, bias=False)))
+    """The workload's optimizer label (part of every case id), from an optimizer built over a
+    one-weight stand-in model, or over the workload's own model on the meta device when the
+    factory refuses the stand-in; `WorkloadError` (one line) when it refuses both."""
+    try:
+        return optimizer_label(workload.optimizer_for(torch.nn.Linear(1, 1, bias=False)))
+    except Exception:  # a factory may expect the workload's parameters (groups by name, a count)
+        pass
+    try:
+        with torch.device("meta"):  # the real model's parameters, without allocating them
+            model = workload.build_model()
+        return optimizer_label(workload.optimizer_for(model))
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise WorkloadError(f"workload {workload.name}: its optimizer cannot be built: {reason}") from exc

@@ -42,6 +42,8 @@ def test_plugin_workload_runs_every_scenario_it_supports(tmp_path, plugin_path):
         (["--workload", "missing.py:build"], "error: workload file not found: missing.py"),
         (["--workload", "{plugin}:raises"], "raised RuntimeError: boom in factory"),
         (["--workload", "{plugin}:not_a_workload"], "expected accumbench.Workload"),
+        (["--workload", "{plugin}:broken_optimizer"],
+         "workload plugin-mlp-broken: its optimizer cannot be built: Invalid learning rate: -1.0"),
         (["--workload", "mlp", "--scenario", "multitask-combined"], "needs a multi-task workload"),
         (["--workload", "mlp", "--micro-batch", "8,x"], "--micro-batch takes comma-separated"),
         (["--suite", "nope"], "neither a built-in"),
@@ -54,6 +56,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, plugin_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_optimizer_factory_that_refuses_a_stand_in_model_still_names_the_case(tmp_path, plugin_path):
+    # Case ids name the optimizer; a factory written for the workload's own parameters is
+    # asked about them (on the meta device), not about a one-weight stand-in.
+    out = tmp_path / "strict.jsonl"
+    result = invoke("run", "--device", "cpu", "--workload", f"{plugin_path}:strict_optimizer", "--micro-batch", "2",
+                    "--accum-steps", "1", "--steps", "1", "--warmup", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    (record,) = read_records(out)
+    assert record.status == "ok" and record.case_id.endswith("/SGD(foreach)"), record.case_id
 
 
 def test_unknown_scenario_is_a_usage_error(tmp_path):

@@ -208,9 +208,12 @@ def validate_cases(runner, cases) -> None:
         fail_input("no cases selected")
     from accumbench.levers import Levers, check_levers
 
+    from accumbench.runner import default_optimizer_label
+
     for case in cases:
         try:
             workload = runner.workload(case)
+            default_optimizer_label(workload)  # case ids name the optimizer: a factory that fails stops here
             check_compatible(case.scenario, workload)
             if Levers.of(case).active:
                 check_levers(workload)

@@ -61,6 +61,24 @@ def sgd() -> Workload:
                        "build_optimizer": lambda params: torch.optim.SGD(params, lr=0.1, foreach=True)})
 
 
+def _sgd_for_the_whole_model(params):
+    params = list(params)
+    if len(params) < 4:  # a factory that checks it got the model it was written for
+        raise ValueError(f"expected the model's 4 parameters, got {len(params)}")
+    return torch.optim.SGD(params, lr=0.1, foreach=True)
+
+
+def strict_optimizer() -> Workload:
+    """The single plug-in whose optimizer factory refuses any other model's parameters."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-strict", "build_optimizer": _sgd_for_the_whole_model})
+
+
+def broken_optimizer() -> Workload:
+    """The single plug-in whose optimizer factory always fails."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-broken",
+                       "build_optimizer": lambda params: torch.optim.SGD(params, lr=-1.0)})
+
+
 def not_a_workload():
     return 42
 
