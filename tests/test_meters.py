@@ -123,6 +123,17 @@ def test_tracker_frees_when_the_last_reference_goes():
     assert tracker.peak == 2048
 
 
+def test_a_sparse_gradient_is_refused_in_one_line_naming_its_source():
+    from accumbench.meters.tracker import UnsupportedLayout
+
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    tracker = LiveBytesTracker("cpu")
+    with pytest.raises(UnsupportedLayout, match=r"^sparse_coo tensors are not supported: .*Embedding\(sparse=True\)"):
+        with tracker:
+            tracker.watch_gradients(embedding.parameters())
+            embedding(torch.tensor([1, 2])).sum().backward()
+
+
 def test_allocator_rounding():
     assert cuda_allocator_bytes(0) == 0
     assert cuda_allocator_bytes(1) == 512

@@ -29,6 +29,15 @@ from accumbench.records import BREAKDOWN_CATEGORIES
 PHASE_CATEGORY = {"forward": "activations", "backward": "other", "optimizer": "optimizer"}
 
 
+class UnsupportedLayout(NotImplementedError):
+    """A tensor without one strided storage (sparse, nested): the tracker cannot count it."""
+
+    def __init__(self, layout: torch.layout) -> None:
+        name = str(layout).removeprefix("torch.")
+        super().__init__(f"{name} tensors are not supported: the memory tracker counts strided storages only "
+                         "(a sparse gradient comes from nn.Embedding(sparse=True) or EmbeddingBag(sparse=True))")
+
+
 def exact_bytes(nbytes: int) -> int:
     """No rounding: the storage's own size (the cpu meter)."""
     return nbytes
@@ -94,6 +103,8 @@ class LiveBytesTracker(TorchDispatchMode):
         tensor = local_tensor(tensor)
         if tensor.device.type != self.device_type:
             return
+        if tensor.layout != torch.strided:
+            raise UnsupportedLayout(tensor.layout)
         storage = tensor.untyped_storage()
         entry = self._live.get(storage)
         size = self.size_of(storage.nbytes())
