@@ -68,6 +68,16 @@ def test_cpu_kind_estimate_equals_the_cpu_meter_peak(cpu_runner, cpu_estimator, 
     assert estimated.flops_per_step == measured.flops_per_step
 
 
+def test_a_tensor_a_module_keeps_between_steps_is_counted_by_both_meters(cpu_runner, cpu_estimator, plugin_path):
+    # The forward replaces `self.cache`, so the previous step's 64 KiB stay alive until then:
+    # the estimate's fresh tracker must adopt them as the cpu meter's has counted them.
+    the_case = case(f"{plugin_path}:cached", "large-batch", 4, options=())
+    measured, estimated = cpu_runner.measure(the_case), cpu_estimator.measure(the_case)
+    assert measured.status == estimated.status == "ok", (measured.error, estimated.error)
+    assert estimated.peak_allocated == measured.peak_allocated
+    assert estimated.baseline_allocated == measured.baseline_allocated >= 1024 * 16 * 4
+
+
 @pytest.mark.slow  # estimates six GPT cases twice: ~5 s on 2 cores (.ci/run's slow step runs it)
 def test_grouped_replay_equals_estimating_each_case(h100_estimator):
     cases = [case("gpt", scenario, micro, accum, amp="bf16")

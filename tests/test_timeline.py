@@ -31,6 +31,8 @@ def traced():
         "acc4": Case("gpt", "accumulated", 8, 4, TINY, warmup=2, steps=1),
         "combined": Case("two-models", "multitask-combined", 8, 1, TINY, warmup=2, steps=1),
         "sequential": Case("two-models", "multitask-sequential", 8, 1, TINY, warmup=2, steps=1),
+        # The fp16 GradScaler's scale and growth tracker live between steps too.
+        "fp16": Case("gpt", "large-batch", 8, 1, TINY, amp="fp16", warmup=2, steps=1),
     }
     out = {}
     for key, case in cases.items():

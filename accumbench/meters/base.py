@@ -107,8 +107,17 @@ def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
         t for per_param in state.optimizer.state.values() for t in flat_tensors(per_param)
     ]
     alive = {"params": params, "grads": grads, "optimizer": optimizer_state}
-    if state.held_buffers:
-        alive["other"] = list(state.held_buffers)
+    # DDP's gradient buckets; the fp16 GradScaler's scale and growth tracker; tensors a module
+    # keeps as plain attributes (a cache its forward replaces each step). The cpu meter's own
+    # tracker has counted those made in the warm-up since then; a fresh tracker must adopt them.
+    scaler = state.scaler
+    other = list(state.held_buffers) + [
+        t for t in (getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None))
+        if isinstance(t, torch.Tensor)]
+    other += [value for module in state.model.modules() for value in vars(module).values()
+              if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)]
+    if other:
+        alive["other"] = other
     return alive
 
 

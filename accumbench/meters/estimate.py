@@ -555,10 +555,6 @@ class EstimateMeter(Meter):
                     for key, t in per_param.items() if key == "step" and isinstance(t, torch.Tensor)
                     and t.dim() == 0}
             alive["optimizer"] = [t for t in alive["optimizer"] if id(t) not in host]
-        scaler = state.scaler
-        if scaler is not None:
-            alive["other"] = [t for t in (getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None))
-                              if isinstance(t, torch.Tensor)]
         return alive
 
     def device_info(self, device: torch.device) -> dict[str, Any]:

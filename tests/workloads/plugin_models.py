@@ -79,6 +79,24 @@ def broken_optimizer() -> Workload:
                        "build_optimizer": lambda params: torch.optim.SGD(params, lr=-1.0)})
 
 
+class _Cached(nn.Module):
+    """Keeps a tensor as a plain attribute, replaced by every forward: it lives between steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.cache = None
+
+    def forward(self, x):
+        self.cache = torch.ones(1024, 16)  # the previous step's cache is freed only here
+        return self.body(x + self.cache[: x.shape[0]])
+
+
+def cached() -> Workload:
+    """The single plug-in with a module attribute holding a tensor between steps."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-cached", "build_model": _Cached})
+
+
 def not_a_workload():
     return 42
 
