@@ -108,6 +108,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         micro_batches=int_list(micro_batch, "--micro-batch"), accum_steps=int_list(accum_steps, "--accum-steps"),
         amp=amp, set_to_none=set_to_none, loss_norm=loss_norm, warmup=None, steps=None,
     )
+    cases = _without_suite_compiled_cases(cases, from_suite=workload_spec is None)
     results = None if list_only else open_results(out_path, "accumbench estimate", resume=resume,
                                                   overwrite=overwrite)
     if parallel == "fsdp" or world_size is not None:
@@ -140,6 +141,21 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
     # Lines, not a bar: grouped records arrive in bursts, a bar would jump.
     sys.exit(execute(cases, EstimateRunner(runner, assumptions, each=timeline), results,
                      lambda total: LineProgress(), heading=heading, summary=summary))
+
+
+def _without_suite_compiled_cases(cases, from_suite: bool):
+    """A suite's torch.compile cases left out, with a note, unless --compile asked for them (then
+    validate_cases refuses them, exit 2): the default suite has some, and the estimate of the
+    rest should not fail for them."""
+    from accumbench.cli.common import lever_settings
+    from accumbench.levers import ESTIMATE_REFUSES_COMPILE
+
+    compiled = sum(1 for case in cases if case.compile)
+    if not compiled or not from_suite or "compile" in lever_settings():
+        return cases
+    click.echo(f"note: leaving out the suite's {compiled} torch.compile case(s): {ESTIMATE_REFUSES_COMPILE}",
+               err=True)
+    return [case for case in cases if not case.compile]
 
 
 def _print_summary(records, assumptions) -> None:
