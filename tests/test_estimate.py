@@ -55,6 +55,8 @@ def h100_estimator() -> Runner:
     case("gpt", "accumulated", 4, 2, amp="bf16"),
     case("gpt", "accumulated", 4, 2, amp="fp16", set_to_none=False),
     case("convnet-bn", "accumulated", 4, 2),
+    case("convnet-bn", "accumulated", 4, 2, amp="bf16"),
+    case("convnet-gn", "large-batch", 4, amp="bf16", set_to_none=False),
     case("two-models", "multitask-sequential", 2, 2),
 ], ids=lambda c: f"{c.workload}-{c.scenario}-{c.micro_batch}x{c.accum_steps}-{c.amp}")
 def test_cpu_kind_estimate_equals_the_cpu_meter_peak(cpu_runner, cpu_estimator, the_case):
@@ -62,9 +64,10 @@ def test_cpu_kind_estimate_equals_the_cpu_meter_peak(cpu_runner, cpu_estimator, 
     estimated = cpu_estimator.measure(the_case)
     assert measured.status == estimated.status == "ok", (measured.error, estimated.error)
     assert estimated.meter == "estimate" and estimated.step_times_s == () and estimated.samples_per_s is None
-    # Same step code, same tracker, fake instead of real tensors: within 1% (in practice, to the byte).
-    assert abs(estimated.peak_allocated - measured.peak_allocated) <= 0.01 * measured.peak_allocated
-    assert abs(estimated.baseline_allocated - measured.baseline_allocated) <= 0.01 * measured.baseline_allocated
+    # Same step code, same tracker, fake instead of real tensors: to the byte.
+    assert estimated.peak_allocated == measured.peak_allocated
+    assert estimated.baseline_allocated == measured.baseline_allocated
+    assert estimated.first_step_peak_allocated == measured.first_step_peak_allocated
     assert estimated.flops_per_step == measured.flops_per_step
 
 

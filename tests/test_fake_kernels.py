@@ -13,15 +13,41 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from accumbench.cases import Case
 from accumbench.estimate import estimate_cases, estimate_runner
 from accumbench.estimate_assumptions import assumptions_for
-from accumbench.meters.fake_kernels import UnmodelledOp, grouped_mm
+from accumbench.meters.cuda_autocast import cuda_autocast_policy
+from accumbench.meters.fake_kernels import (
+    FAKE_KERNELS,
+    MKLDNN_LSTM_MODE,
+    UnmodelledOp,
+    cuda_imitated,
+    grouped_mm,
+    imitating_cuda,
+    lstm_workspace_bytes,
+)
 from accumbench.meters.known_values import KnownValues, routing_indices
 from accumbench.runner import Runner
 
 TOY = str(Path(__file__).parent / "workloads" / "toy_moe.py")
+RNN = str(Path(__file__).parent / "workloads" / "toy_rnn.py")
+aten = torch.ops.aten
+# bf16 LSTMs run on oneDNN only where the CPU has bf16 instructions (torch's use_mkldnn).
+ONEDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason="no oneDNN bf16 on this CPU")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def layout(t: torch.Tensor) -> tuple:
-    return tuple(t.shape), t.stride(), t.dtype, t.untyped_storage().nbytes()
+def layout(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.untyped_storage().nbytes())
+
+
+def real_and_fake(op, *args) -> tuple[list, list]:
+    """Layouts of every output of `op` on real tensors and of its fake kernel (FAKE_KERNELS) on
+    fake copies of them."""
+    real = op(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = FAKE_KERNELS[op](*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    as_list = lambda out: list(out) if isinstance(out, (tuple, list)) else [out]  # noqa: E731
+    return [layout(t) for t in as_list(real)], [layout(t) for t in as_list(fake)]
 
 
 # --- grouped_mm: the fake kernel allocates what the real CPU kernel allocates ------------------
@@ -68,6 +94,175 @@ def test_grouped_mm_runs_in_fp32_under_the_estimate():
         y = torch.nn.functional.grouped_mm(a, fw.transpose(-2, -1), offs=offs)
         (y * y).sum().backward()
         assert fw.grad.shape == w.shape and y.dtype == torch.float32
+
+
+# --- LSTM on the CPU: oneDNN's training workspace --------------------------------------------------
+
+def lstm_layer_args(seq, batch, inputs, hidden, dtype, reverse=False, batch_first=False):
+    """The arguments nn.LSTM passes `aten.mkldnn_rnn_layer` for one layer and direction (its
+    input already (seq, batch, features))."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    return (rand(seq, batch, inputs), rand(4 * hidden, inputs), rand(4 * hidden, hidden), rand(4 * hidden),
+            rand(4 * hidden), rand(batch, hidden), rand(batch, hidden), reverse, [], MKLDNN_LSTM_MODE, hidden, 1,
+            True, False, batch_first, True)
+
+
+LSTM_SHAPES = [  # (seq, batch, input, hidden): odd sizes, leading dimensions padded past 256, one step
+    (1, 1, 7, 5), (5, 3, 10, 12), (16, 4, 32, 32), (12, 17, 64, 64), (3, 2, 256, 96), (7, 5, 40, 130),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_onednn_bf16)])
+@pytest.mark.parametrize("shape", LSTM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_lstm_layer_fake_kernel_allocates_the_real_workspace(dtype, shape):
+    args = lstm_layer_args(*shape, dtype, reverse=shape[0] % 2 == 0, batch_first=shape[1] % 2 == 1)
+    real, fake = real_and_fake(aten.mkldnn_rnn_layer.default, *args)
+    assert fake == real
+    assert real[3][3] == lstm_workspace_bytes(*shape, dtype) > 0
+
+
+def test_lstm_layer_without_grad_mode_has_no_workspace():
+    args = lstm_layer_args(5, 3, 10, 12, torch.float32)
+    with torch.no_grad():
+        real, fake = real_and_fake(aten.mkldnn_rnn_layer.default, *args)
+    assert real[3] is None and fake[3][3] == 0  # the real kernel returns an undefined tensor
+    assert fake[:3] == real[:3]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 10, 12), (4, 2, 8, 70)], ids=lambda s: "x".join(map(str, s)))
+def test_lstm_layer_backward_returns_the_bias_gradients_on_two_storages(shape):
+    args = lstm_layer_args(*shape, torch.float32)
+    output, hy, cy, workspace = aten.mkldnn_rnn_layer.default(*args)
+    backward = (*args[:7], output, hy, cy, torch.randn_like(output), torch.randn_like(hy), torch.randn_like(cy),
+                False, MKLDNN_LSTM_MODE, shape[3], 1, True, True, False, [], False, workspace)
+    real, fake = real_and_fake(aten.mkldnn_rnn_layer_backward.default, *backward)
+    assert fake == real
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        grads = FAKE_KERNELS[aten.mkldnn_rnn_layer_backward.default](
+            *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in backward])
+        assert grads[3].untyped_storage()._cdata != grads[4].untyped_storage()._cdata
+
+
+def test_the_cuda_kinds_keep_torchs_lstm_results_and_the_device_generic_fixes():
+    args = lstm_layer_args(5, 3, 10, 12, torch.float32)
+    x, w = torch.randn(2, 8, 4, 4).bfloat16(), torch.ones(8)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        assert not cuda_imitated()
+        with cuda_autocast_policy():  # what the estimate enters for the CUDA kinds
+            assert cuda_imitated()
+            workspace = FAKE_KERNELS[aten.mkldnn_rnn_layer.default](*fake)[3]
+            # cuDNN's batch norm keeps fp32 statistics for a bf16 input too.
+            _, mean, _ = FAKE_KERNELS[aten.native_batch_norm.default](
+                mode.from_tensor(x), w, w, None, None, True, 0.1, 1e-5)
+        assert not cuda_imitated()
+        with imitating_cuda(), imitating_cuda():
+            pass
+        assert not cuda_imitated()
+    assert workspace.untyped_storage().nbytes() == 0 and mean.dtype == torch.float32
+
+
+# --- unfold / fold: the larger of input and output ---------------------------------------------------
+
+UNFOLDS = [  # (input shape, kernel, dilation, padding, stride): output smaller than the input, larger,
+    ((2, 8, 16, 16), (3, 3), (1, 1), (0, 0), (6, 6)),  # equal; unbatched; dilated and padded
+    ((2, 8, 16, 16), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((2, 3, 4, 4), (1, 1), (1, 1), (0, 0), (1, 1)),
+    ((8, 16, 16), (5, 5), (1, 1), (0, 0), (4, 4)),
+    ((1, 3, 5, 7), (2, 3), (2, 1), (1, 0), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("shape,kernel,dilation,padding,stride", UNFOLDS)
+def test_unfold_and_fold_allocate_what_the_real_kernels_do(dtype, transposed, shape, kernel, dilation, padding,
+                                                           stride):
+    x = torch.randn(shape).to(dtype)
+    x = x.transpose(-1, -2) if transposed else x
+    real, fake = real_and_fake(aten.im2col.default, x, kernel, dilation, padding, stride)
+    assert fake == real
+    cols = torch.randn(real[0][0]).to(dtype)
+    real, fake = real_and_fake(aten.col2im.default, cols, x.shape[-2:], kernel, dilation, padding, stride)
+    assert fake == real
+
+
+# --- norms: fp32 statistics for a bf16/fp16 input with fp32 parameters -------------------------------
+
+def batch_norm_calls(x, w, b, rm, rv):
+    """Every batch-norm op with its arguments (running statistics cloned: some update them)."""
+    r = lambda t: None if t is None else t.clone()  # noqa: E731
+    return [
+        (aten.native_batch_norm.default, x, w, b, r(rm), r(rv), True, 0.1, 1e-5),
+        (aten.native_batch_norm.default, x, w, b, r(rm), r(rv), False, 0.1, 1e-5),
+        (aten.native_batch_norm.default, x, w, b, None, None, True, 0.1, 1e-5),
+        (aten.native_batch_norm.default, x, None, None, r(rm), r(rv), True, 0.1, 1e-5),
+        (aten._native_batch_norm_legit.default, x, w, b, r(rm), r(rv), True, 0.1, 1e-5),
+        (aten._native_batch_norm_legit.no_stats, x, w, b, True, 0.1, 1e-5),
+        (aten._native_batch_norm_legit_no_training.default, x, w, b, r(rm), r(rv), 0.1, 1e-5),
+        (aten._native_batch_norm_legit_functional.default, x, w, b, r(rm), r(rv), True, 0.1, 1e-5),
+        (aten._batch_norm_with_update.default, x, w, b, r(rm), r(rv), 0.1, 1e-5),
+        (aten._batch_norm_with_update_functional.default, x, w, b, r(rm), r(rv), 0.1, 1e-5),
+        (aten._batch_norm_no_update.default, x, w, b, r(rm), r(rv), 0.1, 1e-5),
+    ]
+
+
+NORM_DTYPES = [  # (input, parameters): mixed (autocast) and not
+    (torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.float32),
+]
+
+
+@pytest.mark.parametrize("dtype,param_dtype", NORM_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_norm_fake_kernels_allocate_what_the_real_kernels_do(dtype, param_dtype, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 4, 4, generator=g).to(dtype)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    w, b = torch.rand(8, generator=g).to(param_dtype) + 0.5, torch.randn(8, generator=g).to(param_dtype)
+    rm, rv = torch.zeros(8, dtype=param_dtype), torch.ones(8, dtype=param_dtype)
+    calls = batch_norm_calls(x, w, b, rm, rv) + [
+        (aten.native_group_norm.default, x, w, b, 2, 8, 16, 4, 1e-5),
+        (aten.native_group_norm.default, x, None, None, 2, 8, 16, 2, 1e-5),
+    ]
+    for shape, normalized in (((3, 5, 8), [8]), ((2, 3, 2, 4), [2, 4])):
+        xl = torch.randn(shape, generator=g).to(dtype)
+        wl = torch.rand(normalized, generator=g).to(param_dtype)
+        bl = torch.rand(normalized, generator=g).to(param_dtype)
+        calls += [(aten.native_layer_norm.default, xl, normalized, wl, bl, 1e-5),
+                  (aten.native_layer_norm.default, xl, normalized, None, None, 1e-5)]
+    _, mean, rstd = aten.native_group_norm.default(x, w, b, 2, 8, 16, 2, 1e-5)
+    grad = torch.randn(x.shape, generator=g).to(dtype)
+    grad = grad.to(memory_format=torch.channels_last) if channels_last else grad
+    # (The real kernel crashes on a channels-last input when no grad_input is asked for.)
+    masks = [[True, True, True], [True, False, False]] + ([] if channels_last else [[False, True, True]])
+    calls += [(aten.native_group_norm_backward.default, grad, x, mean, rstd, w, 2, 8, 16, 2, mask) for mask in masks]
+    for op, *args in calls:
+        real, fake = real_and_fake(op, *args)
+        assert fake == real, op
+
+
+# --- end to end: where these kernels matter, the estimate equals the cpu meter to the byte -------
+
+TINY = (("size", "tiny"),)
+BYTE_EQUAL = [  # estimate - cpu meter before these kernels: -105,988 B, -204,164 B, -744 B, -192 B, +4,176 B
+    Case(f"{RNN}:lstm", "accumulated", 2, 2, warmup=1, steps=1),
+    Case(f"{RNN}:lstm", "accumulated", 2, 2, (("bidirectional", True),), warmup=1, steps=1, amp="bf16"),
+    Case(f"{RNN}:unfold", "accumulated", 2, 2, warmup=1, steps=1),
+    Case("convnet-bn", "accumulated", 2, 2, TINY, warmup=1, steps=1, amp="bf16"),
+    Case("convnet-gn", "accumulated", 2, 2, TINY, warmup=1, steps=1, amp="bf16"),
+]
+
+
+@pytest.mark.parametrize("the_case", BYTE_EQUAL, ids=lambda c: f"{c.workload.rpartition('/')[2]}-"
+                         f"{'bi-' if dict(c.options).get('bidirectional') else ''}{c.amp}")
+def test_estimate_equals_the_cpu_meter_to_the_byte_with_lstm_unfold_and_autocast_norms(the_case):
+    measured = Runner(torch.device("cpu")).measure(the_case)
+    estimated = estimate_runner(assumptions_for("cpu")).measure(the_case)
+    assert measured.status == estimated.status == "ok", (measured.error, estimated.error)
+    assert (estimated.peak_allocated, estimated.baseline_allocated, estimated.breakdown) == (
+        measured.peak_allocated, measured.baseline_allocated, measured.breakdown)
 
 
 # --- data-dependent ops from known values --------------------------------------------------------

@@ -9,6 +9,8 @@ Memory follows dtypes (a GroupNorm in fp32 keeps fp32 activations), so while
 CUDA's policy (`CUDA_AUTOCAST_POLICY`, from aten/src/ATen/autocast_mode.cpp; a test checks it
 covers every op the installed torch registers for AutocastCUDA). The kernels run above autograd,
 as autocast does, so the casts are recorded and their results saved for backward as on CUDA.
+It also tells the estimate's fake kernels to model CUDA's kernels
+(`accumbench.meters.fake_kernels.imitating_cuda`: no oneDNN LSTM workspace).
 
 Not reproduced: the autocast cache for the Python kernels' casts (ops CUDA casts to lower
 precision but the CPU does not, e.g. einsum, addmv: a weight used twice is cast twice), and
@@ -22,6 +24,8 @@ import warnings
 from typing import Any, Callable, Iterator
 
 import torch
+
+from accumbench.meters.fake_kernels import imitating_cuda
 
 # Cast policy of every op with an AutocastCUDA kernel (aten/src/ATen/autocast_mode.cpp). A test
 # checks this table covers what the installed torch registers.
@@ -148,8 +152,9 @@ def _policy_kernel(name: str, policy: str) -> Callable[..., Any]:
 def cuda_autocast_policy() -> Iterator[None]:
     """While active, CPU autocast casts as CUDA autocast does: the AutocastCPU kernels of ops
     whose CUDA policy differs (layer/group norm, softmax and sums in fp32...) are replaced by
-    Python kernels with CUDA's policy, and CPU-only autocast kernels by pass-throughs. The
-    registrations are removed on exit, which restores the CPU's own kernels."""
+    Python kernels with CUDA's policy, and CPU-only autocast kernels by pass-throughs; the
+    estimate's fake kernels model CUDA's kernels (`imitating_cuda`). The registrations are
+    removed on exit, which restores the CPU's own kernels."""
     library = torch.library.Library("aten", "IMPL")
     # aten ops only: other namespaces (extensions) keep their own autocast kernels.
     registered = torch._C._dispatch_get_registrations_for_dispatch_key
@@ -164,7 +169,8 @@ def cuda_autocast_policy() -> Iterator[None]:
                     continue
                 policy = CUDA_AUTOCAST_POLICY.get(name, "passthrough") if qualified in cuda_ops else "passthrough"
                 library.impl(name, _policy_kernel(name, policy), "AutocastCPU")
-        yield
+        with imitating_cuda():
+            yield
     finally:
         library._destroy()
 

@@ -1,10 +1,16 @@
-"""Fake kernels for ops whose own fake (meta) kernel is stricter than the real op, and the
-one-line refusal for an op the estimate cannot model.
+"""Fake kernels for ops whose own fake (meta) kernel disagrees with the real op, and the one-line
+refusal for an op the estimate cannot model.
 
 A fake kernel here returns what the real CPU kernel returns: the same sizes, strides, dtype and
 storage bytes (checked against the real op on small real tensors in tests/test_fake_kernels.py),
 so the tracker counts the same bytes as on the cpu meter. Each runs while the fake-tensor mode
-is current, so the tensors it makes are fake.
+is current, so the tensors it makes are fake; most call the op's own fake kernel and correct
+what it gets wrong.
+
+The same kernels run when the estimate predicts a CUDA device (its fake tensors are CPU tensors).
+Each one below says what CUDA's kernel does; the one allocation only the CPU kernel makes
+(oneDNN's LSTM workspace) is left out while `imitating_cuda()` is active, which
+`accumbench.meters.cuda_autocast.cuda_autocast_policy` enters for the CUDA kinds.
 
 - `aten._grouped_mm` (mixture-of-experts layers: transformers' `grouped_mm` experts): torch's
   meta kernel accepts bf16 only ("Expected inputs of BF16 type but got mat_a.dtype=torch.float32"),
@@ -12,11 +18,37 @@ is current, so the tensors it makes are fake.
   kernel makes it (aten/src/ATen/native/GroupedMMUtils.h, `create_grouped_gemm_output_tensor`):
   the last dimension's stride padded to 16 bytes, which the meta kernel of a CPU-only torch
   build leaves out.
+- `aten.mkldnn_rnn_layer` (`nn.LSTM` on the CPU: one call per layer and direction): the real
+  kernel (aten/src/ATen/native/mkldnn/RNN.cpp) returns, when grad mode is on, the oneDNN
+  training workspace that the backward reads, and autograd keeps it until then; the meta kernel
+  returns an empty one. Its size is oneDNN's (`lstm_workspace_bytes`). Only the CPU has it: on
+  CUDA an LSTM runs on cuDNN with its own reserve space, which this does not model, so the
+  CUDA kinds keep torch's empty workspace. (GRU and vanilla RNN do not go through oneDNN.)
+- `aten.mkldnn_rnn_layer_backward`: the real kernel returns the gradients of the two LSTM biases
+  on two storages (the second a clone of the first); the meta kernel returns one tensor twice,
+  so autograd copies it when it accumulates the second (the copy comes later than the real
+  kernel's clone: the peak can differ). CPU-only as well, left to torch for the CUDA kinds.
+- `aten.im2col` / `aten.col2im` (`F.unfold` / `F.fold`, each the other's backward): the real
+  kernel, on the CPU and on CUDA alike (Im2Col.cpp, Col2Im.cpp and their .cu twins), allocates
+  its output like its input (`empty_like`) and then `resize_`s it to the output's size, which
+  keeps the larger storage: max(input, output) bytes where the meta kernel has the output's.
+- `aten.native_batch_norm` and its variants (`_native_batch_norm_legit*`,
+  `_batch_norm_with_update*`, `_batch_norm_no_update`), `aten.native_layer_norm`,
+  `aten.native_group_norm`: given a bf16/fp16 input and fp32 weights or running statistics
+  (BatchNorm, LayerNorm, GroupNorm under CPU autocast), the real kernel keeps the saved mean and
+  inverse std in fp32 ("mixed type", aten/src/ATen/native/mixed_data_type.h:
+  `param_scalar_type`), where the meta kernel gives them the input's dtype. CUDA's kernels keep
+  them in fp32 as well (accumulate type; cuDNN's batch norm in the weights' fp32). The
+  functional variants' updated running statistics keep the running statistics' dtype.
+- `aten.native_group_norm_backward`: the real kernel (group_norm.cpp, for every device) makes
+  grad_input like the input (bf16 under CPU autocast); the meta kernel makes it fp32, and
+  autograd then adds a copy back to bf16.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 
@@ -79,9 +111,212 @@ def grouped_mm(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor | No
     return torch.empty_strided(size, stride, dtype=dtype, device=mat_a.device)
 
 
+# --- which device's kernels the fakes imitate ----------------------------------------------------
+
+_imitating_cuda = 0  # depth of imitating_cuda(); module-wide, as autograd may run on another thread
+
+
+@contextlib.contextmanager
+def imitating_cuda() -> Iterator[None]:
+    """While active, the fake kernels model CUDA's kernels rather than the CPU's: those of an
+    allocation only the CPU kernel makes (oneDNN's LSTM workspace) return torch's own fake
+    result. Entered by `cuda_autocast_policy()`, that is for the estimate's CUDA kinds."""
+    global _imitating_cuda
+    _imitating_cuda += 1
+    try:
+        yield
+    finally:
+        _imitating_cuda -= 1
+
+
+def cuda_imitated() -> bool:
+    """True while `imitating_cuda()` is active."""
+    return _imitating_cuda > 0
+
+
+# --- LSTM on the CPU: oneDNN's training workspace -------------------------------------------------
+
+MKLDNN_LSTM_MODE = 2  # `mode` of an LSTM in mkldnn_rnn_layer (ideep::rnn_kind::LSTM)
+_PAGE = 4096  # oneDNN page-aligns each part of the workspace (rnn_utils.cpp, set_offsets)
+
+
+def _good_ld(dim: int, itemsize: int) -> int:
+    """oneDNN's leading dimension for a GEMM operand (rnn_utils.cpp, `get_good_ld`): rounded up
+    to 64 bytes, plus 64 bytes more when a multiple of 256 elements (4K aliasing)."""
+    per_line = 64 // itemsize
+    ld = -(-dim // per_line) * per_line
+    return ld + per_line if ld % 256 == 0 else ld
+
+
+def lstm_workspace_bytes(seq_len: int, batch: int, input_size: int, hidden_size: int,
+                         dtype: torch.dtype, cell_dtype: torch.dtype | None = None) -> int:
+    """Bytes of the workspace oneDNN's LSTM forward-training primitive asks for, for one layer
+    and one direction (what one `mkldnn_rnn_layer` call allocates).
+
+    oneDNN 3.x (rnn_utils.hpp `init_conf`/`set_workspace_sizes`, rnn_utils.cpp `set_offsets`),
+    with n_layer = n_dir = 1, 4 gates, T = seq_len, B = batch, "data" the input's dtype, the
+    gradient parts in fp32; each part starts on a 4096-byte page and the total is page-rounded:
+    gates T*B*ld(4H), hidden states T*B*ld(H), layer states 2*(T+1)*B*ld(max(I, H)), cell states
+    2*(T+1)*B*H (in the cell state's dtype), diff layer and diff iter states
+    2*(T+1)*B*ld(max(I, H)) fp32 each, diff cell states 2*(T+1)*B*H fp32. Checked to the byte
+    against the real kernel in tests/test_fake_kernels.py (fp32 and bf16, several shapes).
+    """
+    data = dtype.itemsize
+    cell = (cell_dtype or dtype).itemsize
+    acc = 4  # gemm_acc_t: fp32 for fp32, bf16 and fp16 cells
+    widest = max(input_size, hidden_size)
+    states = 2 * (seq_len + 1) * batch  # (n_layer + 1) * n_dir * (n_iter + 1) * mb
+    parts = [
+        seq_len * batch * _good_ld(4 * hidden_size, data) * data,  # ws_gates
+        seq_len * batch * _good_ld(hidden_size, data) * data,      # ws_ht
+        states * _good_ld(widest, data) * data,                    # ws_states_layer (= iter)
+        states * hidden_size * cell,                               # ws_states_iter_c
+        states * _good_ld(widest, acc) * acc,                      # ws_diff_states_layer
+        states * _good_ld(widest, acc) * acc,                      # ws_diff_states_iter
+        states * hidden_size * acc,                                # ws_diff_states_iter_c
+    ]
+    offset = 0
+    for size in parts:
+        offset = -(-offset // _PAGE) * _PAGE + size
+    return -(-offset // _PAGE) * _PAGE  # ws_grid_comp (GRU only) starts on the next page
+
+
+def mkldnn_rnn_layer(input, w0, w1, w2, w3, hx, cx, reverse, batch_sizes, mode, hidden_size, num_layers,
+                     has_biases, bidirectional, batch_first, train):
+    """`aten.mkldnn_rnn_layer` with the real kernel's training workspace (see
+    `lstm_workspace_bytes`); torch's own fake result otherwise."""
+    output, hy, cy, workspace = aten.mkldnn_rnn_layer.default(
+        input, w0, w1, w2, w3, hx, cx, reverse, batch_sizes, mode, hidden_size, num_layers,
+        has_biases, bidirectional, batch_first, train)
+    # The real kernel allocates the workspace when grad mode is on (not when `train` is), and
+    # only for an LSTM; it reads its input as (seq, batch, features) whatever batch_first says.
+    if cuda_imitated() or not torch.is_grad_enabled() or mode != MKLDNN_LSTM_MODE:
+        return output, hy, cy, workspace
+    nbytes = lstm_workspace_bytes(input.size(0), input.size(1), input.size(2), hidden_size,
+                                  input.dtype, cx.dtype if cx is not None else None)
+    return output, hy, cy, torch.empty(nbytes, dtype=torch.uint8, device=input.device)
+
+
+def mkldnn_rnn_layer_backward(input, weight0, weight1, weight2, weight3, hx, cx, output, hy, cy, grad_output,
+                              grad_hy, grad_cy, reverse, mode, hidden_size, num_layers, has_biases, train,
+                              bidirectional, batch_sizes, batch_first, workspace):
+    """`aten.mkldnn_rnn_layer_backward` with the two bias gradients on two storages, as the real
+    kernel returns them (`diff_b2_ = at::clone(diff_b_)`); torch's meta kernel returns one tensor
+    twice, and autograd's AccumulateGrad then copies the shared one instead of taking it."""
+    grads = aten.mkldnn_rnn_layer_backward.default(
+        input, weight0, weight1, weight2, weight3, hx, cx, output, hy, cy, grad_output, grad_hy, grad_cy,
+        reverse, mode, hidden_size, num_layers, has_biases, train, bidirectional, batch_sizes, batch_first,
+        workspace)
+    if cuda_imitated() or grads[4] is None:
+        return grads
+    bias = grads[4]
+    return (*grads[:4], torch.empty_strided(bias.shape, bias.stride(), dtype=bias.dtype, device=bias.device),
+            *grads[5:])
+
+
+# --- unfold / fold: the output is allocated like the input, then resized -------------------------
+
+def _like_input_then_resized(input: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """What `at::empty_like(input, contiguous)` followed by `resize_(result's sizes)` makes:
+    result's sizes and contiguous strides, on a storage of max(input, result) elements."""
+    out = torch.empty(input.numel(), dtype=input.dtype, device=input.device)
+    return out.resize_(result.shape)
+
+
+def im2col(input, kernel_size, dilation, padding, stride):
+    """`aten.im2col` (`F.unfold`), allocated as the real kernel allocates it."""
+    return _like_input_then_resized(input, aten.im2col.default(input, kernel_size, dilation, padding, stride))
+
+
+def col2im(input, output_size, kernel_size, dilation, padding, stride):
+    """`aten.col2im` (`F.fold`, the backward of `F.unfold`), allocated as the real kernel
+    allocates it."""
+    return _like_input_then_resized(
+        input, aten.col2im.default(input, output_size, kernel_size, dilation, padding, stride))
+
+
+# --- norms: fp32 statistics for a low-precision input with fp32 parameters -----------------------
+
+def _is_mixed(input: torch.Tensor, *parameters: torch.Tensor | None) -> bool:
+    """The real kernels' "mixed type" (mixed_data_type.h, `is_mixed_type`): the first given
+    parameter's dtype differs from the input's."""
+    first = next((p for p in parameters if p is not None), None)
+    return first is not None and first.dtype != input.dtype
+
+
+def _with_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A fresh tensor with `tensor`'s sizes and strides in `dtype` (its own storage, as the real
+    kernel's `at::empty` statistics have)."""
+    if tensor.dtype == dtype:
+        return tensor
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=dtype, device=tensor.device)
+
+
+def _fp32_statistics(result: tuple, statistics: tuple[int, ...], mixed: bool) -> tuple:
+    """`result` with the outputs at positions `statistics` in fp32 when the call was mixed."""
+    if not mixed:
+        return result
+    return tuple(_with_dtype(t, torch.float32) if i in statistics else t for i, t in enumerate(result))
+
+
+def _running_dtype(result: tuple, positions: tuple[int, ...], running_mean, running_var) -> tuple:
+    """The functional variants return the updated running statistics in their own dtype."""
+    dtypes = {positions[0]: running_mean, positions[1]: running_var}
+    return tuple(_with_dtype(t, dtypes[i].dtype) if i in dtypes and dtypes[i] is not None else t
+                 for i, t in enumerate(result))
+
+
+_NORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def fp32_statistics_kernel(op, running_outputs: tuple[int, int] | None = None) -> Callable[..., tuple]:
+    """A fake kernel for the norm `op` (outputs 1 and 2: saved mean and inverse std) that keeps
+    the statistics in fp32 when the call is mixed (see the module docstring); with
+    `running_outputs`, the positions of a functional variant's updated running statistics, which
+    keep the running statistics' dtype. Arguments are read by their names in the op's schema."""
+    names = [argument.name for argument in op._schema.arguments]
+
+    def kernel(*args, **kwargs):
+        bound = {**dict(zip(names, args)), **kwargs}
+        result = op(*args, **kwargs)
+        mixed = _is_mixed(bound["input"], *(bound.get(name) for name in _NORM_PARAMETERS))
+        result = _fp32_statistics(result, (1, 2), mixed)
+        if running_outputs:
+            result = _running_dtype(result, running_outputs, bound["running_mean"], bound["running_var"])
+        return result
+
+    kernel.__name__ = kernel.__qualname__ = f"fp32_statistics_{op.__name__.replace('.', '_')}"
+    return kernel
+
+
+def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
+    """`aten.native_group_norm_backward` with grad_input in the input's dtype, as the real
+    kernel makes it."""
+    grad_input, grad_weight, grad_bias = aten.native_group_norm_backward.default(
+        grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask)
+    if grad_input is not None:
+        grad_input = _with_dtype(grad_input, input.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
 # A literal registry: op -> fake kernel taking the op's own arguments.
 FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._grouped_mm.default: grouped_mm,
+    aten.mkldnn_rnn_layer.default: mkldnn_rnn_layer,
+    aten.mkldnn_rnn_layer_backward.default: mkldnn_rnn_layer_backward,
+    aten.im2col.default: im2col,
+    aten.col2im.default: col2im,
+    **{op: fp32_statistics_kernel(op) for op in (
+        aten.native_batch_norm.default, aten._native_batch_norm_legit.default, aten._native_batch_norm_legit.no_stats,
+        aten._native_batch_norm_legit_no_training.default, aten._batch_norm_with_update.default,
+        aten._batch_norm_no_update.default, aten.native_layer_norm.default, aten.native_group_norm.default)},
+    aten._native_batch_norm_legit_functional.default: fp32_statistics_kernel(
+        aten._native_batch_norm_legit_functional.default, running_outputs=(3, 4)),
+    aten._batch_norm_with_update_functional.default: fp32_statistics_kernel(
+        aten._batch_norm_with_update_functional.default, running_outputs=(4, 5)),
+    aten.native_group_norm_backward.default: native_group_norm_backward,
 }
 
-__all__ = ["FAKE_KERNELS", "UnmodelledOp", "grouped_mm", "op_name"]
+__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "col2im", "cuda_imitated", "fp32_statistics_kernel",
+           "grouped_mm", "im2col", "imitating_cuda", "lstm_workspace_bytes", "mkldnn_rnn_layer",
+           "mkldnn_rnn_layer_backward", "native_group_norm_backward", "op_name"]
