@@ -279,3 +279,27 @@ def test_baseline_update_with_unreadable_results_exits_2(files):
     result = invoke("baseline", "update", "base.jsonl", "bad.jsonl", "--yes")
     assert result.exit_code == 2
     assert "bad.jsonl:1: not valid JSON" in result.stderr
+
+
+def test_baseline_update_waits_for_a_writer_that_holds_the_file(files):
+    # A run still appending to the file holds its lock: replacing the file under it would lose
+    # every record the run writes after the rename.
+    from accumbench.results_file import ResultsFile
+
+    before = Path("base.jsonl").read_bytes()
+    with ResultsFile("base.jsonl", resume=True, command="accumbench run") as running:
+        running.lock()
+        result = invoke("baseline", "update", "base.jsonl", "cur.jsonl", "--yes")
+        assert result.exit_code == 2
+        assert "base.jsonl is being written by pid" in result.stderr and "(accumbench run)" in result.stderr
+        assert Path("base.jsonl").read_bytes() == before
+    assert invoke("baseline", "update", "base.jsonl", "cur.jsonl", "--yes").exit_code == 0
+    assert not Path("base.jsonl.lock").exists()
+
+
+def test_baseline_update_to_an_unwritable_path_exits_2_in_one_line(files):
+    Path("file").write_text("")
+    result = invoke("baseline", "update", "file/baseline.jsonl", "cur.jsonl", "--yes")
+    assert result.exit_code == 2, result.output
+    assert "cannot write file/baseline.jsonl: file is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1

@@ -210,5 +210,8 @@ def baseline_update(baseline_path, results, merge, yes, dry_run):
         if not click.confirm(f"Overwrite {baseline_path}?", default=False):
             click.echo("nothing written")
             sys.exit(EXIT_REGRESSION)
-    write_baseline(baseline_path, plan)
+    try:
+        write_baseline(baseline_path, plan)
+    except BaselineError as exc:
+        raise InputError(str(exc)) from None
     click.echo(f"wrote {len(plan.records)} case(s) to {baseline_path}; commit it with the change that explains it")

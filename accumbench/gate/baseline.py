@@ -9,6 +9,7 @@ baseline is never overwritten silently. Writing is atomic (`records.write_record
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from accumbench.gate.compare import case_key
@@ -121,8 +122,26 @@ def plan_update(
 
 
 def write_baseline(path, plan: BaselinePlan) -> None:
-    """Write the planned baseline atomically (the old file stays intact until the rename)."""
-    write_records(path, plan.records)
+    """Write the planned baseline atomically (the old file stays intact until the rename) under
+    the results file's lock, as every writer does: a run still appending to the file would
+    otherwise go on writing into the replaced file and lose what it measures. Raises
+    `BaselineError` (one line) when the file is locked or cannot be written."""
+    from accumbench.results_file import ResultsFile, ResultsFileError
+
+    results = ResultsFile(path, overwrite=True, command="accumbench baseline update")
+    try:
+        problem = results.problem()
+        if problem:
+            raise ResultsFileError(problem)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        results.lock()
+        write_records(path, plan.records)
+    except ResultsFileError as exc:
+        raise BaselineError(str(exc)) from None
+    except OSError as exc:
+        raise BaselineError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        results.release()
 
 
 def _by_key(records: Sequence[Record], notes: list[str]) -> dict[str, Record]:
