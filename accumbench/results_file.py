@@ -146,7 +146,9 @@ class ResultsFile:
         if self.overwrite:
             self._set_aside()
             return set()
-        self._repair_torn_line()
+        self._repair_torn_line(self.path)
+        if sidecar_path(self.path).is_file():  # its timelines are appended to as well
+            self._repair_torn_line(sidecar_path(self.path))
         try:
             self.existing = list(iter_records(self.path))
         except RecordError as exc:
@@ -170,12 +172,12 @@ class ResultsFile:
                 source.replace(target)
         self.notes.append(f"the previous results were kept as {targets[0]}")
 
-    def _repair_torn_line(self) -> None:
+    def _repair_torn_line(self, path: Path) -> None:
         """A last line without its newline is a write that never finished when it is not a
-        JSON object (as `records.iter_records` judges): cut it off the file and keep it in
-        FILE.torn (appended to, never replaced). A complete record that only lacks its newline
-        gets one, so the next record starts a line of its own."""
-        data = self.path.read_bytes()
+        JSON object (as `records.iter_records` judges): cut it off the file (the results file
+        or its timelines sidecar) and keep it in PATH.torn (appended to, never replaced). A
+        complete line that only lacks its newline gets one, so the next starts a line of its own."""
+        data = path.read_bytes()
         if data.endswith(b"\n"):
             return
         start = data.rfind(b"\n") + 1
@@ -185,15 +187,15 @@ class ResultsFile:
         except ValueError:
             complete = False
         if complete:
-            with open(self.path, "ab") as fh:
+            with open(path, "ab") as fh:
                 fh.write(b"\n")
             return
-        torn = self.path.with_name(self.path.name + ".torn")
+        torn = path.with_name(path.name + ".torn")
         with open(torn, "ab") as fh:
             fh.write(last + b"\n")
-        with open(self.path, "r+b") as fh:
+        with open(path, "r+b") as fh:
             fh.truncate(start)
-        self.notes.append(f"the last line of {self.path} was incomplete ({len(last)} bytes, a run stopped "
+        self.notes.append(f"the last line of {path} was incomplete ({len(last)} bytes, a run stopped "
                           f"mid-write): cut off and kept in {torn}")
 
     # --- the lock -------------------------------------------------------------------------------

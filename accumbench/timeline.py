@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -76,8 +77,14 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Timeline":
-        """Inverse of `to_json` (derived keys ignored)."""
-        return cls(bytes=tuple(data["bytes"]), marks=tuple(tuple(m) for m in data["marks"]),
+        """Inverse of `to_json` (derived keys ignored); ValueError for a curve that is not
+        byte counts or marks that are not (index, phase, micro-step)."""
+        values, marks = tuple(data["bytes"]), tuple(tuple(m) for m in data["marks"])
+        if not all(isinstance(v, int) and v >= 0 for v in values):
+            raise ValueError("bytes must be a list of byte counts")
+        if not all(len(m) == 3 and isinstance(m[0], int) and isinstance(m[1], str) for m in marks):
+            raise ValueError("marks must be [index, phase, micro_step] triples")
+        return cls(bytes=values, marks=marks,
                    source=data["source"], peak_breakdown=data.get("peak_breakdown"),
                    allocator_peak=data.get("allocator_peak"), case_id=data.get("case_id", ""),
                    run_id=data.get("run_id", ""))
@@ -116,24 +123,39 @@ def append_timeline(path: str | os.PathLike[str], timeline: Timeline) -> None:
         fh.write(timeline.to_json() + "\n")
 
 
-def read_timelines(path: str | os.PathLike[str]) -> Iterator[Timeline]:
-    """Every timeline in a sidecar file."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
+def read_timelines(path: str | os.PathLike[str], warn: Callable[[str], None] | None = None) -> Iterator[Timeline]:
+    """Every timeline in a sidecar file. A line that is not a timeline (a write a crash cut
+    off, a hand edit) is skipped with a warning naming file and line through `warn` (default:
+    stderr): a timeline only draws a figure, and the others still can."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
                 yield Timeline.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                (warn or _warn)(f"{path}:{lineno}: skipped a line that is not a timeline "
+                                f"({type(exc).__name__}: {exc})"[:300])
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def find_timeline(results_path: str | os.PathLike[str], reference: str, case_id: str,
                   run_id: str) -> Timeline | None:
-    """The timeline a record refers to (its `timeline` field names the sidecar file)."""
+    """The timeline a record refers to (its `timeline` field names the sidecar file); None
+    when the sidecar or the timeline is missing."""
+    return timelines_of(results_path, reference).get((case_id, run_id))
+
+
+def timelines_of(results_path: str | os.PathLike[str], reference: str) -> dict[tuple[str, str], Timeline]:
+    """The timelines of the sidecar a record's `timeline` field names, by (case_id, run_id);
+    empty when the sidecar is missing (or not a file)."""
     path = Path(results_path).parent / reference
-    if not path.exists():
-        return None
-    for timeline in read_timelines(path):
-        if timeline.case_id == case_id and timeline.run_id == run_id:
-            return timeline
-    return None
+    if not path.is_file():
+        return {}
+    return {(t.case_id, t.run_id): t for t in read_timelines(path)}
 
 
 @dataclass

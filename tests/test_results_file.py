@@ -266,3 +266,22 @@ def test_a_complete_last_record_without_its_newline_is_kept_and_ended(copy_of):
         results.claim()
         results.append(results.existing[0])
     assert len(read_records(copy_of)) == 2 and not copy_of.with_name("r.jsonl.torn").exists()
+
+
+def test_resume_repairs_a_torn_last_line_of_the_timelines_sidecar_too(copy_of):
+    # Timelines are appended to the sidecar as records to the file: a crash can cut either.
+    from accumbench.timeline import Timeline, read_timelines, sidecar_path
+
+    sidecar = sidecar_path(copy_of)
+    whole = Timeline(bytes=(0, 64, 32), marks=((0, "forward", 0),), source="tracker", case_id="c", run_id="r")
+    fragment = whole.to_json()[:40]
+    sidecar.write_text(whole.to_json() + "\n" + fragment)
+    results = ResultsFile(copy_of, resume=True)
+    try:
+        results.claim()
+    finally:
+        results.release()
+    assert sidecar.read_text() == whole.to_json() + "\n"
+    assert sidecar.with_name(sidecar.name + ".torn").read_text() == fragment + "\n"
+    assert any(f"the last line of {sidecar} was incomplete" in note for note in results.notes)
+    assert [t.case_id for t in read_timelines(sidecar)] == ["c"]

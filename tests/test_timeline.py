@@ -189,3 +189,18 @@ def test_the_drawn_pair_has_a_readable_sawtooth_and_a_partner():
     # 4 steps at the largest micro-batch that has a large batch to stand beside; the sequential
     # case with 4 steps has no combined partner, so the one with 1 step is drawn.
     assert pairs == [("large-batch", 8, 1, 8, 4), ("multitask-combined", 4, 1, 4, 1)]
+
+
+def test_a_broken_sidecar_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    from accumbench.timeline import read_timelines
+
+    good = Timeline(bytes=(0, 64, 32), marks=((0, "forward", 0),), source="tracker", case_id="c", run_id="r")
+    sidecar = tmp_path / "r.timelines.jsonl"
+    sidecar.write_text("\n".join(['{"bytes": [1, 2', "garbage", '{"a": 1}', '{"bytes": ["x"], "marks": [], '
+                                  '"source": "tracker"}', good.to_json()]) + "\n")
+    warnings: list[str] = []
+    assert list(read_timelines(sidecar, warnings.append)) == [good]
+    assert [w.split(": skipped")[0] for w in warnings] == [f"{sidecar}:{n}" for n in (1, 2, 3, 4)]
+    assert find_timeline(tmp_path / "r.jsonl", sidecar.name, "c", "r") == good
+    (tmp_path / "folder.timelines.jsonl").mkdir()  # not a file: no timelines, no crash
+    assert find_timeline(tmp_path / "r.jsonl", "folder.timelines.jsonl", "c", "r") is None

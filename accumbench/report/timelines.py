@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 from accumbench.report.data import ddp_sync_text
 from accumbench.report.tables import Cell, Table, number, text
 from accumbench.report.units import format_bytes, is_missing, memory_unit
-from accumbench.timeline import Timeline, find_timeline
+from accumbench.timeline import Timeline, timelines_of
 
 PHASE_COLORS = {"forward": "#cfe2f3", "backward": "#fce5cd", "optimizer": "#d9d9d9", "zero_grad": "#ead1dc"}
 PAIRS = (("large-batch", "accumulated"), ("multitask-combined", "multitask-sequential"))
@@ -31,10 +31,14 @@ def load_timelines(frame: pd.DataFrame) -> dict[int, Timeline]:
     found: dict[int, Timeline] = {}
     if "timeline" not in frame.columns:
         return found
+    sidecars: dict[tuple[str, str], dict[tuple[str, str], Timeline]] = {}  # each read once
     for index, row in frame.iterrows():
         if is_missing(row.get("timeline")) or is_missing(row.get("source")):
             continue
-        timeline = find_timeline(Path(str(row["source"])), str(row["timeline"]), row["case_id"], row["run_id"])
+        key = (str(row["source"]), str(row["timeline"]))
+        if key not in sidecars:
+            sidecars[key] = timelines_of(Path(key[0]), key[1])
+        timeline = sidecars[key].get((row["case_id"], row["run_id"]))
         if timeline is not None:
             found[index] = timeline
     return found
