@@ -622,6 +622,17 @@ def test_missing_file_and_directory_exit_2(tmp_path):
     assert result.exit_code == 2 and "is a directory" in result.output
 
 
+def test_an_out_folder_under_a_file_exits_2_in_one_line_and_creates_nothing(tmp_path):
+    path = tmp_path / "one.jsonl"
+    write_records(path, [rec(micro=8)])
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(main, ["report", str(path), "--out", str(tmp_path / "file" / "deeper" / "out")])
+    assert result.exit_code == 2
+    assert result.output == f"error: cannot write --out {tmp_path / 'file' / 'deeper' / 'out'}: " \
+                            f"{tmp_path / 'file'} is a file, not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "one.jsonl"]
+
+
 def test_only_ooms_make_a_report_that_says_what_is_missing(tmp_path):
     path = tmp_path / "ooms.jsonl"
     write_records(path, [rec(micro=b, status="oom") for b in (64, 128, 256)])

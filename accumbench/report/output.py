@@ -39,8 +39,14 @@ def stage(target: Path) -> tuple[Path, list[Path]]:
     for folder in [*reversed(parent.parents), parent]:
         if not folder.exists():
             created.append(folder)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+        elif not folder.is_dir():
+            raise ReportFolderError(f"cannot write --out {target}: {folder} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:  # a path under a file, a read-only or pseudo file system
+        _remove_created(created)
+        raise ReportFolderError(f"cannot write --out {target}: {exc.strerror or exc}") from None
     # mkdtemp makes a private folder (0700); the report, once moved, gets the usual permissions.
     umask = os.umask(0)
     os.umask(umask)
@@ -51,6 +57,10 @@ def stage(target: Path) -> tuple[Path, list[Path]]:
 def discard(staging: Path, created: Iterable[Path] = ()) -> None:
     """Remove a staging folder (and the parents made for it) after a failure."""
     shutil.rmtree(staging, ignore_errors=True)
+    _remove_created(created)
+
+
+def _remove_created(created: Iterable[Path]) -> None:
     for folder in reversed(list(created)):
         try:
             folder.rmdir()
