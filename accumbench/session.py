@@ -30,7 +30,12 @@ def _claim(cases: Sequence[Any], runner: Any, results: ResultsFile) -> tuple[str
         return "error", str(exc)
     if results.resume:
         expected = {runner.case_id(case): runner.case_settings(case) for case in cases}
-        conflict = results.settings_conflict(expected.get, runner.shared_settings())
+        # Records of cases this request does not select are held to its settings too when those
+        # are the same for every case (one --steps for all): a file keeps one setting.
+        settings = list(expected.values())
+        uniform = settings[0] if settings and all(s == settings[0] for s in settings) else None
+        conflict = results.settings_conflict(lambda case_id: expected.get(case_id, uniform),
+                                             runner.shared_settings())
         if conflict:
             results.release()
             return "error", conflict

@@ -150,6 +150,16 @@ def test_resume_with_other_settings_is_refused_naming_them(copy_of, never_measur
     assert len(read_records(copy_of)) == 1
 
 
+def test_resume_holds_cases_the_file_has_not_yet_to_its_settings_too(copy_of, never_measure):
+    # The file holds accumulation 1 only; asking for accumulation 2 alone with other steps would
+    # leave one file with two step settings.
+    args = [a if a != "1" or i != TINY.index("--steps") + 1 else "3" for i, a in enumerate(TINY)]
+    result = invoke("run", *args, "--accum-steps", "2", "--out", str(copy_of), "--resume")
+    assert result.exit_code == 2, result.output
+    assert "measured with steps_setting='1'" in result.output and "steps_setting='3'" in result.output
+    assert len(read_records(copy_of)) == 1
+
+
 def test_resume_and_overwrite_exclude_each_other(copy_of, never_measure):
     result = invoke("run", *TINY, "--out", str(copy_of), "--resume", "--overwrite")
     assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output
