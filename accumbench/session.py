@@ -90,8 +90,9 @@ def _measure(cases, runner, results, done, progress, heading, summary) -> int:
     except KeyboardInterrupt:
         _close(display)
         if writer:
-            click.echo(f"\ninterrupted: {len(written)} record(s) kept in {results.path}; "
-                       "run again with --resume to measure the rest", err=True)
+            held = len(results.existing) + len(written)
+            click.echo(f"\ninterrupted: {len(written)} record(s) written this run, {held} in all kept in "
+                       f"{results.path}; run again with --resume to measure the rest", err=True)
         return 130
     _close(display)
     if writer:

@@ -295,3 +295,21 @@ def test_resume_repairs_a_torn_last_line_of_the_timelines_sidecar_too(copy_of):
     assert sidecar.with_name(sidecar.name + ".torn").read_text() == fragment + "\n"
     assert any(f"the last line of {sidecar} was incomplete" in note for note in results.notes)
     assert [t.case_id for t in read_timelines(sidecar)] == ["c"]
+
+
+def test_an_interrupted_resume_says_what_it_wrote_and_what_the_file_holds(copy_of, monkeypatch):
+    from accumbench.runner import Runner
+
+    real = Runner.measure
+
+    def measure(self, case):
+        if case.accum_steps == 4:
+            raise KeyboardInterrupt
+        return real(self, case)
+
+    monkeypatch.setattr(Runner, "measure", measure)
+    result = invoke("run", *TINY, "--accum-steps", "1,2,4", "--out", str(copy_of), "--resume")
+    assert result.exit_code == 130, result.output
+    # The file held large-batch 2; this run wrote large-batch 4 and 8 and accumulated 2 x 2.
+    assert f"interrupted: 3 record(s) written this run, 4 in all kept in {copy_of}" in result.output
+    assert [(r.micro_batch, r.accum_steps) for r in read_records(copy_of)] == [(2, 1), (4, 1), (8, 1), (2, 2)]
