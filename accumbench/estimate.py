@@ -1,33 +1,56 @@
-"""Estimate many cases in seconds: profile a few, replay the allocation logs for the rest.
+"""Estimate many cases in seconds: profile a few, repeat or replay the allocation logs for the rest.
 
 Every case could go through `Runner(torch.device("cpu"), meter=EstimateMeter(...)).measure`,
 but a fake GPT-2 step costs about a second on a small CPU, and a suite has dozens of cases.
-Two facts make most of them redundant, and both are checked, not assumed:
+Cases that differ only in micro-batch size and in N >= 2 form a group (`group_key`), profiled on
+one model built and warmed up at the group's largest micro-batch. Two shortcuts spare most of
+the group's steps; each is taken only where what it rests on was checked for that case:
 
-- Micro-steps 3..N of an accumulated step start from the same live tensors as micro-step 2
-  (parameters, optimizer state, the gradients summed so far, updated in place) and run the same
-  ops on same-shaped batches, so they allocate and free exactly as micro-step 2 does: the peak of
-  any N >= 2 is the peak of N = 2. Cases are estimated with min(N, 2) micro-batches (their
-  records keep their own N, effective batch and case id; FLOPs are scaled by N).
-- Within a group (same workload, scenario, knobs, micro-step count) every storage the step
-  allocates is either independent of the micro-batch or proportional to it. The group is
-  profiled at its largest and smallest micro-batch on one model; when the two logs have the
-  same events and every size is constant or exactly proportional, the log is replayed at the
-  other sizes (exact by construction); otherwise each size is profiled.
+- Repeat: micro-steps 3..N of an accumulated step start from the same live tensors as
+  micro-step 2 (parameters, optimizer state, the gradients summed so far, updated in place), so
+  when they run the same ops on the same sizes they allocate and free exactly as micro-step 2
+  does, and the peak of any N >= 2 is the peak of N = 2: such a case is profiled with
+  min(N, 2) micro-batches (its record keeps its own N, effective batch and case id; FLOPs are
+  scaled by N). Checked first: every case's host micro-batches are made as the runner makes
+  them and their shapes compared (`batch_shapes`), and a case whose micro-batches differ in
+  shape (padded to each batch's longest sequence) is profiled with all N micro-steps. Equal
+  shapes are not enough when the batch's values decide sizes (`nonzero` or a mask on the
+  batch, ctc_loss's target lengths, a value read with `.item()`): the profile tells
+  (`KnownValues.batch_decided`), and then every case with N > 2 is profiled in full too.
+- Replay: where every storage the step allocates is constant or proportional to the
+  micro-batch, the log at one size gives the log at any other. The group is profiled at its
+  smallest and largest micro-batch; a size in between is replayed from the two logs when they
+  have the same events and every size is constant or exactly proportional, and its
+  micro-batches are the smallest size's with the sizes scaled the same way (`BatchShape`: the
+  numbers in a batch's tensors are constant or proportional between the two ends, and take the
+  values that gives at this size); never when the batch's values decide sizes. Otherwise it is
+  profiled. What stays assumed: that a size in between runs the ops the two ends ran.
 
-The warm-up step (first-step peak) is profiled at the group's largest micro-batch only; other
-sizes of the group report no first-step peak.
+A size profiled on the model another size warmed up must start from what lives between steps
+in a run at that size. With `zero_grad(set_to_none=False)` the gradients live on, laid out by
+the run's first backward, and that layout depends on the micro-batch (AccumulateGrad may keep a
+gradient that is a view into a larger one), so each other size gets its gradients reset and
+one warm-up step that is not reported. A step that leaves other tensors between steps than it
+found (a module keeping a tensor of the batch's size) is profiled once more at its size.
+
+Each record says how it was obtained (`assumptions.applied`): "replayed from micro-batches A
+and B", "profiled, not replayed: <why>", "profiled in full, all N micro-steps: <why>",
+"accumulation: 2 micro-steps profiled, ...". The warm-up step (first-step peak) is profiled once,
+at the group's largest micro-batch with min(N, 2) micro-steps; the cases of that size it stands
+for report it, the others (other sizes, cases profiled in full) report none.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from accumbench.cases import Case
 from accumbench.estimate_assumptions import DeviceAssumptions
+from accumbench.meters.base import live_tensors
 from accumbench.meters.estimate import EstimateMeter, StepProfile, estimate_measurement
 from accumbench.records import Record
 from accumbench.levers import Levers
@@ -35,7 +58,7 @@ from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case
 from accumbench.scenarios import TrainingState, loss_weights
 from accumbench.timeline import Timeline
 
-MAX_MICRO_STEPS = 2  # micro-steps 3..N repeat micro-step 2 exactly (see the module docstring)
+MAX_MICRO_STEPS = 2  # micro-steps 3..N repeat micro-step 2 where checked (see the module docstring)
 
 
 def estimate_runner(assumptions: DeviceAssumptions, seed: int = DEFAULT_SEED, run_id: str | None = None,
@@ -96,34 +119,17 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     if cases[0].compile:  # refused: the runner records why (accumbench.levers.ESTIMATE_REFUSES_COMPILE)
         return [runner.measure(case) for case in cases]
     workload = runner.workload(cases[0])
-    sizes = sorted({c.micro_batch for c in cases})
-    micro_steps = min(cases[0].accum_steps, MAX_MICRO_STEPS)
-    probe = dataclasses.replace(cases[0], micro_batch=sizes[-1], accum_steps=micro_steps)
+    records: list[Record] | None
     try:
         with meter.case_context():
-            prepared = prepare_case(probe, workload, runner.device, runner.seed, meter=meter)
-            state = prepared.state
-            first = meter.profile(prepared.step, state)
-            steady: dict[int, StepProfile] = {sizes[-1]: meter.profile(prepared.step, state)}
-            notes: dict[int, str] = {}
-            if len(sizes) > 1:
-                low, high = sizes[0], sizes[-1]
-                steady[low] = meter.profile(_batches_of(probe, low, workload, state, runner.seed).step, state)
-                scale = proportional(steady[low], low, steady[high], high)
-                for size in sizes[1:-1]:
-                    if scale is not None:
-                        steady[size] = scale(size)
-                        notes[size] = f"replayed from micro-batches {low} and {high}"
-                    else:
-                        steady[size] = meter.profile(_batches_of(probe, size, workload, state, runner.seed).step, state)
-            records = [_record(runner, case, workload, state, steady[case.micro_batch],
-                               first if case.micro_batch == sizes[-1] else None,
-                               micro_steps, notes.get(case.micro_batch)) for case in cases]
+            profiled = _profile_group(runner, workload, cases)
             if meter.routing_read:  # the peak depends on assumed routing: each case states both bounds
                 records = None
-            elif on_profile:
-                for case in cases:
-                    on_profile(case, steady[case.micro_batch])
+            else:
+                records = [record for record, _ in profiled]
+                if on_profile:
+                    for case, (_, steady) in zip(cases, profiled):
+                        on_profile(case, steady)
     except KeyboardInterrupt:
         raise
     except Exception:
@@ -140,10 +146,200 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     return records
 
 
-def _batches_of(probe: Case, micro_batch: int, workload, state: TrainingState, seed: int) -> PreparedCase:
-    """The probe's step on micro-batches of another size, over the same (warmed-up) state."""
+def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tuple[Record, StepProfile]]:
+    """Each case's record and steady-step profile: profiled, repeated or replayed (see the
+    module docstring), on one model built at the group's largest micro-batch."""
+    meter = runner.meter
+    micro_steps = min(cases[0].accum_steps, MAX_MICRO_STEPS)
+    shapes = batch_shapes(workload, cases, runner.seed)
+    high = max(shapes)
+    probe = dataclasses.replace(cases[0], micro_batch=high, accum_steps=micro_steps)
+    prepared = prepare_case(probe, workload, runner.device, runner.seed, meter=meter)
+    state = prepared.state
+    first = meter.profile(prepared.step, state)
+    steady: dict[tuple[int, int], StepProfile] = {(high, micro_steps): meter.profile(prepared.step, state)}
+
+    def profile(size: int, steps: int) -> StepProfile:
+        """The steady step at `size` with `steps` micro-batches, from the state a run of that
+        case has (profiled once per size and count)."""
+        if (size, steps) not in steady:
+            again = _batches_of(probe, size, workload, state, runner.seed, steps)
+            if not probe.set_to_none:
+                # zero_grad(set_to_none=False) keeps the gradients between steps as the first
+                # backward of a run laid them out, and that depends on the micro-batch
+                # (AccumulateGrad may keep an incoming gradient that is a view into a larger
+                # one): lay them out afresh at this size, in a warm-up step that is not reported.
+                for parameter in state.model.parameters():
+                    parameter.grad = None
+                meter.profile(again.step, state)
+            before = _between_steps(state)
+            steady[(size, steps)] = meter.profile(again.step, state)
+            if _between_steps(state) != before:
+                # The step left other tensors between steps than it found (a module keeping a
+                # tensor of the batch's size): a run at this size starts from what it left.
+                steady[(size, steps)] = meter.profile(again.step, state)
+        return steady[(size, steps)]
+
+    def uniform(size: int, steps: int) -> bool:
+        """Whether the first `steps` micro-batches of this size have one shape."""
+        return all(shape == shapes[size][0] for shape in shapes[size][1:steps])
+
+    def steps_for(case: Case) -> int:
+        """Micro-steps to profile: all of them where micro-steps 3..N may not repeat micro-step 2."""
+        if case.accum_steps <= micro_steps:
+            return micro_steps
+        if meter.batch_decided or not uniform(case.micro_batch, case.accum_steps):
+            return case.accum_steps
+        return micro_steps
+
+    while True:  # at most twice: once more when a profile finds that the batch's values decide sizes
+        decided = meter.batch_decided
+        keys = {case: (case.micro_batch, steps_for(case)) for case in cases}
+        regular = sorted({size for size, steps in keys.values() if steps == micro_steps})
+        replayed: dict[int, StepProfile] = {}
+        unreplayed: dict[int, str] = {}
+        if regular:
+            low, top = regular[0], regular[-1]
+            profile(low, micro_steps)
+            profile(top, micro_steps)
+            if len(regular) > 2:
+                rule, why = _replay_rule(shapes, low, top, micro_steps, decided, uniform)
+                scale = None
+                if rule is not None:
+                    scale = proportional(steady[(low, micro_steps)], low, steady[(top, micro_steps)], top)
+                    if scale is None:
+                        why = f"the logs at micro-batches {low} and {top} are not constant or proportional"
+                for size in regular[1:-1]:
+                    if scale is not None and uniform(size, micro_steps) and shapes[size][0] == rule(size):
+                        replayed[size] = scale(size)
+                        continue
+                    unreplayed[size] = why or (
+                        "its micro-batches differ in shape" if not uniform(size, micro_steps)
+                        else f"its micro-batches are not those of micro-batch {low} scaled to it")
+                    profile(size, micro_steps)
+        for size, steps in set(keys.values()):
+            if steps != micro_steps:
+                profile(size, steps)
+        if meter.batch_decided == decided:
+            break
+
+    results = []
+    for case in cases:
+        size, steps = keys[case]
+        notes = []
+        if steps == micro_steps and size in replayed:
+            profile_ = replayed[size]
+            notes.append(f"replayed from micro-batches {regular[0]} and {regular[-1]}")
+        else:
+            profile_ = steady[(size, steps)]
+            if steps == micro_steps and size in unreplayed:
+                notes.append(f"profiled, not replayed: {unreplayed[size]}")
+        if steps != micro_steps:
+            why = ("its micro-batches differ in shape" if not uniform(size, steps)
+                   else f"sizes depend on the batch's values ({meter.batch_decided})")
+            notes.append(f"profiled in full, all {steps} micro-steps: {why}")
+        elif case.accum_steps > micro_steps:
+            notes.append(f"accumulation: {micro_steps} micro-steps profiled, micro-steps 3..{case.accum_steps} "
+                         "repeat micro-step 2")
+        if size == high and steps == micro_steps:
+            case_first = first
+        else:
+            case_first = None
+            notes.append("first-step peak: profiled at the group's largest micro-batch only" if size != high else
+                         f"first-step peak: profiled with the group's first {micro_steps} micro-batches only")
+        results.append((_record(runner, case, workload, state, profile_, case_first, steps, notes), profile_))
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """What of a host micro-batch decides a step's sizes: its tree and each leaf's kind
+    (`kinds`), and the numbers in it (`numbers`: each tensor's sizes, and its strides when it
+    is not contiguous, integer leaves), among them the batch dimension."""
+
+    kinds: tuple
+    numbers: tuple[int, ...]
+
+
+def batch_shape(batch: Any) -> BatchShape:
+    """The `BatchShape` of one host micro-batch. Tensors (and arrays) count by dtype and sizes,
+    integers as numbers, other plain values (str, float, bool, None) by value, any other
+    object by its type only."""
+    leaves, spec = tree_flatten(batch)
+    kinds: list = [spec]
+    numbers: list[int] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            contiguous = leaf.is_contiguous()
+            kinds.append(("tensor", leaf.dtype, leaf.dim(), contiguous))
+            numbers += [*leaf.shape, *(() if contiguous else leaf.stride())]
+        elif isinstance(leaf, int) and not isinstance(leaf, bool):
+            kinds.append(("int",))
+            numbers.append(leaf)
+        elif leaf is None or isinstance(leaf, (bool, float, complex, str, bytes)):
+            kinds.append(("value", leaf))
+        elif hasattr(leaf, "shape") and hasattr(leaf, "dtype"):  # a NumPy array
+            kinds.append(("array", str(leaf.dtype), len(leaf.shape)))
+            numbers += [int(n) for n in leaf.shape]
+        else:
+            kinds.append(("object", type(leaf).__qualname__))
+    return BatchShape(tuple(kinds), tuple(numbers))
+
+
+def batch_shapes(workload, cases: Sequence[Case], seed: int) -> dict[int, list[BatchShape]]:
+    """For each micro-batch size of the cases, the shapes of the host micro-batches the runner
+    makes for the case of that size with the most micro-steps (the others step on the first N
+    of them): made the same way (`prepare_case`: one generator seeded with `seed`), one at a
+    time and dropped once its shape is taken."""
+    most: dict[int, int] = {}
+    for case in cases:
+        most[case.micro_batch] = max(most.get(case.micro_batch, 0), case.accum_steps)
+    shapes = {}
+    for size, count in sorted(most.items()):
+        generator = torch.Generator().manual_seed(seed)
+        shapes[size] = [batch_shape(workload.make_batch(size, generator)) for _ in range(count)]
+    return shapes
+
+
+def _replay_rule(shapes: dict[int, list[BatchShape]], low: int, high: int, micro_steps: int,
+                 decided: str | None, uniform: Callable[[int, int], bool]
+                 ) -> tuple[Callable[[int], BatchShape] | None, str | None]:
+    """A function giving the `BatchShape` of a micro-batch of any size, when the micro-batches
+    at `low` and `high` have one shape whose numbers are each constant or proportional to the
+    micro-batch; else None and why not."""
+    if decided:
+        return None, f"sizes depend on the batch's values ({decided})"
+    if not (uniform(low, micro_steps) and uniform(high, micro_steps)):
+        odd = low if not uniform(low, micro_steps) else high
+        return None, f"the micro-batches of micro-batch {odd} differ in shape"
+    a, b = shapes[low][0], shapes[high][0]
+    per_sample: list[tuple[int, bool]] = []
+    if a.kinds == b.kinds and len(a.numbers) == len(b.numbers):
+        for x, y in zip(a.numbers, b.numbers):
+            if x == y:
+                per_sample.append((x, False))
+            elif x * high == y * low and y % high == 0:
+                per_sample.append((y // high, True))
+            else:
+                break
+        else:
+            return (lambda size: BatchShape(a.kinds, tuple(k * size if scaled else k for k, scaled in per_sample)),
+                    None)
+    return None, f"micro-batches {low} and {high} differ in more than their batch dimension"
+
+
+def _between_steps(state: TrainingState) -> dict[str, list[tuple]]:
+    """Sizes and storage bytes of the tensors alive between steps, by category."""
+    return {category: sorted((tuple(t.shape), t.untyped_storage().nbytes()) for t in tensors)
+            for category, tensors in live_tensors(state).items()}
+
+
+def _batches_of(probe: Case, micro_batch: int, workload, state: TrainingState, seed: int,
+                accum_steps: int | None = None) -> PreparedCase:
+    """The probe's step on micro-batches of another size (and count), over the same (warmed-up)
+    state: the first micro-batches the runner makes for a case of that size."""
     generator = torch.Generator().manual_seed(seed)
-    host = [workload.make_batch(micro_batch, generator) for _ in range(probe.accum_steps)]
+    host = [workload.make_batch(micro_batch, generator) for _ in range(accum_steps or probe.accum_steps)]
     return PreparedCase(probe.scenario, workload, state, host, loss_weights(workload, host, probe.loss_norm))
 
 
@@ -176,13 +372,9 @@ def proportional(low: StepProfile, low_size: int, high: StepProfile, high_size: 
 
 
 def _record(runner: Runner, case: Case, workload, state: TrainingState, steady: StepProfile,
-            first: StepProfile | None, micro_steps: int, note: str | None) -> Record:
-    notes = [n for n in (note,) if n]
-    if case.accum_steps > micro_steps:
-        notes.append(f"accumulation: {micro_steps} micro-steps profiled, micro-steps 3..{case.accum_steps} "
-                     "repeat micro-step 2")
-    if first is None:
-        notes.append("first-step peak: profiled at the group's largest micro-batch only")
+            first: StepProfile | None, micro_steps: int, notes: Sequence[str]) -> Record:
+    """The record of a case from its steady profile (of `micro_steps` micro-steps), its
+    warm-up profile when that was this case's, and the notes that say how it was obtained."""
     measurement = estimate_measurement(steady, runner.meter.assumptions, first, "; ".join(notes) or None,
                                        accum_steps=case.accum_steps)
     flops = steady.flops * case.accum_steps // micro_steps
@@ -272,5 +464,6 @@ def groups_of(cases: Iterable[Case]) -> int:
     return len({group_key(c) for c in cases})
 
 
-__all__ = ["MAX_MICRO_STEPS", "EstimateRunner", "estimate_cases", "estimate_each", "estimate_group", "estimate_runner", "group_key",
-           "groups_of", "predicted_oom", "proportional"]
+__all__ = ["MAX_MICRO_STEPS", "BatchShape", "EstimateRunner", "batch_shape", "batch_shapes", "estimate_cases",
+           "estimate_each", "estimate_group", "estimate_runner", "group_key", "groups_of", "predicted_oom",
+           "proportional"]

@@ -24,8 +24,9 @@ per device kind in `accumbench.estimate_assumptions`:
   finished (the harness synchronises after each step).
 - The host-to-device copy of each micro-batch (the fake step sees a copy of a host tensor) runs
   on the stream at `host_to_device_bandwidth`.
-- Accumulation: the fake step runs at most two micro-steps (see `accumbench.estimate`); the
-  second one's ops are repeated for micro-steps 3..N, before the optimizer step's ops.
+- Accumulation: where micro-steps 3..N repeat micro-step 2 (`accumbench.estimate` checks it),
+  the fake step runs two micro-steps and the second one's ops are repeated for micro-steps
+  3..N, before the optimizer step's ops; otherwise it runs all N.
 
 What it cannot see:
 - kernel fusion, and the real kernel count of an op (a CUDA op may launch several kernels;

@@ -435,6 +435,13 @@ class EstimateMeter(Meter):
         the `moe_routing` assumption)."""
         return self._values is not None and self._values.assumption_read
 
+    @property
+    def batch_decided(self) -> str | None:
+        """The first op (or `.item()` read) of this case where the batch's values decided a
+        size (`KnownValues.batch_decided`), or None: then every micro-step and every size must
+        be profiled (accumbench.estimate)."""
+        return self._values.batch_decided if self._values is not None else None
+
     def _fake(self) -> contextlib.ExitStack:
         """The fake-tensor mode and, over it, the values that resolve data-dependent ops."""
         stack = contextlib.ExitStack()

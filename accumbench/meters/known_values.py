@@ -3,8 +3,8 @@
 Fake tensors have sizes but no values, so an op whose result depends on values fails on them:
 `.item()` (`aten._local_scalar_dense`), `nonzero`, `torch.where(mask)`, `masked_select`,
 `unique`, a loop over the experts a router hit. A careful estimator resolves each one in one of
-two ways, and `KnownValues` (a dispatch mode under the tracker, over the fake-tensor mode) does
-both:
+three ways, and `KnownValues` (a dispatch mode under the tracker, over the fake-tensor mode) does
+all three:
 
 - **The value-producing part runs for real on small real tensors.** Every tensor whose value
   does not depend on the model's weights (the batch, `arange`/`zeros` constants, masks and
@@ -22,6 +22,22 @@ both:
   every expert gets the same number of tokens; `worst`: every token picks experts 0..k-1, so k
   experts get every token). `assumption_read` tells whether such values ever decided a size;
   only then does the peak depend on the assumption.
+- **Where only some inputs decide the sizes, only those need values.** `h[mask]` keeps as many
+  rows of the activation `h` as the mask has true elements, `masked_select(h, mask)` as many
+  elements, `ctc_loss` makes its `log_alpha` as long as the longest target: the values of the
+  activations never decide a size. `SIZE_INPUTS` names, per op, the inputs whose values decide
+  its output sizes (or that the kernel reads as indices and lengths); when those are known the
+  op is resolved though the others are not: boolean masks of `index` become the integer indices
+  the real kernel makes of them (`mask.nonzero()`, which fake tensors take as they are), a
+  `masked_select` result gets the mask's count, and the `ctc_loss` kernels run for real on
+  zeros of the activations' sizes. Its outputs get the real sizes and no values.
+
+Values that came from the micro-batch are marked (a real tensor that enters the fake step: the
+scenario copies each host tensor of the batch to the device, `TrainingState.to_device`, and
+everything computed from one): `batch_decided` names the first op whose output sizes, or a
+value read on the host, depended on them. Such a step can change its sizes from one micro-batch
+to the next even when every micro-batch has the same shapes, which `accumbench.estimate` must
+know before it repeats or rescales a profiled micro-step.
 
 Anything else ends the case with `UnmodelledOp`: one line that names the op.
 """
@@ -55,6 +71,19 @@ DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_FLOAT_BYTES = 1 << 20
 # Ops whose indices output routes tokens: (op, index of the indices output).
 ROUTING_OPS = {aten.topk.default: 1, aten.argmax.default: 0}
+# Ops whose output sizes depend on the values of these inputs only (the others lend their
+# sizes, strides and dtypes): an index's masks, masked_select's mask, the targets and lengths
+# ctc_loss reads (it sizes log_alpha by the longest target, and indexes with the others).
+SIZE_INPUTS: dict[Any, tuple[str, ...]] = {
+    aten.index.Tensor: ("indices",),
+    aten.masked_select.default: ("mask",),
+    aten._ctc_loss.default: ("targets",),
+    aten._ctc_loss.Tensor: ("targets", "input_lengths", "target_lengths"),
+    aten._ctc_loss_backward.default: ("targets",),
+    aten._ctc_loss_backward.Tensor: ("targets", "input_lengths", "target_lengths"),
+}
+# Ops that make a constant of a real tensor (`torch.tensor(0.0)`): not a value from the batch.
+LIFT_OPS = frozenset({aten.lift_fresh.default, aten.lift_fresh_copy.default})
 
 
 def routing_indices(shape: tuple[int, ...], dim: int, choices: int, k: int, routing: str) -> torch.Tensor:
@@ -77,7 +106,11 @@ def known_tensors_look_real(values: "KnownValues") -> Iterator[None]:
     """Libraries that take another branch for fake tensors (transformers' `is_tracing`: "a fake
     tensor means torch.compile is tracing, do not read values") see a fake tensor whose value the
     estimate holds as a real one, so the estimate runs the branch the real step runs (e.g. SDPA's
-    `is_causal` instead of a materialised mask). Fake tensors of unknown value stay fake."""
+    `is_causal` instead of a materialised mask). Fake tensors of unknown value stay fake.
+
+    Then transformers' `warn_if_padding_and_no_attention_mask` runs as in the real step, and
+    reads the batch (is the pad token among the first and last ids?) only to log a warning: what
+    it reads decides no size (`KnownValues.deciding_nothing`)."""
     module = sys.modules.get("transformers.utils.import_utils")
     original = getattr(module, "is_fake_tensor", None)
     if original is None:
@@ -87,11 +120,32 @@ def known_tensors_look_real(values: "KnownValues") -> Iterator[None]:
     def is_fake_tensor(x) -> bool:
         return original(x) and values.value_of(x) is None
 
+    model_class = getattr(sys.modules.get("transformers.modeling_utils"), "PreTrainedModel", None)
+    warn = getattr(model_class, "warn_if_padding_and_no_attention_mask", None)
+
+    def warn_if_padding_and_no_attention_mask(model, *args, **kwargs):
+        with values.deciding_nothing():
+            return warn(model, *args, **kwargs)
+
     module.is_fake_tensor = is_fake_tensor
+    if warn is not None:
+        model_class.warn_if_padding_and_no_attention_mask = warn_if_padding_and_no_attention_mask
     try:
         yield
     finally:
         module.is_fake_tensor = original
+        if warn is not None:
+            model_class.warn_if_padding_and_no_attention_mask = warn
+
+
+def _fake_like(value: Any) -> Any:
+    """A fake tensor with the sizes, strides and storage bytes of a real one (made while the
+    fake mode is current); anything else as it is."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    itemsize = value.element_size()
+    storage = torch.empty(-(-value.untyped_storage().nbytes() // itemsize), dtype=value.dtype)
+    return storage.as_strided(value.shape, value.stride(), value.storage_offset())
 
 
 class KnownValues(TorchDispatchMode):
@@ -109,8 +163,11 @@ class KnownValues(TorchDispatchMode):
         self._values = WeakIdKeyDictionary()   # fake tensor -> real tensor
         self._assumed = WeakIdKeyDictionary()  # fake tensor -> True when its value is assumed
         self._stale = WeakIdKeyDictionary()    # fake storage -> True once written without values
+        self._from_batch = WeakIdKeyDictionary()  # fake tensor -> True when its value came from the batch
         self.routing_calls = 0
         self.assumption_read = False
+        self.batch_decided: str | None = None  # the first op whose sizes the batch's values decided
+        self._deciding_nothing = 0  # > 0 inside code whose reads decide no size
 
     # --- values --------------------------------------------------------------------------
     def value_of(self, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -129,7 +186,7 @@ class KnownValues(TorchDispatchMode):
                 self._values.pop(tensor, None)
                 self._stale[tensor.untyped_storage()] = True
 
-    def _remember(self, fake: Any, real: Any, assumed: bool) -> None:
+    def _remember(self, fake: Any, real: Any, assumed: bool, from_batch: bool = False) -> None:
         fakes, reals = tree_flatten(fake)[0], tree_flatten(real)[0]
         if len(fakes) != len(reals):
             return
@@ -137,10 +194,32 @@ class KnownValues(TorchDispatchMode):
             if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and f.shape == r.shape \
                     and f.dtype == r.dtype:
                 self._values[f] = r
-                if assumed:
-                    self._assumed[f] = True
-                else:
-                    self._assumed.pop(f, None)
+                for marks, marked in ((self._assumed, assumed), (self._from_batch, from_batch)):
+                    if marked:
+                        marks[f] = True
+                    else:
+                        marks.pop(f, None)
+
+    def _is_from_batch(self, func, tensors: list[torch.Tensor]) -> bool:
+        """Whether any of these inputs holds values from the batch: a real tensor entering the
+        fake step (other than a constant being lifted), or a fake one computed from such."""
+        return any(t in self._from_batch if isinstance(t, FakeTensor) else func not in LIFT_OPS
+                   for t in tensors)
+
+    def _decided_by_batch(self, func, tensors: list[torch.Tensor]) -> None:
+        """Note (once) that the batch's values decided what `func` did, when they did."""
+        if self.batch_decided is None and not self._deciding_nothing and self._is_from_batch(func, tensors):
+            self.batch_decided = op_name(func)
+
+    @contextlib.contextmanager
+    def deciding_nothing(self) -> Iterator[None]:
+        """Code run in here reads values from the batch that decide no size (a check that only
+        logs a warning): `batch_decided` does not count them."""
+        self._deciding_nothing += 1
+        try:
+            yield
+        finally:
+            self._deciding_nothing -= 1
 
     def _small(self, out: Any) -> bool:
         return all(t.untyped_storage().nbytes() <= (self.max_float_bytes if t.is_floating_point() else self.max_bytes)
@@ -167,7 +246,7 @@ class KnownValues(TorchDispatchMode):
         except (DynamicOutputShapeException, DataDependentOutputException):
             return self._data_dependent(func, args, kwargs, tensors, known, assumed)
         except UnsupportedOperatorException:
-            if known and tensors:
+            if (known and tensors) or func in SIZE_INPUTS:
                 return self._data_dependent(func, args, kwargs, tensors, known, assumed)
             raise UnmodelledOp(op_name(func), "it has no fake kernel, and its inputs' values are not known") from None
         except Exception as exc:
@@ -181,7 +260,8 @@ class KnownValues(TorchDispatchMode):
                    if arg.alias_info is not None and arg.alias_info.is_write and isinstance(a, torch.Tensor)]
         if known and self._small(out):
             try:
-                self._remember(out, self._real(func, args, kwargs, tensors), assumed)
+                self._remember(out, self._real(func, args, kwargs, tensors), assumed,
+                               self._is_from_batch(func, tensors))
                 return out
             except Exception:  # a value is a help, never a requirement: forget it
                 pass
@@ -195,6 +275,7 @@ class KnownValues(TorchDispatchMode):
     def _read(self, func, tensor: torch.Tensor, known: bool, assumed: bool) -> Any:
         if known:
             self.assumption_read |= assumed
+            self._decided_by_batch(func, [tensor])  # a value read on the host may decide sizes
             with unset_fake_temporarily():
                 return self.value_of(tensor).item()
         try:
@@ -208,21 +289,65 @@ class KnownValues(TorchDispatchMode):
     def _data_dependent(self, func, args, kwargs, tensors, known: bool, assumed: bool) -> Any:
         """A result whose size depends on values: run it for real, give the fake result its sizes."""
         if not known:
+            if func in SIZE_INPUTS:
+                return self._sized_by_some(func, args, kwargs)
             raise UnmodelledOp(op_name(func), "its output size depends on the values of tensors computed "
                                               "from weights or activations, which the estimate does not hold")
         self.assumption_read |= assumed
+        self._decided_by_batch(func, tensors)
         real = self._real(func, args, kwargs, tensors)
-
-        def fake_like(value):
-            if not isinstance(value, torch.Tensor):
-                return value
-            itemsize = value.element_size()
-            storage = torch.empty(-(-value.untyped_storage().nbytes() // itemsize), dtype=value.dtype)
-            return storage.as_strided(value.shape, value.stride(), value.storage_offset())
-
-        out = tree_map(fake_like, real)
-        self._remember(out, real, assumed)
+        out = tree_map(_fake_like, real)
+        self._remember(out, real, assumed, self._is_from_batch(func, tensors))
         return out
+
+    def _sized_by_some(self, func, args, kwargs) -> Any:
+        """An op of `SIZE_INPUTS` whose size-deciding inputs are known and others are not: its
+        outputs with the real sizes, and no values (they depend on the unknown inputs)."""
+        named = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
+        deciding = [t for name in SIZE_INPUTS[func] for t in tree_flatten(named.get(name))[0]
+                    if isinstance(t, torch.Tensor)]
+        if func is aten.index.Tensor:  # integer indices lend their shapes only, masks their values
+            deciding = [t for t in deciding if t.dtype in (torch.bool, torch.uint8)]
+        unknown = [t for t in deciding if self.value_of(t) is None]
+        if unknown:
+            raise UnmodelledOp(op_name(func), f"its output size depends on the values of its "
+                                              f"{' and '.join(SIZE_INPUTS[func])}, computed from weights or "
+                                              "activations, which the estimate does not hold")
+        self.assumption_read |= any(t in self._assumed for t in deciding if isinstance(t, FakeTensor))
+        self._decided_by_batch(func, deciding)
+        if func is aten.index.Tensor:
+            # What the real kernel does first (`expandTensors`): each boolean mask becomes one
+            # integer index per dimension, `nonzero` of the mask; the fake kernel takes those.
+            indices = []
+            for index in args[1]:
+                value = None if index is None else self.value_of(index)
+                if value is not None and value.dtype in (torch.bool, torch.uint8):
+                    with unset_fake_temporarily():
+                        nonzero = value.nonzero()
+                    indices += [nonzero.select(1, j) for j in range(value.dim())]
+                else:
+                    indices.append(index)
+            return func(args[0], indices)
+        if func is aten.masked_select.default:
+            # The real kernel resizes an empty result to the broadcast mask's count of trues.
+            source, mask = named["self"], self.value_of(named["mask"])
+            shape = torch.broadcast_shapes(source.shape, mask.shape)
+            with unset_fake_temporarily():
+                count = int(mask.expand(shape).count_nonzero())
+            return torch.empty((count,), dtype=source.dtype, device=source.device)
+        # The ctc_loss kernels: run for real, the unknown inputs replaced by zeros of their sizes,
+        # strides and dtypes (their values change the outputs' values, not their sizes).
+        values = {}
+        with unset_fake_temporarily():
+            for tensor in tree_flatten((args, kwargs))[0]:
+                if isinstance(tensor, torch.Tensor):
+                    value = self.value_of(tensor)
+                    values[id(tensor)] = value if value is not None else \
+                        torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).zero_()
+            swap = lambda x: values[id(x)] if isinstance(x, torch.Tensor) else x  # noqa: E731
+            with torch.no_grad():
+                real = func(*tree_map(swap, args), **tree_map(swap, kwargs))
+        return tree_map(_fake_like, real)
 
     def _assume_routing(self, func, args, kwargs, out) -> None:
         """Give the indices of a top-k over unknown scores the assumed routing."""
