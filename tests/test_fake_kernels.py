@@ -188,6 +188,21 @@ def test_unfold_and_fold_allocate_what_the_real_kernels_do(dtype, transposed, sh
     assert fake == real
 
 
+# --- EmbeddingBag: offset2bag and bag_size on longer storages ------------------------------------
+
+@pytest.mark.parametrize("op", [aten._embedding_bag.default, aten._embedding_bag_forward_only.default])
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["sum", "mean", "max"])
+@pytest.mark.parametrize("include_last_offset", [False, True])
+@pytest.mark.parametrize("padding_idx", [-1, 2])
+def test_embedding_bag_allocates_what_the_real_kernel_does(op, mode, include_last_offset, padding_idx):
+    weight, indices = torch.randn(10, 4), torch.tensor([1, 2, 4, 5, 4, 3, 2])
+    offsets = torch.tensor([0, 2, 4, 7] if include_last_offset else [0, 2, 4])
+    per_sample = torch.rand(7) if mode == 0 else None
+    real, fake = real_and_fake(op, weight, indices, offsets, False, mode, False, per_sample, include_last_offset,
+                               padding_idx)
+    assert fake == real
+
+
 # --- norms: fp32 statistics for a bf16/fp16 input with fp32 parameters -------------------------------
 
 def batch_norm_calls(x, w, b, rm, rv):

@@ -40,6 +40,12 @@ Each one below says what CUDA's kernel does; the one allocation only the CPU ker
   `param_scalar_type`), where the meta kernel gives them the input's dtype. CUDA's kernels keep
   them in fp32 as well (accumulate type; cuDNN's batch norm in the weights' fp32). The
   functional variants' updated running statistics keep the running statistics' dtype.
+- `aten._embedding_bag` and `_embedding_bag_forward_only` (`nn.EmbeddingBag` on the CPU): the
+  real kernel allocates `offset2bag` on one element more than the indices and `bag_size`, with
+  `include_last_offset`, on one per offset, and shrinks both with `resize_`, keeping the larger
+  storage; the meta kernel has the final sizes (and the forward-only one other sizes with
+  `include_last_offset`). CUDA's kernel is not modelled here: the CUDA
+  kinds keep torch's result.
 - `aten.native_group_norm_backward`: the real kernel (group_norm.cpp, for every device) makes
   grad_input like the input (bf16 under CPU autocast); the meta kernel makes it fp32, and
   autograd then adds a copy back to bf16.
@@ -299,6 +305,43 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     return grad_input, grad_weight, grad_bias
 
 
+# --- EmbeddingBag on the CPU: index buffers allocated one element longer, then shrunk ---------
+
+def embedding_bag_kernel(op) -> Callable[..., tuple]:
+    """A fake kernel for `aten._embedding_bag` (or its forward-only twin) that allocates as the
+    CPU kernel does (EmbeddingBag.cpp, checked against it in tests/test_fake_kernels.py):
+    `offset2bag`, when it is made, on indices + 1 elements resized to indices; with
+    `include_last_offset`, `bag_size` on one element per offset resized to one per bag, except
+    that the forward-only kernel in sum mode leaves `bag_size` and `max_indices` at one per
+    offset. Torch's fake result for the CUDA kinds."""
+    names = [argument.name for argument in op._schema.arguments]
+    forward_only = op is aten._embedding_bag_forward_only.default
+
+    def kernel(*args, **kwargs):
+        output, offset2bag, bag_size, max_indices = result = op(*args, **kwargs)
+        if cuda_imitated():
+            return result
+        bound = {**dict(zip(names, args)), **kwargs}
+        if offset2bag.numel():
+            offset2bag = _longer_storage(offset2bag, offset2bag.numel() + 1)
+        if bound.get("include_last_offset"):
+            offsets = bound["offsets"].numel()
+            if forward_only and bound.get("mode", 0) == 0:
+                max_indices = torch.empty(offsets, dtype=max_indices.dtype, device=max_indices.device)
+            else:
+                bag_size = _longer_storage(bag_size, offsets, (offsets - 1,))
+        return output, offset2bag, bag_size, max_indices
+
+    kernel.__name__ = kernel.__qualname__ = f"cpu_{op.__name__.replace('.', '_')}"
+    return kernel
+
+
+def _longer_storage(tensor: torch.Tensor, elements: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A tensor of `shape` (default `tensor`'s) and dtype on a storage of `elements` elements
+    (an `empty` then `resize_`, as the real kernel does)."""
+    return torch.empty(elements, dtype=tensor.dtype, device=tensor.device).resize_(shape or tensor.shape)
+
+
 # A literal registry: op -> fake kernel taking the op's own arguments.
 FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._grouped_mm.default: grouped_mm,
@@ -315,8 +358,11 @@ FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._batch_norm_with_update_functional.default: fp32_statistics_kernel(
         aten._batch_norm_with_update_functional.default, running_outputs=(4, 5)),
     aten.native_group_norm_backward.default: native_group_norm_backward,
+    aten._embedding_bag.default: embedding_bag_kernel(aten._embedding_bag.default),
+    aten._embedding_bag_forward_only.default: embedding_bag_kernel(aten._embedding_bag_forward_only.default),
 }
 
-__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "col2im", "cuda_imitated", "fp32_statistics_kernel",
+__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "col2im", "cuda_imitated", "embedding_bag_kernel",
+           "fp32_statistics_kernel",
            "grouped_mm", "im2col", "imitating_cuda", "lstm_workspace_bytes", "mkldnn_rnn_layer",
            "mkldnn_rnn_layer_backward", "native_group_norm_backward", "op_name"]
