@@ -27,6 +27,20 @@ BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
 # values than the request would (a record without the field, e.g. an older file, is not compared).
 RESUME_SETTINGS = ("warmup_steps", "steps_setting", "seed", "meter", "device_name", "torch_version")
 STOP_REASONS = ("ci-target", "time-cap", "fixed")
+# Integers a reader turns into numpy int64 columns (report, plan) or multiplies: anything above
+# int64 is a corrupted or hand-edited file, and would raise OverflowError there.
+MAX_INT = 2**63 - 1
+# The field types a reader relies on (beyond the checks of `Record.validate` on values): a
+# hand-edited `"case_id": [1]` would otherwise crash `run --resume` (unhashable) and `report`.
+_STRING_FIELDS = ("run_id", "case_id", "workload", "scenario", "amp", "optimizer", "loss_norm", "status", "meter",
+                  "device_name", "torch_version", "accumbench_version", "timestamp", "hostname", "checkpoint")
+_NONEMPTY_STRING_FIELDS = ("case_id", "workload", "scenario")
+_OPTIONAL_STRING_FIELDS = ("layout", "steps_setting", "stop_reason", "error", "traceback", "timeline", "freeze",
+                           "trainable", "lora", "lever_note", "cuda_version", "git_commit")
+_BOOL_FIELDS = ("set_to_none", "retain_graph", "compile")
+_COUNT_FIELDS = ("warmup_steps", "measured_steps", "parameters", "trainable_parameters")  # >= 0 or None
+_OPTIONAL_SECONDS_FIELDS = ("predicted_step_time_s", "compile_time_s")
+_OPTIONAL_DICT_FIELDS = ("equivalence", "distributed", "assumptions")
 
 
 class RecordError(ValueError):
@@ -139,6 +153,11 @@ class Record:
         if missing:
             raise RecordError(f"missing field(s): {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in known}
+        # JSON arrays become tuples; anything else there is named here, not left to tuple()'s
+        # "'int' object is not iterable".
+        for name in ("tasks", "step_times_s", "median_step_time_ci_s"):
+            if values.get(name) is not None and not isinstance(values[name], (list, tuple)):
+                raise RecordError(f"{name} must be a list, got {values[name]!r}")
         if values.get("tasks") is not None:
             values["tasks"] = tuple(values["tasks"])
         values["step_times_s"] = tuple(values.get("step_times_s") or ())
@@ -149,20 +168,26 @@ class Record:
         return record
 
     def validate(self) -> None:
-        """Raise `RecordError` when a field holds a value the contract does not allow."""
+        """Raise `RecordError` when a field holds a value the contract does not allow: a wrong
+        type (a string that is a list, a count that is text or a float), an integer beyond
+        int64, a negative or non-finite number, or a status, meter or stop reason not known."""
+        self._validate_types()
         if self.status not in STATUSES:
             raise RecordError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
         if self.meter not in METERS:
             raise RecordError(f"meter {self.meter!r} is not one of {', '.join(METERS)}")
         for name in ("micro_batch", "accum_steps", "effective_batch", "world_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise RecordError(f"{name} must be a positive integer, got {value!r}")
+            _check_not_too_large(name, value)
         for name in ("peak_allocated", "first_step_peak_allocated", "peak_reserved",
                      "baseline_allocated", "device_total_memory", "flops_per_step"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise RecordError(f"{name} must be a non-negative integer of bytes, got {value!r}")
+            if value is not None and (not _is_int(value) or value < 0):
+                unit = "" if name == "flops_per_step" else " of bytes"
+                raise RecordError(f"{name} must be a non-negative integer{unit}, got {value!r}")
+            _check_not_too_large(name, value)
         # Throughput that is negative, NaN or infinite is impossible: a reader that drew or
         # gated it would crash or decide on garbage (a hand-edited or corrupted file).
         for name in ("samples_per_s", "tokens_per_s", "mfu"):
@@ -180,6 +205,67 @@ class Record:
             raise RecordError(
                 f"step_times_s must hold non-negative finite numbers of seconds, got {bad_times[0]!r}"
             )
+
+    def _validate_types(self) -> None:
+        """The types of the identity, provenance and block fields (`RecordError` naming one)."""
+        for name in _STRING_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise RecordError(f"{name} must be a string, got {value!r}")
+        for name in _NONEMPTY_STRING_FIELDS:
+            if not getattr(self, name).strip():
+                raise RecordError(f"{name} must not be empty")
+        for name in _OPTIONAL_STRING_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise RecordError(f"{name} must be a string or null, got {value!r}")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise RecordError(f"{name} must be true or false, got {value!r}")
+        for name in _COUNT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise RecordError(f"{name} must be a non-negative integer, got {value!r}")
+            _check_not_too_large(name, value)
+        # A seed is whatever torch takes: 64 bits, signed or not.
+        if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64):
+            raise RecordError(f"seed must be an integer of at most 64 bits, got {self.seed!r}")
+        if not _is_int(self.schema):
+            raise RecordError(f"schema must be an integer, got {self.schema!r}")
+        if self.tasks is not None and not all(isinstance(t, str) for t in self.tasks):
+            raise RecordError(f"tasks must be a list of task names, got {list(self.tasks)!r}")
+        if not isinstance(self.workload_options, dict):
+            raise RecordError(f"workload_options must be an object, got {self.workload_options!r}")
+        for name in _OPTIONAL_DICT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise RecordError(f"{name} must be an object or null, got {value!r}")
+        if self.breakdown is not None:
+            if not isinstance(self.breakdown, dict):
+                raise RecordError(f"breakdown must be an object of bytes per category, got {self.breakdown!r}")
+            for key, value in self.breakdown.items():
+                if not _is_int(value) or value < 0:
+                    raise RecordError(f"breakdown[{key!r}] must be a non-negative integer of bytes, got {value!r}")
+                _check_not_too_large(f"breakdown[{key!r}]", value)
+        ci = self.median_step_time_ci_s
+        if ci is not None and (len(ci) != 2 or not all(_non_negative_number(t) for t in ci)):
+            raise RecordError(f"median_step_time_ci_s must be two non-negative numbers of seconds, got {list(ci)!r}")
+        for name in _OPTIONAL_SECONDS_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not _non_negative_number(value):
+                raise RecordError(f"{name} must be a non-negative finite number of seconds, got {value!r}")
+
+
+def _check_not_too_large(name: str, value: Any) -> None:
+    """`RecordError` for an integer above `MAX_INT` (int64): no meter counts that far."""
+    if value is not None and value > MAX_INT:
+        raise RecordError(f"{name} is too large: {value} (at most 2**63 - 1)")
+
+
+def _is_int(value: Any) -> bool:
+    """True for an int that is not a bool (JSON's true and false are ints to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _non_negative_number(value: Any) -> bool:

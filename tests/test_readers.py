@@ -52,6 +52,58 @@ def test_impossible_values_are_refused_naming_file_and_line(tmp_path, fields, na
         read_records(path)
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"case_id": [1]}, "case_id must be a string, got [1]"),
+    ({"case_id": None}, "case_id must be a string, got None"),
+    ({"scenario": 7}, "scenario must be a string, got 7"),
+    ({"workload": ""}, "workload must not be empty"),
+    ({"micro_batch": 10**30}, "micro_batch is too large"),
+    ({"micro_batch": 1e30}, "micro_batch must be a positive integer, got 1e+30"),
+    ({"flops_per_step": 10**30}, "flops_per_step is too large"),
+    ({"set_to_none": "yes"}, "set_to_none must be true or false, got 'yes'"),
+    ({"amp": 3}, "amp must be a string, got 3"),
+    ({"tasks": 5}, "tasks must be a list, got 5"),
+    ({"step_times_s": 5}, "step_times_s must be a list, got 5"),
+    ({"median_step_time_ci_s": [1]}, "median_step_time_ci_s must be two non-negative numbers"),
+    ({"breakdown": "x"}, "breakdown must be an object"),
+    ({"breakdown": {"params": -1}}, "breakdown['params'] must be a non-negative integer"),
+    ({"seed": 2**70}, "seed must be an integer of at most 64 bits"),
+    ({"device_name": None}, "device_name must be a string, got None"),
+    ({"workload_options": []}, "workload_options must be an object"),
+])
+def test_fields_of_the_wrong_type_are_refused_naming_file_and_line(tmp_path, fields, message):
+    # Hand-edited files: before, these read fine and crashed report (TypeError, OverflowError)
+    # or run --resume (an unhashable case id).
+    path = write_with(tmp_path / "r.jsonl", fields)
+    with pytest.raises(RecordError) as caught:
+        read_records(path)
+    assert str(caught.value).startswith(f"{path}:2: ") and message in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "run --resume"])
+def test_a_list_case_id_exits_2_with_one_line(tmp_path, command):
+    bad = write_with(tmp_path / "r.jsonl", {"case_id": [1]})
+    good = tmp_path / "good.jsonl"
+    write_records(good, records())
+    args = {"report": ["report", bad, "--out", tmp_path / "report"], "compare": ["compare", good, bad],
+            "run --resume": ["run", "--device", "cpu", "--workload", "mlp", "--micro-batch", "2", "--accum-steps",
+                             "1", "--steps", "1", "--out", bad, "--resume"]}[command]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}:2: case_id must be a string, got [1]" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_every_committed_results_file_still_reads():
+    # Records files only: the timelines sidecars (*.timelines.jsonl) are another format.
+    root = Path(__file__).resolve().parents[1] / "results"
+    paths = sorted(p for p in root.rglob("*.jsonl") if not p.name.endswith(".timelines.jsonl"))
+    assert paths
+    for path in paths:
+        assert read_records(path), path
+
+
 def test_report_of_a_negative_throughput_exits_2_naming_file_and_line_and_writes_nothing(tmp_path):
     path = write_with(tmp_path / "r.jsonl", {"samples_per_s": -5.0})
     out = tmp_path / "report"
