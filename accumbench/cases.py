@@ -17,6 +17,10 @@ Suite file format (see `accumbench/suites/smoke.toml`):
     checkpoint = "blocks"      # levers (accumbench.levers): checkpoint, freeze, trainable,
     compile = true             #   lora = "r=8,targets=qkv", compile
 
+Every value is checked when the suite loads (type, range, known key and scenario), and a bad one
+is a `SuiteError` naming the file, the group (or [defaults]) and the key: nothing is measured.
+Micro-batches are at most 2**31 - 1 and accumulation steps at most 1,000,000 (`MAX_*` below).
+
 Expansion: the (micro_batch, accum_steps) grid; `large-batch` runs one batch of each distinct
 effective size (accum 1); `accumulated` runs the pairs with accum >= 2 (accum 1 *is* the large
 batch); the multi-task scenarios run every pair.
@@ -39,6 +43,15 @@ else:  # pragma: no cover
 BUILTIN_SUITES = ("smoke", "default")
 CASE_KNOBS = ("warmup", "steps", "amp", "set_to_none", "loss_norm",
               "checkpoint", "freeze", "trainable", "lora", "compile")
+SUITE_KEYS = ("description", "defaults", "group")
+# Upper bounds on the grid, for suites and the --micro-batch/--accum-steps flags alike. A batch
+# dimension above 2**31 - 1 overflows the 32-bit indexing of many CUDA kernels and could never
+# fit in memory anyway. A case makes its N host micro-batches up front and runs N micro-steps
+# per optimizer step, so a million is far beyond any run that ends; without a bound a typo like
+# 99999999999999999999 hangs the command instead of failing.
+MAX_MICRO_BATCH = 2**31 - 1
+MAX_ACCUM_STEPS = 10**6
+MAX_EFFECTIVE_BATCH = MAX_MICRO_BATCH  # the large batch of an effective batch is one micro-batch
 
 
 class SuiteError(ValueError):
@@ -72,6 +85,13 @@ class Case:
     def __post_init__(self) -> None:
         from accumbench.levers import LeverError, Levers
 
+        problems = [knob_problem("workload", self.workload), knob_problem("scenario", self.scenario),
+                    _count_problem("micro_batch", self.micro_batch, MAX_MICRO_BATCH),
+                    _count_problem("accum_steps", self.accum_steps, MAX_ACCUM_STEPS),
+                    *(knob_problem(key, getattr(self, key)) for key in CASE_KNOBS)]
+        problem = next((p for p in problems if p), None)
+        if problem:  # a case that cannot run never reaches the runner (every step of it would fail)
+            raise SuiteError(problem)
         try:
             levers = Levers.of(self)
         except LeverError as exc:
@@ -119,6 +139,48 @@ def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1)
     return "/".join(parts + Levers.of(case).id_parts())
 
 
+def _is_int(value: Any) -> bool:
+    """True for an int that is not a bool (TOML and JSON booleans are ints to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_problem(key: str, value: Any, maximum: int) -> str | None:
+    """What is wrong with a positive integer setting (None: nothing)."""
+    if not _is_int(value) or value < 1:
+        return f"{key} must be a positive integer, got {value!r}"
+    if value > maximum:
+        return f"{key} must be at most {maximum:,}, got {value:,}"
+    return None
+
+
+def knob_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one case setting (a `CASE_KNOBS` key, `workload` or `scenario`), as
+    one line naming the key; None when the value is fine. Checked when a suite is loaded and
+    when a `Case` is made, so a bad value is refused (exit 2) before anything is measured
+    instead of failing every case, or being taken as true because it is a non-empty string."""
+    if key in ("warmup", "steps"):
+        if key == "steps" and value is None:
+            return None
+        if not _is_int(value) or value < 1:
+            return f"{key} must be a positive integer, got {value!r}"
+        return None
+    if key in ("amp", "loss_norm"):
+        from accumbench.scenarios import AMP_DTYPES, LOSS_NORMS  # what the scenario code takes
+
+        choices = tuple(AMP_DTYPES) if key == "amp" else LOSS_NORMS
+        return None if isinstance(value, str) and value in choices else \
+            f"{key} must be one of {', '.join(choices)}, got {value!r}"
+    if key in ("set_to_none", "compile"):
+        return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r}"
+    if key in ("checkpoint", "freeze", "trainable", "lora"):
+        if value is None and key != "checkpoint":
+            return None
+        return None if isinstance(value, str) else f"{key} must be a string, got {value!r}"
+    if key in ("workload", "scenario"):
+        return None if isinstance(value, str) and value.strip() else f"{key} must be a non-empty string, got {value!r}"
+    return f"unknown case setting {key!r}; known: {', '.join(CASE_KNOBS)}"
+
+
 def expand_group(
     workload: str,
     scenarios: Sequence[str],
@@ -135,6 +197,14 @@ def expand_group(
     for value in list(micro_batches) + list(accum_steps) + list(effective_batches or []):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SuiteError(f"batch sizes and accumulation steps must be positive integers, got {value!r}")
+    caps = [] if max_effective_batch is None else [max_effective_batch]
+    bounded = [("micro_batch", v, MAX_MICRO_BATCH) for v in micro_batches] \
+        + [("accum_steps", v, MAX_ACCUM_STEPS) for v in accum_steps] \
+        + [("effective_batch", v, MAX_EFFECTIVE_BATCH) for v in effective_batches or []] \
+        + [("max_effective_batch", v, MAX_EFFECTIVE_BATCH) for v in caps]
+    problem = next((p for p in (_count_problem(*args) for args in bounded) if p), None)
+    if problem:
+        raise SuiteError(problem)
     if effective_batches:
         pairs = [(m, e // m) for e in effective_batches for m in micro_batches if e % m == 0]
         if not pairs:
@@ -173,15 +243,41 @@ def _int_list(value: Any, key: str, where: str) -> list[int]:
     raise SuiteError(f"{where}: {key} must be an integer or a list of integers, got {value!r}")
 
 
+def _check_knobs(knobs: Mapping[str, Any], label: str) -> None:
+    """Raise `SuiteError` naming `label` and the key for the first bad case setting."""
+    unknown = sorted(set(knobs) - set(CASE_KNOBS))
+    if unknown:
+        raise SuiteError(f"{label}: unknown case setting(s): {', '.join(unknown)}; known: {', '.join(CASE_KNOBS)}")
+    for key, value in knobs.items():
+        problem = knob_problem(key, value)
+        if problem:
+            raise SuiteError(f"{label}: {problem}")
+
+
 def parse_suite(data: Mapping[str, Any], where: str = "suite") -> list[Case]:
-    """Expand a parsed suite (the TOML's dict) into cases; `SuiteError` names what is wrong."""
-    defaults = dict(data.get("defaults", {}))
+    """Expand a parsed suite (the TOML's dict) into cases; `SuiteError` names the file, the
+    group (or [defaults]) and the key of the first value of a wrong type or out of range."""
+    unknown = sorted(set(data) - set(SUITE_KEYS))
+    if unknown:  # e.g. [default] or [[groups]]: silently ignored, the suite would not be what it says
+        raise SuiteError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; a suite has "
+                         f"{', '.join(SUITE_KEYS)}")
+    if not isinstance(data.get("description", ""), str):
+        raise SuiteError(f"{where}: description must be a string, got {data['description']!r}")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, Mapping):
+        raise SuiteError(f"{where}: defaults must be a table ([defaults]), got {defaults!r}")
+    defaults = dict(defaults)
+    _check_knobs(defaults, f"{where}: [defaults]")
     groups = data.get("group")
     if not isinstance(groups, list) or not groups:
         raise SuiteError(f"{where}: needs at least one [[group]] table")
+    from accumbench.scenarios import SCENARIOS
+
     cases: list[Case] = []
     for index, group in enumerate(groups, start=1):
         label = f"{where}: group {index}"
+        if not isinstance(group, Mapping):
+            raise SuiteError(f"{label}: must be a table ([[group]]), got {group!r}")
         group = dict(group)
         try:
             workload = group.pop("workload")
@@ -189,13 +285,26 @@ def parse_suite(data: Mapping[str, Any], where: str = "suite") -> list[Case]:
             micro = _int_list(group.pop("micro_batch"), "micro_batch", label)
         except KeyError as exc:
             raise SuiteError(f"{label}: missing key {exc.args[0]!r}") from None
+        problem = knob_problem("workload", workload)
+        if problem:
+            raise SuiteError(f"{label}: {problem}")
         if isinstance(scenarios, str):
             scenarios = [scenarios]
+        if not isinstance(scenarios, list) or not all(isinstance(s, str) for s in scenarios):
+            raise SuiteError(f"{label}: scenarios must be a scenario name or a list of them, got {scenarios!r}")
+        bad = [s for s in scenarios if s not in SCENARIOS]
+        if bad:
+            raise SuiteError(f"{label}: unknown scenario {bad[0]!r} in scenarios; choose from {', '.join(SCENARIOS)}")
         accum = _int_list(group.pop("accum_steps", [1]), "accum_steps", label)
         effective = group.pop("effective_batch", None)
         effective = _int_list(effective, "effective_batch", label) if effective is not None else None
         cap = group.pop("max_effective_batch", None)
+        if cap is not None and (not _is_int(cap) or cap < 1):
+            raise SuiteError(f"{label}: max_effective_batch must be a positive integer, got {cap!r}")
         options = group.pop("options", {})
+        if not isinstance(options, Mapping):
+            raise SuiteError(f"{label}: options must be a table (options = {{ size = \"tiny\" }}), got {options!r}")
+        _check_knobs(group, label)
         knobs = {**defaults, **group}
         try:
             cases += expand_group(workload, scenarios, micro, accum, effective, cap, options, knobs)
@@ -215,8 +324,13 @@ def load_suite(name_or_path: str) -> list[Case]:
             raise SuiteError(
                 f"suite {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_SUITES)}) nor a file"
             )
-        text = path.read_text(encoding="utf-8")
         where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SuiteError(f"{where}: not UTF-8 text (byte {exc.start}); a suite is a TOML file") from None
+        except OSError as exc:
+            raise SuiteError(f"{where}: cannot read it: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -230,4 +344,5 @@ def override(cases: Iterable[Case], **changes: Any) -> list[Case]:
     return [dataclasses.replace(c, **changes) for c in cases] if changes else list(cases)
 
 
-__all__ = ["Case", "SuiteError", "case_id", "expand_group", "load_suite", "override", "parse_suite"]
+__all__ = ["Case", "MAX_ACCUM_STEPS", "MAX_EFFECTIVE_BATCH", "MAX_MICRO_BATCH",
+           "SuiteError", "case_id", "expand_group", "knob_problem", "load_suite", "override", "parse_suite"]

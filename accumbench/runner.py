@@ -327,11 +327,17 @@ class Runner:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing case is data, not the end of the run
+            try:
+                policy = case_policy(case, self.timing)
+            except ValueError:
+                # The case's own step count is what failed (e.g. steps=-1 from code that built
+                # the Case around its checks): the error record must still be written, not a
+                # second exception chained onto the first.
+                policy = self.timing
             return Record(
                 run_id=self.run_id,
                 **self._provenance,
-                **identity_fields(case, workload, default_optimizer_label(workload),
-                                  case_policy(case, self.timing)),
+                **identity_fields(case, workload, default_optimizer_label(workload), policy),
                 **error_fields(exc),
                 timestamp=utc_timestamp(),
             )

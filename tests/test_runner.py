@@ -11,6 +11,7 @@ from accumbench.runner import Runner, is_out_of_memory
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_oom_is_recorded_and_the_run_goes_on(plugin_path):
     cases = expand_group(f"{plugin_path}:oom_above_8", ["large-batch", "accumulated"], [4, 16], [1, 2],
                          knobs={"warmup": 1, "steps": 2})
@@ -90,3 +91,12 @@ def test_out_of_memory_detection():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_case_whose_step_count_is_invalid_still_gives_an_error_record():
+    # Case refuses steps < 1; code can still set it around that check. The error record's
+    # path asks for the step policy again: it must not raise a second, chained exception.
+    case = Case("mlp", "large-batch", 2, 1, (("size", "tiny"),), warmup=1, steps=1)
+    object.__setattr__(case, "steps", -1)
+    record = Runner(CPU).measure(case)
+    assert record.status == "error" and "steps must be at least 1" in record.error, record.error
