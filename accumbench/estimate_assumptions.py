@@ -64,6 +64,8 @@ the cpu meter's number to the byte, which is how the estimate is validated witho
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -72,12 +74,19 @@ SPEED_FIELDS = ("peak_flops_bf16", "peak_flops_fp16", "peak_flops_tf32", "peak_f
                 "kernel_floor_seconds",
                 "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
 # The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
-from accumbench.textfmt import parse_size
+from accumbench.textfmt import format_bytes, parse_size
 
 MIB = 1 << 20
 GIB = 1 << 30
 ATTENTION_KERNELS = ("auto", "flash", "efficient", "math")
 MOE_ROUTINGS = ("balanced", "worst")
+# Byte sizes and counts (each an int; total_memory_bytes may be None: unbounded).
+BYTE_FIELDS = ("total_memory_bytes", "reserve_bytes", "allocator_round_bytes", "cublas_workspace_bytes",
+               "cublaslt_workspace_bytes", "cudnn_workspace_bytes", "scratch_bytes")
+COUNT_FIELDS = ("gemm_threads",)
+# Speed constants that may be 0 (a host cost that is not there, e.g. host_tensor_seconds as
+# fitted); every other speed constant is a rate or a fraction of one, so 0 would divide by 0.
+ZERO_OK_SPEED_FIELDS = ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "kernel_floor_seconds")
 
 
 @dataclass(frozen=True)
@@ -114,18 +123,40 @@ class DeviceAssumptions:
     moe_routing: str = "balanced"
 
     def __post_init__(self) -> None:
+        """Check every field's type and range; ValueError names the field (an --assume key)."""
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
                              f"got {self.attention_kernel!r}")
         if self.moe_routing not in MOE_ROUTINGS:
             raise ValueError(f"moe_routing must be one of {', '.join(MOE_ROUTINGS)}, got {self.moe_routing!r}")
-        for name in ("reserve_bytes", "cublas_workspace_bytes", "cublaslt_workspace_bytes",
-                     "gemm_threads", "cudnn_workspace_bytes", "scratch_bytes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+        for name in BYTE_FIELDS + COUNT_FIELDS:
+            value = getattr(self, name)
+            if name == "total_memory_bytes" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value!r}")
         if self.allocator_round_bytes < 1:
             raise ValueError("allocator_round_bytes must be at least 1 (1 = exact sizes)")
-        self.speed()  # validates the speed constants when they are all given
+        for name in ("attention_scratch", "cuda_autocast"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.total_memory_bytes is not None and self.usable_memory_bytes <= 0:
+            # Every case would be predicted out of memory, and summaries would print a negative
+            # "usable" size: a typo in one of the two.
+            raise ValueError(f"total_memory_bytes ({format_bytes(self.total_memory_bytes)}) must be larger than "
+                             f"reserve_bytes ({format_bytes(self.reserve_bytes)}): nothing would be usable")
+        for name in SPEED_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name not in ZERO_OK_SPEED_FIELDS):
+                raise ValueError(f"{name} must be {'non-negative' if name in ZERO_OK_SPEED_FIELDS else 'positive'}, "
+                                 f"got {value!r}")
+        self.speed()  # validates the speed constants together when they are all given
 
     def speed(self):
         """The `accumbench.steptime.SpeedConstants` of this kind, or None when any is unknown."""
@@ -165,7 +196,13 @@ class DeviceAssumptions:
         return dataclasses.asdict(self)
 
 
+# A size typed without a unit whose number is not whole ('2.5', '1e-3'): bytes come whole.
+_FRACTIONAL_BARE_NUMBER = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*$")
+
+
 def _typed(key: str, value: Any, annotation: str) -> Any:
+    """An --assume value's text as the field's type; ValueError naming `key` when it is not one
+    (range checks are `DeviceAssumptions.__post_init__`'s)."""
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -173,9 +210,12 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
         if text.lower() == "none":
             return None
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise ValueError(f"{key} takes a number (e.g. 989e12, 5e-6), got {value!r}") from None
+        if not math.isfinite(number):  # float() reads 'nan' and 'inf'; a record would store null
+            raise ValueError(f"{key} takes a finite number (e.g. 989e12, 5e-6), got {value!r}")
+        return number
     if "bool" in annotation:
         if text.lower() in ("true", "yes", "on", "1"):
             return True
@@ -185,12 +225,24 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     if "int" in annotation:
         if "None" in annotation and text.lower() == "none":
             return None
-        return parse_size(text)
+        if key in COUNT_FIELDS:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{key} takes a whole number (e.g. 2), got {value!r}") from None
+        try:
+            size = parse_size(text)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+        if _FRACTIONAL_BARE_NUMBER.match(text) and not float(text).is_integer():
+            raise ValueError(f"{key} takes a whole number of bytes or a size with a unit (e.g. 32MiB), got {value!r}")
+        return size
     return text
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Parse repeated KEY=VALUE texts into a dict; ValueError names a malformed one."""
+    """Parse repeated KEY=VALUE texts into a dict; ValueError names a malformed one. The values
+    are typed and checked, naming their key, by `assumptions_for` (`DeviceAssumptions`)."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

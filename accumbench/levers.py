@@ -359,9 +359,17 @@ def with_levers(workload: Any, levers: Levers) -> Any:
 def check_levers(levered_workload: Any) -> None:
     """Build one model of a `with_levers` workload on the meta device (no memory; compile is
     lazy, so nothing compiles), so a bad pattern fails before anything is measured. Raises
-    LeverError."""
-    with torch.device("meta"):
-        levered_workload.build_model()
+    LeverError: the lever's own, or one line naming the workload and the exception when its
+    `build_model` raises anything else (a plug-in can raise anything; the commands turn the
+    line into exit 2 instead of a traceback)."""
+    try:
+        with torch.device("meta"):
+            levered_workload.build_model()
+    except LeverError:
+        raise
+    except Exception as exc:
+        detail = f": {str(exc).splitlines()[0]}" if str(exc).strip() else ""
+        raise LeverError(f"workload {levered_workload.name}: build_model raised {type(exc).__name__}{detail}") from exc
 
 
 def trainable_parameters(model: nn.Module) -> int:

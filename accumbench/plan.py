@@ -134,7 +134,11 @@ def divisor_pairs(effective_batch: int) -> list[tuple[int, int]]:
     ascending."""
     if effective_batch < 1:
         raise PlanError(f"effective batch must be a positive integer, got {effective_batch}")
-    return [(m, effective_batch // m) for m in range(1, effective_batch + 1) if effective_batch % m == 0]
+    # Divisors come in pairs (m, N/m) with m <= sqrt(N): O(sqrt N) steps, not N (a scan of every
+    # number up to N takes forever for a batch of 2**31, let alone a typo of 20 digits).
+    small = [m for m in range(1, math.isqrt(effective_batch) + 1) if effective_batch % m == 0]
+    micro_batches = sorted(set(small) | {effective_batch // m for m in small})
+    return [(m, effective_batch // m) for m in micro_batches]
 
 
 def memory_lines(observations: Iterable[Observation]) -> dict[str, MemoryFit]:
@@ -282,13 +286,16 @@ def select_records(records: Sequence[Any], workload: str | None = None, scenario
 def candidate_cases(workload: str, options: dict[str, Any], effective_batch: int, scenario: str | None = None,
                     **knobs: Any) -> list[Any]:
     """The cases to estimate for a plan: every divisor pair of the effective batch, as
-    large-batch (one micro-step) or accumulated, or all in one multi-task `scenario`."""
-    from accumbench.cases import Case
+    large-batch (one micro-step) or accumulated, or all in one multi-task `scenario`; pairs with
+    more accumulation steps than a case may have (`MAX_ACCUM_STEPS`) are left to the fitted line."""
+    from accumbench.cases import MAX_ACCUM_STEPS, Case
 
     frozen = tuple(sorted(options.items()))
     knobs = {k: v for k, v in knobs.items() if v is not None}
     cases = []
     for micro, accum in divisor_pairs(effective_batch):
+        if accum > MAX_ACCUM_STEPS:  # a case cannot be made (nor estimated in any sane time)
+            continue
         name = scenario or ("large-batch" if accum == 1 else "accumulated")
         cases.append(Case(workload, name, micro, accum, frozen, **knobs))
     return cases

@@ -199,11 +199,34 @@ def test_missing_file_exits_2(files):
     ("--memory-tolerance", "lots", "cannot read tolerance 'lots'"),
     ("--throughput-tolerance", "1MiB", "use a percentage like '10%'"),
     ("--alpha", "2", "not in the range"),
+    # NaN passes click's FloatRange; before, the message named --throughput-tolerance.
+    ("--alpha", "nan", "Invalid value for '--alpha': 'nan' is not a finite number"),
+    ("--throughput-tolerance", "-10%", "'-10%' is negative"),
+    ("--throughput-tolerance", "mean:-10%", "is negative"),
+    # 0.5 read as bytes would be 0 bytes (rounded): surely 0.5% was meant.
+    ("--memory-tolerance", "0.5", "'0.5' is ambiguous: give '0.5%' or a whole number of bytes"),
+    ("--memory-tolerance", "1.5", "'1.5' is ambiguous: give '1.5%'"),
 ])
 def test_bad_options_exit_2(files, option, value, message):
     result = invoke("compare", "base.jsonl", "cur.jsonl", option, value)
     assert result.exit_code == 2
     assert message in result.stderr
+    assert "Traceback" not in result.output
+    if option == "--throughput-tolerance":  # a throughput tolerance is never bytes
+        assert "bytes" not in result.stderr and "KiB" not in result.stderr, result.stderr
+
+
+def test_whole_bytes_stay_a_memory_tolerance(files):
+    for value in ("4096", "1e3", "64KiB", "0"):
+        result = invoke("compare", "base.jsonl", "base.jsonl", "--memory-tolerance", value)
+        assert result.exit_code == 0, (value, result.output)
+
+
+def test_markdown_and_json_together_exit_2(files):
+    result = invoke("compare", "base.jsonl", "cur.jsonl", "--markdown", "--json")
+    assert result.exit_code == 2
+    assert "--markdown and --json exclude each other" in result.stderr and "Traceback" not in result.output
+    assert result.stdout == ""
 
 
 def test_help_lists_the_commands():

@@ -48,6 +48,22 @@ def test_plugin_workload_runs_every_scenario_it_supports(tmp_path, plugin_path):
         (["--workload", "mlp", "--micro-batch", "8,x"], "--micro-batch takes comma-separated"),
         (["--suite", "nope"], "neither a built-in"),
         (["--workload", "mlp", "--workload-opt", "size"], "--workload-opt takes KEY=VALUE"),
+        # NaN passes click's FloatRange (every comparison with NaN is false); inf means no cap.
+        (["--workload", "mlp", "--ci-target", "nan", "--list"], "Invalid value for '--ci-target': 'nan' is not a finite"),
+        (["--workload", "mlp", "--time-cap", "nan", "--list"], "Invalid value for '--time-cap': 'nan' is not a finite"),
+        (["--workload", "mlp", "--time-cap", "inf", "--list"], "Invalid value for '--time-cap': 'inf' is not a finite"),
+        (["--workload", "mlp", "--seed", "99999999999999999999999", "--list"], "does not fit in 64 bits"),
+        (["--workload", "mlp", "--accum-steps", "99999999999999999999"],
+         "error: --accum-steps 99999999999999999999 is too large (at most 1,000,000)"),
+        (["--workload", "mlp", "--micro-batch", "2147483648"], "error: --micro-batch 2147483648 is too large"),
+        (["--workload", "gpt", "--workload-opt", "padded=maybe", "--list"],
+         "error: workload gpt: option padded takes true or false (also yes/no, on/off, 1/0), got 'maybe'"),
+        (["--workload", "gpt", "--workload-opt", "seq_len=abc", "--list"],
+         "error: workload gpt: option seq_len takes a whole number, got 'abc'"),
+        (["--workload", "shared-trunk", "--workload-opt", "seq_len=0", "--list"],
+         "error: workload shared-trunk: option seq_len must be at least 1, got 0"),
+        (["--workload", "{plugin}:build_raises", "--freeze", "x", "--list"],
+         "error: workload plugin-mlp-build-raises: build_model raised ZeroDivisionError: division by zero"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, plugin_path, args, message):
@@ -56,6 +72,37 @@ def test_bad_input_exits_2_with_one_line(tmp_path, plugin_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    if message.startswith("error: "):  # ours (click's own usage errors print a usage line first)
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\nsteps = -1\n',
+         "group 1: steps must be a positive integer, got -1"),
+        ('[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\nwarmup = 0\n',
+         "group 1: warmup must be a positive integer, got 0"),
+        ('[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\namp = "fp8"\n',
+         "group 1: amp must be one of none, bf16, fp16, got 'fp8'"),
+        ('[defaults]\nwarmup = "two"\n[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\n',
+         "[defaults]: warmup must be a positive integer, got 'two'"),
+        ('[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\nset_to_none = "yes"\n',
+         "group 1: set_to_none must be true or false, got 'yes'"),
+        ('[[group]]\nworkload = "mlp"\nscenarios = ["large-batch"]\nmicro_batch = [2]\ncompile = "yes"\n',
+         "group 1: compile must be true or false, got 'yes'"),
+        ('[[group]]\nworkload = 5\nscenarios = ["large-batch"]\nmicro_batch = [2]\n',
+         "group 1: workload must be a non-empty string, got 5"),
+        (b"\xff\xfe garbage", "not UTF-8 text"),
+    ],
+)
+def test_bad_suite_file_exits_2_naming_the_file_and_key(tmp_path, text, message):
+    suite = tmp_path / "suite.toml"
+    suite.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--suite", str(suite), "--list"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {suite}: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
 def test_optimizer_factory_that_refuses_a_stand_in_model_still_names_the_case(tmp_path, plugin_path):

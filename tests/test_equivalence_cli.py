@@ -114,12 +114,25 @@ def test_a_failing_workload_is_an_error_record_with_a_hint(tmp_path):
     (["--workload-opt", "size=tiny"], "--workload-opt needs --workload"),
     (["--workload", "mlp", "--workload-opt", "nokey"], "--workload-opt takes KEY=VALUE"),
     (["--workload", "mlp", "--workload-opt", "colour=red"], "does not take options"),
+    (["--accum-steps", "99999999999999999999"], "--accum-steps 99999999999999999999 is too large"),
+    # check builds each model (on the meta device) before checking: a build that raises was a traceback
+    (["--workload", f"{Path(__file__).parent / 'workloads' / 'plugin_models.py'}:build_raises"],
+     "error: workload plugin-mlp-build-raises: build_model raised ZeroDivisionError: division by zero"),
+    (["--workload", "gpt", "--workload-opt", "padded=maybe"], "option padded takes true or false"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = invoke(*args)
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_seed_beyond_64_bits_exits_2():
+    # torch raises "Overflow when unpacking long long" for it: before, a failed check (exit 1).
+    result = invoke("--workload", "mlp", "--seed", "99999999999999999999999")
+    assert result.exit_code == 2
+    assert "Invalid value for '--seed'" in result.stderr and "does not fit in 64 bits" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_existing_out_file_is_not_overwritten_silently(tmp_path):

@@ -190,11 +190,26 @@ def invoke(*args: str):
     (["--workload", "hf:gpt2-tiny", "--workload-opt", "task=translate"], "error: unknown task 'translate'"),
     (["--workload", "hf:gpt2-tiny", "--workload-opt", "seq_len=4096"], "error: seq_len=4096 exceeds the config's 32 positions"),
     (["--workload", "hf:vit-tiny", "--workload-opt", "task=causal-lm"], "error: transformers has no causal-lm model"),
+    # A string was true ('maybe'), int() failed without naming the option, 0 fell back to the config's size.
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "padded=maybe"],
+     "error: workload hf:gpt2-tiny: option padded takes true or false (also yes/no, on/off, 1/0), got 'maybe'"),
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "seq_len=abc"],
+     "error: workload hf:gpt2-tiny: option seq_len takes a whole number, got 'abc'"),
+    (["--workload", "hf:vit-tiny", "--workload-opt", "image_size=0"],
+     "error: workload hf:vit-tiny: option image_size must be at least 1, got 0"),
+    (["--workload", "hf:vit-tiny", "--workload-opt", "dtype=5"], "error: workload hf:vit-tiny: option dtype takes one of"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = invoke("estimate", "--device-kind", "cpu", *args, "--micro-batch", "2", "--accum-steps", "1")
     assert result.exit_code == 2
     assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
+
+
+def test_boolean_text_from_a_suite_means_what_it_says():
+    # padded = "false" in a suite's options is false: no "-padded" in the name, no padding.
+    workload = load_workload("hf:gpt2-tiny", {"padded": "false", "seq_len": "16"})
+    assert workload.name == "hf-gpt2-tiny-s16" and workload.options["padded"] is False
+    assert load_workload("hf:gpt2-tiny", {"padded": "yes"}).options["padded"] is True
 
 
 def test_missing_transformers_is_one_line_and_exit_2(monkeypatch):

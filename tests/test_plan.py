@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from accumbench.cases import Case
+from accumbench.cases import MAX_ACCUM_STEPS, MAX_EFFECTIVE_BATCH, Case
 from accumbench.cli import main
 from accumbench.plan import (
     ACCUMULATED,
@@ -16,6 +16,7 @@ from accumbench.plan import (
     NothingFits,
     Observation,
     PlanError,
+    candidate_cases,
     divisor_pairs,
     format_plan,
     make_plan,
@@ -44,6 +45,31 @@ def test_divisor_pairs():
     assert divisor_pairs(1) == [(1, 1)]
     with pytest.raises(PlanError):
         divisor_pairs(0)
+    for n in (2, 16, 36, 97, 360, 1024, 3 * 5 * 7 * 11):  # squares, primes, powers of two
+        assert divisor_pairs(n) == [(m, n // m) for m in range(1, n + 1) if n % m == 0], n
+
+
+def test_divisor_pairs_of_a_huge_batch_take_no_time():
+    # Scanning every number up to N hung the plan; divisors come in pairs below sqrt(N).
+    assert divisor_pairs(MAX_EFFECTIVE_BATCH) == [(1, MAX_EFFECTIVE_BATCH), (MAX_EFFECTIVE_BATCH, 1)]  # a prime
+    assert len(divisor_pairs(2**30)) == 31
+
+
+def test_candidates_leave_out_more_accumulation_steps_than_a_case_may_have():
+    cases = candidate_cases("mlp", {}, 2**21)
+    assert cases and all(c.accum_steps <= MAX_ACCUM_STEPS for c in cases)
+    assert (2**21, 1) in {(c.micro_batch, c.accum_steps) for c in cases}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--effective-batch", "99999999999999999999"], "Invalid value for '--effective-batch'"),
+    (["--effective-batch", "8", "--compile"], "error: the estimate meter does not predict --compile"),
+])
+def test_plan_refuses_up_front(args, message):
+    result = CliRunner().invoke(main, ["plan", "--workload", "mlp", "--memory-budget", "1GiB", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert "estimating" not in result.stderr  # refused before the first estimate, not after each
 
 
 def test_lines_fit_the_observations_per_kind():
@@ -133,6 +159,7 @@ def test_select_records_names_the_mixed_setting():
 
 # --- on real results: the recommendation fits when it is run -------------------------------------
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_plan_from_real_cpu_results_recommends_a_configuration_that_fits(tmp_path):
     runner = Runner(torch.device("cpu"))
     tiny = (("size", "tiny"),)

@@ -85,7 +85,9 @@ def test_estimate_and_plan_accept_the_same_size_forms():
     from accumbench.estimate_assumptions import assumptions_for
 
     for text in ("24GiB", "24GB", "24 GiB", "80e9", "1000000"):
-        assert assumptions_for("h100", {"total_memory_bytes": text}).total_memory_bytes == parse_size(text)
+        # reserve 0: a total at or below the 1 GiB reserve is refused (nothing usable)
+        overrides = {"total_memory_bytes": text, "reserve_bytes": "0"}
+        assert assumptions_for("h100", overrides).total_memory_bytes == parse_size(text)
 
 
 def test_text_table_aligns_columns_and_never_truncates_or_marks_up():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accumbench.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload
+from accumbench.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload, parse_option_value
 from accumbench.workloads.gpt import IGNORE_INDEX
 
 
@@ -66,6 +66,28 @@ def test_bad_workload_specs_give_one_clear_line(plugin_path, spec, message):
     with pytest.raises(WorkloadError, match=message) as info:
         load_workload(spec.format(plugin=plugin_path))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("spec, options, message", [
+    ("gpt", {"padded": "maybe"}, "workload gpt: option padded takes true or false (also yes/no, on/off, 1/0), got 'maybe'"),
+    ("gpt", {"padded": 2}, "option padded takes true or false"),
+    ("gpt", {"seq_len": "abc"}, "workload gpt: option seq_len takes a whole number, got 'abc'"),
+    ("gpt", {"seq_len": 0}, "workload gpt: option seq_len must be at least 1, got 0"),
+    ("two-models", {"seq_len": 12.5}, "workload two-models: option seq_len takes a whole number, got 12.5"),
+])
+def test_bad_option_values_are_named(spec, options, message):
+    # Before: 'maybe' was true (a non-empty string), int('abc') failed as "raised ValueError:
+    # invalid literal for int()" without naming seq_len.
+    with pytest.raises(WorkloadError) as info:
+        load_workload(spec, options)
+    assert message in str(info.value), info.value
+
+
+def test_option_text_is_typed():
+    assert load_workload("gpt", {"padded": "no", "seq_len": "16"}).options == {"size": "tiny", "seq_len": 16,
+                                                                              "padded": False}
+    assert load_workload("gpt", {"padded": 1}).name == "gpt-tiny-padded"
+    assert parse_option_value("nan") == "nan" and parse_option_value("1e3") == 1000.0  # only finite numbers
 
 
 def test_unknown_option_for_builtin():

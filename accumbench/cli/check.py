@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input, int_list, lever_options, lever_settings, open_results, workload_options
+from accumbench.cases import MAX_MICRO_BATCH
+from accumbench.cli.common import (
+    SEED,
+    fail_input,
+    int_list,
+    lever_options,
+    lever_settings,
+    open_results,
+    workload_options,
+)
 
 # The built-ins that make the point, at their tiny size: two that accumulate exactly, one with
 # BatchNorm, one with padded sequences (varying valid tokens per micro-batch).
@@ -29,7 +38,7 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
               help="Option for the workload factory (every --workload given), repeatable, e.g. padded=true.")
 @click.option("--accum-steps", default="2,4,8", show_default=True,
               help="Comma-separated accumulation counts N to compare with one batch of n*N.")
-@click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--micro-batch", type=click.IntRange(min=1, max=MAX_MICRO_BATCH), default=4, show_default=True,
               help="Samples per micro-batch n.")
 @click.option("--loss-norm", type=click.Choice(["mean", "token", "both"]), default="both", show_default=True,
               help="mean: each micro-batch's mean loss / N. token: weighted by valid-token count (sum / total "
@@ -37,7 +46,7 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 shows the method's error, not rounding (tolerance 1e-10); float32 is what training "
                    "sees (tolerance 1e-5).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the model and the batch.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the model and the batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch; tiny models run fastest on one.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -101,7 +110,7 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     for spec, opts in targets:
         try:
             workload = with_levers(load_workload(spec, opts), levers)
-            check_levers(workload)
+            check_levers(workload)  # builds it on the meta device: a build that raises is exit 2
             norms = loss_norms_for(workload, config.loss_norm)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -119,14 +120,56 @@ def fail_input(message: str) -> NoReturn:
     sys.exit(2)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses NaN and infinity (exit 2, as an out-of-range value).
+
+    FloatRange compares the value with its bounds, and every comparison with NaN is False, so
+    it lets 'nan' through (and 'inf' where there is no upper bound); no option of these
+    commands means anything by them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The float, checked against the range and for being finite."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+class SeedType(click.ParamType):
+    """An integer seed that torch accepts: `torch.manual_seed` and `torch.Generator.manual_seed`
+    take -2**63 .. 2**64 - 1 and raise "Overflow when unpacking long long" beyond, which would
+    only show up once a case runs (an error record); refused here instead (exit 2)."""
+
+    name = "integer"
+    LOW, HIGH = -(2**63), 2**64 - 1
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """The seed as an int, within 64 bits."""
+        number = click.INT.convert(value, param, ctx)
+        if not self.LOW <= number <= self.HIGH:
+            self.fail(f"{number} does not fit in 64 bits (a seed is from -2**63 to 2**64 - 1).", param, ctx)
+        return number
+
+
+SEED = SeedType()
+
+
 def int_list(text: str, flag: str) -> list[int]:
-    """Parse '8,16,32' into [8, 16, 32]; exit 2 with a message on anything else."""
+    """Parse '8,16,32' into [8, 16, 32]; exit 2 with a message on anything else, including a
+    value above the flag's bound (`accumbench.cases.MAX_MICRO_BATCH`, `MAX_ACCUM_STEPS`)."""
+    from accumbench.cases import MAX_ACCUM_STEPS, MAX_MICRO_BATCH
+
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         fail_input(f"{flag} takes comma-separated positive integers, got {text!r}")
     if not values or any(v < 1 for v in values):
         fail_input(f"{flag} takes comma-separated positive integers, got {text!r}")
+    # Without a bound, --accum-steps 99999999999999999999 makes a case that loops (or allocates
+    # host batches) forever; the bounds and why they are enough are in accumbench.cases.
+    limit = {"--micro-batch": MAX_MICRO_BATCH, "--accum-steps": MAX_ACCUM_STEPS}.get(flag)
+    if limit is not None and max(values) > limit:
+        fail_input(f"{flag} {max(values)} is too large (at most {limit:,})")
     return values
 
 
@@ -221,7 +264,7 @@ def validate_cases(runner, cases) -> None:
                 from accumbench.levers import ESTIMATE_REFUSES_COMPILE
 
                 fail_input(ESTIMATE_REFUSES_COMPILE)
-        except (WorkloadError, ValueError) as exc:
+        except (WorkloadError, ValueError) as exc:  # LeverError too: check_levers' failed builds
             fail_input(str(exc))
 
 

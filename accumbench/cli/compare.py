@@ -7,9 +7,12 @@ commands because `accumbench --help` imports every command module.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
+
+from accumbench.cli.common import FiniteFloatRange
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT = 0, 1, 2
 
@@ -20,13 +23,42 @@ class InputError(click.ClickException):
     exit_code = EXIT_INPUT
 
 
+# A number with no unit and no %: bytes to Tolerance.parse. '0.5' there would mean 0 bytes (rounded)
+# when the user surely meant 0.5%, so a bare number that is not whole is refused as ambiguous.
+_BARE_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def _memory_tolerance(ctx: click.Context, param: click.Parameter, value: str):
+    """--memory-tolerance as a `MemoryCheck`; a bad or ambiguous value is a usage error (exit 2)."""
     from accumbench.gate.checks import MemoryCheck
 
+    raw = str(value).strip()
+    if _BARE_NUMBER.fullmatch(raw) and not float(raw).is_integer():
+        raise click.BadParameter(f"{raw!r} is ambiguous: give '{raw}%' or a whole number of bytes "
+                                 f"(or a size such as '64KiB')")
     try:
         return MemoryCheck.parse(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _throughput_check(text: str, alpha: float, gated: bool):
+    """--throughput-tolerance as a `ThroughputCheck`, or click.BadParameter naming that option
+    with the forms it takes (a percentage; the shared tolerance parser would suggest bytes)."""
+    from accumbench.compare import ThroughputCheck
+
+    hint = "use a percentage like '10%' or 'STAT:10%' with STAT median, mean or min"
+    raw = str(text).strip()
+    amount = raw.rpartition(":")[2].strip()
+    if amount.startswith("-"):
+        raise click.BadParameter(f"{raw!r} is negative: the tolerance is how much slower a step may get; {hint}",
+                                 param_hint="'--throughput-tolerance'")
+    if not re.fullmatch(r"(?:\d+(?:\.\d*)?|\.\d+)\s*%", amount):
+        raise click.BadParameter(f"cannot read {raw!r}: {hint}", param_hint="'--throughput-tolerance'")
+    try:
+        return ThroughputCheck.parse(raw, alpha=alpha, gated=gated)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--throughput-tolerance'") from None
 
 
 def _interactive() -> bool:
@@ -55,11 +87,11 @@ def _read(path: str, side: str):
 @click.option("--memory-tolerance", "memory_check", default="0.5%", show_default=True,
               callback=_memory_tolerance,
               help="How much a case's peak_allocated may grow: a percentage of the baseline or "
-                   "bytes ('0', '4096', '64KiB').")
+                   "whole bytes ('0', '4096', '64KiB'); a bare '0.5' is refused as ambiguous.")
 @click.option("--throughput-tolerance", default="10%", show_default=True,
               help="How much the step time may slow down before a significant change counts: "
                    "'10%' or 'STAT:10%' with STAT median (default), mean or min.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.002,
+@click.option("--alpha", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.002,
               show_default=True,
               help="Significance level of the two-sided Mann-Whitney U test on step times.")
 @click.option("--throughput-gate/--no-throughput-gate", default=True, show_default=True,
@@ -69,13 +101,13 @@ def _read(path: str, side: str):
               help="Compare even when meters, devices or torch versions differ.")
 @click.option("--fail-on-missing", is_flag=True,
               help="Fail (exit 1) when a baseline case is missing from the current results.")
-@click.option("--markdown", "fmt", flag_value="markdown", help="Print Markdown (for a PR comment).")
-@click.option("--json", "fmt", flag_value="json", help="Print JSON (for tools).")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown (for a PR comment); not with --json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for tools); not with --markdown.")
 @click.option("--summary-file", envvar="GITHUB_STEP_SUMMARY", type=click.Path(dir_okay=False),
               show_envvar=True,
               help="Append the Markdown report to this file (default: $GITHUB_STEP_SUMMARY when set).")
 def compare(baseline, current, memory_check, throughput_tolerance, alpha, throughput_gate,
-            allow_device_mismatch, fail_on_missing, fmt, summary_file):
+            allow_device_mismatch, fail_on_missing, as_markdown, as_json, summary_file):
     """Compare CURRENT results with BASELINE results; exit 1 on a regression.
 
     Cases are matched by case_id (and world_size). For each case the table shows peak memory
@@ -103,17 +135,16 @@ def compare(baseline, current, memory_check, throughput_tolerance, alpha, throug
     """
     from accumbench.compare import (
         MismatchError,
-        ThroughputCheck,
         compare_results,
         render_json,
         render_markdown,
         render_text,
     )
 
-    try:
-        throughput_check = ThroughputCheck.parse(throughput_tolerance, alpha=alpha, gated=throughput_gate)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--throughput-tolerance'") from None
+    if as_markdown and as_json:  # one output format: the other would be silently dropped
+        raise click.UsageError("--markdown and --json exclude each other: give one")
+    fmt = "markdown" if as_markdown else "json" if as_json else None
+    throughput_check = _throughput_check(throughput_tolerance, alpha, throughput_gate)
     base_records = _read(baseline, "baseline")
     cur_records = _read(current, "current")
     try:

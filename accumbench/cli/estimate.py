@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
+    SEED,
     SUITE_RULES,
     case_selection_options,
     fail_input,
@@ -57,7 +58,7 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
               help="Also trace each case's fake step into OUT.timelines.jsonl (as run --timeline); "
                    "estimates every case on its own, without the grouped replay, so it is slower.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would be estimated, and exit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for batches (sizes never depend on it).")
 @click.option("--parallel", type=click.Choice(["none", "fsdp"]), default="none", show_default=True,
               help="fsdp: predict rank 0's peak under FSDP2 for --world-size ranks, in this process, on a "
                    "fake process group (micro-batch per rank; accumulated with and without sync).")
@@ -99,6 +100,10 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
     from accumbench.estimate import EstimateRunner, estimate_runner, groups_of
     from accumbench.session import execute
 
+    if world_size is not None and parallel != "fsdp":
+        fail_input("--world-size needs --parallel fsdp")
+    if parallel == "fsdp" and world_size is None:
+        fail_input("--parallel fsdp needs --world-size W (the number of GPUs to predict for)")
     assumptions = device_assumptions(device_kind, assume)
     options = workload_options(workload_opts)
     if suite is None and workload_spec is None:

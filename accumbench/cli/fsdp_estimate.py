@@ -12,7 +12,8 @@ from accumbench.cli.common import fail_input, format_bytes
 def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int | None,
                           reshard_after_forward: bool, fsdp_wrap: str | None, results, timeline: bool,
                           list_only: bool, seed: int) -> None:
-    """Check the FSDP flags, expand the cases into their FSDP variants, predict each on a fake
+    """Check the FSDP flags (`--parallel fsdp` and `--world-size` together: checked by the
+    caller), expand the cases into their FSDP variants, predict each on a fake
     process group of `world_size` ranks and append each record to `results` (a `ResultsFile`
     under run's rules; None with --list) as soon as it exists."""
     from accumbench.distributed.fsdp import fsdp_cases
@@ -20,10 +21,6 @@ def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int 
     from accumbench.runner import default_optimizer_label
     from accumbench.workloads import WorkloadError, load_workload
 
-    if parallel != "fsdp":
-        fail_input("--world-size needs --parallel fsdp")
-    if world_size is None:
-        fail_input("--parallel fsdp needs --world-size W (the number of GPUs to predict for)")
     if timeline:
         fail_input("--timeline is not available with --parallel fsdp")
     fcases, skipped = fsdp_cases(cases, reshard_after_forward, fsdp_wrap)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from accumbench.cases import MAX_EFFECTIVE_BATCH
 from accumbench.cli.common import fail_input, lever_options, lever_settings, workload_options
 from accumbench.cli.estimate import DEVICE_KINDS, device_assumptions
 
@@ -24,8 +25,8 @@ def _fraction(text: str) -> float:
 
 
 @click.command()
-@click.option("--effective-batch", type=click.IntRange(min=1), required=True,
-              help="Samples per optimizer step (micro-batch x accumulation steps).")
+@click.option("--effective-batch", type=click.IntRange(min=1, max=MAX_EFFECTIVE_BATCH), required=True,
+              help="Samples per optimizer step (micro-batch x accumulation steps), at most 2**31 - 1.")
 @click.option("--memory-budget", required=True, metavar="SIZE",
               help="Device memory you can use: 24GiB (binary), 24GB (decimal), 80e9 or plain bytes.")
 @click.option("--workload", "workload_spec", default=None,
@@ -94,6 +95,12 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     if budget <= 0:
         fail_input(f"--memory-budget must be positive, got {memory_budget!r}")
     margin_value = _fraction(margin)
+    if not results and lever_settings().get("compile"):
+        # Without --results every candidate is estimated, and the estimate refuses --compile:
+        # say so now (exit 2), not after estimating each candidate in turn (exit 1).
+        from accumbench.levers import ESTIMATE_REFUSES_COMPILE
+
+        fail_input(ESTIMATE_REFUSES_COMPILE)
     options = workload_options(workload_opts)
     workload = None
     if workload_spec is not None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
+    SEED,
     SUITE_RULES,
+    FiniteFloatRange,
     case_selection_options,
     fail_input,
     int_list,
@@ -29,12 +31,12 @@ from accumbench.cli.common import (
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Fix the number of timed optimizer steps (default: adaptive, see --ci-target; "
                    "DDP runs 10 unless given).")
-@click.option("--ci-target", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+@click.option("--ci-target", type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
               metavar="FRACTION",
               help="Adaptive timing: after warm-up, time steps until the median step time's 95% "
                    "confidence interval is within +-FRACTION of it (default 0.02 = 2%), or the "
                    "--time-cap is reached; at least 6 steps. Ignored with --steps.")
-@click.option("--time-cap", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+@click.option("--time-cap", type=FiniteFloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Adaptive timing: at most this many seconds of timed steps per case (default "
                    "0.5 on cpu, 2 on cuda: the smoke suite under a minute on 2 CPU cores, the "
                    "default suite under ten minutes on an H100). Ignored with --steps.")
@@ -48,7 +50,7 @@ from accumbench.cli.common import (
               help="Start --out afresh; the old file (and its timelines) is kept as FILE.bak, or FILE.bak.1, ... "
                    "when that exists.")
 @click.option("--list", "list_only", is_flag=True, help="Print the cases that would run, and exit.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for model initialisation and batches.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for model initialisation and batches.")
 @click.option("--timeline", is_flag=True,
               help="Also trace one more step per case and store its memory curve with phase marks in "
                    "OUT.timelines.jsonl (the record's 'timeline' field names it). Off by default; never "
@@ -139,9 +141,13 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
                        reshard_after_forward=reshard_after_forward == "true", fsdp_wrap=fsdp_wrap)
     from accumbench.meters.timing import StepPolicy
 
+    try:  # the timing flags checked together (exit 2) before the results file is looked at
+        timing = StepPolicy.for_device(torch_device.type, ci_target, time_cap)
+    except ValueError as exc:
+        fail_input(str(exc))
     results = None if list_only else open_results(out_path, "accumbench run", resume=resume, overwrite=overwrite)
     runner = Runner(torch_device, seed=seed, timeline_sink=results.timeline_sink() if timeline and results else None,
-                    timing=StepPolicy.for_device(torch_device.type, ci_target, time_cap))
+                    timing=timing)
     validate_cases(runner, cases)
     if list_only:
         for case in cases:

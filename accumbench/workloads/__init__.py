@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,18 +34,23 @@ BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
 
 
 def parse_option_value(text: str) -> Any:
-    """Turn a `KEY=VALUE` option's text into int, float, bool or str."""
+    """Turn a `KEY=VALUE` option's text into int, float, bool or str. 'nan' and 'inf' stay
+    text: no option means a non-finite number by them, and as text a factory that wants a
+    number refuses them by name (see `workloads.base.option_int`)."""
     lowered = text.strip().lower()
     if lowered in ("true", "yes", "on"):
         return True
     if lowered in ("false", "no", "off"):
         return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
 def _load_factory(spec: str) -> Callable[..., Any]:

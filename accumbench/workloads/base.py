@@ -37,6 +37,38 @@ class WorkloadError(ValueError):
     """A workload spec that cannot be loaded; the message is one line for the user."""
 
 
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def option_bool(workload: str, key: str, value: Any) -> bool:
+    """A factory's boolean option: a bool, 0/1, or true/false, yes/no, on/off, 1/0 as text (as
+    `--workload-opt` and suites give it). Anything else is a `WorkloadError` naming the option:
+    a plain truth test would take 'maybe' or 'False ' for true."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise WorkloadError(f"workload {workload}: option {key} takes true or false (also yes/no, on/off, 1/0), "
+                        f"got {value!r}")
+
+
+def option_int(workload: str, key: str, value: Any, minimum: int = 1) -> int:
+    """A factory's whole-number option (a size, a length): an int, or its digits as text, at
+    least `minimum`; else a `WorkloadError` naming the option (not int()'s "invalid literal")."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WorkloadError(f"workload {workload}: option {key} takes a whole number, got {value!r}")
+    if value < minimum:
+        raise WorkloadError(f"workload {workload}: option {key} must be at least {minimum}, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Workload:
     """A model, its data and its loss, as the scenarios need them.

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accumbench.workloads.base import Workload
+from accumbench.workloads.base import Workload, option_bool, option_int
 
 IGNORE_INDEX = -100
 
@@ -132,18 +132,21 @@ def count_valid_tokens(batch) -> int:
     return int((batch[1] != IGNORE_INDEX).sum())
 
 
-def resolve_gpt_config(size: str, seq_len: int | None = None) -> GPTConfig:
-    """The named size, with `seq_len` overridden when given."""
-    if size not in GPT_SIZES:
+def resolve_gpt_config(size: str, seq_len: int | None = None, workload: str = "gpt") -> GPTConfig:
+    """The named size, with `seq_len` overridden when given (a whole number >= 1, else a
+    `WorkloadError` naming the option of `workload`)."""
+    if not isinstance(size, str) or size not in GPT_SIZES:
         raise ValueError(f"unknown gpt size {size!r}; choose one of {', '.join(GPT_SIZES)}")
     cfg = GPT_SIZES[size]
     if seq_len is not None:
-        cfg = GPTConfig(cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab_size, int(seq_len))
+        cfg = GPTConfig(cfg.n_layer, cfg.n_head, cfg.d_model, cfg.vocab_size,
+                        option_int(workload, "seq_len", seq_len))
     return cfg
 
 
 def gpt(size: str = "tiny", seq_len: int | None = None, padded: bool = False) -> Workload:
     """GPT-style LM. Options: `size` (tiny|small|gpt2), `seq_len`, `padded` (variable lengths)."""
+    padded = option_bool("gpt", "padded", padded)  # 'maybe' is no boolean (it would be truthy)
     cfg = resolve_gpt_config(size, seq_len)
     name = f"gpt-{size}" + (f"-s{cfg.seq_len}" if seq_len is not None else "") + ("-padded" if padded else "")
     return Workload(

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from accumbench.hf_configs import hf_example_path, hf_examples
-from accumbench.workloads.base import Workload, WorkloadError
+from accumbench.workloads.base import Workload, WorkloadError, option_bool, option_int
 
 IGNORE_INDEX = -100  # HF's (and torch's) ignore_index for labels
 TASKS = ("causal-lm", "seq-cls", "masked-lm", "image-cls")
@@ -294,6 +294,9 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     config's position embeddings.
     """
     transformers = _transformers()
+    given = {"task": task, "seq_len": seq_len, "padded": padded, "dtype": dtype, "image_size": image_size}
+    typed = _typed_options(name or f"hf-{getattr(config, 'model_type', 'model')}", given)
+    seq_len, padded, image_size = typed["seq_len"], typed["padded"], typed["image_size"]
     config = copy.deepcopy(config)
     task = task or infer_task(config)
     if task not in TASKS:
@@ -370,6 +373,26 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
 WORKLOAD_OPTIONS = ("task", "seq_len", "padded", "dtype", "image_size")
 
 
+def _typed_options(workload: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The `WORKLOAD_OPTIONS` given, typed (padded a bool, seq_len and image_size ints); a value
+    of the wrong type or range is a `WorkloadError` naming the option: a string for `padded`
+    would be true, int('abc') would fail without naming seq_len, and image_size=0 would
+    silently fall back to the config's size (`0 or default`)."""
+    typed = dict(options)
+    if typed.get("padded") is not None:
+        typed["padded"] = option_bool(workload, "padded", typed["padded"])
+    if typed.get("seq_len") is not None:
+        typed["seq_len"] = option_int(workload, "seq_len", typed["seq_len"], minimum=2)  # a causal LM shifts by one
+    if typed.get("image_size") is not None:
+        typed["image_size"] = option_int(workload, "image_size", typed["image_size"])
+    if typed.get("task") is not None and not isinstance(typed["task"], str):
+        raise WorkloadError(f"workload {workload}: option task takes one of {', '.join(TASKS)}, got {typed['task']!r}")
+    dtype = typed.get("dtype")
+    if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
+        raise WorkloadError(f"workload {workload}: option dtype takes one of {', '.join(DTYPES)}, got {dtype!r}")
+    return typed
+
+
 def _name_part(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(value)).strip("-")
 
@@ -385,6 +408,8 @@ def hf(model: str, **options: Any) -> Workload:
     if not model:
         raise WorkloadError(f"hf: needs a model, e.g. hf:gpt2-small (examples: {', '.join(hf_examples())})")
     workload_opts = {k: options.pop(k) for k in WORKLOAD_OPTIONS if k in options}
+    # Typed before they name the workload: padded="false" from a suite is false, not "-padded".
+    workload_opts = _typed_options(f"hf:{model}", workload_opts)
     config = resolve_hf_config(model, options)
     task = workload_opts.get("task")
     path = Path(model).expanduser()

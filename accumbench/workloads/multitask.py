@@ -103,7 +103,7 @@ def _task_forward(model: nn.Module, batch, task: str | None = None):
 
 
 def _multitask(layout: str, size: str, seq_len: int | None) -> Workload:
-    cfg = resolve_gpt_config(size, seq_len)
+    cfg = resolve_gpt_config(size, seq_len, workload="two-models" if layout == "separate" else "shared-trunk")
     model_cls = TwoModels if layout == "separate" else SharedTrunk
     return Workload(
         name=("two-models" if layout == "separate" else "shared-trunk") + f"-{size}",

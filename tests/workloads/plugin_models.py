@@ -122,3 +122,9 @@ def oom_above_8() -> Workload:
     """OOMs (fake) for batches above 8 samples."""
     return Workload(name="plugin-oom", build_model=_Exploding, make_batch=_batch,
                     loss=lambda out, batch: F.cross_entropy(out, batch[1]))
+
+
+def build_raises() -> Workload:
+    """The single plug-in whose build_model raises: refused (exit 2) where a command builds the
+    model to check it (check, levers), never a traceback."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-build-raises", "build_model": lambda: 1 / 0})
