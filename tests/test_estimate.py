@@ -99,6 +99,7 @@ def test_grouped_replay_equals_estimating_each_case(h100_estimator):
 
 # --- the relations of real runs ------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_estimated_accumulated_peak_is_flat_in_n(h100_estimator):
     # The runner path runs every micro-step (no replay): N = 2, 3 and 6 must agree.
     peaks = {n: h100_estimator.measure(case("gpt", "accumulated", 4, n, amp="bf16")).peak_allocated

@@ -64,6 +64,7 @@ def test_sizes_the_batch_values_decide_are_profiled_in_full(cpu_runner):
 
 # --- replay between two sizes ---------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_a_size_whose_batch_is_not_the_smaller_one_scaled_is_profiled(cpu_runner):
     # Padded to the longest sample: 128 tokens at micro-batches 4 and 6, 64 at 5. The logs at 4
     # and 6 are proportional, so replaying 5 from them (as before) over-estimated it by 75%.
@@ -91,6 +92,7 @@ def test_batch_shapes_abstract_the_batch_dimension_only():
 
 # --- one model for a group --------------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_zero_grads_peak_does_not_depend_on_the_other_sizes(cpu_runner):
     # At micro-batch 1 AccumulateGrad keeps the token's gradient as a view into the whole
     # sequence's gradient; zero_grad(set_to_none=False) keeps it. Warmed up at 3 only, the

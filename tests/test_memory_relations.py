@@ -59,6 +59,7 @@ def test_accumulation_beats_the_large_batch_of_the_same_effective_size(runner):
     assert peak(runner, "gpt", "accumulated", 8, 4) < peak(runner, "gpt", "large-batch", 32)
 
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_sequential_backward_of_separate_models_needs_less_than_combined(runner):
     for accum in (1, 2):
         combined = peak(runner, "two-models", "multitask-combined", 8, accum)

@@ -58,6 +58,7 @@ def test_same_memory_passes(saved):
     assert "0 memory regression(s) in 1 compared benchmark(s), tolerance 0.5%" in result.stdout
 
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_explicit_tolerance(saved):
     assert inner_pytest(saved, 1010, "--benchmark-compare=0001", "--accumbench-memory-tolerance=2%").returncode == 0
     assert inner_pytest(saved, 1001, "--benchmark-compare=0001", "--accumbench-memory-tolerance=0").returncode == 1

@@ -567,6 +567,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_report_of_a_real_cpu_run(tmp_path, plugin_path):
     results = tmp_path / "cpu.jsonl"
     run = invoke("run", "--device", "cpu", "--workload", f"{plugin_path}:single",

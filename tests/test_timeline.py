@@ -153,6 +153,7 @@ def test_report_draws_the_timelines_with_their_peaks(cli_runs, tmp_path):
     assert "Memory through one step" in (tmp_path / "report" / "index.html").read_text()
 
 
+@pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it
 def test_estimate_timelines_match_the_estimate(tmp_path):
     """On the estimate meter: to the byte for the cpu kind; for a CUDA kind the curve holds the
     step's allocations and the record adds the assumed workspaces, the same for every case."""
