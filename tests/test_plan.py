@@ -193,6 +193,9 @@ def test_plan_command_estimates_when_given_no_results():
     assert result.exit_code == 0, result.output
     assert "recommended: micro-batch 8 x 1" in result.output
     assert "estimated" in result.output
+    # Each candidate says when it is estimated (a large model takes seconds per candidate).
+    lines = [line for line in result.stderr.splitlines() if line.startswith("  [")]
+    assert len(lines) == 4 and lines[-1].startswith("  [4/4] ") and all(": peak " in line for line in lines)
 
 
 def test_plan_command_exit_codes(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -175,6 +176,7 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
 
 def _from_estimates(spec, options, workload, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
                     assume, world_size=1):
+    from accumbench.cli.progress import record_detail
     from accumbench.estimate import estimate_cases
     from accumbench.plan import candidate_cases, observations_from_records
 
@@ -183,14 +185,21 @@ def _from_estimates(spec, options, workload, effective_batch, family, amp, set_t
                             loss_norm=loss_norm, **lever_settings())
     click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
                + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else "") + "...", err=True)
+    started, done = time.perf_counter(), []
+
+    def progress(record) -> None:  # a large model takes seconds per candidate: say each one
+        done.append(record)
+        click.echo(f"  [{len(done)}/{len(cases)}] {record.scenario} {record.micro_batch} x {record.accum_steps}: "
+                   f"{record_detail(record)} ({time.perf_counter() - started:.0f} s)", err=True)
+
     if world_size > 1:
         from accumbench.distributed.fake_group import estimate_fsdp
         from accumbench.distributed.fsdp import FsdpCase
 
         records = estimate_fsdp([FsdpCase(c, no_sync=c.scenario == "accumulated") for c in cases],
-                                assumptions, world_size)
+                                assumptions, world_size, on_record=progress)
     else:
-        records = estimate_cases(cases, assumptions)
+        records = estimate_cases(cases, assumptions, on_record=progress)
     errors = [r for r in records if r.status == "error"]
     if errors:
         click.echo(f"cannot plan: estimating {errors[0].case_id} failed: {errors[0].error}", err=True)

@@ -11,7 +11,8 @@ import click
 from accumbench.textfmt import format_bytes, text_table
 
 
-def _detail(record) -> str:
+def record_detail(record) -> str:
+    """What a finished case's progress line ends with: its peak and speed, or its failure."""
     if record.status != "ok":
         return f"{record.status.upper()}: {record.error}"
     parts = [f"peak {format_bytes(record.peak_allocated)}"]
@@ -30,7 +31,7 @@ class LineProgress:
 
     def case_finished(self, index, total, case, record) -> None:
         """End the line with the peak and speed, or the failure."""
-        click.echo(f" {_detail(record)}", err=True)
+        click.echo(f" {record_detail(record)}", err=True)
 
     def close(self) -> None:
         """Nothing to tidy."""
