@@ -421,8 +421,9 @@ class EstimateRunner:
         return self.runner.case_id(case)
 
     def shared_settings(self) -> dict:
-        """Seed, meter, predicted device and torch version: what every estimate record carries."""
-        return self.runner.shared_settings()
+        """Seed, meter, predicted device, torch version and the device kind's assumptions (as
+        `--assume` set them): what every estimate record carries."""
+        return {**self.runner.shared_settings(), "assumptions": self.assumptions.describe()}
 
     def case_settings(self, case: Case) -> dict:
         """Nothing per case: an estimate profiles one warm-up and one steady step, whatever the

@@ -305,11 +305,19 @@ class ResultsFile:
             for name in RESUME_SETTINGS:
                 if name not in wanted:
                     continue
-                have = getattr(record, name, None)
-                if have is None or wanted[name] is None or have == wanted[name]:
+                have, want = getattr(record, name, None), wanted[name]
+                if isinstance(have, dict) and isinstance(want, dict):
+                    # A block of settings (an estimate's assumptions): the keys the request
+                    # names, each as a setting of its own; the record's others (what was applied
+                    # to the case) are not settings.
+                    differing = next((key for key in want if key in have and have[key] != want[key]), None)
+                    if differing is None:
+                        continue
+                    name, have, want = f"{name}.{differing}", have[differing], want[differing]
+                if have is None or want is None or have == want:
                     continue
                 return (f"cannot resume: {self.path} was measured with {name}={have!r} (case {record.case_id}), "
-                        f"this run asks for {name}={wanted[name]!r}; use the same settings, or another --out, "
+                        f"this run asks for {name}={want!r}; use the same settings, or another --out, "
                         "or --overwrite")
         return None
 

@@ -71,3 +71,18 @@ def test_the_default_suite_is_estimated_without_its_compiled_cases_unless_compil
     assert f"note: leaving out the suite's {len(compiled)} torch.compile case(s)" in listed.stderr
     refused = runner.invoke(main, ["estimate", "--list", "--compile"])
     assert refused.exit_code == 2 and "does not predict --compile" in refused.output
+
+
+def test_resume_refuses_other_assumptions_naming_the_one_that_differs(tmp_path):
+    out = str(tmp_path / "e.jsonl")
+    runner = CliRunner()
+    mlp = ["estimate", "--workload", "mlp", "--workload-opt", "size=tiny", "--accum-steps", "1", "--out", out]
+    assert runner.invoke(main, [*mlp, "--micro-batch", "2"]).exit_code == 0
+    more = [*mlp, "--micro-batch", "2,4", "--resume"]
+    refused = runner.invoke(main, [*more, "--assume", "host_op_seconds=1e-5"])
+    assert refused.exit_code == 2, refused.output
+    assert "measured with assumptions.host_op_seconds=6.57e-06" in refused.output
+    assert "asks for assumptions.host_op_seconds=1e-05" in refused.output
+    resumed = runner.invoke(main, more)
+    assert resumed.exit_code == 0, resumed.output
+    assert len(read_records(out)) == 2
