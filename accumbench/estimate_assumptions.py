@@ -74,7 +74,7 @@ SPEED_FIELDS = ("peak_flops_bf16", "peak_flops_fp16", "peak_flops_tf32", "peak_f
                 "kernel_floor_seconds",
                 "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
 # The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
-from accumbench.textfmt import format_bytes, parse_size
+from accumbench.textfmt import format_bytes, parse_bool, parse_size
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -217,11 +217,10 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
             raise ValueError(f"{key} takes a finite number (e.g. 989e12, 5e-6), got {value!r}")
         return number
     if "bool" in annotation:
-        if text.lower() in ("true", "yes", "on", "1"):
-            return True
-        if text.lower() in ("false", "no", "off", "0"):
-            return False
-        raise ValueError(f"{key} takes true or false, got {value!r}")
+        flag = parse_bool(text)
+        if flag is None:
+            raise ValueError(f"{key} takes true or false, got {value!r}")
+        return flag
     if "int" in annotation:
         if "None" in annotation and text.lower() == "none":
             return None

@@ -54,6 +54,17 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 SIZE_EXAMPLES = "24GiB, 24GB, 24 GiB, 80e9 or 512"
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_bool(text: str) -> bool | None:
+    """The one reader of boolean words (--assume, --workload-opt, suites' option text): True or
+    False for true/false, yes/no, on/off, 1/0 in any case; None for anything else, which the
+    caller refuses naming its key (a plain truth test would take 'maybe' for true)."""
+    word = text.strip().lower()
+    return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
+
+
 def parse_size(text: Any) -> int:
     """Bytes from a size a person types: '24GiB' (binary), '24GB' (decimal), '24 GiB', '80e9', '512'.
 

@@ -118,3 +118,11 @@ def test_compare_table_has_no_ansi_codes_in_a_pipe(tmp_path):
                                 color=False)
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout and "x/1" in result.stdout and "1.91 MiB" in result.stdout
+
+
+def test_one_reader_of_boolean_words():
+    from accumbench.textfmt import parse_bool
+
+    assert [parse_bool(w) for w in ("true", " Yes", "ON", "1")] == [True] * 4
+    assert [parse_bool(w) for w in ("False", "no ", "off", "0")] == [False] * 4
+    assert [parse_bool(w) for w in ("maybe", "", "2", "truee")] == [None] * 4

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from accumbench.textfmt import parse_bool
 from accumbench.workloads.base import Workload, WorkloadError, batch_inputs, default_forward, default_optimizer
 from accumbench.workloads.gpt import gpt
 from accumbench.workloads.multitask import shared_trunk, two_models
@@ -37,11 +38,9 @@ def parse_option_value(text: str) -> Any:
     """Turn a `KEY=VALUE` option's text into int, float, bool or str. 'nan' and 'inf' stay
     text: no option means a non-finite number by them, and as text a factory that wants a
     number refuses them by name (see `workloads.base.option_int`)."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
+    flag = parse_bool(text) if text.strip() not in ("1", "0") else None  # 1 and 0 stay numbers
+    if flag is not None:
+        return flag
     try:
         return int(text)
     except ValueError:

@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from accumbench.textfmt import parse_bool
+
 Batch = Any
 LossOutput = "torch.Tensor | dict[str, torch.Tensor]"
 
@@ -37,9 +39,6 @@ class WorkloadError(ValueError):
     """A workload spec that cannot be loaded; the message is one line for the user."""
 
 
-_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
 def option_bool(workload: str, key: str, value: Any) -> bool:
     """A factory's boolean option: a bool, 0/1, or true/false, yes/no, on/off, 1/0 as text (as
     `--workload-opt` and suites give it). Anything else is a `WorkloadError` naming the option:
@@ -48,8 +47,9 @@ def option_bool(workload: str, key: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
-        return value.strip().lower() in _TRUE_WORDS
+    flag = parse_bool(value) if isinstance(value, str) else None
+    if flag is not None:
+        return flag
     raise WorkloadError(f"workload {workload}: option {key} takes true or false (also yes/no, on/off, 1/0), "
                         f"got {value!r}")
 
