@@ -52,6 +52,9 @@ SUITE_KEYS = ("description", "defaults", "group")
 MAX_MICRO_BATCH = 2**31 - 1
 MAX_ACCUM_STEPS = 10**6
 MAX_EFFECTIVE_BATCH = MAX_MICRO_BATCH  # the large batch of an effective batch is one micro-batch
+# Warm-up and timed steps: a million is far beyond any useful measurement, and a typo past it
+# would run for days instead of failing.
+MAX_STEPS = 10**6
 
 
 class SuiteError(ValueError):
@@ -161,9 +164,7 @@ def knob_problem(key: str, value: Any) -> str | None:
     if key in ("warmup", "steps"):
         if key == "steps" and value is None:
             return None
-        if not _is_int(value) or value < 1:
-            return f"{key} must be a positive integer, got {value!r}"
-        return None
+        return _count_problem(key, value, MAX_STEPS)
     if key in ("amp", "loss_norm"):
         from accumbench.scenarios import AMP_DTYPES, LOSS_NORMS  # what the scenario code takes
 

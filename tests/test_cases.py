@@ -67,6 +67,7 @@ def test_builtin_suites_expand():
         # these listed fine and then failed every case, or a string was taken as true.
         ({"group": [{**MLP, "steps": -1}]}, "suite: group 1: steps must be a positive integer, got -1"),
         ({"group": [{**MLP, "warmup": 0}]}, "suite: group 1: warmup must be a positive integer, got 0"),
+        ({"group": [{**MLP, "steps": 10**12}]}, "suite: group 1: steps must be at most 1,000,000"),
         ({"group": [{**MLP, "amp": "fp8"}]}, "suite: group 1: amp must be one of none, bf16, fp16, got 'fp8'"),
         ({"group": [{**MLP, "loss_norm": 1}]}, "suite: group 1: loss_norm must be one of mean, token, got 1"),
         ({"group": [{**MLP, "set_to_none": "yes"}]}, "suite: group 1: set_to_none must be true or false, got 'yes'"),

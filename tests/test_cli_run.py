@@ -45,6 +45,7 @@ def test_plugin_workload_runs_every_scenario_it_supports(tmp_path, plugin_path):
         (["--workload", "{plugin}:broken_optimizer"],
          "workload plugin-mlp-broken: its optimizer cannot be built: Invalid learning rate: -1.0"),
         (["--workload", "mlp", "--scenario", "multitask-combined"], "needs a multi-task workload"),
+        (["--workload", "mlp", "--steps", "99999999999"], "is not in the range 1<=x<=1000000"),
         (["--workload", "mlp", "--micro-batch", "8,x"], "--micro-batch takes comma-separated"),
         (["--suite", "nope"], "neither a built-in"),
         (["--workload", "mlp", "--workload-opt", "size"], "--workload-opt takes KEY=VALUE"),

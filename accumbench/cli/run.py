@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from accumbench.cases import MAX_STEPS
 from accumbench.cli.common import (
     SEED,
     SUITE_RULES,
@@ -27,8 +28,8 @@ from accumbench.cli.common import (
                    "statistics, CUDA events) or cpu (deterministic live-tensor bytes, wall clock).")
 @case_selection_options("smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
                         "on CUDA, 'smoke' on CPU. " + SUITE_RULES)
-@click.option("--warmup", type=click.IntRange(min=1), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+@click.option("--warmup", type=click.IntRange(min=1, max=MAX_STEPS), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
               help="Fix the number of timed optimizer steps (default: adaptive, see --ci-target; "
                    "DDP runs 10 unless given).")
 @click.option("--ci-target", type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
