@@ -77,6 +77,10 @@ def test_bad_tolerance_is_a_usage_error(saved):
     result = inner_pytest(saved, 1000, "--accumbench-memory-tolerance=lots")
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--accumbench-memory-tolerance: cannot read tolerance 'lots'" in result.stderr
+    # '0.5' would be 0 bytes: refused as ambiguous, as compare refuses it (one parser, gate.checks).
+    result = inner_pytest(saved, 1000, "--accumbench-memory-tolerance=0.5")
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--accumbench-memory-tolerance: '0.5' is ambiguous: give '0.5%'" in result.stderr
 
 
 def test_harmless_without_pytest_benchmark(tmp_path):

@@ -23,19 +23,11 @@ class InputError(click.ClickException):
     exit_code = EXIT_INPUT
 
 
-# A number with no unit and no %: bytes to Tolerance.parse. '0.5' there would mean 0 bytes (rounded)
-# when the user surely meant 0.5%, so a bare number that is not whole is refused as ambiguous.
-_BARE_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
 
 def _memory_tolerance(ctx: click.Context, param: click.Parameter, value: str):
     """--memory-tolerance as a `MemoryCheck`; a bad or ambiguous value is a usage error (exit 2)."""
     from accumbench.gate.checks import MemoryCheck
 
-    raw = str(value).strip()
-    if _BARE_NUMBER.fullmatch(raw) and not float(raw).is_integer():
-        raise click.BadParameter(f"{raw!r} is ambiguous: give '{raw}%' or a whole number of bytes "
-                                 f"(or a size such as '64KiB')")
     try:
         return MemoryCheck.parse(value)
     except ValueError as exc:
