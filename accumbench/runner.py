@@ -334,11 +334,18 @@ class Runner:
                 # the Case around its checks): the error record must still be written, not a
                 # second exception chained onto the first.
                 policy = self.timing
+            outcome = error_fields(exc)
+            if outcome["status"] == "oom" and self.meter.name == "estimate":
+                # Fake tensors allocate nothing: what ran out is the host (the case's real host
+                # micro-batches, say). A predicted device OOM is `estimate.predicted_oom`'s, not this.
+                outcome = {**outcome, "status": "error", "error": (
+                    "out of memory on the host, not a predicted device OOM (the estimate's device "
+                    "tensors are fake): " + outcome["error"])[:500]}
             return Record(
                 run_id=self.run_id,
                 **self._provenance,
                 **identity_fields(case, workload, default_optimizer_label(workload), policy),
-                **error_fields(exc),
+                **outcome,
                 timestamp=utc_timestamp(),
             )
         finally:

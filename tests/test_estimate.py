@@ -286,3 +286,11 @@ def test_sizes_and_overrides_parse():
             assumptions_for("h100", bad)
     with pytest.raises(ValueError):
         assumptions_for("tpu")
+
+
+def test_an_out_of_memory_while_estimating_is_an_error_not_a_predicted_oom(cpu_estimator, plugin_path):
+    # Fake tensors allocate nothing: an OOM raised while estimating (the host's, making real host
+    # batches) must not read as the estimate's prediction that the device runs out.
+    record = cpu_estimator.measure(case(f"{plugin_path}:oom_above_8", "large-batch", 16, options=()))
+    assert record.status == "error"
+    assert record.error.startswith("out of memory on the host, not a predicted device OOM")
