@@ -120,6 +120,13 @@ def test_a_size_the_activations_decide_is_still_refused():
     assert "cannot model aten.index.Tensor" in record.error and "computed from weights or activations" in record.error
 
 
+def test_a_packed_sequence_is_refused_saying_why():
+    # Its lengths come from the batch, but the packed LSTM reads batch_sizes in C++: not "weights".
+    record = estimate_cases([plugin_case("packed", "large-batch", 2)], assumptions_for("cpu"))[0]
+    assert record.status == "error" and "\n" not in record.error
+    assert "cannot model aten._pack_padded_sequence: packed sequences are not modelled" in record.error
+
+
 @pytest.mark.parametrize("select", [
     lambda h, ids: h[ids > 4],
     lambda h, ids: h[:, ids[0] > 4],

@@ -82,6 +82,13 @@ SIZE_INPUTS: dict[Any, tuple[str, ...]] = {
     aten._ctc_loss_backward.default: ("targets",),
     aten._ctc_loss_backward.Tensor: ("targets", "input_lengths", "target_lengths"),
 }
+# Data-dependent ops the estimate cannot follow even where the sizes come from the batch, and why
+# (said instead of blaming weights or activations).
+NOT_MODELLED = {
+    aten._pack_padded_sequence.default:
+        "packed sequences are not modelled: the packed RNN kernels read batch_sizes' values in C++, "
+        "which fake tensors do not hold; pad the batch and run the RNN on it, or measure with run",
+}
 # Ops that make a constant of a real tensor (`torch.tensor(0.0)`): not a value from the batch.
 LIFT_OPS = frozenset({aten.lift_fresh.default, aten.lift_fresh_copy.default})
 
@@ -289,6 +296,8 @@ class KnownValues(TorchDispatchMode):
     def _data_dependent(self, func, args, kwargs, tensors, known: bool, assumed: bool) -> Any:
         """A result whose size depends on values: run it for real, give the fake result its sizes."""
         if not known:
+            if func in NOT_MODELLED:
+                raise UnmodelledOp(op_name(func), NOT_MODELLED[func])
             if func in SIZE_INPUTS:
                 return self._sized_by_some(func, args, kwargs)
             raise UnmodelledOp(op_name(func), "its output size depends on the values of tensors computed "

@@ -200,3 +200,24 @@ def activation_mask() -> Workload:
     """`h[h > 0]`: refused by the estimate."""
     return Workload(name="irregular-activation-mask", build_model=ActivationMask, make_batch=_classify_batch,
                     loss=_classify_loss)
+
+
+class Packed(nn.Module):
+    """An LSTM over a packed sequence whose lengths come from the batch (nonzero token count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.rnn = nn.LSTM(WIDTH, WIDTH, batch_first=True)
+        self.head = nn.Linear(WIDTH, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lengths = (ids > VOCAB // 4).sum(1).clamp(min=1)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.rnn(packed)
+        return self.head(h[-1])
+
+
+def packed() -> Workload:
+    """`pack_padded_sequence` into an LSTM: refused by the estimate, saying why."""
+    return Workload(name="irregular-packed", build_model=Packed, make_batch=_classify_batch, loss=_classify_loss)
