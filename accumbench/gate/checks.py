@@ -71,7 +71,8 @@ class Tolerance:
         percent = re.fullmatch(_NUMBER + r"\s*%", raw)
         if percent:
             return cls(float(percent.group(1)) / 100.0, True, raw)
-        if re.fullmatch(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", raw) and not float(raw).is_integer():
+        if re.fullmatch(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", raw) and math.isfinite(float(raw)) \
+                and not float(raw).is_integer():
             # '0.5' read as bytes rounds to 0: surely a percentage without its '%'.
             raise ValueError(f"{raw!r} is ambiguous: give '{raw}%' or a whole number of bytes (or a size such as "
                              "'64KiB')")
