@@ -23,7 +23,6 @@ class InputError(click.ClickException):
     exit_code = EXIT_INPUT
 
 
-
 def _memory_tolerance(ctx: click.Context, param: click.Parameter, value: str):
     """--memory-tolerance as a `MemoryCheck`; a bad or ambiguous value is a usage error (exit 2)."""
     from accumbench.gate.checks import MemoryCheck
