@@ -54,6 +54,7 @@ Each one below says what CUDA's kernel does; the one allocation only the CPU ker
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator
 
 import torch
@@ -222,23 +223,25 @@ def mkldnn_rnn_layer_backward(input, weight0, weight1, weight2, weight3, hx, cx,
 
 # --- unfold / fold: the output is allocated like the input, then resized -------------------------
 
-def _like_input_then_resized(input: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """What `at::empty_like(input, contiguous)` followed by `resize_(result's sizes)` makes:
-    result's sizes and contiguous strides, on a storage of max(input, result) elements."""
-    out = torch.empty(input.numel(), dtype=input.dtype, device=input.device)
-    return out.resize_(result.shape)
+def _allocated_then_resized(tensor: torch.Tensor, elements: int, shape: tuple[int, ...] | None = None
+                            ) -> torch.Tensor:
+    """What a real kernel makes with `at::empty({elements})` then `resize_(shape)`: `shape`
+    (default `tensor`'s) with contiguous strides and `tensor`'s dtype, on a storage of
+    max(elements, shape's) elements (resize_ grows a storage, never shrinks it)."""
+    return torch.empty(elements, dtype=tensor.dtype, device=tensor.device).resize_(shape or tensor.shape)
 
 
 def im2col(input, kernel_size, dilation, padding, stride):
-    """`aten.im2col` (`F.unfold`), allocated as the real kernel allocates it."""
-    return _like_input_then_resized(input, aten.im2col.default(input, kernel_size, dilation, padding, stride))
+    """`aten.im2col` (`F.unfold`), allocated as the real kernel allocates it (`empty_like` the
+    input, then resized)."""
+    return _allocated_then_resized(aten.im2col.default(input, kernel_size, dilation, padding, stride), input.numel())
 
 
 def col2im(input, output_size, kernel_size, dilation, padding, stride):
     """`aten.col2im` (`F.fold`, the backward of `F.unfold`), allocated as the real kernel
-    allocates it."""
-    return _like_input_then_resized(
-        input, aten.col2im.default(input, output_size, kernel_size, dilation, padding, stride))
+    allocates it (`empty_like` the input, then resized)."""
+    return _allocated_then_resized(
+        aten.col2im.default(input, output_size, kernel_size, dilation, padding, stride), input.numel())
 
 
 # --- norms: fp32 statistics for a low-precision input with fp32 parameters -----------------------
@@ -275,15 +278,24 @@ def _running_dtype(result: tuple, positions: tuple[int, ...], running_mean, runn
 _NORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var")
 
 
+@functools.cache
+def _argument_names(op) -> tuple[str, ...]:
+    return tuple(argument.name for argument in op._schema.arguments)
+
+
+def bound_arguments(op, args: tuple, kwargs: dict) -> dict:
+    """An op's arguments by their names in its schema (dispatch passes most positionally)."""
+    return {**dict(zip(_argument_names(op), args)), **kwargs}
+
+
 def fp32_statistics_kernel(op, running_outputs: tuple[int, int] | None = None) -> Callable[..., tuple]:
     """A fake kernel for the norm `op` (outputs 1 and 2: saved mean and inverse std) that keeps
     the statistics in fp32 when the call is mixed (see the module docstring); with
     `running_outputs`, the positions of a functional variant's updated running statistics, which
     keep the running statistics' dtype. Arguments are read by their names in the op's schema."""
-    names = [argument.name for argument in op._schema.arguments]
 
     def kernel(*args, **kwargs):
-        bound = {**dict(zip(names, args)), **kwargs}
+        bound = bound_arguments(op, args, kwargs)
         result = op(*args, **kwargs)
         mixed = _is_mixed(bound["input"], *(bound.get(name) for name in _NORM_PARAMETERS))
         result = _fp32_statistics(result, (1, 2), mixed)
@@ -314,32 +326,25 @@ def embedding_bag_kernel(op) -> Callable[..., tuple]:
     `include_last_offset`, `bag_size` on one element per offset resized to one per bag, except
     that the forward-only kernel in sum mode leaves `bag_size` and `max_indices` at one per
     offset. Torch's fake result for the CUDA kinds."""
-    names = [argument.name for argument in op._schema.arguments]
     forward_only = op is aten._embedding_bag_forward_only.default
 
     def kernel(*args, **kwargs):
         output, offset2bag, bag_size, max_indices = result = op(*args, **kwargs)
         if cuda_imitated():
             return result
-        bound = {**dict(zip(names, args)), **kwargs}
+        bound = bound_arguments(op, args, kwargs)
         if offset2bag.numel():
-            offset2bag = _longer_storage(offset2bag, offset2bag.numel() + 1)
+            offset2bag = _allocated_then_resized(offset2bag, offset2bag.numel() + 1)
         if bound.get("include_last_offset"):
             offsets = bound["offsets"].numel()
             if forward_only and bound.get("mode", 0) == 0:
                 max_indices = torch.empty(offsets, dtype=max_indices.dtype, device=max_indices.device)
             else:
-                bag_size = _longer_storage(bag_size, offsets, (offsets - 1,))
+                bag_size = _allocated_then_resized(bag_size, offsets, (offsets - 1,))
         return output, offset2bag, bag_size, max_indices
 
     kernel.__name__ = kernel.__qualname__ = f"cpu_{op.__name__.replace('.', '_')}"
     return kernel
-
-
-def _longer_storage(tensor: torch.Tensor, elements: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """A tensor of `shape` (default `tensor`'s) and dtype on a storage of `elements` elements
-    (an `empty` then `resize_`, as the real kernel does)."""
-    return torch.empty(elements, dtype=tensor.dtype, device=tensor.device).resize_(shape or tensor.shape)
 
 
 # A literal registry: op -> fake kernel taking the op's own arguments.
@@ -362,7 +367,7 @@ FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._embedding_bag_forward_only.default: embedding_bag_kernel(aten._embedding_bag_forward_only.default),
 }
 
-__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "col2im", "cuda_imitated", "embedding_bag_kernel",
+__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "bound_arguments", "col2im", "cuda_imitated", "embedding_bag_kernel",
            "fp32_statistics_kernel",
            "grouped_mm", "im2col", "imitating_cuda", "lstm_workspace_bytes", "mkldnn_rnn_layer",
            "mkldnn_rnn_layer_backward", "native_group_norm_backward", "op_name"]

@@ -61,7 +61,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from accumbench.estimate_assumptions import MOE_ROUTINGS
-from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, op_name
+from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, bound_arguments, op_name
 
 aten = torch.ops.aten
 # Largest tensors whose values are kept: integer and boolean ones (indices, masks, one-hot
@@ -312,7 +312,7 @@ class KnownValues(TorchDispatchMode):
     def _sized_by_some(self, func, args, kwargs) -> Any:
         """An op of `SIZE_INPUTS` whose size-deciding inputs are known and others are not: its
         outputs with the real sizes, and no values (they depend on the unknown inputs)."""
-        named = dict(zip((a.name for a in func._schema.arguments), args)) | kwargs
+        named = bound_arguments(func, args, kwargs)
         deciding = [t for name in SIZE_INPUTS[func] for t in tree_flatten(named.get(name))[0]
                     if isinstance(t, torch.Tensor)]
         if func is aten.index.Tensor:  # integer indices lend their shapes only, masks their values
