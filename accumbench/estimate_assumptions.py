@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -74,7 +73,7 @@ SPEED_FIELDS = ("peak_flops_bf16", "peak_flops_fp16", "peak_flops_tf32", "peak_f
                 "kernel_floor_seconds",
                 "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
 # The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
-from accumbench.textfmt import format_bytes, parse_bool, parse_size
+from accumbench.textfmt import format_bytes, is_fractional_bare_number, parse_bool, parse_size
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -196,10 +195,6 @@ class DeviceAssumptions:
         return dataclasses.asdict(self)
 
 
-# A size typed without a unit whose number is not whole ('2.5', '1e-3'): bytes come whole.
-_FRACTIONAL_BARE_NUMBER = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*$")
-
-
 def _typed(key: str, value: Any, annotation: str) -> Any:
     """An --assume value's text as the field's type; ValueError naming `key` when it is not one
     (range checks are `DeviceAssumptions.__post_init__`'s)."""
@@ -233,7 +228,7 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
             size = parse_size(text)
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
-        if _FRACTIONAL_BARE_NUMBER.match(text) and not float(text).is_integer():
+        if is_fractional_bare_number(text):  # bytes come whole
             raise ValueError(f"{key} takes a whole number of bytes or a size with a unit (e.g. 32MiB), got {value!r}")
         return size
     return text

@@ -65,6 +65,20 @@ def parse_bool(text: str) -> bool | None:
     return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
 
 
+_BARE_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def is_fractional_bare_number(text: Any) -> bool:
+    """True for a finite number with no unit that is not whole ('0.5', '2.5', '1e-3'): not a
+    count of bytes, though `parse_size` would round it to one; callers that take bytes refuse it
+    (it is most often a percentage or a size missing its '%' or unit)."""
+    raw = str(text).strip()
+    if not _BARE_NUMBER.fullmatch(raw):
+        return False
+    number = float(raw)
+    return math.isfinite(number) and not number.is_integer()
+
+
 def parse_size(text: Any) -> int:
     """Bytes from a size a person types: '24GiB' (binary), '24GB' (decimal), '24 GiB', '80e9', '512'.
 

@@ -126,3 +126,10 @@ def test_one_reader_of_boolean_words():
     assert [parse_bool(w) for w in ("true", " Yes", "ON", "1")] == [True] * 4
     assert [parse_bool(w) for w in ("False", "no ", "off", "0")] == [False] * 4
     assert [parse_bool(w) for w in ("maybe", "", "2", "truee")] == [None] * 4
+
+
+def test_a_fractional_bare_number_is_not_a_byte_count():
+    from accumbench.textfmt import is_fractional_bare_number
+
+    assert all(is_fractional_bare_number(t) for t in ("0.5", " 2.5 ", "1e-3", ".5", "-0.5"))
+    assert not any(is_fractional_bare_number(t) for t in ("0", "4096", "1e6", "1e400", "0.5%", "1.5GB", "lots"))

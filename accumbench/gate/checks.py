@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from accumbench.gate import stats
-from accumbench.textfmt import format_bytes, parse_size
+from accumbench.textfmt import format_bytes, is_fractional_bare_number, parse_size
 
 SAME = "same"
 REGRESSION = "regression"
@@ -71,8 +71,7 @@ class Tolerance:
         percent = re.fullmatch(_NUMBER + r"\s*%", raw)
         if percent:
             return cls(float(percent.group(1)) / 100.0, True, raw)
-        if re.fullmatch(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", raw) and math.isfinite(float(raw)) \
-                and not float(raw).is_integer():
+        if is_fractional_bare_number(raw):
             # '0.5' read as bytes rounds to 0: surely a percentage without its '%'.
             raise ValueError(f"{raw!r} is ambiguous: give '{raw}%' or a whole number of bytes (or a size such as "
                              "'64KiB')")
