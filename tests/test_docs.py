@@ -24,6 +24,19 @@ def test_every_command_help_teaches_with_an_example(name):
     assert f"accumbench {name}" in result.output  # an example line
 
 
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_wrapped_example_keeps_its_backslash(name):
+    """An example that goes on over two lines ends the first with a backslash, so it pastes into a
+    shell as one command: a lone backslash in the docstring joins the lines instead (the second
+    then shows as a run of spaces inside the first)."""
+    lines = CliRunner().invoke(main, [name, "--help"]).output.splitlines()
+    for line, after in zip(lines, lines[1:] + [""]):
+        if line.strip().startswith("accumbench "):
+            assert "  --" not in line.split("#")[0].strip(), line
+            if after.startswith(" " * (len(line) - len(line.lstrip()) + 2)) and after.strip().startswith("--"):
+                assert line.split("#")[0].rstrip().endswith("\\"), line
+
+
 def test_top_level_help_lists_every_command():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0

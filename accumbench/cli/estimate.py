@@ -88,7 +88,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
       accumbench estimate --device-kind a100 --assume attention_kernel=math
       accumbench estimate --workload hf:llama-3.2-1b --workload-opt seq_len=2048 --amp bf16 --micro-batch 1,4
       accumbench estimate --suite smoke --device-kind cpu   # compare with run --device cpu
-      accumbench estimate --parallel fsdp --world-size 8 --workload gpt --workload-opt size=gpt2 \
+      accumbench estimate --parallel fsdp --world-size 8 --workload gpt --workload-opt size=gpt2 \\
           --amp bf16 --micro-batch 8 --accum-steps 4     # rank 0 of 8 GPUs, on this CPU
 
     The results file follows run's rules: an existing file needs --resume or --overwrite.

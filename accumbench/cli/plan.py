@@ -80,7 +80,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
           --effective-batch 256 --memory-budget 24GiB
       accumbench plan --results results/h100.jsonl --workload gpt --workload-opt size=gpt2 \\
           --amp bf16 --effective-batch 256 --memory-budget 40GB --margin 5%
-      accumbench plan --workload gpt --workload-opt size=gpt2 --amp bf16 \
+      accumbench plan --workload gpt --workload-opt size=gpt2 --amp bf16 \\
           --effective-batch 256 --memory-budget 24GiB --world-size 8   # 32 per GPU, FSDP
 
     Exit codes: 0 a configuration fits, 1 none fits the budget, 2 bad input.
