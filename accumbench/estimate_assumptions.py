@@ -56,6 +56,10 @@ predicts no speed):
   the fraction of peak cuDNN's convolutions reach. Six of these seven are fitted on the H100 (not
   `host_tensor_seconds`)
   (`benchmarks/steptime_validation.py`, results/estimate-vs-h100/steptime_vs_measured.md).
+- `speed_ratio_error`: how far the predicted throughput ratio of two configurations of one model
+  may be off, as a factor (1.4 = up to 1.4x either way): what the held-out validation found in
+  95% of pairs (`accumbench.steptime.ratio_error`). Not used to predict; `accumbench plan` puts
+  it around a predicted slowdown and calls a smaller one no difference it can tell.
 
 The `cpu` kind assumes nothing: exact sizes, no workspaces, the CPU's own kernels; it predicts
 the cpu meter's number to the byte, which is how the estimate is validated without a GPU.
@@ -119,6 +123,7 @@ class DeviceAssumptions:
     flop_efficiency: float | None = None
     bandwidth_efficiency: float | None = None
     conv_flop_efficiency: float | None = None
+    speed_ratio_error: float | None = None
     moe_routing: str = "balanced"
 
     def __post_init__(self) -> None:
@@ -155,6 +160,10 @@ class DeviceAssumptions:
             if value < 0 or (value == 0 and name not in ZERO_OK_SPEED_FIELDS):
                 raise ValueError(f"{name} must be {'non-negative' if name in ZERO_OK_SPEED_FIELDS else 'positive'}, "
                                  f"got {value!r}")
+        error = self.speed_ratio_error
+        if error is not None and (isinstance(error, bool) or not isinstance(error, (int, float))
+                                  or not math.isfinite(error) or error < 1):
+            raise ValueError(f"speed_ratio_error must be a finite factor of at least 1, got {error!r}")
         self.speed()  # validates the speed constants together when they are all given
 
     def speed(self):
@@ -278,6 +287,11 @@ _PRE_HOPPER_CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
 H100_FITTED = {"host_op_seconds": 6.57e-6, "launch_seconds": 25.5e-6, "host_tensor_seconds": 0.0,
                "kernel_floor_seconds": 15.2e-6, "flop_efficiency": 0.49, "bandwidth_efficiency": 0.999,
                "conv_flop_efficiency": 0.121}
+# How far a predicted throughput ratio of two configurations of one model was off in 95% of the
+# pairs of the H100 run, each workload held out of the fit and weighted equally
+# (benchmarks/steptime_validation.py, `accumbench.steptime.ratio_error`). The other kinds reuse
+# the H100's constants and so its error; no run has measured theirs.
+H100_SPEED_RATIO_ERROR = 1.77
 # Data sheets (dense, no sparsity): H100 SXM5 and H200 SXM 989.4 TFLOP/s bf16/fp16, 494.7 TF32,
 # 66.9 fp32; HBM3 3.35 TB/s (H100), HBM3e 4.8 TB/s (H200); PCIe Gen5 x16 64 GB/s per direction.
 # A100 SXM4 80GB: 312 bf16/fp16, 156 TF32, 19.5 fp32; HBM2e 2.039 TB/s; PCIe Gen4 x16 32 GB/s.
@@ -287,11 +301,12 @@ H100_FITTED = {"host_op_seconds": 6.57e-6, "launch_seconds": 25.5e-6, "host_tens
 # against one run each (results/NVIDIA-H200/README.md): too few runs to fit six constants on.
 _HOPPER = {"peak_flops_bf16": 989.4e12, "peak_flops_fp16": 989.4e12, "peak_flops_tf32": 494.7e12,
            "peak_flops_fp32": 66.9e12, "host_to_device_bandwidth": 64e9}
-H100_SPEED = {**_HOPPER, "memory_bandwidth": 3.35e12, **H100_FITTED}
-H200_SPEED = {**_HOPPER, "memory_bandwidth": 4.8e12, **H100_FITTED}
+_H100_CALIBRATION = {**H100_FITTED, "speed_ratio_error": H100_SPEED_RATIO_ERROR}
+H100_SPEED = {**_HOPPER, "memory_bandwidth": 3.35e12, **_H100_CALIBRATION}
+H200_SPEED = {**_HOPPER, "memory_bandwidth": 4.8e12, **_H100_CALIBRATION}
 A100_SPEED = {"peak_flops_bf16": 312e12, "peak_flops_fp16": 312e12, "peak_flops_tf32": 156e12,
               "peak_flops_fp32": 19.5e12, "memory_bandwidth": 2.039e12, "host_to_device_bandwidth": 32e9,
-              **H100_FITTED}
+              **_H100_CALIBRATION}
 
 # A literal registry: device kind -> assumptions. Totals are what torch reports for the 80 GB
 # H100/A100 and the 141 GB H200 (a little under the marketing size).

@@ -16,10 +16,16 @@ Pure functions over observations (measured records, or estimates made on the spo
    that pair, else borrowed from the same micro-batch with another N (the per-sample rate
    depends mostly on the micro-batch, not on N), and labelled so: "measured", "estimated",
    "from mb=1 x16", or nothing when unknown. Candidates are ranked by samples/s; each says how
-   much slower than the fastest fitting one it is (the cost of accumulating). The recommendation
-   is the fastest candidate that fits; with no throughput known it is the largest micro-batch
-   that fits, because larger micro-batches keep the GPU busier (fewer, larger kernels; one
-   optimizer step per N micro-steps either way).
+   much slower than the fastest fitting one it is (the cost of accumulating), with an interval
+   where one can be given (`speed_ratio`): for two measured pairs the bootstrap interval of
+   their throughput ratio (`stats.throughput_ratio`, widened by the observations' typical
+   spread as the report widens its ratios), for two predicted ones the step-time model's own
+   error on such ratios (`speed_ratio_error`, from its held-out validation). A ratio whose
+   interval holds 1 is reported as no measurable difference, not as a ranking. The
+   recommendation is the fastest candidate that fits (and says so when the runner-up cannot be
+   told from it); with no throughput known it is the largest micro-batch that fits, because
+   larger micro-batches keep the GPU busier (fewer, larger kernels; one optimizer step per N
+   micro-steps either way).
 
 Candidates carry a `variant` (empty today): a further dimension such as a memory lever
 (checkpointing, freezing), matched against observations of the same variant.
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from accumbench.fit import MIN_POINTS_FOR_R2, MemoryFit, fit_memory_line
+from accumbench.stats import Ratio, StepTimes, throughput_ratio, typical_spread
 from accumbench.textfmt import format_bytes, text_table
 
 DEFAULT_MARGIN = 0.10
@@ -61,6 +68,10 @@ class Observation:
     parameters: int | None = None
     speed_predicted: bool = False  # samples/s from the estimate meter's step-time model
     variant: str = ""
+    step_times: tuple[float, ...] = ()  # measured step times (s); empty for estimates
+    # For a predicted speed: the factor a predicted throughput ratio of two configurations may be
+    # off by (the device kind's `speed_ratio_error`); None when unknown or measured.
+    speed_error: float | None = None
 
     @property
     def kind(self) -> str:
@@ -80,6 +91,8 @@ class Candidate:
     speed_source: str | None  # "measured", "estimated", "from mb=M xN" (borrowed), None: unknown
     fits: bool
     variant: str = ""  # a further dimension (e.g. a memory lever); "" for the plain step
+    step_times: tuple[float, ...] = ()  # the measured step times behind a "measured" speed
+    speed_error: float | None = None  # an "estimated" speed's ratio error factor (Observation)
 
     @property
     def kind(self) -> str:
@@ -105,6 +118,7 @@ class Plan:
     lines: dict[str, MemoryFit] = field(default_factory=dict)
     source: str = ""
     workload: str = ""
+    drift: float = 0.0  # the measured observations' typical spread (widens measured ratios)
 
     @property
     def usable_bytes(self) -> int:
@@ -122,6 +136,31 @@ class Plan:
         if not best or not candidate.samples_per_s:
             return None
         return best / candidate.samples_per_s
+
+    def speed_ratio(self, candidate: Candidate) -> Ratio | None:
+        """The recommendation's samples/s over the candidate's, with its interval where one can
+        be given (see `speed_ratio`)."""
+        return speed_ratio(self.recommended, candidate, self.drift)
+
+
+def speed_ratio(a: Candidate, b: Candidate, drift: float = 0.0) -> Ratio | None:
+    """`a`'s samples/s over `b`'s (both of one effective batch), with a 95% interval when both
+    speeds are measured for their own pair with enough steps (`stats.throughput_ratio`, widened
+    by `drift`) or both predicted with a known model error (the ratio times and divided by the
+    larger `speed_error`); without one otherwise (a borrowed speed, or one of each kind). None
+    when either speed is unknown."""
+    if not a.samples_per_s or not b.samples_per_s:
+        return None
+    value = a.samples_per_s / b.samples_per_s
+    if a.speed_source == b.speed_source == "measured" and a.step_times and b.step_times:
+        # Same effective batch on both sides: the ratio of samples/s is that of the medians.
+        measured = throughput_ratio(StepTimes(a.step_times), StepTimes(b.step_times), drift=drift)
+        if measured is not None:
+            return measured
+    if a.speed_source == b.speed_source == "estimated" and a.speed_error and b.speed_error:
+        error = max(a.speed_error, b.speed_error)
+        return Ratio(value, value / error, value * error)
+    return Ratio(value)
 
 
 def usable(budget_bytes: int, margin: float) -> int:
@@ -183,23 +222,25 @@ def _peak(kind: str, micro: int, accum: int, observations: Sequence[Observation]
     return None, "unknown"
 
 
-def _speed(micro: int, accum: int, observations: Sequence[Observation]) -> tuple[float | None, str | None]:
-    """Samples/s of a candidate and where it comes from: "measured" or "estimated" for the pair
-    itself, "from mb=M xN" when borrowed from the same micro-batch with another N (of the same
-    kind, else of the other), (None, None) when nothing says."""
+def _speed(micro: int, accum: int, observations: Sequence[Observation]
+           ) -> tuple[float | None, str | None, Observation | None]:
+    """Samples/s of a candidate, where it comes from and the observation it comes from:
+    "measured" or "estimated" for the pair itself, "from mb=M xN" when borrowed from the same
+    micro-batch with another N (of the same kind, else of the other), (None, None, None) when
+    nothing says."""
     rated = [o for o in observations if o.samples_per_s and o.status == "ok"]
     exact = [o for o in rated if o.micro_batch == micro and o.accum_steps == accum]
     if exact:
         best = max(exact, key=lambda o: o.samples_per_s)
-        return best.samples_per_s, "estimated" if best.speed_predicted else "measured"
+        return best.samples_per_s, "estimated" if best.speed_predicted else "measured", best
     kind = SINGLE if accum == 1 else ACCUMULATED
     same = [o for o in rated if o.micro_batch == micro]
     if same:
         # Prefer the same kind, then the nearest accumulation count.
         donor = min(same, key=lambda o: (o.kind != kind, abs(math.log(o.accum_steps / accum))))
         how = "estimated " if donor.speed_predicted else ""
-        return donor.samples_per_s, f"{how}from mb={donor.micro_batch} x{donor.accum_steps}"
-    return None, None
+        return donor.samples_per_s, f"{how}from mb={donor.micro_batch} x{donor.accum_steps}", donor
+    return None, None, None
 
 
 def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Observation],
@@ -220,9 +261,11 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     for micro, accum in divisor_pairs(effective_batch):
         kind = SINGLE if accum == 1 else ACCUMULATED
         peak, peak_source = _peak(kind, micro, accum, observations, lines, exact_source)
-        speed, speed_source = _speed(micro, accum, observations)
+        speed, speed_source, donor = _speed(micro, accum, observations)
         candidates.append(Candidate(micro, accum, peak, peak_source, speed, speed_source,
-                                    fits=peak is not None and peak <= limit))
+                                    fits=peak is not None and peak <= limit,
+                                    step_times=donor.step_times if donor else (),
+                                    speed_error=donor.speed_error if donor else None))
     known = [c for c in candidates if c.predicted_peak is not None]
     if not known:
         raise PlanError("the observations predict no candidate: need results at two or more "
@@ -235,22 +278,38 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
             f"({format_bytes(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
             f"{smallest.micro_batch} x {smallest.accum_steps}, needs {format_bytes(smallest.predicted_peak)}"
         )
+    timed = [StepTimes(o.step_times) for o in observations if len(o.step_times) >= 2]
+    drift = typical_spread(timed) or 0.0
     rated = [c for c in fitting if c.samples_per_s]
     if rated:
         best = max(rated, key=lambda c: (c.samples_per_s, c.micro_batch))
         reason = f"the fastest that fits ({_rate(best)} samples/s, {best.speed_source})"
+        runner_up = max((c for c in rated if c is not best), key=lambda c: (c.samples_per_s, c.micro_batch),
+                        default=None)
+        tie = speed_ratio(best, runner_up, drift) if runner_up else None
+        if tie is not None and tie.known and not orders(tie):
+            reason += f"; {runner_up.label} is {_no_difference(best, runner_up)}"
     else:
         best = max(fitting, key=lambda c: c.micro_batch)
         reason = ("the largest micro-batch that fits (no throughput measured; larger micro-batches "
                   "keep the GPU busier)")
-    return Plan(effective_batch, budget_bytes, margin, tuple(candidates), best, reason, lines, source, workload)
+    return Plan(effective_batch, budget_bytes, margin, tuple(candidates), best, reason, lines, source, workload,
+                drift)
 
 
 def observations_from_records(records: Iterable[Any]) -> list[Observation]:
     """Observations from result records (measured or estimated)."""
-    return [Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s, r.parameters,
-                        speed_predicted=r.meter == "estimate" or getattr(r, "predicted_step_time_s", None) is not None)
-            for r in records if r.status in ("ok", "oom")]
+    observations = []
+    for r in records:
+        if r.status not in ("ok", "oom"):
+            continue
+        predicted = r.meter == "estimate" or getattr(r, "predicted_step_time_s", None) is not None
+        error = (r.assumptions or {}).get("speed_ratio_error") if predicted else None
+        observations.append(Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s,
+                                        r.parameters, speed_predicted=predicted,
+                                        step_times=() if predicted else tuple(r.step_times_s),
+                                        speed_error=error))
+    return observations
 
 
 def select_records(records: Sequence[Any], workload: str | None = None, scenario_family: str | None = None,
@@ -324,25 +383,57 @@ def format_plan(plan: Plan) -> str:
     lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
                   f"peak {format_bytes(r.predicted_peak)}: {plan.reason}"]
     costs = [cost_line(plan, c) for c in plan.ranked() if c.fits and c != r and plan.slowdown(c)]
+    if costs and any(c.speed_source == "estimated" and c.speed_error for c in plan.candidates):
+        costs.append(_MODEL_ERROR_NOTE)
     if costs:
         lines += ["", "what the other fitting candidates cost:"] + [f"  {line}" for line in costs]
     return "\n".join(lines)
 
 
+_MODEL_ERROR_NOTE = ("(intervals of estimated speeds are the step-time model's error on such ratios in its "
+                     "held-out validation, not a measurement's)")
+
+
 def cost_line(plan: Plan, c: Candidate) -> str:
-    """'8x32: 5.10 GiB, ~310 samples/s (estimated), 2.1x slower than 32x8': one candidate's
-    memory and speed against the recommendation, each number with where it comes from."""
+    """'8x32: 5.10 GiB, ~310 samples/s (estimated), 2.1x slower than 32x8 (1.5-3.0x)': one
+    candidate's memory and speed against the recommendation, each number with where it comes
+    from, and 'no measurable difference' where the interval of the ratio holds 1."""
     r = plan.recommended
-    slowdown = plan.slowdown(c)
+    ratio = plan.speed_ratio(c)
     speed = f"{_rate(c)} samples/s ({c.speed_source})" if c.samples_per_s else "samples/s unknown"
     peak = f"{format_bytes(c.predicted_peak)} ({c.peak_source})" if c.predicted_peak is not None else "peak unknown"
-    if slowdown is None:
+    if ratio is None:
         versus = ""
-    elif slowdown >= 1.005:
-        versus = f", {slowdown:.1f}x slower than {r.label}" if slowdown >= 1.05 else f", {(slowdown - 1):.0%} slower than {r.label}"
+    elif ratio.known and not orders(ratio):
+        versus = f", {_no_difference(r, c)} ({_slower(ratio.value)}, interval {ratio.low:.3g}-{ratio.high:.3g}x)"
     else:
-        versus = f", as fast as {r.label}"
+        versus = f", {_slower(ratio.value)} than {r.label}"
+        if ratio.known:
+            versus += f" ({ratio.low:.3g}-{ratio.high:.3g}x{', 95% interval' if c.speed_source == 'measured' else ''})"
     return f"{c.label}: {peak}, {speed}{versus}"
+
+
+def orders(ratio: Ratio) -> bool:
+    """True when the ratio's interval excludes 1, so the two candidates are in a known order.
+    The interval alone decides, as in `steptime.pair_order` (not `Ratio.differs`, whose +-5%
+    precision rule is for claiming a speed-up): 2.5x known to [2.0, 3.1] orders its pair."""
+    return ratio.known and not (ratio.low <= 1.0 <= ratio.high)
+
+
+def _slower(ratio: float) -> str:
+    """'2.1x slower', '14% slower' or 'as fast' for a ratio of samples/s (recommended / other)."""
+    if ratio >= 1.5:
+        return f"{ratio:.1f}x slower"
+    if ratio >= 1.005:
+        return f"{ratio - 1:.0%} slower"
+    return "as fast"
+
+
+def _no_difference(best: Candidate, other: Candidate) -> str:
+    """How to say that `other` cannot be told from `best`: by measurement or within the model's error."""
+    if other.speed_source == "measured":
+        return f"not measurably slower than {best.label}"
+    return f"within the step-time model's error of {best.label}"
 
 
 def _rate(c: Candidate) -> str:
@@ -353,12 +444,18 @@ def _rate(c: Candidate) -> str:
     return f"{approx}{c.samples_per_s:,.0f}" if c.samples_per_s >= 100 else f"{approx}{c.samples_per_s:,.1f}"
 
 
+def _interval(ratio: Ratio | None) -> list[float] | None:
+    """[low, high] of a ratio's interval (None without one)."""
+    return [ratio.low, ratio.high] if ratio is not None and ratio.known else None
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The plan as plain data (for --json)."""
     def cand(c: Candidate) -> dict[str, Any]:
         return {"micro_batch": c.micro_batch, "accum_steps": c.accum_steps, "predicted_peak": c.predicted_peak,
                 "peak_source": c.peak_source, "samples_per_s": c.samples_per_s, "speed_source": c.speed_source,
-                "fits": c.fits, "variant": c.variant, "slowdown_vs_recommended": plan.slowdown(c)}
+                "fits": c.fits, "variant": c.variant, "slowdown_vs_recommended": plan.slowdown(c),
+                "slowdown_interval": _interval(plan.speed_ratio(c))}
     return {
         "workload": plan.workload, "effective_batch": plan.effective_batch, "budget_bytes": plan.budget_bytes,
         "margin": plan.margin, "usable_bytes": plan.usable_bytes, "source": plan.source,
@@ -372,4 +469,4 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 __all__ = ["ACCUMULATED", "DEFAULT_MARGIN", "SINGLE", "Candidate", "NothingFits", "Observation", "Plan",
            "PlanError", "candidate_cases", "cost_line", "divisor_pairs", "format_plan", "make_plan", "memory_lines",
-           "observations_from_records", "plan_to_dict", "select_records", "usable"]
+           "observations_from_records", "orders", "plan_to_dict", "select_records", "speed_ratio", "usable"]

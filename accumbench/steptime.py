@@ -376,5 +376,29 @@ def pair_order(measured: Sequence[StepTimes], batches: Sequence[float], predicte
     return PairOrder(pairs, resolved, agree)
 
 
+def ratio_error(measured: Sequence[float], predicted: Sequence[float], groups: Sequence[str],
+                quantile: float = 0.95) -> float:
+    """How far predicted throughput ratios are off, as a factor: exp of the `quantile` of
+    |log(predicted_i / predicted_j) - log(measured_i / measured_j)| over every pair of cases in
+    the same group (a workload: the plan compares configurations of one model), each group
+    weighted equally so one workload with many cases does not decide it alone. 1.0 means every
+    ratio was right; NaN without a pair."""
+    errors: list[float] = []
+    weights: list[float] = []
+    for group in sorted(set(groups)):
+        index = [i for i, g in enumerate(groups) if g == group]
+        mine = [abs(math.log(predicted[i] / predicted[j]) - math.log(measured[i] / measured[j]))
+                for k, i in enumerate(index) for j in index[k + 1:]]
+        if not mine:
+            continue
+        errors += mine
+        weights += [1.0 / len(mine)] * len(mine)
+    if not errors:
+        return math.nan
+    return float(math.exp(np.quantile(np.asarray(errors), quantile, weights=np.asarray(weights),
+                                      method="inverted_cdf")))
+
+
 __all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
-           "VIEW", "kernel_seconds", "op_flops", "pair_order", "predict_step_time", "spearman", "tensor_bytes"]
+           "VIEW", "kernel_seconds", "op_flops", "pair_order", "predict_step_time", "ratio_error", "spearman",
+           "tensor_bytes"]

@@ -17,7 +17,10 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
    others and its cases are predicted with them: per case predicted vs measured samples/s, the
    median absolute error, the worst (also split by the model's host- or device-bound verdict),
    Spearman's rank correlation within each workload, and how many of the pairs the measurements
-   resolve the prediction orders right (`accumbench.steptime.pair_order`). Repeated from two
+   resolve the prediction orders right (`accumbench.steptime.pair_order`), and how far the
+   predicted ratio of two configurations of one workload is off in 95% of pairs
+   (`accumbench.steptime.ratio_error`: the device kind's `speed_ratio_error`, the interval
+   `accumbench plan` puts on a predicted slowdown). Repeated from two
    other starting GEMM efficiencies, to show how much the held-out figures depend on a constant
    the training workloads cannot pin down. A second hold-out keeps configurations out: GPT-2
    fitted on its large-batch cases (and the other workloads), predicted on its accumulated ones.
@@ -28,7 +31,8 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
 5. With `--repeats`, the spread of the same case measured in separate processes: the floor under
    any comparison with one run.
 6. Writes OUTDIR/steptime_vs_measured.csv and .md, and prints the constants fitted on all cases
-   (what `accumbench/estimate_assumptions.py` holds as H100_FITTED).
+   (what `accumbench/estimate_assumptions.py` holds as H100_FITTED) and the held-out ratio error
+   (its H100_SPEED_RATIO_ERROR).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from accumbench.estimate import estimate_cases
 from accumbench.estimate_assumptions import assumptions_for
 from accumbench.records import read_records
 from accumbench.stats import StepTimes, typical_spread
-from accumbench.steptime import SpeedConstants, pair_order, predict_step_time, spearman
+from accumbench.steptime import SpeedConstants, pair_order, predict_step_time, ratio_error, spearman
 
 # host_tensor_seconds (host time per tensor of a foreach op) is not fitted and stays at the kind's
 # value (0): fitted too, it made the held-out error worse (leave one workload out: median 19%
@@ -146,7 +150,9 @@ def summary(rows: list[dict], key: str, points: list[Point], drift: float) -> di
     """Median |error|, worst |error|, and per workload Spearman and the order of the pairs the
     measurements resolve (`steptime.pair_order`), of the `key` predictions."""
     errs = [abs(e) for e in errors(rows, key)]
-    out: dict[str, object] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs)}
+    out: dict[str, object] = {"median_abs_error": statistics.median(errs), "worst_abs_error": max(errs),
+                              "ratio_error": ratio_error([r["measured"] for r in rows], [r[key] for r in rows],
+                                                         [r["workload"] for r in rows])}
     by_id = {p.case_id: p for p in points}
     for workload in sorted({r["workload"] for r in rows}):
         mine = [r for r in rows if r["workload"] == workload]
@@ -245,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     write(args.outdir, rows, lowo, cfg, fitted, speed_all, held_constants, len(cfg_rows), drift, repeats,
           sensitivity, measured_blocks)
     print("fitted on all cases: " + ", ".join(f"{k}={getattr(speed_all, k):.3g}" for k in FITTED))
+    print(f"speed_ratio_error (leave one workload out, 95% of pairs): {lowo['ratio_error']:.3f}")
     for name, s in (("leave one workload out", lowo), ("GPT-2 accumulated held out", cfg), ("fitted on all", fitted)):
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     return 0
@@ -268,7 +275,9 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
             writer.writerow({k: (f"{r[k]:.1f}" if isinstance(r[k], float) else r[k]) for k in columns})
 
     def block(title: str, s: dict[str, object]) -> list[str]:
-        lines = [f"**{title}**: median |error| {s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%}", ""]
+        lines = [f"**{title}**: median |error| {s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%}; "
+                 f"ratios of two configurations of one workload off by at most x{s['ratio_error']:.2f} in 95% of "
+                 "pairs (each workload weighted equally)", ""]
         for bound in ("host", "device"):
             if f"{bound}-bound" in s:
                 n, median, worst = s[f"{bound}-bound"]

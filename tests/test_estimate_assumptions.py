@@ -28,6 +28,9 @@ from accumbench.estimate_assumptions import MIB, assumptions_for
     ("cublas_workspace_bytes", "abc", "cublas_workspace_bytes: not a size: 'abc'"),
     ("scratch_bytes", "2.5", "scratch_bytes takes a whole number of bytes"),
     ("attention_scratch", "maybe", "attention_scratch takes true or false"),
+    # a factor either way: below 1 would put the interval's ends inside the ratio
+    ("speed_ratio_error", "0.9", "speed_ratio_error must be a finite factor of at least 1"),
+    ("speed_ratio_error", "inf", "speed_ratio_error takes a finite number"),
 ])
 def test_bad_values_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError) as caught:
@@ -43,6 +46,10 @@ def test_sensible_values_are_taken():
     assert assumptions_for("h100", {"total_memory_bytes": "none"}).usable_memory_bytes is None
     assert assumptions_for("h100", {"cublas_workspace_bytes": "80e6"}).cublas_workspace_bytes == 80 * 10**6
     assert assumptions_for("a100", {"scratch_bytes": "1MiB"}).scratch_bytes == MIB
+    assert assumptions_for("h100", {"speed_ratio_error": "1.1"}).speed_ratio_error == 1.1
+    # Every kind that predicts speed says how far its predicted ratios may be off; cpu predicts none.
+    assert all(assumptions_for(kind).speed_ratio_error > 1 for kind in ("h100", "h200", "a100"))
+    assert assumptions_for("cpu").speed_ratio_error is None
 
 
 def test_values_from_code_are_checked_too():

@@ -337,7 +337,8 @@ def test_plan_across_levers_recommends_what_fits_and_says_what_checkpointing_cos
 
     def rec(micro, accum, peak, speed, flops):
         return SimpleNamespace(micro_batch=micro, accum_steps=accum, status="ok", peak_allocated=peak,
-                               samples_per_s=speed, flops_per_step=flops, parameters=None, meter="cpu")
+                               samples_per_s=speed, flops_per_step=flops, parameters=None, meter="cpu",
+                               step_times_s=(), assumptions=None)
 
     eager = [rec(m, 16 // m, (100 + 50 * m) * MiB, 10.0 * m, 300) for m in (1, 2, 4, 8, 16)]
     ckpt = [rec(m, 16 // m, (100 + 10 * m) * MiB, 7.5 * m, 400) for m in (1, 2, 4, 8, 16)]

@@ -22,6 +22,7 @@ from accumbench.plan import (
     make_plan,
     memory_lines,
     observations_from_records,
+    orders,
     select_records,
 )
 from accumbench.records import Record, write_records
@@ -253,3 +254,94 @@ def test_plan_ranks_by_samples_per_s_and_says_where_each_number_comes_from():
     assert ranked[:4] == [(64, 4), (32, 8), (8, 32), (1, 256)]
     line = cost_line(plan, by_pair[(8, 32)])
     assert line == "8x32: 6.00 GiB (measured), ~310 samples/s (estimated), 2.0x slower than 32x8"
+
+
+def _speed_plan(fast_times, slow_times, **observed):
+    """A plan of effective batch 64 whose 64x1 and 32x2 both fit, with the given step times."""
+    gib = 2**30
+    return make_plan(64, 40 * gib, [
+        Observation(64, 1, "ok", 10 * gib, 64 / sorted(fast_times)[len(fast_times) // 2], step_times=fast_times,
+                    **observed),
+        Observation(32, 2, "ok", 6 * gib, 64 / sorted(slow_times)[len(slow_times) // 2], step_times=slow_times,
+                    **observed),
+    ])
+
+
+def _pair(plan, micro_batch, accum_steps):
+    return next(c for c in plan.candidates if (c.micro_batch, c.accum_steps) == (micro_batch, accum_steps))
+
+
+def test_a_measured_slowdown_comes_with_its_interval():
+    from accumbench.plan import cost_line
+
+    fast = (0.100, 0.101, 0.099, 0.100, 0.102, 0.100, 0.098, 0.101)
+    slow = tuple(2 * t for t in fast)
+    plan = _speed_plan(fast, slow)
+    slower = _pair(plan, 32, 2)
+    ratio = plan.speed_ratio(slower)
+    assert orders(ratio) and ratio.low < 2.0 < ratio.high and ratio.high / ratio.low < 1.2
+    line = cost_line(plan, slower)
+    assert "2.0x slower than 64x1 (" in line and "95% interval" in line
+    assert "not measurably" not in plan.reason
+
+
+def test_a_measured_difference_inside_the_noise_is_no_measurable_difference():
+    from accumbench.plan import cost_line
+
+    fast = (0.100, 0.110, 0.095, 0.120, 0.098, 0.105, 0.090, 0.115)
+    slow = tuple(t * 1.02 for t in reversed(fast))
+    plan = _speed_plan(fast, slow)
+    other = _pair(plan, 32, 2)
+    ratio = plan.speed_ratio(other)
+    assert ratio.known and not orders(ratio)
+    assert f"not measurably slower than {plan.recommended.label}" in cost_line(plan, other)
+    assert f"{other.label} is not measurably slower than {plan.recommended.label}" in plan.reason
+    assert plan_to_dict_interval(plan, other) == [ratio.low, ratio.high]
+
+
+def plan_to_dict_interval(plan, candidate):
+    from accumbench.plan import plan_to_dict
+
+    entry = next(c for c in plan_to_dict(plan)["candidates"]
+                 if (c["micro_batch"], c["accum_steps"]) == (candidate.micro_batch, candidate.accum_steps))
+    return entry["slowdown_interval"]
+
+
+@pytest.mark.parametrize("slowdown, error, claims", [(2.0, 1.4, True), (1.2, 1.4, False), (1.2, 1.1, True)])
+def test_a_predicted_slowdown_is_claimed_only_beyond_the_models_error(slowdown, error, claims):
+    from accumbench.plan import cost_line
+
+    gib = 2**30
+    plan = make_plan(64, 40 * gib, [
+        Observation(64, 1, "ok", 10 * gib, 1000.0, speed_predicted=True, speed_error=error),
+        Observation(32, 2, "ok", 6 * gib, 1000.0 / slowdown, speed_predicted=True, speed_error=error)])
+    other = _pair(plan, 32, 2)
+    ratio = plan.speed_ratio(other)
+    assert ratio.low == pytest.approx(slowdown / error) and ratio.high == pytest.approx(slowdown * error)
+    line = cost_line(plan, other)
+    text = format_plan(plan)
+    assert ("within the step-time model's error of 64x1" in line) is not claims
+    assert ("within the step-time model's error" in plan.reason) is not claims
+    assert "held-out validation" in text  # the interval says what it is
+    if claims:
+        assert f"slower than 64x1 ({slowdown / error:.3g}-{slowdown * error:.3g}x)" in line
+
+
+def test_a_borrowed_or_mixed_speed_gets_no_interval():
+    from accumbench.plan import speed_ratio
+
+    gib = 2**30
+    plan = make_plan(64, 40 * gib, [
+        Observation(64, 1, "ok", 10 * gib, 1000.0, step_times=(0.064,) * 8),
+        Observation(32, 2, "ok", 6 * gib, 500.0, speed_predicted=True, speed_error=1.3)])
+    a, b = plan.recommended, _pair(plan, 32, 2)
+    assert not speed_ratio(a, b).known and speed_ratio(a, b).value == pytest.approx(2.0)
+
+
+def test_observations_carry_measured_step_times_and_the_estimates_ratio_error():
+    measured = _record(meter="cuda", step_times_s=(0.1, 0.2), samples_per_s=10.0)
+    estimated = _record(meter="estimate", samples_per_s=12.0, step_times_s=(),
+                        assumptions={"kind": "h100", "speed_ratio_error": 1.37})
+    m, e = observations_from_records([measured, estimated])
+    assert m.step_times == (0.1, 0.2) and m.speed_error is None and not m.speed_predicted
+    assert e.step_times == () and e.speed_error == 1.37 and e.speed_predicted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -233,3 +234,17 @@ def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fix
     assert (kept.flop_efficiency, kept.bandwidth_efficiency) == (0.3, 0.5)
     assert kept.kernel_floor_seconds == given.kernel_floor_seconds
     assert kept.host_op_seconds != given.host_op_seconds
+
+
+def test_ratio_error_is_one_for_right_ratios_and_the_factor_of_a_wrong_one():
+    from accumbench.steptime import ratio_error
+
+    measured = [100.0, 200.0, 400.0, 10.0, 30.0]
+    groups = ["a", "a", "a", "b", "b"]
+    # Every ratio right, even with every prediction 3x off: the plan compares within a workload.
+    assert ratio_error(measured, [3 * m for m in measured], groups) == pytest.approx(1.0)
+    # One case of group b off by 1.5x: b's only pair is 1.5x off, and b weighs as much as a's three.
+    predicted = [100.0, 200.0, 400.0, 10.0, 45.0]
+    assert ratio_error(measured, predicted, groups) == pytest.approx(1.5)
+    assert ratio_error(measured, predicted, groups, quantile=0.4) == pytest.approx(1.0)
+    assert math.isnan(ratio_error([1.0], [1.0], ["a"]))
