@@ -25,8 +25,43 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as every input error of the commands is (`common.fail_input`): one
+    line, exit 2, where click prints its usage, a hint and the message over four."""
+
+    def __init__(self, message: str, ctx: click.Context | None = None, command_path: str | None = None) -> None:
+        super().__init__(message, ctx)
+        self.command_path = ctx.command_path if ctx is not None else command_path
+
+    def show(self, file=None) -> None:
+        where = f" (see '{self.command_path} --help')" if self.command_path else ""
+        click.echo(f"error: {self.format_message().rstrip('.')}{where}", err=True, file=file)
+
+
+def _one_line(exc: click.UsageError, command_path: str | None = None) -> OneLineUsageError:
+    """`exc` as a `OneLineUsageError`; `command_path` names the command when click gave no context
+    (an option's missing value is found before the command's context exists)."""
+    if isinstance(exc, OneLineUsageError):
+        return exc
+    return OneLineUsageError(exc.format_message(), exc.ctx, command_path)
+
+
 class LazyGroup(click.Group):
-    """A group that imports a command's module only when that command is asked for."""
+    """A group that imports a command's module only when that command is asked for, and shows
+    click's usage errors (unknown option, bad value, missing argument) in one line."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:  # the group's own arguments: an unknown command or option
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context):
+        try:  # a command's arguments, parsed when the group invokes it, and its own usage errors
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            command = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise _one_line(exc, command) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
