@@ -29,7 +29,9 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
    and only the host costs fitted, and every case predicted with all six measured constants and
    nothing fitted: constants that owe nothing to the workloads make every case a held-out one.
 5. With `--repeats`, the spread of the same case measured in separate processes: the floor under
-   any comparison with one run.
+   any comparison with one run; and, for the cases measured in at least three processes
+   (`benchmarks/gpu/steptime_repeats.sh` measures 40 of them again), the held-out predictions
+   against the median of their runs.
 6. Writes OUTDIR/steptime_vs_measured.csv and .md, and prints the constants fitted on all cases
    (what `accumbench/estimate_assumptions.py` holds as H100_FITTED) and the held-out ratio error
    (its H100_SPEED_RATIO_ERROR).
@@ -178,6 +180,24 @@ def repeated_cases(measured_path: Path, repeats: list[Path]) -> list[tuple[str, 
     return [(case, m) for case, m in medians.items() if len(m) > 1]
 
 
+def median_of_runs(points: list[Point], measured_path: Path, repeats: list[Path], least: int = 3) -> list[Point]:
+    """The points measured in at least `least` processes (the measured file and the `repeats`
+    files), each with the median of its runs' samples/s as the measurement and the step times of
+    all its runs pooled: a reference less noisy than one run."""
+    runs: dict[str, list[tuple[float, tuple[float, ...]]]] = {}
+    for path in [measured_path, *repeats]:
+        for r in read_records(path):
+            if r.status == "ok" and r.samples_per_s and r.step_times_s:
+                runs.setdefault(r.case_id, []).append((r.samples_per_s, tuple(r.step_times_s)))
+    out = []
+    for p in points:
+        mine = runs.get(p.case_id, [])
+        if len(mine) >= least:
+            pooled = tuple(t for _, times in mine for t in times)
+            out.append(dataclasses.replace(p, measured=statistics.median(s for s, _ in mine), times=StepTimes(pooled)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
@@ -243,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
              summary(rows, "device_measured", points, drift)),
             (f"Every case held out: all six constants measured ({source}), nothing fitted",
              summary(rows, "microbenchmarks", points, drift))]
+    steady = median_of_runs(points, args.measured, args.repeats)
+    if len(steady) >= 2:
+        # The same predictions against the median of several runs per case (those measured in
+        # at least three processes): how much of the error is the reference's own noise.
+        by_id = {p.case_id: p for p in steady}
+        steady_rows = [dict(row, measured=by_id[row["case_id"]].measured) for row in rows if row["case_id"] in by_id]
+        measured_blocks.append((f"Held out: leave one workload out, against the median of at least three runs per case "
+                                f"({len(steady_rows)} cases measured in several processes)",
+                                summary(steady_rows, "held_out_workload", steady, drift)))
     lowo = summary(rows, "held_out_workload", points, drift)
     cfg_rows = [r for r in rows if r["held_out_config"] is not None]
     cfg = summary(cfg_rows, "held_out_config", points, drift)
