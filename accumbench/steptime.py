@@ -47,6 +47,10 @@ What it cannot see:
   resolve; at 4 the one resolved pair went the other way), where the model predicts the two
   alike. On an H200 GPT-2's step took about 2 ms more than a micro-step (results/NVIDIA-H200/);
   benchmarks/gpu/optimizer_step.py times the optimizer step alone to say where it goes;
+- activation checkpointing's host work beyond the ops it recomputes: on an H200 checkpointing
+  every block of GPT-2 cost 54-57% of samples/s at micro-batch 8 (host-bound) where the model
+  says 28%; from micro-batch 32 up it cost 13-17%, predicted 13-14%
+  (results/NVIDIA-H200/levers/);
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
   H200 an OLMoE-shaped model ran 7-21% slower than predicted (results/NVIDIA-H200/moe/);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs

@@ -20,6 +20,7 @@ def test_estimate_writes_estimate_records_that_match_run_on_cpu(tmp_path):
     assert all(r.assumptions["device_kind"] == "cpu" and r.step_times_s == () for r in estimates)
     # The cpu kind predicts no speed (no step-time constants).
     assert all(r.samples_per_s is None and r.predicted_step_time_s is None for r in estimates)
+    assert "samples/s" not in result.stdout
 
     measured_path = tmp_path / "run.jsonl"
     result = runner.invoke(main, ["run", *TINY_MLP, "--device", "cpu", "--warmup", "1", "--steps", "1",

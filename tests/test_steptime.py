@@ -115,8 +115,13 @@ def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
 def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
     runner = CliRunner()
     out = tmp_path / "h100.jsonl"
-    assert runner.invoke(main, ["estimate", *TINY_MLP, "--out", str(out)]).exit_code == 0
+    shown = runner.invoke(main, ["estimate", *TINY_MLP, "--out", str(out)])
+    assert shown.exit_code == 0
+    # The summary shows the predicted speeds beside the peaks, and says they are a model's.
+    assert "predicted samples/s" in shown.stdout and "not measured" in shown.stdout
     records = {r.case_id: r for r in read_records(out)}
+    assert all(f"~{r.samples_per_s:,.1f}" in shown.stdout for r in records.values())
+    assert all(r.assumptions["speed_ratio_error"] == assumptions_for("h100").speed_ratio_error for r in records.values())
     for r in records.values():
         assert r.step_times_s == () and r.predicted_step_time_s > 0  # predicted, never measured
         assert r.samples_per_s == pytest.approx(r.effective_batch / r.predicted_step_time_s)

@@ -167,7 +167,15 @@ def _print_summary(records, assumptions) -> None:
     if not records:
         return
     usable = assumptions.usable_memory_bytes
-    rows = [(r.case_id, r.status, format_bytes(r.peak_allocated)) for r in records]
-    click.echo(text_table(["case", "status", "predicted peak"], rows, right=(2,)))
+    speeds = any(r.samples_per_s for r in records)
+    rows = [(r.case_id, r.status, format_bytes(r.peak_allocated))
+            + ((f"~{r.samples_per_s:,.1f}" if r.samples_per_s else "-",) if speeds else ()) for r in records]
+    click.echo(text_table(["case", "status", "predicted peak"] + (["predicted samples/s"] if speeds else []), rows,
+                          right=(2, 3) if speeds else (2,)))
+    if speeds and assumptions.speed_ratio_error:
+        # A predicted speed is a model's: say how far it was off where it was checked.
+        click.echo(f"(samples/s from the step-time model, not measured: the ratio of two configurations was off by "
+                   f"up to x{assumptions.speed_ratio_error:g} in 95% of held-out pairs on the H100, "
+                   "results/estimate-vs-h100/steptime_vs_measured.md)")
     if usable is not None:
         click.echo(f"(usable memory assumed: {format_bytes(usable)} of {format_bytes(assumptions.total_memory_bytes)})")
