@@ -406,6 +406,8 @@ def cost_line(plan: Plan, c: Candidate) -> str:
         versus = ""
     elif ratio.known and not orders(ratio):
         versus = f", {_no_difference(r, c)} ({_slower(ratio.value)}, interval {ratio.low:.3g}-{ratio.high:.3g}x)"
+    elif ratio.value < 1.005:
+        versus = f", as fast as {r.label}"
     else:
         versus = f", {_slower(ratio.value)} than {r.label}"
         if ratio.known:

@@ -327,6 +327,15 @@ def test_a_predicted_slowdown_is_claimed_only_beyond_the_models_error(slowdown, 
         assert f"slower than 64x1 ({slowdown / error:.3g}-{slowdown * error:.3g}x)" in line
 
 
+def test_an_equal_speed_without_an_interval_reads_as_fast():
+    from accumbench.plan import cost_line
+
+    gib = 2**30
+    plan = make_plan(64, 40 * gib, [Observation(64, 1, "ok", 10 * gib, 1000.0),
+                                    Observation(32, 2, "ok", 6 * gib, 999.0)])
+    assert cost_line(plan, _pair(plan, 32, 2)).endswith(", as fast as 64x1")
+
+
 def test_a_borrowed_or_mixed_speed_gets_no_interval():
     from accumbench.plan import speed_ratio
 
