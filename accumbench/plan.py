@@ -288,7 +288,9 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
                         default=None)
         tie = speed_ratio(best, runner_up, drift) if runner_up else None
         if tie is not None and tie.known and not orders(tie):
-            reason += f"; {runner_up.label} is {_no_difference(best, runner_up)}"
+            # Speeds that cannot be told apart leave memory to choose by: say what each needs.
+            reason += (f"; {runner_up.label} is {_no_difference(best, runner_up)} and needs "
+                       f"{format_bytes(runner_up.predicted_peak)} against {format_bytes(best.predicted_peak)}")
     else:
         best = max(fitting, key=lambda c: c.micro_batch)
         reason = ("the largest micro-batch that fits (no throughput measured; larger micro-batches "

@@ -295,7 +295,8 @@ def test_a_measured_difference_inside_the_noise_is_no_measurable_difference():
     ratio = plan.speed_ratio(other)
     assert ratio.known and not orders(ratio)
     assert f"not measurably slower than {plan.recommended.label}" in cost_line(plan, other)
-    assert f"{other.label} is not measurably slower than {plan.recommended.label}" in plan.reason
+    assert (f"{other.label} is not measurably slower than {plan.recommended.label} and needs 6.00 GiB against "
+            "10.0 GiB") in plan.reason
     assert plan_to_dict_interval(plan, other) == [ratio.low, ratio.high]
 
 
