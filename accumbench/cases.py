@@ -40,6 +40,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from accumbench.textfmt import is_integer
+
 BUILTIN_SUITES = ("smoke", "default")
 CASE_KNOBS = ("warmup", "steps", "amp", "set_to_none", "loss_norm",
               "checkpoint", "freeze", "trainable", "lora", "compile")
@@ -142,14 +144,9 @@ def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1)
     return "/".join(parts + Levers.of(case).id_parts())
 
 
-def _is_int(value: Any) -> bool:
-    """True for an int that is not a bool (TOML and JSON booleans are ints to Python)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _count_problem(key: str, value: Any, maximum: int) -> str | None:
     """What is wrong with a positive integer setting (None: nothing)."""
-    if not _is_int(value) or value < 1:
+    if not is_integer(value) or value < 1:
         return f"{key} must be a positive integer, got {value!r}"
     if value > maximum:
         return f"{key} must be at most {maximum:,}, got {value:,}"
@@ -196,7 +193,7 @@ def expand_group(
     if not scenarios:
         raise SuiteError(f"group for workload {workload!r} names no scenarios")
     for value in list(micro_batches) + list(accum_steps) + list(effective_batches or []):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_integer(value) or value < 1:
             raise SuiteError(f"batch sizes and accumulation steps must be positive integers, got {value!r}")
     caps = [] if max_effective_batch is None else [max_effective_batch]
     bounded = [("micro_batch", v, MAX_MICRO_BATCH) for v in micro_batches] \
@@ -237,9 +234,9 @@ def expand_group(
 
 
 def _int_list(value: Any, key: str, where: str) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_integer(value):
         return [value]
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and all(is_integer(v) for v in value):
         return value
     raise SuiteError(f"{where}: {key} must be an integer or a list of integers, got {value!r}")
 
@@ -300,7 +297,7 @@ def parse_suite(data: Mapping[str, Any], where: str = "suite") -> list[Case]:
         effective = group.pop("effective_batch", None)
         effective = _int_list(effective, "effective_batch", label) if effective is not None else None
         cap = group.pop("max_effective_batch", None)
-        if cap is not None and (not _is_int(cap) or cap < 1):
+        if cap is not None and (not is_integer(cap) or cap < 1):
             raise SuiteError(f"{label}: max_effective_batch must be a positive integer, got {cap!r}")
         options = group.pop("options", {})
         if not isinstance(options, Mapping):

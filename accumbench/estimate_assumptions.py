@@ -77,7 +77,7 @@ SPEED_FIELDS = ("peak_flops_bf16", "peak_flops_fp16", "peak_flops_tf32", "peak_f
                 "kernel_floor_seconds",
                 "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
 # The one size parser, re-exported: `--assume total_memory_bytes=80GiB` reads sizes like every command.
-from accumbench.textfmt import format_bytes, is_fractional_bare_number, parse_bool, parse_size
+from accumbench.textfmt import format_bytes, is_fractional_bare_number, is_integer, parse_bool, parse_size
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -137,7 +137,7 @@ class DeviceAssumptions:
             value = getattr(self, name)
             if name == "total_memory_bytes" and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not is_integer(value):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
             if value < 0:
                 raise ValueError(f"{name} must not be negative, got {value!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from accumbench.stats import StepTimes
+from accumbench.textfmt import is_integer
 
 SCHEMA_VERSION = 1
 
@@ -178,13 +179,13 @@ class Record:
             raise RecordError(f"meter {self.meter!r} is not one of {', '.join(METERS)}")
         for name in ("micro_batch", "accum_steps", "effective_batch", "world_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise RecordError(f"{name} must be a positive integer, got {value!r}")
             _check_not_too_large(name, value)
         for name in ("peak_allocated", "first_step_peak_allocated", "peak_reserved",
                      "baseline_allocated", "device_total_memory", "flops_per_step"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
+            if value is not None and (not is_integer(value) or value < 0):
                 unit = "" if name == "flops_per_step" else " of bytes"
                 raise RecordError(f"{name} must be a non-negative integer{unit}, got {value!r}")
             _check_not_too_large(name, value)
@@ -225,13 +226,13 @@ class Record:
                 raise RecordError(f"{name} must be true or false, got {value!r}")
         for name in _COUNT_FIELDS:
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
+            if value is not None and (not is_integer(value) or value < 0):
                 raise RecordError(f"{name} must be a non-negative integer, got {value!r}")
             _check_not_too_large(name, value)
         # A seed is whatever torch takes: 64 bits, signed or not.
-        if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64):
+        if self.seed is not None and (not is_integer(self.seed) or not -(2**63) <= self.seed < 2**64):
             raise RecordError(f"seed must be an integer of at most 64 bits, got {self.seed!r}")
-        if not _is_int(self.schema):
+        if not is_integer(self.schema):
             raise RecordError(f"schema must be an integer, got {self.schema!r}")
         if self.tasks is not None and not all(isinstance(t, str) for t in self.tasks):
             raise RecordError(f"tasks must be a list of task names, got {list(self.tasks)!r}")
@@ -245,7 +246,7 @@ class Record:
             if not isinstance(self.breakdown, dict):
                 raise RecordError(f"breakdown must be an object of bytes per category, got {self.breakdown!r}")
             for key, value in self.breakdown.items():
-                if not _is_int(value) or value < 0:
+                if not is_integer(value) or value < 0:
                     raise RecordError(f"breakdown[{key!r}] must be a non-negative integer of bytes, got {value!r}")
                 _check_not_too_large(f"breakdown[{key!r}]", value)
         ci = self.median_step_time_ci_s
@@ -261,11 +262,6 @@ def _check_not_too_large(name: str, value: Any) -> None:
     """`RecordError` for an integer above `MAX_INT` (int64): no meter counts that far."""
     if value is not None and value > MAX_INT:
         raise RecordError(f"{name} is too large: {value} (at most 2**63 - 1)")
-
-
-def _is_int(value: Any) -> bool:
-    """True for an int that is not a bool (JSON's true and false are ints to Python)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _non_negative_number(value: Any) -> bool:

@@ -68,6 +68,12 @@ def parse_bool(text: str) -> bool | None:
 _BARE_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
+def is_integer(value: Any) -> bool:
+    """True for an int that is not a bool: JSON's and TOML's true and false are ints to Python,
+    and a count, size or seed read from a file or flag must not be one of them."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_fractional_bare_number(text: Any) -> bool:
     """True for a finite number with no unit that is not whole ('0.5', '2.5', '1e-3'): not a
     count of bytes, though `parse_size` would round it to one; callers that take bytes refuse it

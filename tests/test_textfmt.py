@@ -133,3 +133,10 @@ def test_a_fractional_bare_number_is_not_a_byte_count():
 
     assert all(is_fractional_bare_number(t) for t in ("0.5", " 2.5 ", "1e-3", ".5", "-0.5"))
     assert not any(is_fractional_bare_number(t) for t in ("0", "4096", "1e6", "1e400", "0.5%", "1.5GB", "lots"))
+
+
+def test_is_integer_takes_ints_but_not_the_bools_json_and_toml_make():
+    from accumbench.textfmt import is_integer
+
+    assert [is_integer(v) for v in (0, -3, 2**70, True, False, 1.0, "1", None)] == [
+        True, True, True, False, False, False, False, False]

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from accumbench.textfmt import parse_bool
+from accumbench.textfmt import is_integer, parse_bool
 
 Batch = Any
 LossOutput = "torch.Tensor | dict[str, torch.Tensor]"
@@ -62,7 +62,7 @@ def option_int(workload: str, key: str, value: Any, minimum: int = 1) -> int:
             value = int(value.strip())
         except ValueError:
             pass
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_integer(value):
         raise WorkloadError(f"workload {workload}: option {key} takes a whole number, got {value!r}")
     if value < minimum:
         raise WorkloadError(f"workload {workload}: option {key} must be at least {minimum}, got {value}")
