@@ -18,6 +18,8 @@ of the first micro-batch size, and sizes decided by the batch's values.
   `zero_grad(set_to_none=False)`), at larger ones it gets a gradient of its own.
 - `activation_mask`: `h[h > 0]` on an activation: its size depends on the weights, which the
   estimate refuses.
+- `packed`: `pack_padded_sequence` with lengths from the batch into an LSTM, which the estimate
+  refuses, saying why.
 
 Used as `--workload tests/workloads/irregular_batches.py:dynamic_length`.
 """
@@ -83,6 +85,11 @@ def _classify_loss(logits: torch.Tensor, batch) -> torch.Tensor:
     return F.cross_entropy(logits, batch[1])
 
 
+def _classifier(name: str, build_model) -> Workload:
+    """A classifier workload on token batches of one shape (the model decides what is irregular)."""
+    return Workload(name=name, build_model=build_model, make_batch=_classify_batch, loss=_classify_loss)
+
+
 class BatchNonzero(nn.Module):
     """Pools the tokens above the vocabulary's middle, found with `nonzero` on the batch."""
 
@@ -102,8 +109,7 @@ class BatchNonzero(nn.Module):
 
 def batch_nonzero() -> Workload:
     """Sizes that follow the batch's values, in micro-batches of one shape."""
-    return Workload(name="irregular-batch-nonzero", build_model=BatchNonzero, make_batch=_classify_batch,
-                    loss=_classify_loss)
+    return _classifier("irregular-batch-nonzero", BatchNonzero)
 
 
 class BatchMask(nn.Module):
@@ -124,8 +130,7 @@ class BatchMask(nn.Module):
 
 def batch_mask() -> Workload:
     """`h[mask]` and `masked_select(h, mask)` with a mask from the batch."""
-    return Workload(name="irregular-batch-mask", build_model=BatchMask, make_batch=_classify_batch,
-                    loss=_classify_loss)
+    return _classifier("irregular-batch-mask", BatchMask)
 
 
 CLASSES, FRAMES, TARGET = 12, 20, 6
@@ -179,8 +184,7 @@ class StolenGrad(nn.Module):
 
 def stolen_grad() -> Workload:
     """Gradients whose layout depends on the micro-batch a run starts with."""
-    return Workload(name="irregular-stolen-grad", build_model=StolenGrad, make_batch=_classify_batch,
-                    loss=_classify_loss)
+    return _classifier("irregular-stolen-grad", StolenGrad)
 
 
 class ActivationMask(nn.Module):
@@ -198,8 +202,7 @@ class ActivationMask(nn.Module):
 
 def activation_mask() -> Workload:
     """`h[h > 0]`: refused by the estimate."""
-    return Workload(name="irregular-activation-mask", build_model=ActivationMask, make_batch=_classify_batch,
-                    loss=_classify_loss)
+    return _classifier("irregular-activation-mask", ActivationMask)
 
 
 class Packed(nn.Module):
@@ -220,4 +223,4 @@ class Packed(nn.Module):
 
 def packed() -> Workload:
     """`pack_padded_sequence` into an LSTM: refused by the estimate, saying why."""
-    return Workload(name="irregular-packed", build_model=Packed, make_batch=_classify_batch, loss=_classify_loss)
+    return _classifier("irregular-packed", Packed)
