@@ -5,8 +5,12 @@
 (`accumbench.plan.make_plan` on each); this module puts them side by side: which configurations
 fit each way, the fastest that fits overall (by throughput where the records carry one, else the
 largest micro-batch, preferring fewer levers), and per micro-batch estimated both ways what the
-lever saves in memory and costs in throughput (or, without step times, in FLOPs per step:
-checkpointing runs the checkpointed blocks' forward twice).
+lever saves in memory and costs in step time (or, without step times, in FLOPs per step:
+checkpointing runs the checkpointed blocks' forward twice). A step-time cost carries the interval
+`accumbench.plan.speed_ratio` gives two configurations' speeds (the bootstrap of two measured
+pairs, the step-time model's error for two predicted ones), and one whose interval holds 1 is
+said to be within it, as plan says of its candidates; so is a recommendation across levers that
+cannot be told from the other setting's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from accumbench.plan import Candidate, observations_from_records, orders, speed_ratio
+from accumbench.stats import Ratio, StepTimes, typical_spread
 from accumbench.textfmt import format_bytes
 
 
@@ -30,28 +36,41 @@ class LeverOption:
 
 @dataclass(frozen=True)
 class LeverCost:
-    """What switching a lever on changes at one micro-batch x steps: bytes (negative saves),
-    and the relative change of samples/s, else of FLOPs per step (None when unknown)."""
+    """What switching a lever on changes at one micro-batch x steps: bytes (negative saves);
+    the step time with the lever over the step time without it (the plain samples/s over the
+    levered), with its interval where one can be given; and the relative change of FLOPs per
+    step (None when unknown)."""
 
     micro_batch: int
     accum_steps: int
     peak_change: int
-    speed_change: float | None
+    time_ratio: Ratio | None
     flops_change: float | None
+    measured: bool = False  # both speeds measured (else predicted, or one of each)
 
 
 def lever_costs(base: Sequence[Any], levered: Sequence[Any]) -> list[LeverCost]:
     """Per configuration measured (or estimated) both ways, the lever's cost."""
-    index = {(r.micro_batch, r.accum_steps): r for r in base if r.status == "ok" and r.peak_allocated}
+    plain = {(o.micro_batch, o.accum_steps): (o, r) for o, r in _observed(base) if o.peak_allocated}
+    pairs = [(plain[key], (o, r)) for o, r in _observed(levered)
+             if (key := (o.micro_batch, o.accum_steps)) in plain and o.peak_allocated is not None]
+    # The allowance for drift between cases, as plan widens its measured ratios.
+    drift = typical_spread([StepTimes(o.step_times) for pair in pairs for o, _ in pair if len(o.step_times) >= 2])
     costs = []
-    for r in levered:
-        b = index.get((r.micro_batch, r.accum_steps))
-        if b is None or r.status != "ok" or r.peak_allocated is None:
-            continue
-        speed = r.samples_per_s / b.samples_per_s - 1 if r.samples_per_s and b.samples_per_s else None
-        flops = r.flops_per_step / b.flops_per_step - 1 if r.flops_per_step and b.flops_per_step else None
-        costs.append(LeverCost(r.micro_batch, r.accum_steps, r.peak_allocated - b.peak_allocated, speed, flops))
+    for (b, b_record), (o, record) in pairs:
+        flops = record.flops_per_step / b_record.flops_per_step - 1 \
+            if record.flops_per_step and b_record.flops_per_step else None
+        costs.append(LeverCost(o.micro_batch, o.accum_steps, o.peak_allocated - b.peak_allocated,
+                               speed_ratio(b, o, drift or 0.0), flops,
+                               measured=b.speed_source == o.speed_source == "measured"))
     return costs
+
+
+def _observed(records: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """The ok records, each with its `accumbench.plan.Observation` (whose speed source and
+    model error `speed_ratio` reads)."""
+    ok = [r for r in records if r.status == "ok"]
+    return list(zip(observations_from_records(ok), ok))
 
 
 def best_option(options: Sequence[LeverOption]) -> LeverOption | None:
@@ -82,23 +101,58 @@ def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointi
         costs = lever_costs(options[0].records, options[1].records)
         if costs:
             saved = statistics.median(c.peak_change for c in costs)
-            speeds = [c.speed_change for c in costs if c.speed_change is not None]
-            flops = [c.flops_change for c in costs if c.flops_change is not None]
-            if speeds:
-                # Step time at the same samples per step: time ratio = 1 / speed ratio.
-                cost = f"~{1 / (1 + statistics.median(speeds)) - 1:+.0%} step time"
-            elif flops:
-                cost = f"~{statistics.median(flops):+.0%} FLOPs per step (no step times to compare)"
-            else:
-                cost = "step-time cost unknown"
             largest = max(costs, key=lambda c: c.micro_batch)
             lines.append(f"  {lever}: {_gib_signed(largest.peak_change)} at micro-batch {largest.micro_batch} "
-                         f"(median {_gib_signed(saved)} over {len(costs)} configuration(s)), {cost}")
+                         f"(median {_gib_signed(saved)} over {len(costs)} configuration(s)), {_cost_text(costs, largest)}")
     best = best_option(options)
     if best is not None:
         r = best.plan.recommended
-        lines.append(f"recommended across levers: {best.label}, micro-batch {r.micro_batch} x {r.accum_steps}")
+        line = f"recommended across levers: {best.label}, micro-batch {r.micro_batch} x {r.accum_steps}"
+        others = [o for o in options if o.plan is not None and o is not best]
+        line += "".join(_tie_text(best, other) for other in others)
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _cost_text(costs: Sequence[LeverCost], at: LeverCost) -> str:
+    """The lever's step-time cost at configuration `at` with its interval, and its median over
+    `costs`; without step times the median change of FLOPs per step."""
+    timed = [c for c in costs if c.time_ratio is not None]
+    if not timed:
+        flops = [c.flops_change for c in costs if c.flops_change is not None]
+        if flops:
+            return f"~{statistics.median(flops):+.0%} FLOPs per step (no step times to compare)"
+        return "step-time cost unknown"
+    median = f"median {statistics.median(c.time_ratio.value for c in timed) - 1:+.0%} over the {len(timed)}"
+    ratio = at.time_ratio
+    if ratio is None:
+        return f"step time ~{median[len('median '):]} configurations with step times (none at micro-batch {at.micro_batch})"
+    notes = [median] if len(timed) > 1 else []
+    change = f"{ratio.value - 1:+.0%} step time there"
+    if not ratio.known:
+        return f"~{change}" + (f" ({notes[0]}; no interval)" if notes else " (no interval)")
+    interval = f"{ratio.low:.3g}-{ratio.high:.3g}x"
+    if not orders(ratio):
+        within = "not measurably different from no cost" if at.measured else "within the step-time model's error of no cost"
+        return f"{change}, {within} ({'; '.join([interval] + notes)})"
+    return f"{change} ({'; '.join([interval + (', 95% interval' if at.measured else '')] + notes)})"
+
+
+def _tie_text(best: LeverOption, other: LeverOption) -> str:
+    """'; ckpt-blocks' 64 x 1 is within the step-time model's error of it: ...' when the other
+    option's recommendation cannot be told from the best one's in speed (memory then decides);
+    empty otherwise."""
+    a, b = best.plan.recommended, other.plan.recommended
+    ratio = speed_ratio(a, b, max(best.plan.drift, other.plan.drift))
+    if ratio is None or not ratio.known or orders(ratio):
+        return ""
+    within = "not measurably slower" if _measured(a, b) else "within the step-time model's error of it"
+    return (f"; the {other.label} plan's {b.micro_batch} x {b.accum_steps} is {within} "
+            f"({ratio.low:.3g}-{ratio.high:.3g}x) and needs {_gib(b.predicted_peak)} against {_gib(a.predicted_peak)}")
+
+
+def _measured(*candidates: Candidate) -> bool:
+    return all(c.speed_source == "measured" for c in candidates)
 
 
 def _gib(n: float | None) -> str:

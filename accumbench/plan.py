@@ -78,6 +78,14 @@ class Observation:
         """One micro-step (accumulation 1) or accumulating: their peaks follow different lines."""
         return SINGLE if self.accum_steps == 1 else ACCUMULATED
 
+    @property
+    def speed_source(self) -> str | None:
+        """'measured' or 'estimated' as for a `Candidate` (None without samples/s), so that
+        `speed_ratio` compares two observations as it compares two candidates."""
+        if not self.samples_per_s:
+            return None
+        return "estimated" if self.speed_predicted else "measured"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -143,7 +151,7 @@ class Plan:
         return speed_ratio(self.recommended, candidate, self.drift)
 
 
-def speed_ratio(a: Candidate, b: Candidate, drift: float = 0.0) -> Ratio | None:
+def speed_ratio(a: Candidate | Observation, b: Candidate | Observation, drift: float = 0.0) -> Ratio | None:
     """`a`'s samples/s over `b`'s (both of one effective batch), with a 95% interval when both
     speeds are measured for their own pair with enough steps (`stats.throughput_ratio`, widened
     by `drift`) or both predicted with a known model error (the ratio times and divided by the

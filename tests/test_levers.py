@@ -6,6 +6,7 @@ out of step times."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -299,7 +300,8 @@ def lever_record(peak: int, step_s: float, **levers) -> "Record":
         run_id="r1", case_id="gpt-tiny/accumulated/mb8/acc4/" + "/".join(Levers(**levers).id_parts()),
         workload="gpt-tiny", scenario="accumulated", micro_batch=8, accum_steps=4, effective_batch=32,
         amp="none", set_to_none=True, optimizer="AdamW(foreach)", meter="cpu", device_name="cpu",
-        peak_allocated=peak, step_times_s=(step_s,) * 3, samples_per_s=32 / step_s,
+        peak_allocated=peak, step_times_s=tuple(step_s * (1 + 0.01 * math.sin(k)) for k in range(8)),
+        samples_per_s=32 / step_s,
         compile_time_s=12.5 if levers.get("compile") else None, **levers)
 
 
@@ -314,9 +316,17 @@ def test_report_puts_each_lever_beside_its_eager_twin():
     by_lever = {row[1].text: row for row in table.rows}
     assert set(by_lever) == {"ckpt-blocks", "compile"}
     assert by_lever["ckpt-blocks"][5].value == -1_000_000
-    assert by_lever["ckpt-blocks"][8].value == pytest.approx(-0.2)  # 32/0.125 vs 32/0.10 samples/s
+    # 32/0.125 vs 32/0.10 samples/s, with its interval: a ratio, never a bare change.
+    assert by_lever["ckpt-blocks"][8].value == pytest.approx(0.8, rel=0.01)
+    assert by_lever["ckpt-blocks"][8].text.startswith("0.80× [")
     assert by_lever["compile"][9].value == 12.5
-    assert any("compiling took" in s for s in levers_findings(frame))
+    findings = levers_findings(frame)
+    assert any("compiling took" in s for s in findings)
+    assert any(s.startswith("ckpt-blocks on ") and ", throughput 0.80× [" in s and "] of eager." in s for s in findings)
+    # A lever whose speed cannot be told from eager's says so.
+    tie, _ = prepare(records_to_frame([lever_record(4_000_000, 0.10), lever_record(3_000_000, 0.1002, checkpoint="blocks")]))
+    (row,) = levers_table(tie).rows
+    assert row[8].value is None and row[8].text.startswith("no measurable difference (")
     figure = levers_figure(frame)
     assert [len(ax.containers) for ax in figure.axes] == [3, 3]  # eager, ckpt-blocks, compile
     # Lines in the memory figure are told apart by their levers, not drawn on one another.
@@ -351,3 +361,62 @@ def test_plan_across_levers_recommends_what_fits_and_says_what_checkpointing_cos
     # 7.5 vs 10 samples/s per sample: step time x4/3. The fastest that fits: checkpointed 16 x 1.
     assert "checkpointing: -640 MiB at micro-batch 16" in text and "~+33% step time" in text
     assert "recommended across levers: ckpt-blocks, micro-batch 16 x 1" in text
+    assert "no interval" in text  # measured records without step times: no interval to give
+
+
+def _lever_records(meter, eager_speed, ckpt_speed, error=None, times=None):
+    """Eager and checkpointed records of 16 = m x 16/m with the given per-sample speeds."""
+    from types import SimpleNamespace
+
+    MiB = 2**20
+
+    def rec(micro, peak, speed):
+        steps = times(micro, speed) if times else ()
+        return SimpleNamespace(micro_batch=micro, accum_steps=16 // micro, status="ok", peak_allocated=peak,
+                               samples_per_s=speed * micro, flops_per_step=None, parameters=None, meter=meter,
+                               step_times_s=steps, assumptions={"speed_ratio_error": error} if error else None)
+
+    eager = [rec(m, (100 + 50 * m) * MiB, eager_speed) for m in (1, 2, 4, 8, 16)]
+    ckpt = [rec(m, (100 + 10 * m) * MiB, ckpt_speed) for m in (1, 2, 4, 8, 16)]
+    return eager, ckpt
+
+
+def _exploration(eager, ckpt, budget_mib=2000):
+    from accumbench.lever_plan import LeverOption, format_exploration
+    from accumbench.plan import make_plan, observations_from_records
+
+    return format_exploration([LeverOption(label, make_plan(16, budget_mib * 2**20, observations_from_records(r), 0.0),
+                                           None, r) for label, r in (("eager", eager), ("ckpt-blocks", ckpt))])
+
+
+def test_a_predicted_lever_cost_carries_the_step_time_models_error():
+    from accumbench.lever_plan import lever_costs
+
+    # Step time x4/3 with the lever; the model's ratio error x1.2 keeps the cost known...
+    eager, ckpt = _lever_records("estimate", 10.0, 7.5, error=1.2)
+    ratio = lever_costs(eager, ckpt)[-1].time_ratio
+    assert ratio.value == pytest.approx(4 / 3) and (ratio.low, ratio.high) == pytest.approx((4 / 3 / 1.2, 4 / 3 * 1.2))
+    text = _exploration(eager, ckpt)
+    assert "+33% step time there (1.11-1.6x; median +33% over the 5)" in text
+    assert "recommended across levers: eager, micro-batch 16 x 1\n" in text + "\n"  # the two are told apart
+    # ... x1.5 holds no cost: said so, and the recommendation names what each needs in memory.
+    eager, ckpt = _lever_records("estimate", 10.0, 7.5, error=1.5)
+    text = _exploration(eager, ckpt)
+    assert "+33% step time there, within the step-time model's error of no cost (0.889-2x" in text
+    assert ("the ckpt-blocks plan's 16 x 1 is within the step-time model's error of it (0.889-2x) "
+            "and needs 260 MiB against 900 MiB") in text
+
+
+def test_a_measured_lever_cost_carries_its_bootstrap_interval():
+    import numpy as np
+
+    def times(micro, speed):  # 20 steps, +-1% around the step time of 16 samples at speed x micro samples/s
+        return tuple(16 / (speed * micro) * (1 + 0.01 * np.sin(np.arange(20))))
+
+    eager, ckpt = _lever_records("cuda", 10.0, 7.5, times=times)
+    text = _exploration(eager, ckpt)
+    assert "+33% step time there (" in text and ", 95% interval; median +33% over the 5)" in text
+    eager, ckpt = _lever_records("cuda", 10.0, 9.95, times=times)  # 0.5% apart: inside the noise
+    text = _exploration(eager, ckpt)
+    assert "+1% step time there, not measurably different from no cost (" in text
+    assert "the ckpt-blocks plan's 16 x 1 is not measurably slower" in text

@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 
 from accumbench.report.data import lever_label, scenario_name
 from accumbench.report.layout import PANEL_SIZE, finish_axes, grid
-from accumbench.report.tables import Table, number, text
-from accumbench.report.units import format_bytes, format_rate, format_seconds, is_missing, memory_unit
+from accumbench.report.findings import ratio_text, row_ratio
+from accumbench.report.tables import Cell, Table, number, text
+from accumbench.report.units import MISSING, format_bytes, format_rate, format_seconds, is_missing, memory_unit
 
 EAGER = "eager"
 TWIN_KEYS = ("section", "workload", "scenario", "micro_batch", "accum_steps", "amp", "set_to_none", "loss_norm")
@@ -78,19 +79,20 @@ def levers_table(frame: pd.DataFrame) -> Table:
                            else None)
             speed = getattr(r, "samples_per_s_", None)
             base_speed = getattr(twin, "samples_per_s_", None) if twin is not None else None
-            speed_change = (speed / base_speed - 1 if not is_missing(speed) and not is_missing(base_speed) and base_speed
-                            else None)
+            # The throughput ratio with its interval, never a bare change (as every ratio the report states).
+            ratio = row_ratio(r, twin) if not is_missing(speed) and not is_missing(base_speed) and base_speed else None
             compile_s = getattr(r, "compile_time_s", None)
             rows.append((
                 text(r.config_), text(r.lever_), text(r.status),
                 number(None if twin is None else twin.peak_allocated, format_bytes),
                 number(r.peak_allocated, format_bytes), number(peak_change, lambda v: format_bytes(v, signed=True)),
                 number(base_speed, lambda v: format_rate(v, "")), number(speed, lambda v: format_rate(v, "")),
-                number(speed_change, lambda v: f"{v:+.0%}".replace("-", "\u2212")),
+                Cell(ratio_text(ratio) if ratio is not None else MISSING, ratio.value if ratio is not None and ratio.differs
+                     else None),
                 number(None if is_missing(compile_s) else compile_s, format_seconds),
             ))
     return Table("levers", ("configuration", "lever", "status", "eager peak", "peak", "peak change",
-                            "eager samples/s", "samples/s", "throughput change", "compile time"), tuple(rows))
+                            "eager samples/s", "samples/s", "throughput, lever / eager (95% CI)", "compile time"), tuple(rows))
 
 
 def levers_findings(frame: pd.DataFrame) -> list[str]:
@@ -102,8 +104,8 @@ def levers_findings(frame: pd.DataFrame) -> list[str]:
         if status != "ok" or row[5].value is None:
             continue
         sentence = f"{lever} on {config}: peak {row[5].text}"
-        if row[8].value is not None:
-            sentence += f", throughput {row[8].text}"
+        if row[8].text != MISSING:
+            sentence += f", throughput {row[8].text}" + (" of eager" if row[8].value is not None else "")
         if row[9].value is not None:
             sentence += f" (compiling took {row[9].text}, not in the step times)"
         found.append(sentence + ".")
