@@ -149,7 +149,7 @@ def test_timeout_comes_from_the_environment():
 
 def test_launcher_runs_torchrun_standalone_and_shares_the_cpu_cores():
     command = torchrun_command(2, ["--device", "cpu"], python="py")
-    assert command == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+    assert command == ["py", "-m", "accumbench.distributed.torchrun", "--standalone", "--nproc-per-node=2", "-m",
                        "accumbench", "run", "--distributed", "--device", "cpu"]
     assert launch_env(2, "cpu", {})["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     assert launch_env(2, "cpu", {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
@@ -457,6 +457,32 @@ def test_nproc_per_node_launches_torchrun_and_rank_0_alone_writes_one_record_per
     titles = [ax.get_title() for ax in report.figures["memory_timeline"].axes[:2]]
     assert titles[0] == "gpt-tiny: large-batch, micro-batch 2"
     assert titles[1].startswith("gpt-tiny: accumulated, micro-batch 2 x 2, ")  # and how it synchronised
+
+
+@pytest.mark.slow  # launches torchrun and two ranks, interrupted after the first record: ~15 s on 2 cores
+def test_ctrl_c_keeps_the_records_and_ends_with_130_without_torchruns_traceback(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "ddp.jsonl"
+    # A terminal's Ctrl-C signals the whole foreground process group: launcher, torchrun, ranks.
+    proc = subprocess.Popen([sys.executable, "-m", "accumbench", "run", "--nproc-per-node", "2", "--device", "cpu",
+                             "--workload", "gpt", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "SignalException" not in output and "closing signal" not in output
+    kept = read_records(out)
+    assert 1 <= len(kept) < 17  # gpt's 17 DDP cases: stopped part-way, nothing measured lost
+    assert f"interrupted: {len(kept)} record(s) written this run" in output and "--resume" in output
 
 
 @pytest.mark.gpu

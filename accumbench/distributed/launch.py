@@ -13,9 +13,10 @@ EXIT_FILE_ENV = "ACCUMBENCH_DDP_EXIT_FILE"
 
 
 def torchrun_command(nproc_per_node: int, run_args: Sequence[str], python: str = sys.executable) -> list[str]:
-    """`python -m torch.distributed.run --standalone --nproc-per-node N -m accumbench run
-    --distributed ARGS`: a single-node job with a local rendezvous on a free port."""
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+    """`python -m accumbench.distributed.torchrun --standalone --nproc-per-node N -m accumbench
+    run --distributed ARGS` (torchrun, quiet on Ctrl-C): a single-node job with a local
+    rendezvous on a free port."""
+    return [python, "-m", "accumbench.distributed.torchrun", "--standalone", f"--nproc-per-node={nproc_per_node}",
             "-m", "accumbench", "run", "--distributed", *run_args]
 
 
