@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -353,6 +354,11 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         finally:
             transformers.logging.set_verbosity(verbosity)
         model.loss_type = _LOSS_TYPES[task]
+        # Training keeps no KV cache (as Trainer's recipes set): a cache would hold every
+        # layer's keys and values through the forward, and a checkpointed layer's recomputation
+        # would append to it a second time.
+        if getattr(model.config, "use_cache", None):
+            model.config.use_cache = False
         return model.train()
 
     label = name or f"hf-{config.model_type}"
@@ -367,7 +373,24 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         options=options,
         description=f"transformers {type(config).__name__.removesuffix('Config')} {task}, {shape}, "
                     f"random weights ({str(weight_dtype).removeprefix('torch.')})",
+        checkpoint_blocks=checkpoint_blocks(auto_class._model_mapping[type(config)]),
     )
+
+
+def checkpoint_blocks(model_class: type) -> str | None:
+    """What `--checkpoint blocks` checkpoints in a transformers model: the layer classes of its
+    modeling module that transformers itself checkpoints (subclasses of `GradientCheckpointingLayer`,
+    what `gradient_checkpointing_enable()` acts on: `LlamaDecoderLayer`, `GPT2Block`, `BertLayer`,
+    `ViTLayer`), as a pattern; None where transformers checkpoints none (ResNet, ConvNeXt)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers before 4.52 has no such base class
+        return None
+    module = sys.modules.get(model_class.__module__)
+    names = sorted(name for name, cls in vars(module).items()
+                   if isinstance(cls, type) and issubclass(cls, GradientCheckpointingLayer)
+                   and cls.__module__ == module.__name__) if module else []
+    return "|".join(names) or None
 
 
 WORKLOAD_OPTIONS = ("task", "seq_len", "padded", "dtype", "image_size")
