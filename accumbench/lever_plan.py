@@ -26,7 +26,7 @@ from accumbench.textfmt import format_bytes
 
 @dataclass(frozen=True)
 class LeverOption:
-    """One lever setting's plan (None when nothing fits: `problem` says why) and its records."""
+    """One lever setting's plan (None when there is none: `problem` says why) and its records."""
 
     label: str
     plan: Any
@@ -89,7 +89,9 @@ def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointi
     lines = ["", "levers explored:"]
     for option in options:
         if option.plan is None:
-            lines.append(f"  {option.label}: nothing fits ({option.problem})")
+            # The problem says itself: nothing fits (what the smallest needs), the lever does not
+            # apply (a workload without blocks), or an estimate failed.
+            lines.append(f"  {option.label}: not planned: {option.problem}")
             continue
         fitting = [c for c in option.plan.candidates if c.fits]
         r = option.plan.recommended

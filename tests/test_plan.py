@@ -199,6 +199,32 @@ def test_plan_command_estimates_when_given_no_results():
     assert len(lines) == 4 and lines[-1].startswith("  [4/4] ") and all(": peak " in line for line in lines)
 
 
+@pytest.mark.parametrize("given, compared", [((), "ckpt-blocks"), (("--checkpoint", "blocks"), "eager")])
+def test_plans_lever_exploration_estimates_only_the_setting_the_plan_did_not(given, compared):
+    result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--effective-batch", "8", "--memory-budget", "1GiB",
+                                       "--device-kind", "cpu", *given])
+    assert result.exit_code == 0, result.output
+    # 4 candidates for the plan, 4 more for the other checkpointing setting, each said as it is done.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("  [")]
+    assert [line[:8] for line in lines] == [f"  [{i}/4] " for i in (1, 2, 3, 4)] * 2
+    assert f"estimating 4 candidate(s) with {compared} to compare..." in result.stderr
+    assert "levers explored:" in result.output and "checkpointing: " in result.output
+
+
+def test_when_nothing_fits_plan_still_says_whether_checkpointing_would_fit():
+    # Tiny GPT at sequence 256 on the cpu kind: 1 x 8 needs 4.92 MiB eager, 3.54 MiB checkpointed.
+    result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--workload-opt", "seq_len=256",
+                                       "--effective-batch", "8", "--memory-budget", "4.5MiB", "--margin", "0%",
+                                       "--device-kind", "cpu"])
+    assert result.exit_code == 1  # nothing fits as asked
+    assert "no configuration fits: " in result.stderr and "needs 4.92 MiB" in result.stderr
+    assert "  eager: not planned: no configuration of effective batch 8 fits" in result.output
+    assert "  ckpt-blocks: 1 configuration(s) fit, up to micro-batch 1; best 1 x 8, peak 3.54 MiB" in result.output
+    assert "recommended across levers: ckpt-blocks, micro-batch 1 x 8" in result.output
+    # What checkpointing saves and costs, from the candidates estimated both ways.
+    assert "  checkpointing: -11.9 MiB at micro-batch 8 (median -4.40 MiB over 4 configuration(s))" in result.output
+
+
 def test_plan_command_exit_codes(tmp_path):
     runner = CliRunner()
     impossible = runner.invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny",

@@ -72,7 +72,10 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     --results (a measured OOM rules out that micro-batch and larger), or else from estimates
     made on the spot for --workload (peaks and step times, see accumbench estimate). With no
     throughput at all it recommends the largest micro-batch that fits. It never recommends a
-    configuration that does not fit by its own prediction.
+    configuration that does not fit by its own prediction. Estimated on the spot (one process),
+    it also plans with activation checkpointing (--checkpoint blocks, or the --checkpoint
+    given) and without, says what checkpointing saves and costs, and which is best; also when
+    nothing fits as asked, to say whether checkpointing would make something fit.
 
     \b
     Examples:
@@ -83,10 +86,11 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
       accumbench plan --workload gpt --workload-opt size=gpt2 --amp bf16 \\
           --effective-batch 256 --memory-budget 24GiB --world-size 8   # 32 per GPU, FSDP
 
-    Exit codes: 0 a configuration fits, 1 none fits the budget, 2 bad input.
+    Exit codes: 0 a configuration fits, 1 none fits the budget (with the levers as given),
+    2 bad input.
     """
     from accumbench.estimate_assumptions import parse_size
-    from accumbench.plan import NothingFits, PlanError, format_plan, make_plan, plan_to_dict
+    from accumbench.plan import NothingFits, PlanError, format_plan, make_plan, observations_from_records, plan_to_dict
     from accumbench.workloads import WorkloadError, load_workload
 
     try:
@@ -120,6 +124,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
             fail_input("--world-size plans FSDP, which runs single-loss workloads (large-batch and accumulated)")
         per_rank = effective_batch // world_size
 
+    estimated = None  # the candidates' estimate records, when estimated here
     try:
         if results:
             observations, source, exact, name = _from_results(results, workload, family, amp, set_to_none, loss_norm,
@@ -127,9 +132,11 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
         else:
             if workload is None:
                 fail_input("give --workload to estimate, or --results with measured records")
-            observations, source, exact, name = _from_estimates(workload_spec, options, workload, per_rank,
-                                                                family, amp, set_to_none, loss_norm,
-                                                                device_kind, assume, world_size)
+            estimated = _from_estimates(workload_spec, options, per_rank, family, amp, set_to_none, loss_norm,
+                                        device_kind, assume, world_size)
+            observations, source, exact = (observations_from_records(estimated),
+                                           f"estimates ({estimated[0].device_name})", "estimated")
+            name = workload.name
         if world_size > 1:  # the plan is per rank: say so wherever it names the batch
             name += f" on {world_size} ranks (FSDP; micro-batch x steps and peak per rank, " \
                     f"{per_rank} of the {effective_batch} samples each)"
@@ -137,13 +144,18 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                          source=source, workload=name)
     except NothingFits as exc:
         click.echo(f"no configuration fits: {exc}", err=True)
-        sys.exit(1)
+        made = None
     except PlanError as exc:
         fail_input(str(exc))
-    click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
+    if made is not None:
+        click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
     if not results and not as_json and world_size == 1:  # the lever exploration is single-process
+        # Also when nothing fits as asked: whether checkpointing would make something fit is
+        # then the question. The exit code stays the plan's own (1: nothing fits as asked).
         click.echo(_explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none, loss_norm,
-                                          device_kind, assume, budget, margin_value))
+                                          device_kind, assume, budget, margin_value, estimated, workload))
+    if made is None:
+        sys.exit(1)
 
 
 def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1):
@@ -174,24 +186,17 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
             chosen[0].workload)
 
 
-def _from_estimates(spec, options, workload, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
-                    assume, world_size=1):
-    from accumbench.cli.progress import record_detail
+def _from_estimates(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind, assume,
+                    world_size=1) -> list:
+    """The estimate records of every candidate (rank 0's under FSDP); exit 1 when one failed."""
     from accumbench.estimate import estimate_cases
-    from accumbench.plan import candidate_cases, observations_from_records
+    from accumbench.plan import candidate_cases
 
     assumptions = device_assumptions(device_kind, assume)
     cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
                             loss_norm=loss_norm, **lever_settings())
-    click.echo(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
-               + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else "") + "...", err=True)
-    started, done = time.perf_counter(), []
-
-    def progress(record) -> None:  # a large model takes seconds per candidate: say each one
-        done.append(record)
-        click.echo(f"  [{len(done)}/{len(cases)}] {record.scenario} {record.micro_batch} x {record.accum_steps}: "
-                   f"{record_detail(record)} ({time.perf_counter() - started:.0f} s)", err=True)
-
+    progress = _progress(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
+                         + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else ""), len(cases))
     if world_size > 1:
         from accumbench.distributed.fake_group import estimate_fsdp
         from accumbench.distributed.fsdp import FsdpCase
@@ -204,31 +209,55 @@ def _from_estimates(spec, options, workload, effective_batch, family, amp, set_t
     if errors:
         click.echo(f"cannot plan: estimating {errors[0].case_id} failed: {errors[0].error}", err=True)
         sys.exit(1)
-    source = f"estimates ({records[0].device_name})"
-    return observations_from_records(records), source, "estimated", workload.name
+    return records
+
+
+def _progress(heading: str, total: int):
+    """Say `heading`, then return the callback that says each estimate as it is done (a large
+    model takes seconds per candidate)."""
+    from accumbench.cli.progress import record_detail
+
+    click.echo(heading + "...", err=True)
+    started, done = time.perf_counter(), []
+
+    def progress(record) -> None:
+        done.append(record)
+        click.echo(f"  [{len(done)}/{total}] {record.scenario} {record.micro_batch} x {record.accum_steps}: "
+                   f"{record_detail(record)} ({time.perf_counter() - started:.0f} s)", err=True)
+    return progress
 
 
 def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
-                           assume, budget, margin) -> str:
+                           assume, budget, margin, planned=None, workload=None) -> str:
     """The plan with checkpointing off and on (the other levers as given), side by side, with
-    what checkpointing costs (accumbench.lever_plan)."""
+    what checkpointing costs (accumbench.lever_plan). `planned`: the main plan's estimate
+    records, made with the levers as given, reused for that setting rather than estimated again;
+    `workload` (loaded): a checkpoint pattern it cannot resolve (no blocks) is said, not estimated."""
     from accumbench.estimate import estimate_cases
     from accumbench.lever_plan import LeverOption, format_exploration
-    from accumbench.levers import ESTIMATE_REFUSES_COMPILE, Levers
-    from accumbench.plan import PlanError, candidate_cases, make_plan, observations_from_records
+    from accumbench.levers import ESTIMATE_REFUSES_COMPILE, Levers, checkpoint_pattern
+    from accumbench.plan import candidate_cases, make_plan, observations_from_records
 
     settings = lever_settings()
     if settings.get("compile"):
         return f"levers not explored: {ESTIMATE_REFUSES_COMPILE}"
     assumptions = device_assumptions(device_kind, assume)
     explored = []
-    for checkpoint in ("none", settings.get("checkpoint") if settings.get("checkpoint", "none") != "none" else "blocks"):
+    given = settings.get("checkpoint", "none")
+    for checkpoint in ("none", given if given != "none" else "blocks"):
         levers = {**settings, "checkpoint": checkpoint}
         label = Levers(**levers).describe()
+        records = ()  # kept when no plan comes of them: what the lever saves and costs still shows
         try:
             cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
                                     loss_norm=loss_norm, **levers)
-            records = estimate_cases(cases, assumptions)
+            if workload is not None and checkpoint != "none":
+                checkpoint_pattern(checkpoint, workload)  # LeverError before any estimate
+            if planned is not None and checkpoint == given:
+                records = planned
+            else:
+                records = estimate_cases(cases, assumptions, on_record=_progress(
+                    f"estimating {len(cases)} candidate(s) with {label} to compare", len(cases)))
             problem = next((r.error for r in records if r.status == "error"), None)
             if problem:
                 explored.append(LeverOption(label, None, problem.splitlines()[0][:200], records))
@@ -236,8 +265,6 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
             made = make_plan(effective_batch, budget, observations_from_records(records), margin,
                              exact_source="estimated")
             explored.append(LeverOption(label, made, None, records))
-        except PlanError as exc:  # NothingFits included
-            explored.append(LeverOption(label, None, str(exc), ()))
-        except ValueError as exc:
-            explored.append(LeverOption(label, None, str(exc), ()))
+        except ValueError as exc:  # PlanError (NothingFits included), LeverError
+            explored.append(LeverOption(label, None, str(exc), records))
     return format_exploration(explored)
