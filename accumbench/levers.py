@@ -17,8 +17,9 @@ name of a module holding it does (`blocks.0` freezes everything under it; `*.bia
   report match on. `--checkpoint blocks` means the workload's `checkpoint_blocks` pattern
   (GPT and multi-task: every transformer `Block`; ConvNets: every conv stage).
 - Freezing: `requires_grad=False`; the optimizer is built over the trainable parameters only.
-- LoRA: each matching `nn.Linear` becomes `LoRALinear` (base weight and bias frozen, two
-  trainable low-rank factors A (r x in) and B (out x r), B zero-initialised); every other
+- LoRA: each matching `nn.Linear` (or transformers' `Conv1D`, GPT-2's layers) becomes
+  `LoRALinear` (base weight and bias frozen, two trainable low-rank factors A (r x in) and
+  B (out x r), B zero-initialised); every other
   parameter is frozen too unless `--trainable` names it (peft's default).
 - Compile: `torch.compile(model)` (default backend), applied last, so patterns match the
   model's own names.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -250,14 +252,17 @@ def checkpointed_modules(model: nn.Module) -> list[str]:
 
 class LoRALinear(nn.Module):
     """`base(x) + scaling * B(A(dropout(x)))`: a frozen linear layer plus a trainable low-rank
-    update (A: r x in, Kaiming-uniform; B: out x r, zeros, so training starts at the base)."""
+    update (A: r x in, Kaiming-uniform; B: out x r, zeros, so training starts at the base). The
+    base is an `nn.Linear` or transformers' `Conv1D` (GPT-2's layers: the same map with its
+    weight stored in x out); the update does not depend on how the base stores its weight."""
 
-    def __init__(self, base: nn.Linear, r: int, scaling: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.base = base
+        in_features, out_features = linear_features(base)
         weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=weight.dtype, device=weight.device))
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=weight.dtype, device=weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = scaling
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
@@ -267,12 +272,27 @@ class LoRALinear(nn.Module):
         return self.base(x) + update * self.scaling
 
 
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a linear layer LoRA can adapt: an `nn.Linear`, or transformers'
+    `Conv1D` (looked up only when transformers is already imported: a model without it has
+    none); None for any other module."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    if conv1d is not None and isinstance(module, conv1d):
+        return tuple(module.weight.shape)  # (in, out): y = x @ W + b
+    return None
+
+
 def apply_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
-    """Replace each `nn.Linear` matching `spec.targets` with a `LoRALinear`; returns their names."""
+    """Replace each linear layer (`linear_features`) matching `spec.targets` with a
+    `LoRALinear`; returns their names."""
     targets = [(name, m) for name, m in model.named_modules()
-               if name and isinstance(m, nn.Linear) and module_matches(name, m, spec.targets)]
+               if name and linear_features(m) is not None and module_matches(name, m, spec.targets)]
     if not targets:
-        raise LeverError(f"--lora targets={spec.targets!r} matches no nn.Linear of the model")
+        raise LeverError(f"--lora targets={spec.targets!r} matches no linear layer of the model "
+                         f"(nn.Linear, or transformers' Conv1D)")
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -475,5 +495,6 @@ __all__ = [
     "CHECKPOINT_BLOCKS", "CHECKPOINT_NONE", "CompileClock", "CompiledMeasurement", "LeverError", "Levers",
     "LoRALinear", "LoRASpec", "apply_checkpointing", "apply_freezing", "apply_levers", "apply_lora",
     "check_levers", "checkpoint_pattern", "levered_check_record", "checkpointed_modules", "globs", "levered_record",
+    "linear_features",
     "matching_parameters", "measure_compiled", "measure_levered", "module_matches", "parse_lora", "trainable_parameters", "with_levers",
 ]

@@ -278,3 +278,32 @@ def test_training_builds_no_kv_cache():
     assert model.config.use_cache is False
     batch = load_workload("hf:llama-tiny").make_batch(2, torch.Generator().manual_seed(0))
     assert model(**batch).past_key_values is None
+
+
+def test_lora_adapts_gpt2s_conv1d_layers(cpu_runner, estimate_runner):
+    from accumbench.levers import Levers, LoRALinear, with_levers
+
+    spec, options = ARCHITECTURES["gpt2"]
+    plain = load_workload(spec, dict(options))
+    levered = with_levers(plain, Levers(lora="r=4,targets=c_attn"))
+    torch.manual_seed(0)
+    base = plain.build_model()
+    torch.manual_seed(0)
+    model = levered.build_model()
+    adapted = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    # GPT-2's c_attn is transformers' Conv1D (weight in x out = 64 x 192): one adapter per layer.
+    assert len(adapted) == model.config.n_layer
+    assert all((m.lora_A.shape, m.lora_B.shape) == ((4, 64), (192, 4)) for m in adapted)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == model.config.n_layer * 4 * (64 + 192)
+    batch = plain.make_batch(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # B starts at zero: the adapted model starts as the base model
+        assert torch.equal(model.eval()(**batch).logits, base.eval()(**batch).logits)
+    # Accumulation adds the adapters' gradients and nothing else; the estimate sees the same bytes.
+    case = dict(warmup=1, steps=1, lora="r=4,targets=c_attn")
+    large = cpu_runner.measure(Case(spec, "large-batch", 4, 1, options, **case))
+    accumulated = cpu_runner.measure(Case(spec, "accumulated", 4, 2, options, **case))
+    estimated = estimate_runner.measure(Case(spec, "accumulated", 4, 2, options, **case))
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    assert accumulated.breakdown["grads"] == grads and accumulated.peak_allocated - large.peak_allocated == grads
+    assert (estimated.peak_allocated, estimated.breakdown) == (accumulated.peak_allocated, accumulated.breakdown)
