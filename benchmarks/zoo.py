@@ -127,8 +127,11 @@ def causal_lm_workload(config, name: str, seq_len: int = SEQ_LEN, experts: str |
     def loss(logits, batch):
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[1][:, 1:].reshape(-1))
 
+    from accumbench.workloads.hf import checkpoint_blocks
+
     return Workload(name=name, build_model=build_model, make_batch=make_batch, loss=loss, forward=forward,
-                    tokens_per_sample=seq_len, options={"model_type": name})
+                    tokens_per_sample=seq_len, options={"model_type": name},
+                    checkpoint_blocks=checkpoint_blocks(AutoModelForCausalLM._model_mapping[type(config)]))
 
 
 # An OLMoE-shaped mixture of experts of ~350M parameters (OLMoE-1B-7B: hidden 2048, 16 layers,

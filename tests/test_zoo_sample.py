@@ -36,3 +36,16 @@ def test_estimate_equals_the_cpu_meter_on_the_zoo_sample(the_case):
     assert estimated.flops_per_step == measured.flops_per_step
     # grouped_mm experts: sizes do not depend on routing, so no routing bounds are stated
     assert "moe_routing_peaks" not in estimated.assumptions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["mixtral", "mamba", "gpt2"])
+def test_checkpointing_the_layers_transformers_checkpoints_lowers_the_peak_the_estimate_sees(model_type):
+    options = (("model_type", model_type),)
+    checkpointed = Case(f"{ZOO}:build", "accumulated", 2, 2, options, warmup=1, steps=1, checkpoint="blocks")
+    measured = Runner(torch.device("cpu")).measure(checkpointed)
+    plain = Runner(torch.device("cpu")).measure(zoo_case("build", options))
+    (estimated,) = estimate_cases([checkpointed], assumptions_for("cpu"))
+    assert measured.status == estimated.status == "ok", (measured.error, estimated.error)
+    assert measured.peak_allocated < plain.peak_allocated
+    assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
