@@ -52,6 +52,7 @@ from accumbench.plan import (
     plan_to_dict,
 )
 from accumbench.records import read_records, write_records
+from accumbench.report.data import lever_label
 from accumbench.runner import Runner
 
 TOLERANCE = 0.03
@@ -77,7 +78,8 @@ def compare(estimates, measured, out: Path) -> bool:
         base_error = ((e.baseline_allocated - m.baseline_allocated) / m.baseline_allocated
                       if m.status == "ok" and m.baseline_allocated and e.baseline_allocated is not None else None)
         rows.append({
-            "case_id": e.case_id, "workload": e.workload, "scenario": e.scenario, "micro_batch": e.micro_batch,
+            "case_id": e.case_id, "workload": e.workload, "scenario": e.scenario, "levers": lever_label(e),
+            "micro_batch": e.micro_batch,
             "accum_steps": e.accum_steps, "measured_status": m.status, "estimate_status": e.status,
             "estimate_peak": e.peak_allocated, "measured_peak": m.peak_allocated,
             "error": error, "estimate_baseline": e.baseline_allocated, "measured_baseline": m.baseline_allocated,
@@ -97,6 +99,9 @@ def compare(estimates, measured, out: Path) -> bool:
     def pct(x):
         return "-" if x is None else f"{x:+.2%}"
 
+    def cell(text):  # a LoRA target pattern holds '|', which would split a Markdown table's cell
+        return str(text).replace("|", "\\|")
+
     lines = [
         "# Estimate vs measured peak memory",
         "",
@@ -111,24 +116,24 @@ def compare(estimates, measured, out: Path) -> bool:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['case_id']} | {r['measured_status']} | {mib(r['estimate_peak'])} | "
+        lines.append(f"| {cell(r['case_id'])} | {r['measured_status']} | {mib(r['estimate_peak'])} | "
                      f"{mib(r['measured_peak'])} | {pct(r['error'])} | {mib(r['estimate_baseline'])} | "
                      f"{mib(r['measured_baseline'])} | {pct(r['baseline_error'])} |")
     lines += ["", "## Residuals (measured - estimated) against micro-batch", "",
-              "| workload | scenario | cases | residual at smallest micro-batch (MiB) | per sample (MiB) | r2 |",
-              "|---|---|---:|---:|---:|---:|"]
+              "| workload | scenario | levers | cases | residual at smallest micro-batch (MiB) | per sample (MiB) | r2 |",
+              "|---|---|---|---:|---:|---:|---:|"]
     groups: dict[tuple, list] = {}
-    for r in checked:
-        groups.setdefault((r["workload"], r["scenario"]), []).append(r)
-    for (workload, scenario), members in groups.items():
+    for r in checked:  # a lever changes the memory line: its cases are a group of their own
+        groups.setdefault((r["workload"], r["scenario"], r["levers"]), []).append(r)
+    for (workload, scenario, levers), members in groups.items():
         micro = [r["micro_batch"] for r in members]
         residual = [r["measured_peak"] - r["estimate_peak"] for r in members]
         if len(set(micro)) >= 2:
             fit = fit_memory_line(micro, residual)
-            lines.append(f"| {workload} | {scenario} | {len(members)} | {fit.predict(min(micro)) / 2**20:,.1f} | "
+            lines.append(f"| {workload} | {scenario} | {cell(levers)} | {len(members)} | {fit.predict(min(micro)) / 2**20:,.1f} | "
                          f"{fit.bytes_per_sample / 2**20:,.3f} | {fit.r2:.3f} |")
         else:
-            lines.append(f"| {workload} | {scenario} | {len(members)} | {residual[0] / 2**20:,.1f} | - | - |")
+            lines.append(f"| {workload} | {scenario} | {cell(levers)} | {len(members)} | {residual[0] / 2**20:,.1f} | - | - |")
     (out / "estimate_vs_measured.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return ok

@@ -3,7 +3,8 @@
 # GPT-2 small (seq 512), Qwen2.5-0.5B (seq 1024) and Llama-3.2-1B (seq 2048), suite
 # benchmarks/gpu/hf_models.toml, measured with the cuda meter, then estimated for this GPU's
 # device kind and joined into OUTDIR/estimate_vs_measured.{md,csv} (estimate_vs_measured.py,
-# which also plans and runs its GPT-2 check). About 10 minutes on an H100.
+# which also plans and runs its GPT-2 check), with checkpointed Llama and LoRA GPT-2 cases. About
+# 12 minutes on an H100.
 #   bash benchmarks/gpu/hf_models.sh OUTDIR          # on the GPU machine
 #   bash benchmarks/gpu/hf_models.sh OUTDIR --tiny   # CPU dry run: tiny configs, cpu meter vs cpu estimate
 # Needs transformers (pip install -e '.[hf]'). Exit 1 when a case's estimate is off by more than 3%.
