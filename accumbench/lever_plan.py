@@ -125,11 +125,12 @@ def _cost_text(costs: Sequence[LeverCost], at: LeverCost) -> str:
         if flops:
             return f"~{statistics.median(flops):+.0%} FLOPs per step (no step times to compare)"
         return "step-time cost unknown"
-    median = f"median {statistics.median(c.time_ratio.value for c in timed) - 1:+.0%} over the {len(timed)}"
+    median_change = f"{statistics.median(c.time_ratio.value for c in timed) - 1:+.0%}"
     ratio = at.time_ratio
     if ratio is None:
-        return f"step time ~{median[len('median '):]} configurations with step times (none at micro-batch {at.micro_batch})"
-    notes = [median] if len(timed) > 1 else []
+        return (f"~{median_change} step time (median over the {len(timed)} configuration(s) with step times; "
+                f"none at micro-batch {at.micro_batch})")
+    notes = [f"median {median_change} over the {len(timed)}"] if len(timed) > 1 else []
     change = f"{ratio.value - 1:+.0%} step time there"
     if not ratio.known:
         return f"~{change}" + (f" ({notes[0]}; no interval)" if notes else " (no interval)")

@@ -19,8 +19,8 @@ name of a module holding it does (`blocks.0` freezes everything under it; `*.bia
 - Freezing: `requires_grad=False`; the optimizer is built over the trainable parameters only.
 - LoRA: each matching `nn.Linear` (or transformers' `Conv1D`, GPT-2's layers) becomes
   `LoRALinear` (base weight and bias frozen, two trainable low-rank factors A (r x in) and
-  B (out x r), B zero-initialised); every other
-  parameter is frozen too unless `--trainable` names it (peft's default).
+  B (out x r), B zero-initialised); every other parameter is frozen too unless `--trainable`
+  names it (peft's default).
 - Compile: `torch.compile(model)` (default backend), applied last, so patterns match the
   model's own names.
   `CompileClock` times compilation through dynamo's compile callbacks, so it is recorded apart
@@ -495,6 +495,5 @@ __all__ = [
     "CHECKPOINT_BLOCKS", "CHECKPOINT_NONE", "CompileClock", "CompiledMeasurement", "LeverError", "Levers",
     "LoRALinear", "LoRASpec", "apply_checkpointing", "apply_freezing", "apply_levers", "apply_lora",
     "check_levers", "checkpoint_pattern", "levered_check_record", "checkpointed_modules", "globs", "levered_record",
-    "linear_features",
-    "matching_parameters", "measure_compiled", "measure_levered", "module_matches", "parse_lora", "trainable_parameters", "with_levers",
+    "linear_features", "matching_parameters", "measure_compiled", "measure_levered", "module_matches", "parse_lora", "trainable_parameters", "with_levers",
 ]

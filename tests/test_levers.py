@@ -322,7 +322,7 @@ def test_report_puts_each_lever_beside_its_eager_twin():
     assert by_lever["compile"][9].value == 12.5
     findings = levers_findings(frame)
     assert any("compiling took" in s for s in findings)
-    assert any(s.startswith("ckpt-blocks on ") and ", throughput 0.80× [" in s and "] of eager." in s for s in findings)
+    assert any(s.startswith("ckpt-blocks on ") and ", throughput: 0.80× [" in s and "] of eager." in s for s in findings)
     # A lever whose speed cannot be told from eager's says so.
     tie, _ = prepare(records_to_frame([lever_record(4_000_000, 0.10), lever_record(3_000_000, 0.1002, checkpoint="blocks")]))
     (row,) = levers_table(tie).rows

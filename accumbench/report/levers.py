@@ -105,7 +105,7 @@ def levers_findings(frame: pd.DataFrame) -> list[str]:
             continue
         sentence = f"{lever} on {config}: peak {row[5].text}"
         if row[8].text != MISSING:
-            sentence += f", throughput {row[8].text}" + (" of eager" if row[8].value is not None else "")
+            sentence += f", throughput: {row[8].text}" + (" of eager" if row[8].value is not None else "")
         if row[9].value is not None:
             sentence += f" (compiling took {row[9].text}, not in the step times)"
         found.append(sentence + ".")

