@@ -70,15 +70,17 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
 def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp,
              set_to_none, loss_norm, out_path, resume, overwrite, timeline, list_only, seed, parallel="none",
              world_size=None, reshard_after_forward="true", fsdp_wrap=None) -> None:
-    """Predict each case's CUDA peak memory on fake tensors, with no GPU.
+    """Predict each case's CUDA peak memory and step time on fake tensors, with no GPU.
 
     The same cases as `run` (same flags), the same scenario step code, run on fake tensors that
     have shapes but no data; live bytes are counted with the CUDA allocator's 512-byte rounding
     and the steady-state peak is the step after one warm-up step. What fake tensors cannot see is
     added from named assumptions of the --device-kind (cuBLAS workspaces, the attention kernel
     CUDA picks and its scratch); every record lists those it applied. A predicted peak above the
-    device's memory is recorded as status "oom", keeping the prediction. Records carry
-    meter "estimate" and no step times.
+    device's memory is recorded as status "oom", keeping the prediction. The step time (and
+    from it samples/s, tokens/s and MFU) comes from the step-time model of the fake step's ops
+    on the device kind, marked as a prediction: records carry meter "estimate", the time in
+    predicted_step_time_s and no measured step times.
 
     \b
     Examples:
