@@ -95,6 +95,8 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
       accumbench run --workload my_model.py:build --scenario accumulated --amp bf16
       accumbench run --workload hf:gpt2-small --workload-opt seq_len=512 --amp bf16 --micro-batch 8
       accumbench run --workload two-models --micro-batch 8 --accum-steps 1,2 --timeline
+      accumbench run --workload hf:llama-3.2-1b --workload-opt seq_len=2048 --amp bf16 --micro-batch 1,8 \\
+          --accum-steps 4 --checkpoint blocks --lora "r=16,targets=q_proj|v_proj"   # memory levers
       accumbench run --nproc-per-node 2 --device cpu --workload gpt --micro-batch 4 --accum-steps 4
       accumbench run --nproc-per-node 2 --device cpu --parallel fsdp --workload gpt --micro-batch 4 \\
           --accum-steps 4 --reshard-after-forward false
