@@ -199,7 +199,8 @@ def test_plan_command_estimates_when_given_no_results():
     assert len(lines) == 4 and lines[-1].startswith("  [4/4] ") and all(": peak " in line for line in lines)
 
 
-@pytest.mark.parametrize("given, compared", [((), "ckpt-blocks"), (("--checkpoint", "blocks"), "eager")])
+@pytest.mark.parametrize("given, compared", [((), "ckpt-blocks"),
+                                             pytest.param(("--checkpoint", "blocks"), "eager", marks=pytest.mark.slow)])
 def test_plans_lever_exploration_estimates_only_the_setting_the_plan_did_not(given, compared):
     result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--effective-batch", "8", "--memory-budget", "1GiB",
                                        "--device-kind", "cpu", *given])
