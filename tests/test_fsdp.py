@@ -235,25 +235,33 @@ def test_gathered_fsdp_gradients_equal_one_process_over_the_global_batch(two_ran
 
 
 @pytest.mark.slow
-def test_gloo_records_and_the_fake_group_estimate_of_rank_0_agree_to_the_byte(two_ranks, fake_estimate):
+def test_gloo_records_and_the_fake_group_estimate_agree_to_the_byte_where_gloo_kept_pace(two_ranks, fake_estimate):
     records = [json.loads(r) for r in two_ranks[0]["records"]]
     unsharded, sharded = _gradient_bytes(WORLD)
-    nosync, sync = records
     for record in records:
         assert record["status"] == "ok" and record["world_size"] == WORLD
         assert record["distributed"]["parallel"] == "fsdp" and record["distributed"]["backend"] == "gloo"
         assert record["peak_allocated"] == max(record["distributed"]["per_rank_peak_allocated"])
         assert record["samples_per_s"] == pytest.approx(sum(record["distributed"]["per_rank_samples_per_s"]))
     # The estimate's collectives finish at once. On gloo, a worker thread that finishes a
-    # collective late can only free its buffers late, never early: it can add bytes to a rank's
-    # peak, not remove them. So the estimate is every rank's peak when the threads kept pace
-    # (rank 0 in every run on this VM so far), and never above any rank's.
+    # collective late can only free its buffers late, never early: it can add a collective's
+    # buffer to a rank's peak, never remove bytes. So the estimate is never above any rank's peak,
+    # at most one unit's buffer below it, and equal to it where the threads kept pace. How often
+    # they do is the scheduler's: in 6 runs on this 2-core VM one rank's peak was 3,072 B above
+    # the estimate on one of the two cases in 3 runs. The test once asked one exact rank per
+    # case, and failed (rarely, in CI too) when both ranks were late on the same case.
+    buffer = max(sum(p.numel() * p.element_size() for p in load_workload("gpt", dict(GPT_TINY)).build_model()
+                     .get_submodule(unit).parameters()) for unit in ("blocks.0", "blocks.1"))
+    exact = 0
     for estimate, record in zip(fake_estimate, records):
-        peaks = record["distributed"]["per_rank_peak_allocated"]
-        assert estimate.peak_allocated == min(peaks) and estimate.peak_allocated <= peaks[0]
+        assert estimate.case_id == record["case_id"]
+        for peak in record["distributed"]["per_rank_peak_allocated"]:
+            assert 0 <= peak - estimate.peak_allocated <= buffer
+            exact += peak == estimate.peak_allocated
         assert estimate.baseline_allocated == record["baseline_allocated"]
-    lowest = [min(r["distributed"]["per_rank_peak_allocated"]) for r in records]
-    assert 0 <= (unsharded - sharded) - (lowest[0] - lowest[1]) <= 2 * 64 * 4  # as the estimate's
+    assert exact >= 1  # to the byte wherever a rank kept pace
+    # Skipping the sync keeps the unsharded gradients instead of rank 0's shards, as the estimate says.
+    assert 0 <= (unsharded - sharded) - (fake_estimate[0].peak_allocated - fake_estimate[1].peak_allocated) <= 2 * 64 * 4
     for estimate, record in zip(fake_estimate, records):
         assert estimate.case_id == record["case_id"]
         for key in ("allgathers_per_step", "allgather_bytes_per_step", "reducescatters_per_step",
