@@ -291,8 +291,13 @@ def apply_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
     targets = [(name, m) for name, m in model.named_modules()
                if name and linear_features(m) is not None and module_matches(name, m, spec.targets)]
     if not targets:
+        # Name what there is to target: the last components of the model's linear layers.
+        names = sorted({name.rpartition(".")[2] for name, m in model.named_modules()
+                        if name and linear_features(m) is not None})
+        found = f"; its linear layers are named {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}" \
+            if names else "; it has none"
         raise LeverError(f"--lora targets={spec.targets!r} matches no linear layer of the model "
-                         f"(nn.Linear, or transformers' Conv1D)")
+                         f"(nn.Linear, or transformers' Conv1D){found}")
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
