@@ -238,9 +238,22 @@ def apply_checkpointing(model: nn.Module, pattern: str) -> list[str]:
             module.__class__ = _checkpointed_class(type(module))
             wrapped.append(name)
     if not wrapped:
-        raise LeverError(f"--checkpoint {pattern!r} matches no module of the model "
-                         f"(patterns match qualified names such as 'blocks.0' or class names such as 'Block')")
+        raise LeverError(f"--checkpoint {pattern!r} matches no module of the model (patterns are globs over "
+                         f"qualified names such as 'blocks.0' and class names such as 'Block' or '*DecoderLayer')"
+                         f"{_repeated_classes(model)}")
     return wrapped
+
+
+def _repeated_classes(model: nn.Module) -> str:
+    """'; its repeated modules: LlamaDecoderLayer x16, ...': the classes that occur more than
+    once below the root with parameters of their own below them, most frequent first (blocks
+    are what one checkpoints, and blocks repeat); empty when none repeats."""
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name and len(module._modules) and any(True for _ in module.parameters()):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    repeated = sorted(((n, c) for c, n in counts.items() if n > 1), key=lambda item: (-item[0], item[1]))
+    return "; its repeated modules: " + ", ".join(f"{c} x{n}" for n, c in repeated[:6]) if repeated else ""
 
 
 def checkpointed_modules(model: nn.Module) -> list[str]:

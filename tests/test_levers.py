@@ -189,6 +189,10 @@ def test_bad_lever_settings_are_one_line_errors():
         apply_levers(load_workload("gpt", dict(TINY)).build_model(), Levers(freeze="nothing_here"))
     with pytest.raises(LeverError, match="no trainable parameter"):
         apply_levers(load_workload("gpt", dict(TINY)).build_model(), Levers(freeze="*"))
+    # A checkpoint pattern that matches nothing names the model's repeated modules (blocks repeat).
+    with pytest.raises(LeverError, match=r"matches no module .*; its repeated modules: Block x2, "
+                                         r"CausalSelfAttention x2, Sequential x2$"):
+        apply_levers(load_workload("gpt", dict(TINY)).build_model(), Levers(checkpoint="DecoderLayer"))
     # A LoRA target that names no linear layer: the error names those there are to target.
     with pytest.raises(LeverError, match=r"matches no linear layer .*; its linear layers are named 0, 2, lm_head, "
                                          r"proj, qkv$"):
