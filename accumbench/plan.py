@@ -323,12 +323,22 @@ def observations_from_records(records: Iterable[Any]) -> list[Observation]:
 
 
 def select_records(records: Sequence[Any], workload: str | None = None, scenario_family: str | None = None,
-                   **knobs: Any) -> list[Any]:
+                   levers: Any = None, **knobs: Any) -> list[Any]:
     """The records one plan is about: one workload (by record name), one scenario family
     ("single" = large-batch/accumulated, or a multi-task scenario), one value of every knob that
-    changes memory (amp, set_to_none, loss_norm, optimizer, device). Raises `PlanError` naming
-    what to choose when the records mix several."""
+    changes memory (amp, set_to_none, loss_norm, optimizer, device), and with `levers` (an
+    `accumbench.levers.Levers`) the records measured with exactly those levers: a checkpointed
+    record of a micro-batch is another configuration than its eager twin. Raises `PlanError`
+    naming what to choose when the records mix several."""
     chosen = list(records)
+    if levers is not None:
+        from accumbench.levers import Levers
+
+        held = sorted({Levers.of(r).describe() for r in chosen})
+        chosen = [r for r in chosen if Levers.of(r) == levers]
+        if not chosen:
+            raise PlanError(f"no records with levers {levers.describe()}; the results hold {', '.join(held)} "
+                            "(choose with --checkpoint, --freeze, --trainable, --lora, --compile)")
     if workload is not None:
         chosen = [r for r in chosen if r.workload == workload]
         if not chosen:

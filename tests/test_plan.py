@@ -158,6 +158,17 @@ def test_select_records_names_the_mixed_setting():
         select_records(records, workload="mlp")
 
 
+def test_select_records_keeps_one_lever_setting_a_checkpointed_twin_being_another_configuration():
+    from accumbench.levers import Levers
+
+    eager, checkpointed = _record(peak_allocated=10), _record(peak_allocated=7, checkpoint="blocks")
+    assert select_records([eager, checkpointed], levers=Levers()) == [eager]
+    assert select_records([eager, checkpointed], levers=Levers(checkpoint="blocks")) == [checkpointed]
+    with pytest.raises(PlanError, match=r"no records with levers lora-r=4,targets=qkv; the results hold ckpt-blocks, "
+                                        r"eager \(choose with --checkpoint"):
+        select_records([eager, checkpointed], levers=Levers(lora="r=4,targets=qkv"))
+
+
 # --- on real results: the recommendation fits when it is run -------------------------------------
 
 @pytest.mark.slow  # a few seconds on 2 cores: .ci/run's slow step runs it

@@ -75,7 +75,9 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     configuration that does not fit by its own prediction. Estimated on the spot (one process),
     it also plans with activation checkpointing (--checkpoint blocks, or the --checkpoint
     given) and without, says what checkpointing saves and costs, and which is best; also when
-    nothing fits as asked, to say whether checkpointing would make something fit.
+    nothing fits as asked, to say whether checkpointing would make something fit. With
+    --results the lever flags choose the records measured with those levers (eager without
+    them): a checkpointed record is another configuration than its eager twin.
 
     \b
     Examples:
@@ -177,7 +179,10 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
         scenarios = {r.scenario for r in records}
         if scenarios and scenarios <= {"multitask-combined", "multitask-sequential"}:
             family = "multitask-combined"
-    chosen = select_records(records, workload.name if workload else None, family,
+    from accumbench.levers import Levers
+
+    # The levers as given (eager without flags): a checkpointed twin is another configuration.
+    chosen = select_records(records, workload.name if workload else None, family, Levers(**lever_settings()),
                             amp=amp, set_to_none=set_to_none, loss_norm=loss_norm)
     meter = chosen[0].meter
     source = f"{'estimates' if meter == 'estimate' else 'measured results'} on {chosen[0].device_name} " \
