@@ -158,6 +158,20 @@ def test_select_records_names_the_mixed_setting():
         select_records(records, workload="mlp")
 
 
+def test_plan_from_results_leaves_multi_process_records_out(tmp_path):
+    single = _record(case_id="one", micro_batch=2, accum_steps=4, peak_allocated=1000, samples_per_s=100.0)
+    ddp = _record(case_id="ddp", micro_batch=2, accum_steps=4, peak_allocated=900, samples_per_s=300.0, world_size=2)
+    path = tmp_path / "mixed.jsonl"
+    write_records(path, [single, ddp])
+    args = ["plan", "--results", str(path), "--effective-batch", "8", "--memory-budget", "1GiB", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["recommended"]["predicted_peak"] == 1000  # the single-process record's
+    write_records(tmp_path / "ddp.jsonl", [ddp])
+    result = CliRunner().invoke(main, ["plan", "--results", str(tmp_path / "ddp.jsonl"), *args[3:]])
+    assert result.exit_code == 2 and "only multi-process records (world size 2)" in result.stderr
+
+
 def test_select_records_keeps_one_lever_setting_a_checkpointed_twin_being_another_configuration():
     from accumbench.levers import Levers
 

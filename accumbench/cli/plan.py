@@ -174,6 +174,12 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
                    and (r.scenario != "accumulated" or r.distributed.get("no_sync"))]
         if not records:
             fail_input(f"no FSDP records of world size {world_size} in {', '.join(str(p) for p in paths)}")
+    else:  # single-process records: a rank's micro-batch and the summed samples/s of a job mean other things
+        sizes = sorted({r.world_size for r in records if (r.world_size or 1) > 1})
+        records = [r for r in records if (r.world_size or 1) == 1]
+        if not records and sizes:
+            fail_input(f"the results hold only multi-process records (world size {', '.join(map(str, sizes))}); "
+                       "plan FSDP records with --world-size")
     if family is None and workload is None:
         # A results file of multi-task records only: plan its (combined) step.
         scenarios = {r.scenario for r in records}
