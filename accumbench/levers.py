@@ -51,7 +51,9 @@ CHECKPOINT_BLOCKS = "blocks"
 ESTIMATE_REFUSES_COMPILE = (
     "the estimate meter does not predict --compile: its fake tensors run the eager ops one by one "
     "under a dispatch mode, which torch.compile falls back from, so Inductor's fusion and buffer "
-    "reuse would be invisible; measure compiled cases with `run`"
+    "reuse would be invisible; measure compiled cases with `run` (the eager estimate, without "
+    "--compile, is a guide: on an H200 GPT-2's compiled peaks were within 0.1% of its eager ones, "
+    "results/NVIDIA-H200/levers/)"
 )
 # Why check refuses --compile.
 CHECK_REFUSES_COMPILE = (
