@@ -260,6 +260,7 @@ def test_checkpoint_blocks_means_the_layers_transformers_checkpoints():
         with_levers(resnet, Levers(checkpoint="blocks")).build_model()
 
 
+@pytest.mark.slow  # three Llama cases, measured and estimated: ~2.7 s
 def test_checkpointing_a_causal_lm_saves_memory_the_estimate_sees_to_the_byte(cpu_runner, estimate_runner):
     spec, options = ARCHITECTURES["llama"]
     plain = measure(cpu_runner, spec, options, "accumulated", 4, 2)

@@ -224,8 +224,8 @@ def test_plan_command_estimates_when_given_no_results():
     assert len(lines) == 4 and lines[-1].startswith("  [4/4] ") and all(": peak " in line for line in lines)
 
 
-@pytest.mark.parametrize("given, compared", [((), "ckpt-blocks"),
-                                             pytest.param(("--checkpoint", "blocks"), "eager", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two plans with their lever exploration: ~2.5 s each
+@pytest.mark.parametrize("given, compared", [((), "ckpt-blocks"), (("--checkpoint", "blocks"), "eager")])
 def test_plans_lever_exploration_estimates_only_the_setting_the_plan_did_not(given, compared):
     result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--effective-batch", "8", "--memory-budget", "1GiB",
                                        "--device-kind", "cpu", *given])
@@ -237,6 +237,7 @@ def test_plans_lever_exploration_estimates_only_the_setting_the_plan_did_not(giv
     assert "levers explored:" in result.output and "checkpointing: " in result.output
 
 
+@pytest.mark.slow  # a plan and its lever exploration: ~2.7 s
 def test_when_nothing_fits_plan_still_says_whether_checkpointing_would_fit():
     # Tiny GPT at sequence 256 on the cpu kind: 1 x 8 needs 4.92 MiB eager, 3.54 MiB checkpointed.
     result = CliRunner().invoke(main, ["plan", "--workload", "gpt", "--workload-opt", "seq_len=256",
