@@ -172,6 +172,37 @@ def test_plan_from_results_leaves_multi_process_records_out(tmp_path):
     assert result.exit_code == 2 and "only multi-process records (world size 2)" in result.stderr
 
 
+def test_plan_from_results_with_checkpointed_twins_explores_the_measured_lever(tmp_path):
+    import math
+
+    MiB = 2**20
+
+    def timed(case_id, micro, accum, peak_mib, step_s, **levers):
+        steps = tuple(step_s * (1 + 0.01 * math.sin(k)) for k in range(20))
+        return _record(case_id=case_id, micro_batch=micro, accum_steps=accum, effective_batch=micro * accum,
+                       scenario="large-batch" if accum == 1 else "accumulated", peak_allocated=peak_mib * MiB,
+                       step_times_s=steps, samples_per_s=micro * accum / step_s, **levers)
+
+    records = [timed("e8", 8, 1, 100, 0.008), timed("e4", 4, 2, 60, 0.012),
+               timed("c8", 8, 1, 50, 0.010, checkpoint="blocks"), timed("c4", 4, 2, 35, 0.015, checkpoint="blocks")]
+    path = tmp_path / "levers.jsonl"
+    write_records(path, records)
+    args = ["plan", "--results", str(path), "--effective-batch", "8", "--memory-budget", "80MiB", "--margin", "0%"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    # As asked (eager): 8 x 1 needs 100 MiB, so 4 x 2; checkpointed, 8 x 1 fits at 50 MiB.
+    assert "recommended: micro-batch 4 x 2" in result.output
+    assert "  ckpt-blocks: 2 configuration(s) fit, up to micro-batch 8; best 8 x 1, peak 50.0 MiB" in result.output
+    # Measured both ways: the cost with its bootstrap interval, 10 ms against 8 ms at micro-batch 8.
+    assert "checkpointing: -50.0 MiB at micro-batch 8" in result.output
+    assert "+25% step time there (" in result.output and ", 95% interval; median +25% over the 2)" in result.output
+    assert "recommended across levers: ckpt-blocks, micro-batch 8 x 1" in result.output
+    # Without a twin in the results there is nothing to explore.
+    write_records(tmp_path / "eager.jsonl", records[:2])
+    alone = CliRunner().invoke(main, ["plan", "--results", str(tmp_path / "eager.jsonl"), *args[3:]])
+    assert alone.exit_code == 0 and "levers explored" not in alone.output
+
+
 def test_select_records_keeps_one_lever_setting_a_checkpointed_twin_being_another_configuration():
     from accumbench.levers import Levers
 

@@ -77,7 +77,8 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     given) and without, says what checkpointing saves and costs, and which is best; also when
     nothing fits as asked, to say whether checkpointing would make something fit. With
     --results the lever flags choose the records measured with those levers (eager without
-    them): a checkpointed record is another configuration than its eager twin.
+    them): a checkpointed record is another configuration than its eager twin; when the
+    results also hold the twins, the same comparison is made from them.
 
     \b
     Examples:
@@ -129,8 +130,8 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     estimated = None  # the candidates' estimate records, when estimated here
     try:
         if results:
-            observations, source, exact, name = _from_results(results, workload, family, amp, set_to_none, loss_norm,
-                                                              world_size)
+            observations, source, exact, name, pool = _from_results(results, workload, family, amp, set_to_none,
+                                                                    loss_norm, world_size)
         else:
             if workload is None:
                 fail_input("give --workload to estimate, or --results with measured records")
@@ -151,11 +152,14 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
         fail_input(str(exc))
     if made is not None:
         click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
-    if not results and not as_json and world_size == 1:  # the lever exploration is single-process
+    if not as_json and world_size == 1:  # the lever exploration is single-process
         # Also when nothing fits as asked: whether checkpointing would make something fit is
         # then the question. The exit code stays the plan's own (1: nothing fits as asked).
-        click.echo(_explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none, loss_norm,
-                                          device_kind, assume, budget, margin_value, estimated, workload))
+        if not results:
+            click.echo(_explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none,
+                                              loss_norm, device_kind, assume, budget, margin_value, estimated, workload))
+        elif (explored := _explore_results(pool, per_rank, budget, margin_value, exact)) is not None:
+            click.echo(explored)
     if made is None:
         sys.exit(1)
 
@@ -187,14 +191,43 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
             family = "multitask-combined"
     from accumbench.levers import Levers
 
-    # The levers as given (eager without flags): a checkpointed twin is another configuration.
-    chosen = select_records(records, workload.name if workload else None, family, Levers(**lever_settings()),
-                            amp=amp, set_to_none=set_to_none, loss_norm=loss_norm)
+    # Every lever setting of this workload and these knobs (the lever exploration compares them),
+    # then the levers as given (eager without flags): a checkpointed twin is another configuration.
+    pool = select_records(records, workload.name if workload else None, family,
+                          amp=amp, set_to_none=set_to_none, loss_norm=loss_norm)
+    chosen = select_records(pool, None, family, Levers(**lever_settings()))
     meter = chosen[0].meter
     source = f"{'estimates' if meter == 'estimate' else 'measured results'} on {chosen[0].device_name} " \
              f"({', '.join(str(p) for p in paths)})"
     return (observations_from_records(chosen), source, "estimated" if meter == "estimate" else "measured",
-            chosen[0].workload)
+            chosen[0].workload, pool)
+
+
+def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None:
+    """From the results: the plan with checkpointing off and with the one checkpointing setting
+    the records also hold (the other levers as given), side by side with what it costs, as
+    `_explore_checkpointing` does from estimates; None when the results hold no such twin."""
+    import dataclasses
+
+    from accumbench.lever_plan import LeverOption, format_exploration
+    from accumbench.levers import Levers
+    from accumbench.plan import make_plan, observations_from_records
+
+    given = Levers(**lever_settings())
+    settings = {Levers.of(r).checkpoint for r in pool
+                if dataclasses.replace(Levers.of(r), checkpoint=given.checkpoint) == given} | {given.checkpoint}
+    if len(settings) != 2 or "none" not in settings:
+        return None
+    explored = []
+    for checkpoint in ("none", *sorted(settings - {"none"})):
+        levers = dataclasses.replace(given, checkpoint=checkpoint)
+        chosen = [r for r in pool if Levers.of(r) == levers]
+        try:
+            made = make_plan(effective_batch, budget, observations_from_records(chosen), margin, exact_source=exact)
+            explored.append(LeverOption(levers.describe(), made, None, chosen))
+        except ValueError as exc:  # PlanError (NothingFits included)
+            explored.append(LeverOption(levers.describe(), None, str(exc), chosen))
+    return format_exploration(explored)
 
 
 def _from_estimates(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind, assume,
