@@ -184,7 +184,9 @@ def test_plan_from_results_with_checkpointed_twins_explores_the_measured_lever(t
                        step_times_s=steps, samples_per_s=micro * accum / step_s, **levers)
 
     records = [timed("e8", 8, 1, 100, 0.008), timed("e4", 4, 2, 60, 0.012),
-               timed("c8", 8, 1, 50, 0.010, checkpoint="blocks"), timed("c4", 4, 2, 35, 0.015, checkpoint="blocks")]
+               timed("c8", 8, 1, 50, 0.010, checkpoint="blocks"), timed("c4", 4, 2, 35, 0.015, checkpoint="blocks"),
+               # Micro-batch 16 feeds the memory lines but is no configuration of effective batch 8.
+               timed("e16", 16, 1, 180, 0.014), timed("c16", 16, 1, 80, 0.020, checkpoint="blocks")]
     path = tmp_path / "levers.jsonl"
     write_records(path, records)
     args = ["plan", "--results", str(path), "--effective-batch", "8", "--memory-budget", "80MiB", "--margin", "0%"]
@@ -194,7 +196,7 @@ def test_plan_from_results_with_checkpointed_twins_explores_the_measured_lever(t
     assert "recommended: micro-batch 4 x 2" in result.output
     assert "  ckpt-blocks: 2 configuration(s) fit, up to micro-batch 8; best 8 x 1, peak 50.0 MiB" in result.output
     # Measured both ways: the cost with its bootstrap interval, 10 ms against 8 ms at micro-batch 8.
-    assert "checkpointing: -50.0 MiB at micro-batch 8" in result.output
+    assert "checkpointing: -50.0 MiB at micro-batch 8 (median -37.5 MiB over 2 configuration(s))" in result.output
     assert "+25% step time there (" in result.output and ", 95% interval; median +25% over the 2)" in result.output
     assert "recommended across levers: ckpt-blocks, micro-batch 8 x 1" in result.output
     # Without a twin in the results there is nothing to explore.

@@ -222,11 +222,14 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None
     for checkpoint in ("none", *sorted(settings - {"none"})):
         levers = dataclasses.replace(given, checkpoint=checkpoint)
         chosen = [r for r in pool if Levers.of(r) == levers]
+        # Every record feeds the plan's memory lines; the lever's cost is told at this effective
+        # batch's own micro-batches, as the estimates' exploration tells it.
+        own = [r for r in chosen if effective_batch % r.micro_batch == 0]
         try:
             made = make_plan(effective_batch, budget, observations_from_records(chosen), margin, exact_source=exact)
-            explored.append(LeverOption(levers.describe(), made, None, chosen))
+            explored.append(LeverOption(levers.describe(), made, None, own))
         except ValueError as exc:  # PlanError (NothingFits included)
-            explored.append(LeverOption(levers.describe(), None, str(exc), chosen))
+            explored.append(LeverOption(levers.describe(), None, str(exc), own))
     return format_exploration(explored)
 
 
