@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from accumbench.plan import Candidate, observations_from_records, orders, speed_ratio
+from accumbench.plan import Candidate, make_plan, observations_from_records, orders, speed_ratio
 from accumbench.stats import Ratio, StepTimes, typical_spread
 from accumbench.textfmt import format_bytes
 
@@ -64,6 +64,20 @@ def lever_costs(base: Sequence[Any], levered: Sequence[Any]) -> list[LeverCost]:
                                speed_ratio(b, o, drift or 0.0), flops,
                                measured=b.speed_source == o.speed_source == "measured"))
     return costs
+
+
+def lever_option(label: str, records: Sequence[Any], effective_batch: int, budget: int, margin: float,
+                 exact_source: str, costed: Sequence[Any] | None = None) -> LeverOption:
+    """One lever setting's plan from its records (estimated or measured): `make_plan` over them,
+    or the reason there is none (nothing fits, nothing to predict from). `costed`: the records
+    the lever's cost is told from (default all of them)."""
+    costed = records if costed is None else costed
+    try:
+        made = make_plan(effective_batch, budget, observations_from_records(records), margin,
+                         exact_source=exact_source)
+    except ValueError as exc:  # PlanError, NothingFits included
+        return LeverOption(label, None, str(exc), costed)
+    return LeverOption(label, made, None, costed)
 
 
 def _observed(records: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -166,4 +180,4 @@ def _gib_signed(n: float) -> str:
     return format_bytes(n, signed=True)
 
 
-__all__ = ["LeverCost", "LeverOption", "best_option", "format_exploration", "lever_costs"]
+__all__ = ["LeverCost", "LeverOption", "best_option", "format_exploration", "lever_costs", "lever_option"]

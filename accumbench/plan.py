@@ -240,7 +240,7 @@ def _speed(micro: int, accum: int, observations: Sequence[Observation]
     exact = [o for o in rated if o.micro_batch == micro and o.accum_steps == accum]
     if exact:
         best = max(exact, key=lambda o: o.samples_per_s)
-        return best.samples_per_s, "estimated" if best.speed_predicted else "measured", best
+        return best.samples_per_s, best.speed_source, best
     kind = SINGLE if accum == 1 else ACCUMULATED
     same = [o for o in rated if o.micro_batch == micro]
     if same:

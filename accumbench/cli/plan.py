@@ -209,9 +209,8 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None
     `_explore_checkpointing` does from estimates; None when the results hold no such twin."""
     import dataclasses
 
-    from accumbench.lever_plan import LeverOption, format_exploration
+    from accumbench.lever_plan import format_exploration, lever_option
     from accumbench.levers import Levers
-    from accumbench.plan import make_plan, observations_from_records
 
     given = Levers(**lever_settings())
     settings = {Levers.of(r).checkpoint for r in pool
@@ -225,11 +224,7 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None
         # Every record feeds the plan's memory lines; the lever's cost is told at this effective
         # batch's own micro-batches, as the estimates' exploration tells it.
         own = [r for r in chosen if effective_batch % r.micro_batch == 0]
-        try:
-            made = make_plan(effective_batch, budget, observations_from_records(chosen), margin, exact_source=exact)
-            explored.append(LeverOption(levers.describe(), made, None, own))
-        except ValueError as exc:  # PlanError (NothingFits included)
-            explored.append(LeverOption(levers.describe(), None, str(exc), own))
+        explored.append(lever_option(levers.describe(), chosen, effective_batch, budget, margin, exact, own))
     return format_exploration(explored)
 
 
@@ -281,9 +276,9 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
     records, made with the levers as given, reused for that setting rather than estimated again;
     `workload` (loaded): a checkpoint pattern it cannot resolve (no blocks) is said, not estimated."""
     from accumbench.estimate import estimate_cases
-    from accumbench.lever_plan import LeverOption, format_exploration
+    from accumbench.lever_plan import LeverOption, format_exploration, lever_option
     from accumbench.levers import ESTIMATE_REFUSES_COMPILE, Levers, checkpoint_pattern
-    from accumbench.plan import candidate_cases, make_plan, observations_from_records
+    from accumbench.plan import candidate_cases
 
     settings = lever_settings()
     if settings.get("compile"):
@@ -305,13 +300,12 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
             else:
                 records = estimate_cases(cases, assumptions, on_record=_progress(
                     f"estimating {len(cases)} candidate(s) with {label} to compare", len(cases)))
-            problem = next((r.error for r in records if r.status == "error"), None)
-            if problem:
-                explored.append(LeverOption(label, None, problem.splitlines()[0][:200], records))
-                continue
-            made = make_plan(effective_batch, budget, observations_from_records(records), margin,
-                             exact_source="estimated")
-            explored.append(LeverOption(label, made, None, records))
-        except ValueError as exc:  # PlanError (NothingFits included), LeverError
+        except ValueError as exc:  # LeverError (the workload names no blocks), or cases that cannot be made
             explored.append(LeverOption(label, None, str(exc), records))
+            continue
+        problem = next((r.error for r in records if r.status == "error"), None)
+        if problem:  # an estimate failed: no plan can be made of the others
+            explored.append(LeverOption(label, None, problem.splitlines()[0][:200], records))
+        else:
+            explored.append(lever_option(label, records, effective_batch, budget, margin, "estimated"))
     return format_exploration(explored)
