@@ -13,8 +13,10 @@ per device kind in `accumbench.estimate_assumptions`:
 - Host: Python, autograd and the dispatcher issue the ops one after another. Each op costs
   `host_op_seconds` (views included: they are dispatched too), each kernel launch
   `launch_seconds` more, and a foreach op `host_tensor_seconds` per tensor in its lists (the
-  optimizer step's per-parameter host work). Small micro-batches are bound here: the device
-  waits for the host.
+  optimizer step's per-parameter host work). Once per optimizer step, before its first op,
+  `step_host_seconds` stands for the host work no aten op shows: `optimizer.step()`'s own
+  Python (grouping the parameters, reading the step counters), `zero_grad`, the training loop.
+  Small micro-batches are bound here: the device waits for the host.
 - Device: each kernel takes its roofline time, max(FLOPs / (flop_efficiency x the peak FLOP/s
   of its dtype), bytes / (bandwidth_efficiency x memory bandwidth)), with
   conv_flop_efficiency in place of flop_efficiency for cuDNN's convolutions, and at least
@@ -39,20 +41,19 @@ What it cannot see:
   88%: results/NVIDIA-H200/steptime/norm_kernels.csv. Pricing the norm ops at those rates did
   not lower the held-out worst error, so one efficiency stays);
 - causal attention skipping masked blocks; caching-allocator calls (cudaMalloc on a first step);
-- host work outside aten ops: the optimizer's and the harness's own Python, the data loader. On
-  the H100 the optimizer step of the ConvNets and of GPT-2 took about 2-3 ms more than the
-  model gives its ops (a whole step minus one micro-step of the accumulated cases), so
-  accumulating at a small micro-batch was measured faster per sample than stepping every
-  micro-batch (GPT-2 at micro-batches 1, 2 and 8: by 16-52% in every pair the measurements
-  resolve; at 4 the one resolved pair went the other way), where the model predicts the two
-  alike. On an H200 GPT-2's step took about 2 ms more than a micro-step (results/NVIDIA-H200/);
-  benchmarks/gpu/optimizer_step.py times the optimizer step alone to say where it goes;
+- how the host work outside aten ops grows with the model: `step_host_seconds` is one figure
+  per step whatever the parameter count. On the H100 a whole step took 2-4 ms more than its
+  micro-steps for the ConvNets (26 parameter tensors) and GPT-2 (148), too noisy to fit a slope per
+  parameter (`host_tensor_seconds` stays 0); on an H200 GPT-2's about 2 ms
+  (results/NVIDIA-H200/). benchmarks/gpu/optimizer_step.py times the optimizer step alone to
+  say where it goes. The data loader is not modelled;
 - activation checkpointing's host work beyond the ops it recomputes: on an H200 checkpointing
   every block of GPT-2 cost 54-57% of samples/s at micro-batch 8 (host-bound) where the model
-  says 28%; from micro-batch 32 up it cost 13-17%, predicted 13-14%
+  says 26%; from micro-batch 32 up it cost 13-17%, predicted 14%
   (results/NVIDIA-H200/levers/);
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
-  H200 an OLMoE-shaped model ran 7-21% slower than predicted (results/NVIDIA-H200/moe/);
+  H200 an OLMoE-shaped model was predicted 5-25% too fast (results/NVIDIA-H200/moe/;
+  results/estimate-vs-h100/README.md);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
 """
@@ -260,6 +261,7 @@ class SpeedConstants:
     host_op_seconds: float
     launch_seconds: float
     host_tensor_seconds: float
+    step_host_seconds: float
     kernel_floor_seconds: float
     flop_efficiency: float
     bandwidth_efficiency: float
@@ -270,7 +272,8 @@ class SpeedConstants:
                      "conv_flop_efficiency"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "kernel_floor_seconds"):
+        for name in ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "step_host_seconds",
+                     "kernel_floor_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if any(not v > 0 for v in self.peak_flops.values()):
@@ -289,8 +292,9 @@ class StepTime:
 
     @property
     def bound(self) -> str:
-        """'host' when the device waits for the host more than half the step, else 'device'."""
-        return "host" if self.device_seconds < 0.5 * self.seconds else "device"
+        """'host' when issuing the ops takes the host at least as long as the device is busy with
+        them (the device waits), else 'device'."""
+        return "host" if self.host_seconds >= self.device_seconds else "device"
 
 
 def kernel_seconds(table: OpTable, speed: SpeedConstants) -> np.ndarray:
@@ -307,13 +311,27 @@ def kernel_seconds(table: OpTable, speed: SpeedConstants) -> np.ndarray:
     return seconds
 
 
+def optimizer_step_start(table: OpTable) -> int:
+    """Position of the optimizer step's first op: the first op after the last micro-step's ops
+    (a `zero_grad` before the micro-steps is outside them too, but comes first); `len(table)`
+    when nothing follows the micro-steps."""
+    inside = np.flatnonzero(table.micro_step != OUTSIDE)
+    return int(inside[-1]) + 1 if len(inside) else 0
+
+
 def predict_step_time(table: OpTable, speed: SpeedConstants, accum_steps: int | None = None) -> StepTime:
     """The predicted time of one optimizer step (see the module docstring); with `accum_steps`
     above the micro-steps profiled, the last micro-step is repeated."""
     if accum_steps is not None:
         table = table.repeated(accum_steps)
     launched = table.kind != VIEW
-    host_each = speed.host_op_seconds + speed.launch_seconds * launched + speed.host_tensor_seconds * table.list_tensors
+    host_each = np.array(speed.host_op_seconds + speed.launch_seconds * launched
+                         + speed.host_tensor_seconds * table.list_tensors, dtype=np.float64)
+    # The step's own host work delays the optimizer step's first op; a table with nothing after
+    # its micro-steps ends with it.
+    start = optimizer_step_start(table)
+    if start < len(table):
+        host_each[start] += speed.step_host_seconds
     host_done = np.cumsum(host_each)  # when the host has issued each op
     device_each = kernel_seconds(table, speed)[launched]
     issued = host_done[launched]
@@ -322,7 +340,7 @@ def predict_step_time(table: OpTable, speed: SpeedConstants, accum_steps: int | 
     busy = float(device_each.sum())
     wait = float(np.max(issued - before)) if len(issued) else 0.0
     device_end = busy + max(wait, 0.0)
-    host = float(host_done[-1]) if len(host_done) else 0.0
+    host = (float(host_done[-1]) if len(host_done) else 0.0) + (speed.step_host_seconds if start == len(table) else 0.0)
     return StepTime(max(device_end, host), host, busy, int(np.count_nonzero(launched)), len(table))
 
 
@@ -404,5 +422,5 @@ def ratio_error(measured: Sequence[float], predicted: Sequence[float], groups: S
 
 
 __all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
-           "VIEW", "kernel_seconds", "op_flops", "pair_order", "predict_step_time", "ratio_error", "spearman",
-           "tensor_bytes"]
+           "VIEW", "kernel_seconds", "op_flops", "optimizer_step_start", "pair_order", "predict_step_time",
+           "ratio_error", "spearman", "tensor_bytes"]

@@ -1,7 +1,7 @@
 """Fit the step-time model's constants on measured H100 steps, and say how well it predicts the
 cases it was not fitted on.
 
-Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
+Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
 
     python benchmarks/steptime_validation.py results/estimate-vs-h100 \
         results/NVIDIA-H100-80GB-HBM3/default.jsonl --device-kind h100 \
@@ -9,8 +9,11 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
 
 1. Estimates every case of the `default` suite for the device kind on fake tensors and keeps
    each case's op table (`accumbench.steptime.OpTable`).
-2. Fits the six fitted constants (`host_op_seconds`, `launch_seconds`, `kernel_floor_seconds`,
-   `flop_efficiency`, `bandwidth_efficiency`, `conv_flop_efficiency`; `host_tensor_seconds`
+2. Takes the GEMM and convolution efficiencies (`flop_efficiency`, `conv_flop_efficiency`) from
+   the microbenchmarks of `--constants` (`benchmarks/gpu/speed_constants.py`: one large GEMM,
+   one large convolution; efficiencies are fractions of each device's own data-sheet peak, so a
+   sibling GPU's stand in), and fits the five others (`host_op_seconds`, `launch_seconds`,
+   `step_host_seconds`, `kernel_floor_seconds`, `bandwidth_efficiency`; `host_tensor_seconds`
    and the peaks and bandwidths stay at the data sheet) by least squares on
    log(predicted / measured samples/s).
 3. Honest error: leave one workload out. For each workload the constants are fitted on the
@@ -20,14 +23,14 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
    resolve the prediction orders right (`accumbench.steptime.pair_order`), and how far the
    predicted ratio of two configurations of one workload is off in 95% of pairs
    (`accumbench.steptime.ratio_error`: the device kind's `speed_ratio_error`, the interval
-   `accumbench plan` puts on a predicted slowdown). Repeated from two
-   other starting GEMM efficiencies, to show how much the held-out figures depend on a constant
-   the training workloads cannot pin down. A second hold-out keeps configurations out: GPT-2
-   fitted on its large-batch cases (and the other workloads), predicted on its accumulated ones.
-4. With `--constants` (the JSON `benchmarks/gpu/speed_constants.py` writes on the GPU machine),
-   the same leave-one-workload-out with the four device constants measured by microbenchmarks
-   and only the host costs fitted, and every case predicted with all six measured constants and
-   nothing fitted: constants that owe nothing to the workloads make every case a held-out one.
+   `accumbench plan` puts on a predicted slowdown). Repeated with the two FLOP efficiencies
+   fitted as well, to show why they are measured instead: without GPT-2 no training workload
+   pins the GEMM efficiency. A second hold-out keeps configurations out: GPT-2 fitted on its
+   large-batch cases (and the other workloads), predicted on its accumulated ones.
+4. The same leave-one-workload-out with all four device constants of `--constants` and only the
+   host costs fitted, and every case predicted with the measured constants and nothing fitted
+   (`step_host_seconds` 0: no microbenchmark measures it): constants that owe nothing to the
+   workloads make every case a held-out one.
 5. With `--repeats`, the spread of the same case measured in separate processes: the floor under
    any comparison with one run; and, for the cases measured in at least three processes
    (`benchmarks/gpu/steptime_repeats.sh` measures 40 of them again), the held-out predictions
@@ -59,18 +62,22 @@ from accumbench.stats import StepTimes, typical_spread
 from accumbench.steptime import SpeedConstants, pair_order, predict_step_time, ratio_error, spearman
 
 # host_tensor_seconds (host time per tensor of a foreach op) is not fitted and stays at the kind's
-# value (0): fitted too, it made the held-out error worse (leave one workload out: median 19%
-# instead of 9%; without GPT-2 the fit put all host time on it), a sign of too many constants.
-FITTED = ("host_op_seconds", "launch_seconds", "kernel_floor_seconds", "flop_efficiency", "bandwidth_efficiency",
-          "conv_flop_efficiency")
-START = np.log([5e-6, 5e-6, 2e-6, 0.5, 0.7, 0.3])
-LOWER = np.log([1e-8, 1e-8, 1e-8, 0.02, 0.05, 0.02])
-UPPER = np.log([1e-3, 1e-3, 1e-4, 1.0, 1.0, 1.0])
-# What benchmarks/gpu/speed_constants.py measures on the device itself; with --constants these
-# stay at the measured values and only the host costs are fitted.
-DEVICE_SIDE = frozenset({"kernel_floor_seconds", "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency"})
-# Other starting GEMM efficiencies the leave-one-workload-out fit is repeated from (START has 0.5).
-START_GEMM_EFFICIENCIES = (0.3, 0.8)
+# value (0): fitted too, it made the held-out error worse (without GPT-2 the fit put all host time
+# on it), a sign of too many constants.
+FITTED = ("host_op_seconds", "launch_seconds", "step_host_seconds", "kernel_floor_seconds", "bandwidth_efficiency")
+# Measured by microbenchmarks, not fitted: without GPT-2, GEMM-bound kernels are a small share of
+# every training case's step, and a fit leaves the GEMM efficiency where it starts (or anywhere).
+MEASURED = ("flop_efficiency", "conv_flop_efficiency")
+# Each constant's starting value and bounds for the fit.
+BOUNDS = {"host_op_seconds": (5e-6, 1e-8, 1e-3), "launch_seconds": (5e-6, 1e-8, 1e-3),
+          "step_host_seconds": (1e-3, 1e-7, 2e-2), "kernel_floor_seconds": (2e-6, 1e-8, 1e-4),
+          "bandwidth_efficiency": (0.7, 0.05, 1.0), "flop_efficiency": (0.5, 0.02, 1.0),
+          "conv_flop_efficiency": (0.3, 0.02, 1.0)}
+# What benchmarks/gpu/speed_constants.py measures on the device itself.
+DEVICE_SIDE = ("kernel_floor_seconds", "flop_efficiency", "bandwidth_efficiency", "conv_flop_efficiency")
+HOST_SIDE = tuple(name for name in FITTED if name not in DEVICE_SIDE)
+# Microbenchmarks of an H200 (the H100's sibling: the same compute, more bandwidth).
+DEFAULT_CONSTANTS = Path("results/NVIDIA-H200/steptime/speed_constants.json")
 
 
 @dataclasses.dataclass
@@ -92,24 +99,27 @@ def speed_with(base: SpeedConstants, theta: np.ndarray, names: tuple[str, ...] =
     return dataclasses.replace(base, **dict(zip(names, np.exp(theta).tolist())))
 
 
+def with_measured(base: SpeedConstants, constants: dict[str, float], names: tuple[str, ...]) -> SpeedConstants:
+    """`base` with the constants `names` taken from a microbenchmark's `constants`."""
+    return dataclasses.replace(base, **{name: constants[name] for name in names})
+
+
 def predict(point: Point, speed: SpeedConstants) -> float:
     """Predicted samples/s of one case."""
     seconds = predict_step_time(point.table, speed, point.accum_steps).seconds
     return point.micro_batch * point.accum_steps / seconds
 
 
-def fit(points: list[Point], base: SpeedConstants, start: np.ndarray = START,
-        fixed: frozenset[str] = frozenset()) -> SpeedConstants:
-    """Least squares on log(predicted / measured samples/s) over `points`, from `start` (log
-    constants, in the order of FITTED); the constants in `fixed` keep `base`'s values."""
-    free = [i for i, name in enumerate(FITTED) if name not in fixed]
-    names = tuple(FITTED[i] for i in free)
+def fit(points: list[Point], base: SpeedConstants, names: tuple[str, ...] = FITTED) -> SpeedConstants:
+    """Least squares on log(predicted / measured samples/s) over `points`: the constants `names`
+    fitted (from their BOUNDS start), every other one kept at `base`'s value."""
+    start, lower, upper = (np.log([BOUNDS[name][i] for name in names]) for i in range(3))
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         speed = speed_with(base, theta, names)
         return np.array([math.log(predict(p, speed) / p.measured) for p in points])
 
-    result = least_squares(residuals, start[free], bounds=(LOWER[free], UPPER[free]), diff_step=1e-3)
+    result = least_squares(residuals, start, bounds=(lower, upper), diff_step=1e-3)
     return speed_with(base, result.x, names)
 
 
@@ -130,13 +140,13 @@ def collect(measured_path: Path, device_kind: str) -> tuple[list[Point], SpeedCo
     return points, assumptions.speed()
 
 
-def leave_one_workload_out(points: list[Point], rows: list[dict], base: SpeedConstants, start: np.ndarray,
-                           key: str, fixed: frozenset[str] = frozenset()) -> dict[str, SpeedConstants]:
-    """Fit without each workload in turn (the constants in `fixed` kept at `base`'s) and predict
-    its cases into `rows[i][key]`; the constants fitted without each workload."""
+def leave_one_workload_out(points: list[Point], rows: list[dict], base: SpeedConstants, key: str,
+                           names: tuple[str, ...] = FITTED) -> dict[str, SpeedConstants]:
+    """Fit the constants `names` without each workload in turn (the others kept at `base`'s) and
+    predict its cases into `rows[i][key]`; the constants fitted without each workload."""
     constants = {}
     for workload in sorted({p.workload for p in points}):
-        speed = fit([p for p in points if p.workload != workload], base, start, fixed)
+        speed = fit([p for p in points if p.workload != workload], base, names)
         constants[workload] = speed
         for p, row in zip(points, rows):
             if p.workload == workload:
@@ -203,15 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("measured", type=Path)
     parser.add_argument("--device-kind", default="h100")
-    parser.add_argument("--constants", type=Path, default=None,
-                        help="speed_constants.json of benchmarks/gpu/speed_constants.py: also predict with its measured "
-                             "device constants (host costs fitted, leaving one workload out) and with all its constants")
+    parser.add_argument("--constants", type=Path, default=DEFAULT_CONSTANTS,
+                        help="speed_constants.json of benchmarks/gpu/speed_constants.py: the measured GEMM and "
+                             f"convolution efficiencies (default {DEFAULT_CONSTANTS})")
     parser.add_argument("--repeats", type=Path, nargs="*", default=[],
                         help="files with cases of MEASURED measured again in other processes: their spread is "
                              "the reference's own noise")
     args = parser.parse_args(argv)
 
-    points, base = collect(args.measured, args.device_kind)
+    microbenchmarks = json.loads(args.constants.read_text())
+    measured_constants = microbenchmarks["constants"]
+    # Efficiencies are fractions of each device's own data-sheet peaks, so constants measured on
+    # another GPU of the family can stand in for the calibration GPU's; the text says which.
+    source = f"{args.constants}, measured on {microbenchmarks.get('device', 'an unnamed device')}"
+    points, kind_base = collect(args.measured, args.device_kind)
+    base = with_measured(kind_base, measured_constants, MEASURED)
     print(f"{len(points)} measured cases with op tables", file=sys.stderr)
     # The allowance for drift between cases that the report widens every ratio by.
     drift = typical_spread([p.times for p in points if len(p.times)]) or 0.0
@@ -219,18 +235,9 @@ def main(argv: list[str] | None = None) -> int:
              "accum_steps": p.accum_steps, "measured": p.measured} for p in points]
 
     # Leave one workload out.
-    held_constants = leave_one_workload_out(points, rows, base, START, "held_out_workload")
-    # The same from other starting GEMM efficiencies: a constant the training workloads cannot
-    # pin down (without GPT-2 GEMM-bound kernels are a small share of every step) stays near
-    # where the fit starts.
-    sensitivity = {}
-    for efficiency in START_GEMM_EFFICIENCIES:
-        start = START.copy()
-        start[FITTED.index("flop_efficiency")] = math.log(efficiency)
-        key = f"held_out_workload_start_{efficiency}"
-        leave_one_workload_out(points, rows, base, start, key)
-        errs = [abs(e) for e in errors(rows, key)]
-        sensitivity[efficiency] = (statistics.median(errs), max(errs))
+    held_constants = leave_one_workload_out(points, rows, base, "held_out_workload")
+    # The same with the FLOP efficiencies fitted too: what measuring them avoids.
+    all_fitted = leave_one_workload_out(points, rows, base, "held_out_workload_all_fitted", FITTED + MEASURED)
     # Hold configurations out: GPT-2's accumulated cases, fitted without them.
     gpt2 = "gpt-gpt2"
     train = [p for p in points if not (p.workload == gpt2 and p.scenario == "accumulated")]
@@ -246,23 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         # What bounds the step, by the constants fitted on all cases.
         row["bound"] = predict_step_time(p.table, speed_all, p.accum_steps).bound
 
-    measured_blocks = []
-    if args.constants is not None:
-        measured_constants = json.loads(args.constants.read_text())
-        microbench = measured_constants["constants"]
-        # Efficiencies are fractions of each device's own data-sheet peaks, so constants measured
-        # on another GPU of the family can stand in for the calibration GPU's; the text says which.
-        source = f"{args.constants}, measured on {measured_constants.get('device', 'an unnamed device')}"
-        measured_base = dataclasses.replace(base, **{k: microbench[k] for k in DEVICE_SIDE})
-        leave_one_workload_out(points, rows, measured_base, START, "device_measured", DEVICE_SIDE)
-        everything = dataclasses.replace(base, **{k: microbench[k] for k in FITTED})
-        for p, row in zip(points, rows):
-            row["microbenchmarks"] = predict(p, everything)
-        measured_blocks = [
-            (f"Held out: leave one workload out, device constants measured ({source}), host costs fitted",
-             summary(rows, "device_measured", points, drift)),
-            (f"Every case held out: all six constants measured ({source}), nothing fitted",
-             summary(rows, "microbenchmarks", points, drift))]
+    leave_one_workload_out(points, rows, with_measured(base, measured_constants, DEVICE_SIDE), "device_measured",
+                           HOST_SIDE)
+    everything = with_measured(dataclasses.replace(base, step_host_seconds=0.0), measured_constants,
+                               DEVICE_SIDE + ("host_op_seconds", "launch_seconds"))
+    for p, row in zip(points, rows):
+        row["microbenchmarks"] = predict(p, everything)
+    without_gpt2 = all_fitted[gpt2]
+    measured_blocks = [
+        ("Held out: leave one workload out, the FLOP efficiencies fitted too (not measured)",
+         summary(rows, "held_out_workload_all_fitted", points, drift),
+         f"Fitted without GPT-2 the GEMM efficiency comes out at {without_gpt2.flop_efficiency:.3g} (measured: "
+         f"{base.flop_efficiency:.3g}): no other workload's step is GEMM-bound enough to pin it."),
+        (f"Held out: leave one workload out, all four device constants measured ({source}), host costs fitted",
+         summary(rows, "device_measured", points, drift), ""),
+        (f"Every case held out: the constants its microbenchmarks measure ({source}), nothing fitted "
+         "(no per-step host time: none measures it)", summary(rows, "microbenchmarks", points, drift), "")]
     steady = median_of_runs(points, args.measured, args.repeats)
     if len(steady) >= 2:
         # The same predictions against the median of several runs per case (those measured in
@@ -271,19 +277,24 @@ def main(argv: list[str] | None = None) -> int:
         steady_rows = [dict(row, measured=by_id[row["case_id"]].measured) for row in rows if row["case_id"] in by_id]
         measured_blocks.append((f"Held out: leave one workload out, against the median of at least three runs per case "
                                 f"({len(steady_rows)} cases measured in several processes)",
-                                summary(steady_rows, "held_out_workload", steady, drift)))
+                                summary(steady_rows, "held_out_workload", steady, drift), ""))
     lowo = summary(rows, "held_out_workload", points, drift)
     cfg_rows = [r for r in rows if r["held_out_config"] is not None]
     cfg = summary(cfg_rows, "held_out_config", points, drift)
     fitted = summary(rows, "fitted_on_all", points, drift)
     repeats = repeated_cases(args.measured, args.repeats)
     write(args.outdir, rows, lowo, cfg, fitted, speed_all, held_constants, len(cfg_rows), drift, repeats,
-          sensitivity, measured_blocks)
-    print("fitted on all cases: " + ", ".join(f"{k}={getattr(speed_all, k):.3g}" for k in FITTED))
+          measured_blocks, source)
+    print("fitted on all cases: " + fitted_speed_line(speed_all, FITTED))
     print(f"speed_ratio_error (leave one workload out, 95% of pairs): {lowo['ratio_error']:.3f}")
     for name, s in (("leave one workload out", lowo), ("GPT-2 accumulated held out", cfg), ("fitted on all", fitted)):
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     return 0
+
+
+def fitted_speed_line(speed: SpeedConstants, names: tuple[str, ...], quote: str = "") -> str:
+    """'host_op_seconds 6.57e-06, ...': the constants `names` of `speed`, 3 significant digits."""
+    return ", ".join(f"{quote}{name}{quote} = {getattr(speed, name):.3g}" for name in names)
 
 
 def _pct(x: float | None) -> str:
@@ -291,12 +302,12 @@ def _pct(x: float | None) -> str:
 
 
 def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cfg, drift, repeats,
-          sensitivity, measured_blocks) -> None:
+          measured_blocks, source) -> None:
     """The CSV (one row per case) and the Markdown summary."""
     outdir.mkdir(parents=True, exist_ok=True)
     columns = ["case_id", "workload", "scenario", "micro_batch", "accum_steps", "measured", "bound",
                "held_out_workload", "held_out_config", "fitted_on_all", "shipped"]
-    columns += [k for k in ("device_measured", "microbenchmarks") if k in rows[0]]
+    columns += ["held_out_workload_all_fitted", "device_measured", "microbenchmarks"]
     with open(outdir / "steptime_vs_measured.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -327,10 +338,11 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
              "results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl` on a CPU-only machine "
              "(the step-time model of `accumbench/steptime.py` on the estimate meter's fake steps), against "
              "the samples/s the cuda meter measured (torch 2.11, median of 10 steps, one run per case).", "",
-             "Six constants are fitted (host time per dispatched op, per kernel launch, least kernel "
-             "time, fraction of peak FLOP/s for GEMMs and attention, for convolutions, fraction of peak "
-             "bandwidth; host time per tensor of a foreach op stays 0: fitting it too made the held-out "
-             "error worse); the peaks are the data sheet's. Targets: held-out "
+             "Five constants are fitted (host time per dispatched op, per kernel launch, per optimizer "
+             "step, least kernel time, fraction of peak bandwidth; host time per tensor of a foreach op "
+             "stays 0: fitting it too made the held-out error worse); the fractions of peak FLOP/s for "
+             f"GEMMs and attention and for convolutions are measured by microbenchmarks ({source}: "
+             f"{fitted_speed_line(speed_all, MEASURED)}); the peaks are the data sheet's. Targets: held-out "
              "median |error| <= 10%, worst <= 25%, Spearman >= 0.9 within each workload.", "",
              "Host- or device-bound is the model's verdict for the case (constants fitted on all cases). "
              "Spearman's rho ranks every pair of a workload's cases, also pairs whose measured order is a "
@@ -350,21 +362,15 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
         lines.append("")
     lines += ["## Summary", ""]
     lines += block("Held out: leave one workload out", lowo)
-    start = math.exp(START[FITTED.index("flop_efficiency")])
-    lines += [f"The same from another starting GEMM efficiency (the fits above start at {start:g}): "
-              + "; ".join(f"from {e:g}, median |error| {m:.1%}, worst {w:.1%}" for e, (m, w) in sensitivity.items())
-              + ". Without GPT-2, GEMM-bound kernels are a small share of every training case's step (at "
-              "most 14% by the constants fitted on all cases), so that fit keeps the GEMM efficiency near where "
-              "it starts: the leave-one-workload-out median depends on the start.", ""]
-    for title, result in measured_blocks:
-        lines += block(title, result)
+    for title, result, note in measured_blocks:
+        lines += block(title, result) + ([note, ""] if note else [])
     lines += block(f"Held out: GPT-2's {n_cfg} accumulated configurations (fitted on its large-batch cases "
                    "and the other workloads)", cfg)
     lines += block("In-sample: fitted on all cases (the constants the h100 kind ships)", fitted)
-    lines += ["Constants fitted on all cases: " + ", ".join(f"`{k}` = {getattr(speed_all, k):.3g}" for k in FITTED),
+    lines += ["Constants fitted on all cases: " + fitted_speed_line(speed_all, FITTED, "`"),
               "", "Constants per left-out workload:", ""]
     for workload, speed in held_constants.items():
-        lines.append(f"- without {workload}: " + ", ".join(f"{k} {getattr(speed, k):.3g}" for k in FITTED))
+        lines.append(f"- without {workload}: " + fitted_speed_line(speed, FITTED))
     lines += ["", "## Per case", "",
               "| case | bound | measured | held out (workload) | err | held out (config) | err | fitted on all | err |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

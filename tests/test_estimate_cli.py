@@ -5,6 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from accumbench.cli import main
+from accumbench.estimate_assumptions import assumptions_for
 from accumbench.records import read_records
 
 TINY_MLP = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1,2"]
@@ -82,7 +83,7 @@ def test_resume_refuses_other_assumptions_naming_the_one_that_differs(tmp_path):
     more = [*mlp, "--micro-batch", "2,4", "--resume"]
     refused = runner.invoke(main, [*more, "--assume", "host_op_seconds=1e-5"])
     assert refused.exit_code == 2, refused.output
-    assert "measured with assumptions.host_op_seconds=6.57e-06" in refused.output
+    assert f"measured with assumptions.host_op_seconds={assumptions_for('h100').host_op_seconds!r}" in refused.output
     assert "asks for assumptions.host_op_seconds=1e-05" in refused.output
     resumed = runner.invoke(main, more)
     assert resumed.exit_code == 0, resumed.output

@@ -15,7 +15,7 @@ from accumbench.cli import main
 from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.records import read_records
 from accumbench.steptime import (DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, OpTally, grouped_mm_flops, op_flops,
-                                 predict_step_time)
+                                 optimizer_step_start, predict_step_time)
 
 TINY_MLP = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1,4"]
 SPEED = assumptions_for("h100").speed()
@@ -87,7 +87,8 @@ def test_predicted_time_grows_with_flops_and_with_op_count():
     assert large > small * 3  # device-bound: time follows the FLOPs
     few = predict_step_time(_table([1e3] * 10), SPEED).seconds
     many = predict_step_time(_table([1e3] * 1000), SPEED).seconds
-    assert many > few * 50  # host-bound: time follows the op count
+    # Host-bound: each op more costs its host time.
+    assert many - few == pytest.approx(990 * (SPEED.host_op_seconds + SPEED.launch_seconds), rel=1e-9)
     with_views = predict_step_time(_table([1e3] * 10 + [0.0] * 10, kinds=[KERNEL] * 10 + [VIEW] * 10), SPEED)
     # Views launch nothing: they cost only the host's per-op time.
     few_host = predict_step_time(_table([1e3] * 10), SPEED).host_seconds
@@ -110,6 +111,27 @@ def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
     optimizer = table.take(table.micro_step == OUTSIDE)  # the optimizer step's ops alone
     assert len(optimizer) == 2 and set(optimizer.micro_step.tolist()) == {OUTSIDE}
     assert 0 < predict_step_time(optimizer, SPEED).seconds < predict_step_time(table, SPEED).seconds
+
+
+def test_the_step_host_time_comes_once_per_step_before_the_optimizer_step():
+    # zero_grad's op, two micro-steps of small ops, the optimizer step's two ops.
+    steps = np.array([OUTSIDE, 0, 0, 1, 1, OUTSIDE, OUTSIDE], dtype=np.int16)
+    n = len(steps)
+    table = OpTable(np.full(n, KERNEL, dtype=np.int8), np.full(n, 1e3), np.zeros(n),
+                    np.full(n, DTYPES.index("bf16"), dtype=np.int8), steps, np.zeros(n, dtype=bool),
+                    np.zeros(n, dtype=np.int32))
+    assert optimizer_step_start(table) == 5 and optimizer_step_start(table.take(steps != OUTSIDE)) == 4
+    none = dataclasses.replace(SPEED, step_host_seconds=0.0)
+    some = dataclasses.replace(SPEED, step_host_seconds=1e-3)
+    for accum in (2, 8):  # once per optimizer step, however many micro-steps
+        assert predict_step_time(table, some, accum).seconds - predict_step_time(table, none, accum).seconds \
+            == pytest.approx(1e-3, rel=1e-9)
+    # Device-bound: the queue of large GEMMs hides the host's work before the optimizer step.
+    heavy = dataclasses.replace(table, flops=np.where(steps == OUTSIDE, 1e3, 1e13))
+    assert predict_step_time(heavy, some, 8).seconds == pytest.approx(predict_step_time(heavy, none, 8).seconds,
+                                                                        rel=1e-12)
+    assert predict_step_time(heavy, some, 8).bound == "device"
+    assert predict_step_time(table, some, 8).bound == "host"
 
 
 def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
@@ -219,7 +241,8 @@ def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fix
     monkeypatch.setitem(sys.modules, spec.name, validation)  # its dataclasses look themselves up there
     spec.loader.exec_module(validation)
 
-    truth = dataclasses.replace(SPEED, host_op_seconds=8e-6, launch_seconds=20e-6, flop_efficiency=0.6)
+    truth = dataclasses.replace(SPEED, host_op_seconds=8e-6, launch_seconds=20e-6, step_host_seconds=5e-4,
+                                bandwidth_efficiency=0.6)
     # Host-bound tables (many small ops) and device-bound ones (large GEMMs, large copies) so
     # that host costs, GEMM efficiency and bandwidth each decide some cases.
     tables = [_table([1e3] * n) for n in (50, 200, 800)] + [_table([f] * 4) for f in (5e12, 2e13)] \
@@ -233,9 +256,11 @@ def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fix
     fitted = validation.fit(points, SPEED)
     for p in points:
         assert validation.predict(p, fitted) == pytest.approx(p.measured, rel=0.02)
+    # The FLOP efficiencies are measured, never fitted.
+    assert (fitted.flop_efficiency, fitted.conv_flop_efficiency) == (SPEED.flop_efficiency, SPEED.conv_flop_efficiency)
     # Measured device constants stay as given, however the host costs move.
     given = dataclasses.replace(SPEED, flop_efficiency=0.3, bandwidth_efficiency=0.5)
-    kept = validation.fit(points, given, fixed=validation.DEVICE_SIDE)
+    kept = validation.fit(points, given, validation.HOST_SIDE)
     assert (kept.flop_efficiency, kept.bandwidth_efficiency) == (0.3, 0.5)
     assert kept.kernel_floor_seconds == given.kernel_floor_seconds
     assert kept.host_op_seconds != given.host_op_seconds

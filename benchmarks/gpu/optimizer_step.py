@@ -12,7 +12,8 @@ gradients and optimizer state exist, then times `optimizer.step()` and `zero_gra
 - `host_s`: the host clock around each call, without synchronising: the host's issue time.
 
 It predicts the same ops with the device kind's constants: the rows of the case's fake-step op
-table outside the micro-steps (`OpTable.take(micro_step == OUTSIDE)`).
+table outside the micro-steps (`OpTable.take(micro_step == OUTSIDE)`), with the kind's
+`step_host_seconds` (the host time per step no aten op shows, fitted on the H100) included.
 
     python benchmarks/gpu/optimizer_step.py OUTDIR                # CUDA, under a minute
     python benchmarks/gpu/optimizer_step.py OUTDIR --device cpu   # dry run: tiny models, cpu clock

@@ -1,11 +1,11 @@
 """Measure the step-time model's constants directly, with microbenchmarks, instead of fitting them.
 
-Issue 15's held-out validation fits six constants to whole training steps of six workloads, and
+Issue 15's held-out validation fits constants to whole training steps of six workloads, and
 some are barely pinned down by them: without GPT-2 no training case is GEMM-bound, and the host
-costs per op and per launch trade against each other. Measured one at a time on the GPU machine,
-the constants owe nothing to the workloads, so every measured case of the default suite becomes
-a held-out case: `python benchmarks/steptime_validation.py ... --constants OUTDIR/speed_constants.json`
-predicts them all with these constants and no fitting.
+costs per op and per launch trade against each other. So the GEMM and convolution efficiencies
+are taken from here, and the validation also predicts every case with all of these constants and
+no fitting (they owe nothing to the workloads, so every measured case becomes a held-out one):
+`python benchmarks/steptime_validation.py ... --constants OUTDIR/speed_constants.json`.
 
     python benchmarks/gpu/speed_constants.py OUTDIR [--device-kind h100]   # CUDA, ~30 s
     python benchmarks/gpu/speed_constants.py OUTDIR --device cpu            # dry run (meaningless numbers)
