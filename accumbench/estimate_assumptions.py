@@ -55,8 +55,8 @@ predicts no speed):
   loop's own Python); `kernel_floor_seconds`: the least time a kernel takes on the device;
   `flop_efficiency`, `bandwidth_efficiency`: the fraction of the peak FLOP/s (cuBLAS GEMMs,
   attention) and bandwidth kernels reach; `conv_flop_efficiency`: the fraction of peak cuDNN's
-  convolutions reach. The two FLOP efficiencies are measured by microbenchmarks (one large GEMM,
-  one large convolution); the host costs, the kernel floor and the bandwidth efficiency are
+  convolutions reach. The two FLOP efficiencies are measured by microbenchmarks (GPT-2's MLP GEMM,
+  the ConvNet's first convolution); the host costs, the kernel floor and the bandwidth efficiency are
   fitted on the H100, `host_tensor_seconds` is not (`benchmarks/steptime_validation.py`,
   results/estimate-vs-h100/steptime_vs_measured.md).
 - `speed_ratio_error`: how far the predicted throughput ratio of two configurations of one model
@@ -284,7 +284,7 @@ def _cuda_kind(kind: str, label: str, total_gib: float, cublas_workspace: int,
 _PRE_HOPPER_CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
 
 # Step-time constants for the H100. flop_efficiency and conv_flop_efficiency are measured by
-# microbenchmarks (one large bf16 GEMM, one large convolution: results/NVIDIA-H200/steptime/
+# microbenchmarks (GPT-2's bf16 MLP GEMM, the ConvNet's first convolution: results/NVIDIA-H200/steptime/
 # speed_constants.json, on the H100's sibling H200; efficiencies are fractions of each device's
 # own peak): without GPT-2 no training workload pins the GEMM efficiency down, so fitting it made
 # the held-out error depend on where the fit started. The host costs, the kernel floor and the

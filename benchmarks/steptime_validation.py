@@ -10,8 +10,8 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
 1. Estimates every case of the `default` suite for the device kind on fake tensors and keeps
    each case's op table (`accumbench.steptime.OpTable`).
 2. Takes the GEMM and convolution efficiencies (`flop_efficiency`, `conv_flop_efficiency`) from
-   the microbenchmarks of `--constants` (`benchmarks/gpu/speed_constants.py`: one large GEMM,
-   one large convolution; efficiencies are fractions of each device's own data-sheet peak, so a
+   the microbenchmarks of `--constants` (`benchmarks/gpu/speed_constants.py`: GPT-2's MLP GEMM,
+   the ConvNet's first convolution; efficiencies are fractions of each device's own data-sheet peak, so a
    sibling GPU's stand in), and fits the five others (`host_op_seconds`, `launch_seconds`,
    `step_host_seconds`, `kernel_floor_seconds`, `bandwidth_efficiency`; `host_tensor_seconds`
    and the peaks and bandwidths stay at the data sheet) by least squares on

@@ -13,6 +13,8 @@
 # Checks still pending, run by default in this order (expected seconds, by their authors; actual
 # on the H200 of 2026-11-30 where it ran):
 #   optstep   60  the optimizer step alone vs the model's ops for it       (issue 15, open)
+#   constants 40  the model's device constants by microbenchmarks, now with GPT-2's attention
+#                 (issue 15: the GEMM and convolution efficiencies the h100 kind uses)
 #   repeats  240  the 40 non-GPT-2 cases of the default suite in 3 processes (issue 15: the
 #                 reference's own noise, for the validation's --repeats)
 #   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8; the H200
@@ -35,9 +37,9 @@ if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 start=$(date +%s)
-order=(optstep repeats core hf adaptive)
+order=(optstep constants repeats core hf adaptive)
 known=("${order[@]}" steptime issue12 ddp fsdp levers moe)
-declare -A expected=([optstep]=60 [repeats]=240 [issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=210 [moe]=300 [levers]=240 [core]=300
+declare -A expected=([optstep]=60 [constants]=40 [repeats]=240 [issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=210 [moe]=300 [levers]=240 [core]=300
                      [hf]=600 [adaptive]=600)
 wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=("${order[@]}")
 for name in "${wanted[@]}"; do
@@ -48,6 +50,7 @@ command_for() {  # the check's command line, on CUDA or as its own CPU dry run
   local d=$out/$1
   case $1 in
     optstep)  echo "python3 benchmarks/gpu/optimizer_step.py $d ${dry:+--device cpu}" ;;
+    constants) echo "python3 benchmarks/gpu/speed_constants.py $d ${dry:+--device cpu}" ;;
     repeats)  echo "bash benchmarks/gpu/steptime_repeats.sh $d ${dry:+--dry-run}" ;;
     issue12)  echo "python3 benchmarks/gpu/issue12_results_session.py $d ${dry:+--device cpu}" ;;
     ddp)      echo "python3 benchmarks/gpu/ddp_nccl.py $d" ;;

@@ -19,6 +19,9 @@ Each constant, as `accumbench.steptime` uses it:
 - `flop_efficiency`: a bf16 GEMM of GPT-2's MLP shape over the data sheet's peak;
 - `conv_flop_efficiency`: a bf16 3x3 convolution of the large ConvNet's first stage, forward
   and backward, over the peak.
+
+Also recorded, not used as a constant: GPT-2's causal attention forward and backward
+(`attention_efficiency` in the raw timings), which the model prices at `flop_efficiency`.
 Writes OUTDIR/speed_constants.json (the constants and the raw timings) and prints it.
 """
 
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.meters.base import WallClockTimer
@@ -112,7 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     raw["conv_flops"] = 3 * 2 * batch * 64 * 64 * 9 * side * side  # forward, grad input, grad weight
     raw["conv_s"] = conv_s
 
+    # Attention: GPT-2's causal SDPA at 16 x 512 tokens (12 heads of 64), forward and backward,
+    # FLOPs as the flop counter counts them (in full, masked blocks too). Not a model constant
+    # (attention runs at flop_efficiency): recorded to see how far below the MLP GEMM it runs.
+    heads, seq, head_dim, rows = (2, 64, 32, 2) if small else (12, 512, 64, 16)
+    q, k, v = (torch.randn(rows, heads, seq, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    out_grad = torch.randn(rows, heads, seq, head_dim, device=device, dtype=torch.bfloat16)
+    attention_s = median_seconds(
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(out_grad), 10, cuda)
+    shape = (rows, heads, seq, head_dim)
+    raw["attention_flops"] = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
+    raw["attention_s"] = attention_s
+
     peak = speed.peak_flops["bf16"]
+    raw["attention_efficiency"] = raw["attention_flops"] / attention_s / peak
     constants = {
         "host_op_seconds": raw["view_host_s"],
         "launch_seconds": max(raw["add_host_s"] - raw["view_host_s"], 0.0),
