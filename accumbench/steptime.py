@@ -19,8 +19,11 @@ per device kind in `accumbench.estimate_assumptions`:
   Small micro-batches are bound here: the device waits for the host.
 - Device: each kernel takes its roofline time, max(FLOPs / (flop_efficiency x the peak FLOP/s
   of its dtype), bytes / (bandwidth_efficiency x memory bandwidth)), with
-  conv_flop_efficiency in place of flop_efficiency for cuDNN's convolutions, and at least
-  `kernel_floor_seconds` (a kernel's fixed start-up and tail on the device).
+  conv_flop_efficiency in place of flop_efficiency for cuDNN's convolutions and
+  `batch_norm_bandwidth` (bytes/s) in place of the bandwidth term for batch norm computing batch
+  statistics (its per-channel reductions leave most of the device idle: on an H200 it moved the
+  bytes counted here at 6% of the peak bandwidth, results/NVIDIA-H200/steptime/norm_kernels.csv),
+  and at least `kernel_floor_seconds` (a kernel's fixed start-up and tail on the device).
 - Overlap as a CUDA stream has it: a kernel starts when the host has launched it and the
   previous kernel has finished. The step ends when the host is done and the last kernel has
   finished (the harness synchronises after each step).
@@ -34,12 +37,9 @@ What it cannot see:
 - kernel fusion, and the real kernel count of an op (a CUDA op may launch several kernels;
   foreach optimizer ops are chunked);
 - cuDNN's and cuBLAS's algorithm choice and their efficiency at a given shape (one efficiency
-  for all), and how well each memory-bound kernel uses the bandwidth (one efficiency for all:
-  on the H100 the BatchNorm ConvNet ran slower than the GroupNorm one, although under autocast
-  GroupNorm runs in fp32 and moves more bytes; on an H200 BatchNorm's kernels at the ConvNet's
-  shapes used about 6% of the peak bandwidth by these byte counts, GroupNorm's about 19%, copies
-  88%: results/NVIDIA-H200/steptime/norm_kernels.csv. Pricing the norm ops at those rates did
-  not lower the held-out worst error, so one efficiency stays);
+  for all GEMMs and attention, measured on GPT-2's MLP GEMM), and how well each memory-bound
+  kernel uses the bandwidth (one efficiency for all but batch norm, whose one rate was measured
+  at the large ConvNet's shapes; GroupNorm's layers there came within 1.7x of the model);
 - causal attention skipping masked blocks; caching-allocator calls (cudaMalloc on a first step);
 - how the host work outside aten ops grows with the model: `step_host_seconds` is one figure
   per step whatever the parameter count. On the H100 a whole step took 2-4 ms more than its
@@ -49,10 +49,10 @@ What it cannot see:
   say where it goes. The data loader is not modelled;
 - activation checkpointing's host work beyond the ops it recomputes: on an H200 checkpointing
   every block of GPT-2 cost 54-57% of samples/s at micro-batch 8 (host-bound) where the model
-  says 26%; from micro-batch 32 up it cost 13-17%, predicted 14%
+  says 24-25%; from micro-batch 32 up it cost 13-17%, predicted 12-13%
   (results/NVIDIA-H200/levers/);
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
-  H200 an OLMoE-shaped model was predicted 5-25% too fast (results/NVIDIA-H200/moe/;
+  H200 an OLMoE-shaped model was predicted 13-46% too fast (results/NVIDIA-H200/moe/;
   results/estimate-vs-h100/README.md);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
@@ -78,6 +78,15 @@ OUTSIDE = -1  # micro-step of ops outside the micro-steps (optimizer step, zero_
 # by default); fp32 matmuls do not (torch.backends.cuda.matmul.allow_tf32 is off by default).
 CONVOLUTIONS = frozenset({"convolution", "convolution_backward", "_convolution", "cudnn_convolution",
                           "_slow_conv2d_forward", "convolution_overrideable"})
+# Batch-norm ops. In training mode (batch statistics) their kernels reduce each channel over
+# batch and image: with few channels they use a small part of the device, so they get their own
+# measured rate (`SpeedConstants.batch_norm_bandwidth`). In eval mode (running statistics) batch
+# norm is elementwise and runs like any other op; the ops without a mode flag run in training only.
+BATCH_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+                         "_batch_norm_with_update", "_batch_norm_with_update_functional", "cudnn_batch_norm",
+                         "miopen_batch_norm", "native_batch_norm_backward", "batch_norm_backward",
+                         "cudnn_batch_norm_backward", "miopen_batch_norm_backward"})
+_MODE_FLAGS = ("training", "train", "update")
 CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
 CPU_ATTENTION_BACKWARD = "_scaled_dot_product_flash_attention_for_cpu_backward"
 # Ops that launch no kernel: aliases, and reading a host scalar (AdamW's step counters stay on
@@ -116,6 +125,18 @@ def grouped_mm_flops(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> int
     return 2 * out.numel() * a.shape[-1]  # 2d x 3d, 3d x 3d, 3d x 2d: each output element, k long
 
 
+def is_training_batch_norm(func: Any, args: tuple, kwargs: dict) -> bool:
+    """True for a batch-norm op (forward or backward) that computes batch statistics: its
+    schema's `training`/`train`/`update` flag, or always for the ops that have none."""
+    if func.overloadpacket.__name__ not in BATCH_NORMS:
+        return False
+    for i, argument in enumerate(func._schema.arguments):
+        if argument.name in _MODE_FLAGS:
+            value = args[i] if i < len(args) else kwargs.get(argument.name, argument.default_value)
+            return bool(value)
+    return True
+
+
 def tensor_bytes(tree: Any) -> int:
     """Bytes of every tensor in a nested structure (numel x element size: what a kernel touches)."""
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
@@ -129,7 +150,9 @@ class OpTable:
     into DTYPES), `micro_step` (0-based; OUTSIDE for the optimizer step and zero_grad) and
     `convolution` (True for cuDNN's convolutions, which reach a lower fraction of peak than
     cuBLAS's GEMMs and get their own efficiency), `list_tensors` (how many tensors a foreach
-    op's lists hold: the optimizer step's host work grows with the parameter count).
+    op's lists hold: the optimizer step's host work grows with the parameter count),
+    `batch_norm` (True for batch norm computing batch statistics, forward or backward: its own
+    rate, `SpeedConstants.batch_norm_bandwidth`).
     """
 
     kind: np.ndarray
@@ -139,6 +162,7 @@ class OpTable:
     micro_step: np.ndarray
     convolution: np.ndarray
     list_tensors: np.ndarray
+    batch_norm: np.ndarray
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -154,7 +178,8 @@ class OpTable:
                 and bool(np.array_equal(self.dtype, other.dtype))
                 and bool(np.array_equal(self.micro_step, other.micro_step))
                 and bool(np.array_equal(self.convolution, other.convolution))
-                and bool(np.array_equal(self.list_tensors, other.list_tensors)))
+                and bool(np.array_equal(self.list_tensors, other.list_tensors))
+                and bool(np.array_equal(self.batch_norm, other.batch_norm)))
 
     def interpolate(self, low_size: int, high: "OpTable", high_size: int, size: int) -> "OpTable":
         """The table at micro-batch `size`, each op's FLOPs and bytes on the straight line
@@ -164,7 +189,7 @@ class OpTable:
         t = (size - low_size) / (high_size - low_size)
         return OpTable(self.kind, np.maximum(self.flops + t * (high.flops - self.flops), 0.0),
                        np.maximum(self.nbytes + t * (high.nbytes - self.nbytes), 0.0), self.dtype, self.micro_step,
-                       self.convolution, self.list_tensors)
+                       self.convolution, self.list_tensors, self.batch_norm)
 
     def repeated(self, accum_steps: int) -> "OpTable":
         """The table of `accum_steps` micro-steps: the last profiled micro-step's ops repeated
@@ -237,15 +262,16 @@ class OpTally:
             if dtype == DTYPES.index("fp32") and self.cuda and name in CONVOLUTIONS:
                 dtype = DTYPES.index("tf32")
         listed = sum(len(a) for a in args if isinstance(a, (list, tuple))) if name.startswith("_foreach") else 0
-        self._rows.append((kind, float(flops), float(nbytes), dtype, self._micro_step, name in CONVOLUTIONS, listed))
+        self._rows.append((kind, float(flops), float(nbytes), dtype, self._micro_step, name in CONVOLUTIONS, listed,
+                           is_training_batch_norm(func, args, kwargs)))
 
     def table(self) -> OpTable:
         """What was tallied, frozen."""
-        cols = list(zip(*self._rows)) if self._rows else [()] * 7
+        cols = list(zip(*self._rows)) if self._rows else [()] * 8
         return OpTable(np.asarray(cols[0], dtype=np.int8), np.asarray(cols[1], dtype=np.float64),
                        np.asarray(cols[2], dtype=np.float64), np.asarray(cols[3], dtype=np.int8),
                        np.asarray(cols[4], dtype=np.int16), np.asarray(cols[5], dtype=bool),
-                       np.asarray(cols[6], dtype=np.int32))
+                       np.asarray(cols[6], dtype=np.int32), np.asarray(cols[7], dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -266,10 +292,11 @@ class SpeedConstants:
     flop_efficiency: float
     bandwidth_efficiency: float
     conv_flop_efficiency: float
+    batch_norm_bandwidth: float
 
     def __post_init__(self) -> None:
         for name in ("memory_bandwidth", "host_to_device_bandwidth", "flop_efficiency", "bandwidth_efficiency",
-                     "conv_flop_efficiency"):
+                     "conv_flop_efficiency", "batch_norm_bandwidth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("host_op_seconds", "launch_seconds", "host_tensor_seconds", "step_host_seconds",
@@ -303,7 +330,8 @@ def kernel_seconds(table: OpTable, speed: SpeedConstants) -> np.ndarray:
                       for name in DTYPES])
     efficiency = np.where(table.convolution, speed.conv_flop_efficiency, speed.flop_efficiency)
     compute = table.flops / (efficiency * peaks[table.dtype.astype(np.intp)])
-    memory = table.nbytes / (speed.bandwidth_efficiency * speed.memory_bandwidth)
+    rate = np.where(table.batch_norm, speed.batch_norm_bandwidth, speed.bandwidth_efficiency * speed.memory_bandwidth)
+    memory = table.nbytes / rate
     seconds = np.maximum(np.maximum(compute, memory), speed.kernel_floor_seconds)
     copies = table.kind == COPY_IN
     seconds[copies] = table.nbytes[copies] / speed.host_to_device_bandwidth
@@ -422,5 +450,5 @@ def ratio_error(measured: Sequence[float], predicted: Sequence[float], groups: S
 
 
 __all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
-           "VIEW", "kernel_seconds", "op_flops", "optimizer_step_start", "pair_order", "predict_step_time",
+           "VIEW", "is_training_batch_norm", "kernel_seconds", "op_flops", "optimizer_step_start", "pair_order", "predict_step_time",
            "ratio_error", "spearman", "tensor_bytes"]

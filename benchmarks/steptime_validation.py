@@ -9,12 +9,13 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
 
 1. Estimates every case of the `default` suite for the device kind on fake tensors and keeps
    each case's op table (`accumbench.steptime.OpTable`).
-2. Takes the GEMM and convolution efficiencies (`flop_efficiency`, `conv_flop_efficiency`) from
-   the microbenchmarks of `--constants` (`benchmarks/gpu/speed_constants.py`: GPT-2's MLP GEMM,
-   the ConvNet's first convolution; efficiencies are fractions of each device's own data-sheet peak, so a
-   sibling GPU's stand in), and fits the five others (`host_op_seconds`, `launch_seconds`,
-   `step_host_seconds`, `kernel_floor_seconds`, `bandwidth_efficiency`; `host_tensor_seconds`
-   and the peaks and bandwidths stay at the data sheet) by least squares on
+2. Takes the GEMM and convolution efficiencies and the kernel floor (`flop_efficiency`,
+   `conv_flop_efficiency`, `kernel_floor_seconds`) from the microbenchmarks of `--constants`
+   (`benchmarks/gpu/speed_constants.py`: GPT-2's MLP GEMM, the ConvNet's first convolution, a
+   tiny kernel back to back; efficiencies are fractions of each device's own data-sheet peak, so
+   a sibling GPU's stand in), and fits the four others (`host_op_seconds`, `launch_seconds`,
+   `step_host_seconds`, `bandwidth_efficiency`; `host_tensor_seconds`, `batch_norm_bandwidth`
+   and the peaks and bandwidths stay at the kind's values) by least squares on
    log(predicted / measured samples/s).
 3. Honest error: leave one workload out. For each workload the constants are fitted on the
    others and its cases are predicted with them: per case predicted vs measured samples/s, the
@@ -23,9 +24,9 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
    resolve the prediction orders right (`accumbench.steptime.pair_order`), and how far the
    predicted ratio of two configurations of one workload is off in 95% of pairs
    (`accumbench.steptime.ratio_error`: the device kind's `speed_ratio_error`, the interval
-   `accumbench plan` puts on a predicted slowdown). Repeated with the two FLOP efficiencies
-   fitted as well, to show why they are measured instead: without GPT-2 no training workload
-   pins the GEMM efficiency. A second hold-out keeps configurations out: GPT-2 fitted on its
+   `accumbench plan` puts on a predicted slowdown). Repeated with the measured constants fitted
+   as well, to show why they are measured instead: without GPT-2 no training workload pins the
+   GEMM efficiency, and the kernel floor fits at its bound. A second hold-out keeps configurations out: GPT-2 fitted on its
    large-batch cases (and the other workloads), predicted on its accumulated ones.
 4. The same leave-one-workload-out with all four device constants of `--constants` and only the
    host costs fitted, and every case predicted with the measured constants and nothing fitted
@@ -64,10 +65,11 @@ from accumbench.steptime import SpeedConstants, pair_order, predict_step_time, r
 # host_tensor_seconds (host time per tensor of a foreach op) is not fitted and stays at the kind's
 # value (0): fitted too, it made the held-out error worse (without GPT-2 the fit put all host time
 # on it), a sign of too many constants.
-FITTED = ("host_op_seconds", "launch_seconds", "step_host_seconds", "kernel_floor_seconds", "bandwidth_efficiency")
+FITTED = ("host_op_seconds", "launch_seconds", "step_host_seconds", "bandwidth_efficiency")
 # Measured by microbenchmarks, not fitted: without GPT-2, GEMM-bound kernels are a small share of
-# every training case's step, and a fit leaves the GEMM efficiency where it starts (or anywhere).
-MEASURED = ("flop_efficiency", "conv_flop_efficiency")
+# every training case's step, and a fit leaves the GEMM efficiency where it starts (or anywhere);
+# fitted, the kernel floor goes to its lower bound (no case's time depends on it).
+MEASURED = ("flop_efficiency", "conv_flop_efficiency", "kernel_floor_seconds")
 # Each constant's starting value and bounds for the fit.
 BOUNDS = {"host_op_seconds": (5e-6, 1e-8, 1e-3), "launch_seconds": (5e-6, 1e-8, 1e-3),
           "step_host_seconds": (1e-3, 1e-7, 2e-2), "kernel_floor_seconds": (2e-6, 1e-8, 1e-4),
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Leave one workload out.
     held_constants = leave_one_workload_out(points, rows, base, "held_out_workload")
-    # The same with the FLOP efficiencies fitted too: what measuring them avoids.
+    # The same with the measured constants fitted too: what measuring them avoids.
     all_fitted = leave_one_workload_out(points, rows, base, "held_out_workload_all_fitted", FITTED + MEASURED)
     # Hold configurations out: GPT-2's accumulated cases, fitted without them.
     gpt2 = "gpt-gpt2"
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         row["microbenchmarks"] = predict(p, everything)
     without_gpt2 = all_fitted[gpt2]
     measured_blocks = [
-        ("Held out: leave one workload out, the FLOP efficiencies fitted too (not measured)",
+        ("Held out: leave one workload out, the GEMM and convolution efficiencies and the kernel floor fitted "
+         "too (not measured)",
          summary(rows, "held_out_workload_all_fitted", points, drift),
          f"Fitted without GPT-2 the GEMM efficiency comes out at {without_gpt2.flop_efficiency:.3g} (measured: "
          f"{base.flop_efficiency:.3g}): no other workload's step is GEMM-bound enough to pin it."),
@@ -338,11 +341,13 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
              "results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl` on a CPU-only machine "
              "(the step-time model of `accumbench/steptime.py` on the estimate meter's fake steps), against "
              "the samples/s the cuda meter measured (torch 2.11, median of 10 steps, one run per case).", "",
-             "Five constants are fitted (host time per dispatched op, per kernel launch, per optimizer "
-             "step, least kernel time, fraction of peak bandwidth; host time per tensor of a foreach op "
-             "stays 0: fitting it too made the held-out error worse); the fractions of peak FLOP/s for "
-             f"GEMMs and attention and for convolutions are measured by microbenchmarks ({source}: "
-             f"{fitted_speed_line(speed_all, MEASURED)}); the peaks are the data sheet's. Targets: held-out "
+             "Four constants are fitted (host time per dispatched op, per kernel launch, per optimizer "
+             "step, fraction of peak bandwidth; host time per tensor of a foreach op stays 0: fitting it "
+             "too made the held-out error worse); the fractions of peak FLOP/s for GEMMs and attention "
+             "and for convolutions and the least kernel time are measured by microbenchmarks "
+             f"({source}: {fitted_speed_line(speed_all, MEASURED)}), batch norm's rate is the kind's "
+             f"(`batch_norm_bandwidth` = {speed_all.batch_norm_bandwidth:.3g} bytes/s, measured on an H200 "
+             "at the ConvNet's shapes); the peaks are the data sheet's. Targets: held-out "
              "median |error| <= 10%, worst <= 25%, Spearman >= 0.9 within each workload.", "",
              "Host- or device-bound is the model's verdict for the case (constants fitted on all cases). "
              "Spearman's rho ranks every pair of a workload's cases, also pairs whose measured order is a "

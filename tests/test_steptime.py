@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from accumbench.cli import main
 from accumbench.estimate_assumptions import assumptions_for, kind_for_device_name
 from accumbench.records import read_records
-from accumbench.steptime import (DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, OpTally, grouped_mm_flops, op_flops,
-                                 optimizer_step_start, predict_step_time)
+from accumbench.steptime import (DTYPES, KERNEL, OUTSIDE, VIEW, OpTable, OpTally, grouped_mm_flops,
+                                 is_training_batch_norm, kernel_seconds, op_flops, optimizer_step_start,
+                                 predict_step_time)
 
 TINY_MLP = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1,4"]
 SPEED = assumptions_for("h100").speed()
@@ -78,7 +79,8 @@ def _table(flops: list[float], nbytes: list[float] | None = None, kinds: list[in
     n = len(flops)
     return OpTable(np.array(kinds or [KERNEL] * n, dtype=np.int8), np.array(flops, dtype=float),
                    np.array(nbytes or [0.0] * n, dtype=float), np.full(n, DTYPES.index("bf16"), dtype=np.int8),
-                   np.zeros(n, dtype=np.int16), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32))
+                   np.zeros(n, dtype=np.int16), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32),
+                   np.zeros(n, dtype=bool))
 
 
 def test_predicted_time_grows_with_flops_and_with_op_count():
@@ -103,7 +105,7 @@ def test_predicted_time_grows_with_flops_and_with_op_count():
 def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
     table = OpTable(np.full(5, KERNEL, dtype=np.int8), np.array([1e12, 2e12, 2e12, 0.0, 0.0]), np.zeros(5),
                     np.full(5, DTYPES.index("bf16"), dtype=np.int8), np.array([0, 1, 1, OUTSIDE, OUTSIDE], dtype=np.int16),
-                    np.zeros(5, dtype=bool), np.zeros(5, dtype=np.int32))
+                    np.zeros(5, dtype=bool), np.zeros(5, dtype=np.int32), np.zeros(5, dtype=bool))
     four = table.repeated(4)
     assert four.flops.tolist() == [1e12, 2e12, 2e12, 2e12, 2e12, 2e12, 2e12, 0.0, 0.0]
     assert four.micro_step.tolist()[-2:] == [OUTSIDE, OUTSIDE] and table.repeated(2) is table
@@ -119,7 +121,7 @@ def test_the_step_host_time_comes_once_per_step_before_the_optimizer_step():
     n = len(steps)
     table = OpTable(np.full(n, KERNEL, dtype=np.int8), np.full(n, 1e3), np.zeros(n),
                     np.full(n, DTYPES.index("bf16"), dtype=np.int8), steps, np.zeros(n, dtype=bool),
-                    np.zeros(n, dtype=np.int32))
+                    np.zeros(n, dtype=np.int32), np.zeros(n, dtype=bool))
     assert optimizer_step_start(table) == 5 and optimizer_step_start(table.take(steps != OUTSIDE)) == 4
     none = dataclasses.replace(SPEED, step_host_seconds=0.0)
     some = dataclasses.replace(SPEED, step_host_seconds=1e-3)
@@ -132,6 +134,38 @@ def test_the_step_host_time_comes_once_per_step_before_the_optimizer_step():
                                                                         rel=1e-12)
     assert predict_step_time(heavy, some, 8).bound == "device"
     assert predict_step_time(table, some, 8).bound == "host"
+
+
+def test_training_batch_norm_runs_at_its_own_rate_and_eval_mode_does_not():
+    aten = torch.ops.aten
+    x = torch.randn(2, 3, 4, 4)
+    assert is_training_batch_norm(aten.native_batch_norm.default, (x, None, None, None, None, True, 0.1, 1e-5), {})
+    assert not is_training_batch_norm(aten.native_batch_norm.default, (x, None, None, None, None, False, 0.1, 1e-5), {})
+    assert is_training_batch_norm(aten._native_batch_norm_legit.no_stats, (x, None, None, True, 0.1, 1e-5), {})
+    assert is_training_batch_norm(aten.cudnn_batch_norm_backward.default, (x,), {})  # training only
+    assert not is_training_batch_norm(aten._native_batch_norm_legit_no_training.default, (x,), {})
+    assert not is_training_batch_norm(aten.add.Tensor, (x, x), {})
+    # A memory-bound op of 1 GB: at the batch-norm rate when flagged, else at the bandwidth.
+    table = _table([0.0, 0.0], nbytes=[1e9, 1e9])
+    flagged = dataclasses.replace(table, batch_norm=np.array([True, False]))
+    speed = assumptions_for("h100", {"batch_norm_bandwidth": "1e11"}).speed()
+    assert speed.batch_norm_bandwidth == 1e11
+    seconds = kernel_seconds(flagged, speed)
+    assert seconds[0] == pytest.approx(1e9 / 1e11, rel=1e-12)
+    assert seconds[1] == pytest.approx(1e9 / (speed.bandwidth_efficiency * speed.memory_bandwidth), rel=1e-12)
+    # The estimate meter flags the BatchNorm ConvNet's norm layers, forward and backward, in each
+    # micro-step (tiny: two stages of two conv-norm-ReLU layers), and nothing of the GroupNorm one.
+    from accumbench.cases import Case
+    from accumbench.estimate import estimate_cases
+
+    tables = {}
+    cases = [Case(workload=w, scenario="accumulated", micro_batch=2, accum_steps=2, options=(("size", "tiny"),))
+             for w in ("convnet-bn", "convnet-gn")]
+    estimate_cases(cases, assumptions_for("h100"), on_profile=lambda c, p: tables.__setitem__(c.workload, p.ops))
+    bn = tables["convnet-bn"]
+    for step in (0, 1):
+        assert int(bn.batch_norm[bn.micro_step == step].sum()) == 8
+    assert not tables["convnet-gn"].batch_norm.any()
 
 
 def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
