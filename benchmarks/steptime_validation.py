@@ -1,7 +1,7 @@
 """Fit the step-time model's constants on measured H100 steps, and say how well it predicts the
 cases it was not fitted on.
 
-Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
+Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
 
     python benchmarks/steptime_validation.py results/estimate-vs-h100 \
         results/NVIDIA-H100-80GB-HBM3/default.jsonl --device-kind h100 \
@@ -26,8 +26,9 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 27 fits):
    (`accumbench.steptime.ratio_error`: the device kind's `speed_ratio_error`, the interval
    `accumbench plan` puts on a predicted slowdown). Repeated with the measured constants fitted
    as well, to show why they are measured instead: without GPT-2 no training workload pins the
-   GEMM efficiency, and the kernel floor fits at its bound. A second hold-out keeps configurations out: GPT-2 fitted on its
-   large-batch cases (and the other workloads), predicted on its accumulated ones.
+   GEMM efficiency, and the kernel floor fits at its bound. A second hold-out keeps
+   configurations out: GPT-2 fitted on its large-batch cases (and the other workloads),
+   predicted on its accumulated ones.
 4. The same leave-one-workload-out with all four device constants of `--constants` and only the
    host costs fitted, and every case predicted with the measured constants and nothing fitted
    (`step_host_seconds` 0: no microbenchmark measures it): constants that owe nothing to the
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fitted_speed_line(speed: SpeedConstants, names: tuple[str, ...], quote: str = "") -> str:
-    """'host_op_seconds 6.57e-06, ...': the constants `names` of `speed`, 3 significant digits."""
+    """'host_op_seconds = 2.72e-06, ...': the constants `names` of `speed`, 3 significant digits."""
     return ", ".join(f"{quote}{name}{quote} = {getattr(speed, name):.3g}" for name in names)
 
 
