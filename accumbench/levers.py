@@ -36,6 +36,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterator
@@ -250,10 +251,8 @@ def _repeated_classes(model: nn.Module) -> str:
     """'; its repeated modules: LlamaDecoderLayer x16, ...': the classes that occur more than
     once below the root with parameters of their own below them, most frequent first (blocks
     are what one checkpoints, and blocks repeat); empty when none repeats."""
-    counts: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if name and len(module._modules) and any(True for _ in module.parameters()):
-            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    counts = Counter(type(module).__name__ for name, module in model.named_modules()
+                     if name and len(module._modules) and any(True for _ in module.parameters()))
     repeated = sorted(((n, c) for c, n in counts.items() if n > 1), key=lambda item: (-item[0], item[1]))
     return "; its repeated modules: " + ", ".join(f"{c} x{n}" for n, c in repeated[:6]) if repeated else ""
 

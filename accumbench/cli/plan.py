@@ -289,7 +289,6 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
     for checkpoint in ("none", given if given != "none" else "blocks"):
         levers = {**settings, "checkpoint": checkpoint}
         label = Levers(**levers).describe()
-        records = ()  # kept when no plan comes of them: what the lever saves and costs still shows
         try:
             cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
                                     loss_norm=loss_norm, **levers)
@@ -301,7 +300,7 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
                 records = estimate_cases(cases, assumptions, on_record=_progress(
                     f"estimating {len(cases)} candidate(s) with {label} to compare", len(cases)))
         except ValueError as exc:  # LeverError (the workload names no blocks), or cases that cannot be made
-            explored.append(LeverOption(label, None, str(exc), records))
+            explored.append(LeverOption(label, None, str(exc), ()))
             continue
         problem = next((r.error for r in records if r.status == "error"), None)
         if problem:  # an estimate failed: no plan can be made of the others
