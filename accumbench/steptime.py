@@ -4,9 +4,10 @@ The estimate meter runs the case's step on fake tensors. Every aten op it dispat
 here (`OpTally`, fed by the meter's tracker): whether it launches a kernel (views and other
 metadata ops do not), its FLOPs (`torch.utils.flop_counter`'s registry: matmuls, convolutions,
 attention; plus the CPU attention kernel the fake step runs in place of CUDA's, and grouped
-GEMMs, which the registry lacks), the bytes it
-reads and writes (the sizes of its tensor inputs and outputs, so dtype-aware), the dtype its
-FLOPs run in, and the micro-step it belongs to. `predict_step_time` turns that `OpTable` into
+GEMMs, which the registry lacks), the bytes it reads and writes (the sizes of its tensor
+inputs, its outputs and what it writes in place, so dtype-aware: AdamW's foreach ops return
+nothing but rewrite every parameter and state), the dtype its FLOPs run in, and the micro-step
+it belongs to. `predict_step_time` turns that `OpTable` into
 seconds with a small model of an eager CUDA step, whose constants (`SpeedConstants`) are named
 per device kind in `accumbench.estimate_assumptions`:
 
@@ -25,8 +26,11 @@ per device kind in `accumbench.estimate_assumptions`:
   bytes counted here at 6% of the peak bandwidth, results/NVIDIA-H200/steptime/norm_kernels.csv),
   and at least `kernel_floor_seconds` (a kernel's fixed start-up and tail on the device).
 - Overlap as a CUDA stream has it: a kernel starts when the host has launched it and the
-  previous kernel has finished. The step ends when the host is done and the last kernel has
-  finished (the harness synchronises after each step).
+  previous kernel has finished. The step starts with the device idle and ends when the host is
+  done and the last kernel has finished. The harness does not synchronise between timed steps,
+  so a step could start with the previous one's kernels still queued; modelled that way (a
+  step takes max(host, device busy) in steady state) the held-out error on the H100 run grew
+  (median 8.8% against 7.5%, worst 54% against 51%), so each step starts idle here.
 - The host-to-device copy of each micro-batch (the fake step sees a copy of a host tensor) runs
   on the stream at `host_to_device_bandwidth`.
 - Accumulation: where micro-steps 3..N repeat micro-step 2 (`accumbench.estimate` checks it),
@@ -49,10 +53,10 @@ What it cannot see:
   say where it goes. The data loader is not modelled;
 - activation checkpointing's host work beyond the ops it recomputes: on an H200 checkpointing
   every block of GPT-2 cost 54-57% of samples/s at micro-batch 8 (host-bound) where the model
-  says 24-25%; from micro-batch 32 up it cost 13-17%, predicted 12-13%
+  says 23-24%; from micro-batch 32 up it cost 13-17%, predicted 12-13%
   (results/NVIDIA-H200/levers/);
 - how grouped GEMMs (mixture-of-experts) perform: they run at the one GEMM efficiency. On an
-  H200 an OLMoE-shaped model was predicted 13-46% too fast (results/NVIDIA-H200/moe/;
+  H200 an OLMoE-shaped model was predicted 12-46% too fast (results/NVIDIA-H200/moe/;
   results/estimate-vs-h100/README.md);
 - GPU clocks and thermals, and syncs inside the step (the fp16 GradScaler's found-inf check runs
   without a sync on fake tensors).
@@ -135,6 +139,24 @@ def is_training_batch_norm(func: Any, args: tuple, kwargs: dict) -> bool:
             value = args[i] if i < len(args) else kwargs.get(argument.name, argument.default_value)
             return bool(value)
     return True
+
+
+def written_in_place(func: Any, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
+    """The tensors an op writes through its arguments (`Tensor(a!)` in its schema) and does not
+    return: the lists of an in-place foreach op (`_foreach_mul_` returns nothing), a fused
+    optimizer's states. An in-place op that returns its `self` (`add_`) has it counted as its
+    output already."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or not schema.is_mutable:
+        return []
+    returned = {id(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+    written = []
+    for i, argument in enumerate(schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(argument.name)
+        written.extend(t for t in tree_leaves(value) if isinstance(t, torch.Tensor) and id(t) not in returned)
+    return written
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -248,7 +270,8 @@ class OpTally:
             kind = COPY_IN
         else:
             kind = KERNEL
-        nbytes = 0 if kind == VIEW else tensor_bytes(inputs) + tensor_bytes(out)
+        nbytes = 0 if kind == VIEW else (tensor_bytes(inputs) + tensor_bytes(out)
+                                         + tensor_bytes(written_in_place(func, args, kwargs, out)))
         if kind == COPY_IN:
             nbytes = tensor_bytes(inputs)
         if not flops and name == "_grouped_mm":

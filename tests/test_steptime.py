@@ -59,6 +59,20 @@ def test_grouped_mm_flops_are_the_sum_of_the_groups_gemm_flops_and_the_tally_cou
         assert tally.table().flops[0] == _mm_flops(per_group) > 0
         assert DTYPES[tally.table().dtype[0]] == "bf16"
 
+def test_bytes_moved_count_what_an_op_writes_in_place_once():
+    # An in-place foreach op returns nothing: the lists it writes must still count as written
+    # (AdamW's step is a dozen of them over every parameter); an in-place op returning its
+    # `self` counts it once as its output; an out-of-place op its inputs and its output.
+    aten = torch.ops.aten
+    xs, ys = [torch.randn(10) for _ in range(3)], [torch.randn(10) for _ in range(3)]
+    x = torch.randn(10)
+    tally = OpTally(cuda=True)
+    tally.record(aten._foreach_mul_.List, (xs, ys), {}, None, 0)  # reads xs, ys; writes xs
+    tally.record(aten.add_.Tensor, (x, x), {}, x, 0)  # reads x twice, writes x
+    tally.record(aten.mul.Tensor, (x, x), {}, torch.empty(10), 0)
+    assert tally.table().nbytes.tolist() == [3 * 3 * 40, 3 * 40, 3 * 40]
+
+
 def test_attention_flops_match_the_formula_forward_and_backward():
     batch, heads, seq, dim = 2, 3, 16, 8
     q, k, v = (torch.randn(batch, heads, seq, dim) for _ in range(3))

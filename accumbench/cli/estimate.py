@@ -46,7 +46,7 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "allocator_round_bytes=512, total_memory_bytes=80GiB, reserve_bytes=1GiB, cuda_autocast=true, "
                    "moe_routing=balanced|worst (which experts MoE routers pick where routing decides sizes); "
                    "the step-time model's constants too, e.g. host_op_seconds=5e-6, step_host_seconds=2e-3, "
-                   "flop_efficiency=0.6, batch_norm_bandwidth=290e9, speed_ratio_error=1.67 (the README's "
+                   "flop_efficiency=0.6, batch_norm_bandwidth=290e9, speed_ratio_error=1.66 (the README's "
                    "step-time section lists them).")
 @case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
