@@ -297,7 +297,7 @@ _PRE_HOPPER_CUBLAS_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
 # efficiency are fitted on all 78 measured cases of results/NVIDIA-H100-80GB-HBM3/default.jsonl
 # (torch 2.11) by benchmarks/steptime_validation.py, rounded to 3 digits; the held-out errors are
 # in results/estimate-vs-h100/steptime_vs_measured.md.
-# host_tensor_seconds is not fitted (0): fitting it made the held-out error worse. Host costs
+# host_tensor_seconds is not fitted (0): fitted, it goes to its lower bound. Host costs
 # belong to the host and the software stack more than to the GPU: H200 and A100 reuse them.
 H100_FITTED = {"host_op_seconds": 2.2e-6, "launch_seconds": 31.8e-6, "host_tensor_seconds": 0.0,
                "step_host_seconds": 1.91e-3, "bandwidth_efficiency": 0.683,
