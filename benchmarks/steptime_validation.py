@@ -34,7 +34,8 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
    (`step_host_seconds` 0: no microbenchmark measures it): constants that owe nothing to the
    workloads make every case a held-out one.
 5. With `--repeats`, the spread of the same case measured in separate processes: the floor under
-   any comparison with one run; and, for the cases measured in at least three processes
+   any comparison with one run (only runs on the measured file's device count: another GPU's
+   are left out, and said so); and, for the cases measured in at least three processes
    (`benchmarks/gpu/steptime_repeats.sh` measures 40 of them again), the held-out predictions
    against the median of their runs.
 6. Writes OUTDIR/steptime_vs_measured.csv and .md, and prints the constants fitted on all cases
@@ -182,32 +183,48 @@ def summary(rows: list[dict], key: str, points: list[Point], drift: float) -> di
     return out
 
 
-def repeated_cases(measured_path: Path, repeats: list[Path]) -> list[tuple[str, list[float]]]:
-    """Cases measured more than once (in the measured file and the `repeats` files, each run in
-    its own process): each case id with the medians of its step times, in seconds."""
-    medians: dict[str, list[float]] = {}
-    for path in [measured_path, *repeats]:
-        for r in read_records(path):
-            if r.status == "ok" and r.step_times_s:
-                medians.setdefault(r.case_id, []).append(StepTimes(r.step_times_s).median)
-    return [(case, m) for case, m in medians.items() if len(m) > 1]
+@dataclasses.dataclass
+class Run:
+    """One case measured in one process: its samples/s and step times (seconds)."""
+
+    samples_per_s: float
+    step_times: tuple[float, ...]
 
 
-def median_of_runs(points: list[Point], measured_path: Path, repeats: list[Path], least: int = 3) -> list[Point]:
-    """The points measured in at least `least` processes (the measured file and the `repeats`
-    files), each with the median of its runs' samples/s as the measurement and the step times of
-    all its runs pooled: a reference less noisy than one run."""
-    runs: dict[str, list[tuple[float, tuple[float, ...]]]] = {}
+def runs_by_case(measured_path: Path, repeats: list[Path]) -> tuple[dict[str, list[Run]], int]:
+    """Every ok run of each case in the measured file and the `repeats` files (each file one
+    process), kept only when measured on the measured file's device: runs of another GPU are
+    not the same reference. Also how many ok runs were left out for their device."""
+    reference = {r.device_name for r in read_records(measured_path) if r.status == "ok"}
+    runs: dict[str, list[Run]] = {}
+    other_device = 0
     for path in [measured_path, *repeats]:
         for r in read_records(path):
-            if r.status == "ok" and r.samples_per_s and r.step_times_s:
-                runs.setdefault(r.case_id, []).append((r.samples_per_s, tuple(r.step_times_s)))
+            if r.status != "ok" or not r.samples_per_s or not r.step_times_s:
+                continue
+            if r.device_name not in reference:
+                other_device += 1
+                continue
+            runs.setdefault(r.case_id, []).append(Run(r.samples_per_s, tuple(r.step_times_s)))
+    return runs, other_device
+
+
+def repeated_cases(runs: dict[str, list[Run]]) -> list[tuple[str, list[float]]]:
+    """Cases measured more than once: each case id with the medians of its runs' step times."""
+    return [(case, [StepTimes(run.step_times).median for run in mine]) for case, mine in runs.items() if len(mine) > 1]
+
+
+def median_of_runs(points: list[Point], runs: dict[str, list[Run]], least: int = 3) -> list[Point]:
+    """The points measured in at least `least` processes, each with the median of its runs'
+    samples/s as the measurement and the step times of all its runs pooled: a reference less
+    noisy than one run."""
     out = []
     for p in points:
         mine = runs.get(p.case_id, [])
         if len(mine) >= least:
-            pooled = tuple(t for _, times in mine for t in times)
-            out.append(dataclasses.replace(p, measured=statistics.median(s for s, _ in mine), times=StepTimes(pooled)))
+            pooled = tuple(t for run in mine for t in run.step_times)
+            out.append(dataclasses.replace(p, measured=statistics.median(run.samples_per_s for run in mine),
+                                           times=StepTimes(pooled)))
     return out
 
 
@@ -220,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="speed_constants.json of benchmarks/gpu/speed_constants.py: the measured GEMM and "
                              f"convolution efficiencies (default {DEFAULT_CONSTANTS})")
     parser.add_argument("--repeats", type=Path, nargs="*", default=[],
-                        help="files with cases of MEASURED measured again in other processes: their spread is "
-                             "the reference's own noise")
+                        help="files with cases of MEASURED measured again in other processes on the same device "
+                             "(runs of another device are left out): their spread is the reference's own noise")
     args = parser.parse_args(argv)
 
     microbenchmarks = json.loads(args.constants.read_text())
@@ -273,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
          summary(rows, "device_measured", points, drift), ""),
         (f"Every case held out: the constants its microbenchmarks measure ({source}), nothing fitted "
          "(no per-step host time: none measures it)", summary(rows, "microbenchmarks", points, drift), "")]
-    steady = median_of_runs(points, args.measured, args.repeats)
+    runs, other_device = runs_by_case(args.measured, args.repeats)
+    if other_device:
+        print(f"left out {other_device} run(s) of --repeats measured on another device than {args.measured}",
+              file=sys.stderr)
+    steady = median_of_runs(points, runs)
     if len(steady) >= 2:
         # The same predictions against the median of several runs per case (those measured in
         # at least three processes): how much of the error is the reference's own noise.
@@ -286,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_rows = [r for r in rows if r["held_out_config"] is not None]
     cfg = summary(cfg_rows, "held_out_config", points, drift)
     fitted = summary(rows, "fitted_on_all", points, drift)
-    repeats = repeated_cases(args.measured, args.repeats)
+    repeats = repeated_cases(runs)
     write(args.outdir, rows, lowo, cfg, fitted, speed_all, held_constants, len(cfg_rows), drift, repeats,
           measured_blocks, source)
     print("fitted on all cases: " + fitted_speed_line(speed_all, FITTED))

@@ -274,20 +274,25 @@ def test_pair_order_counts_only_the_pairs_the_measurements_resolve():
         pair_order(measured, [1, 1], predicted=[1.0, 2.0, 3.0])
 
 
-def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fixed(monkeypatch):
-    """benchmarks/steptime_validation.py's fit, on cases made with known constants: free constants
-    are found again (the predictions match), constants given as measured are not touched."""
+@pytest.fixture
+def validation(monkeypatch):
+    """benchmarks/steptime_validation.py as a module."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    from accumbench.stats import StepTimes
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "steptime_validation.py"
     spec = importlib.util.spec_from_file_location("steptime_validation", path)
-    validation = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, validation)  # its dataclasses look themselves up there
-    spec.loader.exec_module(validation)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_validation_fit_recovers_known_constants_and_keeps_measured_ones_fixed(validation):
+    """benchmarks/steptime_validation.py's fit, on cases made with known constants: free constants
+    are found again (the predictions match), constants given as measured are not touched."""
+    from accumbench.stats import StepTimes
 
     truth = dataclasses.replace(SPEED, host_op_seconds=8e-6, launch_seconds=20e-6, step_host_seconds=5e-4,
                                 bandwidth_efficiency=0.6)
@@ -326,3 +331,27 @@ def test_ratio_error_is_one_for_right_ratios_and_the_factor_of_a_wrong_one():
     assert ratio_error(measured, predicted, groups) == pytest.approx(1.5)
     assert ratio_error(measured, predicted, groups, quantile=0.4) == pytest.approx(1.0)
     assert math.isnan(ratio_error([1.0], [1.0], ["a"]))
+
+
+def test_the_validation_pools_only_runs_of_the_reference_device(validation, tmp_path):
+    """--repeats measured on another GPU are not the H100's reference: left out and counted;
+    a case measured in three processes of the same device gets the median of its runs."""
+    from accumbench.records import write_records
+    from accumbench.stats import StepTimes
+    from gate_helpers import record
+
+    def run(device: str, seconds: float, case: str = "a"):
+        return record(case, times=(seconds,) * 4, device_name=device, micro_batch=8, accum_steps=1)
+
+    write_records(tmp_path / "ref.jsonl", [run("H100", 0.010), run("H100", 0.020, "b")])
+    write_records(tmp_path / "r1.jsonl", [run("H100", 0.012), run("H200", 0.005)])
+    write_records(tmp_path / "r2.jsonl", [run("H100", 0.016), run("H200", 0.005, "b")])
+    runs, other_device = validation.runs_by_case(tmp_path / "ref.jsonl", [tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"])
+    assert other_device == 2
+    assert [run.samples_per_s for run in runs["a"]] == pytest.approx([3200.0, 32 / 0.012, 2000.0])
+    assert len(runs["b"]) == 1
+    assert [case for case, _ in validation.repeated_cases(runs)] == ["a"]
+    points = [validation.Point(case, "w", "large-batch", 8, 1, 1.0, None, StepTimes(())) for case in ("a", "b")]
+    (steady,) = validation.median_of_runs(points, runs)
+    assert steady.case_id == "a" and steady.measured == pytest.approx(32 / 0.012)
+    assert len(steady.times) == 12

@@ -8,6 +8,9 @@
 # with the median of the runs as well:
 #   python benchmarks/steptime_validation.py OUTDIR results/NVIDIA-H100-80GB-HBM3/default.jsonl \
 #       --repeats results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl RUNS/repeat*.jsonl
+# Only runs on an H100 join that reference (the validation leaves out runs of another device);
+# on another GPU (an H200) the three runs still say how far these cases move between processes
+# there, printed at the end.
 #
 #   bash benchmarks/gpu/steptime_repeats.sh OUTDIR              # on a CUDA machine, ~4 min
 #   bash benchmarks/gpu/steptime_repeats.sh OUTDIR --dry-run    # CPU, tiny models: checks the script
