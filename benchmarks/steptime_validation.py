@@ -1,4 +1,4 @@
-"""Fit the step-time model's constants on measured H100 steps, and say how well it predicts the
+"""Fit the step-time model's constants on measured GPU steps, and say how well it predicts the
 cases it was not fitted on.
 
 Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
@@ -6,6 +6,13 @@ Usage (CPU only, ~3 minutes: the estimate of the default suite and 20 fits):
     python benchmarks/steptime_validation.py results/estimate-vs-h100 \
         results/NVIDIA-H100-80GB-HBM3/default.jsonl --device-kind h100 \
         --repeats results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl
+
+The committed calibration is that H100 run. A default-suite run of another GPU validates the
+model there the same way (its own fits, its data-sheet peaks), e.g. what
+`benchmarks/gpu/steptime_repeats.sh OUT --reference` measures on an H200:
+
+    python benchmarks/steptime_validation.py OUT/validation OUT/default.jsonl --device-kind h200 \
+        --repeats OUT/repeat*.jsonl
 
 1. Estimates every case of the `default` suite for the device kind on fake tensors and keeps
    each case's op table (`accumbench.steptime.OpTable`).
@@ -308,8 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = summary(cfg_rows, "held_out_config", points, drift)
     fitted = summary(rows, "fitted_on_all", points, drift)
     repeats = repeated_cases(runs)
+    reference = next(r for r in read_records(args.measured) if r.status == "ok")
+    command = " ".join(["python benchmarks/steptime_validation.py", str(args.outdir), str(args.measured),
+                        "--device-kind", args.device_kind]
+                       + (["--constants", str(args.constants)] if args.constants != DEFAULT_CONSTANTS else [])
+                       + (["--repeats", *map(str, args.repeats)] if args.repeats else []))
+    measured_on = f"{reference.device_name} (torch {reference.torch_version})"
     write(args.outdir, rows, lowo, cfg, fitted, speed_all, held_constants, len(cfg_rows), drift, repeats,
-          measured_blocks, source)
+          measured_blocks, source, command, measured_on)
     print("fitted on all cases: " + fitted_speed_line(speed_all, FITTED))
     print(f"speed_ratio_error (leave one workload out, 95% of pairs): {lowo['ratio_error']:.3f}")
     for name, s in (("leave one workload out", lowo), ("GPT-2 accumulated held out", cfg), ("fitted on all", fitted)):
@@ -327,7 +340,7 @@ def _pct(x: float | None) -> str:
 
 
 def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cfg, drift, repeats,
-          measured_blocks, source) -> None:
+          measured_blocks, source, command, measured_on) -> None:
     """The CSV (one row per case) and the Markdown summary."""
     outdir.mkdir(parents=True, exist_ok=True)
     columns = ["case_id", "workload", "scenario", "micro_batch", "accum_steps", "measured", "bound",
@@ -357,12 +370,11 @@ def write(outdir: Path, rows, lowo, cfg, fitted, speed_all, held_constants, n_cf
                 lines.append(f"| {workload} | {rho:.3f} | {order.resolved} of {order.pairs} | {share} |")
         return lines + [""]
 
-    lines = ["# Predicted vs measured samples/s on an NVIDIA H100 80GB HBM3", "",
-             "Made by `python benchmarks/steptime_validation.py results/estimate-vs-h100 "
-             "results/NVIDIA-H100-80GB-HBM3/default.jsonl --device-kind h100 --repeats "
-             "results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl` on a CPU-only machine "
+    lines = [f"# Predicted vs measured samples/s on an {measured_on.split(' (')[0]}", "",
+             f"Made by `{command}` on a CPU-only machine "
              "(the step-time model of `accumbench/steptime.py` on the estimate meter's fake steps), against "
-             "the samples/s the cuda meter measured (torch 2.11, median of 10 steps, one run per case).", "",
+             f"the samples/s the cuda meter measured on {measured_on} (the median of each case's timed "
+             "steps, one run per case in the measured file).", "",
              "Four constants are fitted (host time per dispatched op, per kernel launch, per optimizer "
              "step, fraction of peak bandwidth; host time per tensor of a foreach op stays 0: fitted too, "
              "it goes to its lower bound); the fractions of peak FLOP/s for GEMMs and attention "

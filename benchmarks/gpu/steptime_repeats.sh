@@ -8,25 +8,39 @@
 # with the median of the runs as well:
 #   python benchmarks/steptime_validation.py OUTDIR results/NVIDIA-H100-80GB-HBM3/default.jsonl \
 #       --repeats results/NVIDIA-H100-80GB-HBM3/validation/*.jsonl RUNS/repeat*.jsonl
-# Only runs on an H100 join that reference (the validation leaves out runs of another device);
-# on another GPU (an H200) the three runs still say how far these cases move between processes
-# there, printed at the end.
+# Only runs on an H100 join that reference (the validation leaves out runs of another device).
+# On another GPU, --reference makes that GPU's own reference instead: the first process measures
+# the whole default suite (GPT-2 too, OUTDIR/default.jsonl, ~5 min on an H100), the other two
+# the 40 cases again (OUTDIR/repeat2.jsonl, repeat3.jsonl); then on a CPU
+#   python benchmarks/steptime_validation.py OUTDIR/validation OUTDIR/default.jsonl \
+#       --device-kind h200 --repeats OUTDIR/repeat*.jsonl
 #
-#   bash benchmarks/gpu/steptime_repeats.sh OUTDIR              # on a CUDA machine, ~4 min
-#   bash benchmarks/gpu/steptime_repeats.sh OUTDIR --dry-run    # CPU, tiny models: checks the script
-# Writes OUTDIR/repeat1.jsonl .. repeat3.jsonl (one per process) and prints each case's spread.
+#   bash benchmarks/gpu/steptime_repeats.sh OUTDIR [--reference]   # on a CUDA machine, ~4 min (~7)
+#   bash benchmarks/gpu/steptime_repeats.sh OUTDIR --dry-run [--reference]   # CPU, tiny models
+# Writes OUTDIR/repeat1.jsonl .. repeat3.jsonl (one per process; default.jsonl in place of
+# repeat1 with --reference) and prints each case's spread.
 set -euo pipefail
-out=${1:?usage: steptime_repeats.sh OUTDIR [--dry-run]}
-mode=${2:-cuda}
+out=${1:?usage: steptime_repeats.sh OUTDIR [--dry-run] [--reference]}
+shift
+mode=cuda reference=""
+for arg in "$@"; do
+  case $arg in
+    --dry-run) mode=--dry-run ;;
+    --reference) reference=1 ;;
+    *) echo "steptime_repeats.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
 runs=3
-[ "$mode" = "--dry-run" ] && runs=2
+[ "$mode" = "--dry-run" ] && [ -z "$reference" ] && runs=2
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ "$mode" != "--dry-run" ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for i in $(seq 1 $runs); do
-  rm -f "$out/repeat$i.jsonl"
+  path="$out/repeat$i.jsonl" whole=""
+  if [ -n "$reference" ] && [ "$i" = 1 ]; then path="$out/default.jsonl" whole=1; fi
+  rm -f "$path"
   # Each run in its own process: what differs between processes is what one run cannot see.
-  python3 - "$out/repeat$i.jsonl" "$mode" <<'PY'
+  python3 - "$path" "$mode" "$whole" <<'PY'
 import dataclasses, sys, time
 from pathlib import Path
 
@@ -36,9 +50,9 @@ from accumbench.cases import load_suite
 from accumbench.records import append_record
 from accumbench.runner import Runner
 
-path, dry = Path(sys.argv[1]), sys.argv[2] == "--dry-run"
+path, dry, whole = Path(sys.argv[1]), sys.argv[2] == "--dry-run", bool(sys.argv[3])
 cases = [dataclasses.replace(c, warmup=3, steps=10) for c in load_suite("default")
-         if c.options != (("size", "gpt2"),) and c.checkpoint == "none" and not c.compile]
+         if (whole or c.options != (("size", "gpt2"),)) and c.checkpoint == "none" and not c.compile]
 if dry:  # the same selection on tiny models, few steps, small batches: proves the script runs
     cases = list(dict.fromkeys(dataclasses.replace(c, options=(("size", "tiny"),), amp="none", warmup=1, steps=2,
                                                    micro_batch=min(c.micro_batch, 4), accum_steps=min(c.accum_steps, 2))
@@ -56,7 +70,7 @@ from pathlib import Path
 
 from accumbench.records import read_records
 
-runs = sorted(Path(sys.argv[1]).glob("repeat*.jsonl"))
+runs = sorted(Path(sys.argv[1]).glob("repeat*.jsonl")) + sorted(Path(sys.argv[1]).glob("default.jsonl"))
 speeds: dict[str, list[float]] = {}
 for path in runs:
     for r in read_records(path):
