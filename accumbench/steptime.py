@@ -473,5 +473,5 @@ def ratio_error(measured: Sequence[float], predicted: Sequence[float], groups: S
 
 
 __all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
-           "VIEW", "is_training_batch_norm", "kernel_seconds", "op_flops", "optimizer_step_start", "pair_order",
-           "predict_step_time", "ratio_error", "spearman", "tensor_bytes"]
+           "VIEW", "grouped_mm_flops", "is_training_batch_norm", "kernel_seconds", "op_flops", "optimizer_step_start",
+           "pair_order", "predict_step_time", "ratio_error", "spearman", "tensor_bytes", "written_in_place"]
