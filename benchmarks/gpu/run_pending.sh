@@ -18,7 +18,9 @@
 #   repeats  240  the 40 non-GPT-2 cases of the default suite in 3 processes (issue 15: the
 #                 reference's own noise, for the validation's --repeats). On a GPU other than
 #                 an H100 (420 s): that GPU's own reference instead, the whole default suite
-#                 once and the 40 cases twice more (steptime_repeats.sh --reference)
+#                 once and the 40 cases twice more (steptime_repeats.sh --reference); then on
+#                 a CPU: python benchmarks/steptime_validation.py OUTDIR/repeats/validation \
+#                 OUTDIR/repeats/default.jsonl --device-kind h200 --repeats OUTDIR/repeats/repeat*.jsonl
 #   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8; the H200
 #                 call was cut off in the noise part after 306 s)
 #   hf       600  GPT-2 small, Qwen2.5-0.5B, Llama-3.2-1B vs estimate     (issue 14)
