@@ -118,7 +118,8 @@ def test_predicted_time_grows_with_flops_and_with_op_count():
 
 def test_accumulation_repeats_the_last_micro_step_before_the_optimizer_step():
     table = OpTable(np.full(5, KERNEL, dtype=np.int8), np.array([1e12, 2e12, 2e12, 0.0, 0.0]), np.zeros(5),
-                    np.full(5, DTYPES.index("bf16"), dtype=np.int8), np.array([0, 1, 1, OUTSIDE, OUTSIDE], dtype=np.int16),
+                    np.full(5, DTYPES.index("bf16"), dtype=np.int8),
+                    np.array([0, 1, 1, OUTSIDE, OUTSIDE], dtype=np.int16),
                     np.zeros(5, dtype=bool), np.zeros(5, dtype=np.int32), np.zeros(5, dtype=bool))
     four = table.repeated(4)
     assert four.flops.tolist() == [1e12, 2e12, 2e12, 2e12, 2e12, 2e12, 2e12, 0.0, 0.0]
@@ -191,7 +192,8 @@ def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
     assert "predicted samples/s" in shown.stdout and "not measured" in shown.stdout
     records = {r.case_id: r for r in read_records(out)}
     assert all(f"~{r.samples_per_s:,.1f}" in shown.stdout for r in records.values())
-    assert all(r.assumptions["speed_ratio_error"] == assumptions_for("h100").speed_ratio_error for r in records.values())
+    shipped_error = assumptions_for("h100").speed_ratio_error
+    assert all(r.assumptions["speed_ratio_error"] == shipped_error for r in records.values())
     for r in records.values():
         assert r.step_times_s == () and r.predicted_step_time_s > 0  # predicted, never measured
         assert r.samples_per_s == pytest.approx(r.effective_batch / r.predicted_step_time_s)
