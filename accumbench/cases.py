@@ -102,6 +102,7 @@ class Case:
         except LeverError as exc:
             raise SuiteError(str(exc)) from None
         object.__setattr__(self, "lora", levers.lora)  # canonical text: one id per setting
+        object.__setattr__(self, "options", tuple((key, _hashable(value)) for key, value in self.options))
 
     @property
     def effective_batch(self) -> int:
@@ -120,6 +121,19 @@ class Case:
 
         return " ".join([f"{self.workload} {self.scenario} mb={self.micro_batch} x{self.accum_steps}",
                          *Levers.of(self).id_parts()])
+
+
+def _hashable(value: Any) -> Any:
+    """`value` with its lists and dicts as torch.fx's immutable list and dict: still a list and
+    a dict to the factory (a config's `depths=[2,2,6,2]`, `rope_scaling={...}`) and to JSON,
+    but hashable, as a case must be."""
+    if not isinstance(value, (list, dict)):
+        return value
+    from torch.fx.immutable_collections import immutable_dict, immutable_list
+
+    if isinstance(value, list):
+        return immutable_list(_hashable(item) for item in value)
+    return immutable_dict({key: _hashable(item) for key, item in value.items()})
 
 
 def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1) -> str:

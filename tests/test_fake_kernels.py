@@ -28,6 +28,7 @@ from accumbench.runner import Runner
 
 TOY = str(Path(__file__).parent / "workloads" / "toy_moe.py")
 RNN = str(Path(__file__).parent / "workloads" / "toy_rnn.py")
+LOSSES = str(Path(__file__).parent / "workloads" / "toy_losses.py")
 aten = torch.ops.aten
 # bf16 LSTMs run on oneDNN only where the CPU has bf16 instructions (torch's use_mkldnn).
 ONEDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -194,10 +195,11 @@ def test_unfold_and_fold_allocate_what_the_real_kernels_do(dtype, transposed, sh
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["sum", "mean", "max"])
 @pytest.mark.parametrize("include_last_offset", [False, True])
 @pytest.mark.parametrize("padding_idx", [-1, 2])
-def test_embedding_bag_allocates_what_the_real_kernel_does(op, mode, include_last_offset, padding_idx):
-    weight, indices = torch.randn(10, 4), torch.tensor([1, 2, 4, 5, 4, 3, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).replace("torch.", ""))
+def test_embedding_bag_allocates_what_the_real_kernel_does(op, mode, include_last_offset, padding_idx, dtype):
+    weight, indices = torch.randn(10, 4).to(dtype), torch.tensor([1, 2, 4, 5, 4, 3, 2])
     offsets = torch.tensor([0, 2, 4, 7] if include_last_offset else [0, 2, 4])
-    per_sample = torch.rand(7) if mode == 0 else None
+    per_sample = torch.rand(7).to(dtype) if mode == 0 else None
     real, fake = real_and_fake(op, weight, indices, offsets, False, mode, False, per_sample, include_last_offset,
                                padding_idx)
     assert fake == real
@@ -258,15 +260,77 @@ def test_norm_fake_kernels_allocate_what_the_real_kernels_do(dtype, param_dtype,
         assert fake == real, op
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).replace("torch.", ""))
+def test_gradients_are_laid_out_as_the_real_kernels_lay_them(dtype):
+    """A transposed incoming gradient: the real kernels still return contiguous (layer norm,
+    log-softmax) or input-like (batch norm) gradients, where torch's meta kernels follow the
+    gradient; elementwise ones follow the gradient, where the meta kernels follow the input."""
+    g = torch.Generator().manual_seed(0)
+    transposed = lambda *shape: torch.randn(*shape, generator=g).to(dtype).transpose(-1, -2)  # noqa: E731
+    x = torch.randn(2, 5, 6, generator=g).to(dtype)
+    w, b = torch.rand(6, generator=g).to(dtype), torch.rand(6, generator=g).to(dtype)
+    _, mean, rstd = aten.native_layer_norm.default(x, [6], w, b, 1e-5)
+    x2 = torch.randn(2, 3, 4, generator=g).to(dtype)  # normalized over two dimensions
+    w2 = torch.rand(3, 4, generator=g).to(dtype)
+    _, mean2, rstd2 = aten.native_layer_norm.default(x2, [3, 4], w2, w2, 1e-5)
+    logits = torch.randn(4, 7, generator=g).to(dtype).log_softmax(1)
+    calls = [
+        (aten.native_layer_norm_backward.default, transposed(2, 6, 5), x, [6], mean, rstd, w, b, [True] * 3),
+        (aten.native_layer_norm_backward.default, transposed(2, 6, 5), x, [6], mean, rstd, None, None,
+         [True, False, False]),
+        (aten.native_layer_norm_backward.default, transposed(2, 4, 3), x2, [3, 4], mean2, rstd2, w2, w2, [True] * 3),
+        (aten._log_softmax_backward_data.default, transposed(7, 4), logits, 1, dtype),
+    ]
+    for grad, value in ((transposed(5, 6), torch.randn(6, 5, generator=g).to(dtype)),
+                        (torch.randn(6, 5, generator=g).to(dtype), transposed(5, 6)),
+                        (torch.randn(1, 5, generator=g).to(dtype).expand(6, 5), transposed(5, 6))):
+        calls += [(aten.hardtanh_backward.default, grad, value, 0.0, 6.0),
+                  (aten.hardswish_backward.default, grad, value),
+                  (aten.logit_backward.default, grad, value.sigmoid(), None)]
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xb = torch.randn(2, 3, 4, 5, generator=g).to(dtype).contiguous(memory_format=memory_format)
+        wb, rm, rv = torch.rand(3, generator=g).to(dtype) + 0.5, torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype)
+        _, save_mean, save_invstd = aten.native_batch_norm.default(xb, wb, None, rm, rv, True, 0.1, 1e-5)
+        grad = torch.randn(2, 3, 5, 4, generator=g).to(dtype).transpose(2, 3)
+        calls += [(aten.native_batch_norm_backward.default, grad, xb, wb, rm, rv, save_mean, save_invstd, True, 1e-5,
+                   [True] * 3),
+                  (aten.batch_norm_backward.default, grad, xb, wb, rm, rv, save_mean, save_invstd, True, 1e-5,
+                   [True] * 3, torch.empty(0, dtype=torch.uint8))]
+    for op, *args in calls:
+        real, fake = real_and_fake(op, *args)
+        assert fake == real, op
+
+
+LOSS_OPS = [aten.mse_loss.default, aten.smooth_l1_loss.default, aten.binary_cross_entropy.default,
+            aten.soft_margin_loss.default]
+
+
+@pytest.mark.parametrize("op", LOSS_OPS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("reduction", [0, 1, 2], ids=["none", "mean", "sum"])
+@pytest.mark.parametrize("target_shape", [(4, 6), (1, 6)], ids=["same", "broadcast"])
+def test_a_reduced_loss_keeps_the_storage_the_real_kernel_leaves_it(op, reduction, target_shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 6, generator=g) * 0.8 + 0.1  # in (0, 1): binary cross-entropy's domain
+    target = torch.rand(target_shape, generator=g)
+    if op in (aten.binary_cross_entropy.default, aten.soft_margin_loss.default):
+        target = target.expand(4, 6).contiguous()  # these two take a target of the input's shape
+    weight = (None,) if op is aten.binary_cross_entropy.default else ()  # its third argument
+    real, fake = real_and_fake(op, x, target, *weight, reduction)
+    assert fake == real
+    assert real[0][3] == 4 * 6 * 4  # reduced or not, a storage for every element of the elementwise loss
+
+
 # --- end to end: where these kernels matter, the estimate equals the cpu meter to the byte -------
 
 TINY = (("size", "tiny"),)
-BYTE_EQUAL = [  # estimate - cpu meter before these kernels: -105,988 B, -204,164 B, -744 B, -192 B, +4,176 B
+BYTE_EQUAL = [  # estimate - cpu meter before these kernels: -105,988 B, -204,164 B, -744 B, -192 B, +4,176 B,
+    # -16,380 B (the mean squared error's storage, 16 x 256 floats, at the peak that starts the backward)
     Case(f"{RNN}:lstm", "accumulated", 2, 2, warmup=1, steps=1),
     Case(f"{RNN}:lstm", "accumulated", 2, 2, (("bidirectional", True),), warmup=1, steps=1, amp="bf16"),
     Case(f"{RNN}:unfold", "accumulated", 2, 2, warmup=1, steps=1),
     Case("convnet-bn", "accumulated", 2, 2, TINY, warmup=1, steps=1, amp="bf16"),
     Case("convnet-gn", "accumulated", 2, 2, TINY, warmup=1, steps=1, amp="bf16"),
+    Case(f"{LOSSES}:regression", "large-batch", 16, 1, (("loss", "mse"),), warmup=1, steps=1),
 ]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from accumbench.cases import expand_group
 from accumbench.workloads import BUILTIN_WORKLOADS, Workload, WorkloadError, load_workload, parse_option_value
 from accumbench.workloads.gpt import IGNORE_INDEX
 
@@ -88,6 +91,16 @@ def test_option_text_is_typed():
                                                                               "padded": False}
     assert load_workload("gpt", {"padded": 1}).name == "gpt-tiny-padded"
     assert parse_option_value("nan") == "nan" and parse_option_value("1e3") == 1000.0  # only finite numbers
+
+
+def test_a_list_or_table_option_is_parsed_as_json_and_keeps_cases_hashable():
+    # Config attributes that hold one value per stage (hf:swin depths=[2,2,6,2]) or a table.
+    assert parse_option_value("[2, 2,6,2]") == [2, 2, 6, 2]
+    assert parse_option_value('{"rope_type": "linear", "factor": 2.0}') == {"rope_type": "linear", "factor": 2.0}
+    assert parse_option_value("[oops") == "[oops"  # not JSON: text, for the factory to refuse by name
+    cases = expand_group("hf:swin", ["large-batch"], [1, 2], options={"depths": [1, 1], "rope": {"a": [1]}})
+    assert len(set(cases)) == 2 and cases[0].options_dict["depths"] == [1, 1]
+    assert json.loads(json.dumps(cases[0].options_dict)) == {"depths": [1, 1], "rope": {"a": [1]}}
 
 
 def test_unknown_option_for_builtin():

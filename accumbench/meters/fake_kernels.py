@@ -49,15 +49,35 @@ Each one below says what CUDA's kernel does; the one allocation only the CPU ker
 - `aten.native_group_norm_backward`: the real kernel (group_norm.cpp, for every device) makes
   grad_input like the input (bf16 under CPU autocast); the meta kernel makes it fp32, and
   autograd then adds a copy back to bf16.
+- `aten.native_layer_norm_backward`, `aten._log_softmax_backward_data`: the real kernels
+  (layer_norm.cpp and its CUDA twin: `empty_like` of the contiguous input and parameters;
+  SoftMax.cpp's structured meta, shared by CUDA) make their gradients contiguous, where the
+  meta kernels follow the incoming gradient's strides. A transposed gradient (Swin's pooler, a `transpose` before
+  the norm) then made the estimate copy it once more at the next `reshape`.
+- `aten.hardtanh_backward` (ReLU6), `aten.hardswish_backward`, `aten.logit_backward`: the real
+  kernels are elementwise (TensorIterator), whose output takes the layout of its first input,
+  the incoming gradient, where the meta kernels (decompositions into `where`) take the input's.
+- `aten.native_batch_norm_backward`, `aten.batch_norm_backward`: grad_input like the input in
+  the input's suggested memory format (Normalization.cpp and its CUDA twin), where the meta
+  kernel follows the gradient's strides.
+- `aten.mse_loss`, `aten.smooth_l1_loss`, `aten.binary_cross_entropy`, `aten.soft_margin_loss`
+  with a mean or sum reduction: the real kernel computes the elementwise loss into its output
+  and then reduces it in place (`mean_out`, `resize_as_`), so the scalar loss keeps a storage
+  of the elementwise loss's size, and holds it while the loss lives (through the backward).
+  CUDA runs the same code (the structured mse and smooth-L1 kernels and soft margin's are
+  device-generic in Loss.cpp; binary cross-entropy's Loss.cu does as the CPU's); the meta
+  kernels give the scalar a storage of one element.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Callable, Iterator
 
 import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false, suggest_memory_format
 
 aten = torch.ops.aten
 
@@ -317,12 +337,98 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     return grad_input, grad_weight, grad_bias
 
 
+# --- gradients the real kernels make contiguous, or like the input -----------------------------
+
+def _in_format(tensor: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """`tensor` as a fresh tensor with its sizes and dtype in the memory format the real kernel
+    gives it: `like`'s suggested format (channels-last when `like` is), else contiguous.
+    Returned as is when its strides are already those."""
+    memory_format = torch.contiguous_format if like is None else suggest_memory_format(like)
+    if tensor is None or tensor.is_contiguous(memory_format=memory_format):
+        return tensor
+    return torch.empty_like(tensor, memory_format=memory_format)
+
+
+def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    """`aten.native_layer_norm_backward` with contiguous gradients, as the real kernels make them."""
+    return tuple(_in_format(grad) for grad in aten.native_layer_norm_backward.default(
+        grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask))
+
+
+def log_softmax_backward_data(grad_output, output, dim, input_dtype):
+    """`aten._log_softmax_backward_data` with a contiguous grad_input, as the real kernels make it."""
+    return _in_format(aten._log_softmax_backward_data.default(grad_output, output, dim, input_dtype))
+
+
+def batch_norm_backward_kernel(op) -> Callable[..., tuple]:
+    """A fake kernel for a batch norm backward `op` whose grad_input is laid out like the input
+    (in its suggested memory format), as the real kernels make it."""
+
+    def kernel(*args, **kwargs):
+        grad_input, *parameter_grads = op(*args, **kwargs)
+        return (_in_format(grad_input, bound_arguments(op, args, kwargs)["input"]), *parameter_grads)
+
+    kernel.__name__ = kernel.__qualname__ = f"input_like_{op.__name__.replace('.', '_')}"
+    return kernel
+
+
+def gradient_like_kernel(op) -> Callable[..., torch.Tensor]:
+    """A fake kernel for the elementwise backward `op` whose result is laid out like its incoming
+    gradient (its first argument), as TensorIterator lays it out when that gradient is dense;
+    otherwise torch's fake result."""
+
+    def kernel(grad_output, *args, **kwargs):
+        result = op(grad_output, *args, **kwargs)
+        if result.stride() == grad_output.stride() or not is_non_overlapping_and_dense_or_false(grad_output):
+            return result
+        return torch.empty_like(grad_output, dtype=result.dtype)
+
+    kernel.__name__ = kernel.__qualname__ = f"gradient_like_{op.__name__.replace('.', '_')}"
+    return kernel
+
+
+# --- reduced losses: the scalar keeps the elementwise loss's storage ----------------------------
+
+def reduced_loss_kernel(op, elementwise: Callable[[dict], tuple[int, ...]]) -> Callable[..., torch.Tensor]:
+    """A fake kernel for the loss `op` that, when it reduces (reduction mean or sum), gives the
+    scalar loss a storage of the elementwise loss's size (`elementwise(arguments)`: its shape),
+    as the real kernel leaves it (see the module docstring)."""
+
+    def kernel(*args, **kwargs):
+        loss = op(*args, **kwargs)
+        bound = bound_arguments(op, args, kwargs)
+        if bound.get("reduction", 1) == 0:  # Reduction::None: the elementwise loss itself
+            return loss
+        return _allocated_then_resized(loss, math.prod(elementwise(bound)), ())
+
+    kernel.__name__ = kernel.__qualname__ = f"reduced_{op.__name__.replace('.', '_')}"
+    return kernel
+
+
+def _broadcast_of_input_and_target(bound: dict) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(bound["self"].shape, bound["target"].shape))
+
+
+def _input_shape(bound: dict) -> tuple[int, ...]:
+    return tuple(bound["self"].shape)
+
+
 # --- EmbeddingBag on the CPU: index buffers allocated one element longer, then shrunk ---------
+
+def _bf16_fast_sum(bound: dict) -> bool:
+    """The CPU kernel's fast path of a sum over bf16 weights (`is_fast_path_index_select` and its
+    `_scale` twin take float, half and bfloat16; torch's meta kernel leaves bfloat16 out), which
+    makes no `offset2bag`."""
+    weight, scale = bound["weight"], bound.get("per_sample_weights")
+    return (weight.dtype == torch.bfloat16 and bound.get("mode", 0) == 0 and weight.stride(1) == 1
+            and bound.get("padding_idx", -1) < 0 and (scale is None or scale.stride(0) == 1))
+
 
 def embedding_bag_kernel(op) -> Callable[..., tuple]:
     """A fake kernel for `aten._embedding_bag` (or its forward-only twin) that allocates as the
     CPU kernel does (EmbeddingBag.cpp, checked against it in tests/test_fake_kernels.py):
-    `offset2bag`, when it is made, on indices + 1 elements resized to indices; with
+    `offset2bag`, when it is made (not on the fast path of a sum, bf16 weights included), on
+    indices + 1 elements resized to indices; with
     `include_last_offset`, `bag_size` on one element per offset resized to one per bag, except
     that the forward-only kernel in sum mode leaves `bag_size` and `max_indices` at one per
     offset. Torch's fake result for the CUDA kinds."""
@@ -333,7 +439,9 @@ def embedding_bag_kernel(op) -> Callable[..., tuple]:
         if cuda_imitated():
             return result
         bound = bound_arguments(op, args, kwargs)
-        if offset2bag.numel():
+        if _bf16_fast_sum(bound):
+            offset2bag = offset2bag.new_empty(0)  # the fast path makes none
+        elif offset2bag.numel():
             offset2bag = _allocated_then_resized(offset2bag, offset2bag.numel() + 1)
         if bound.get("include_last_offset"):
             offsets = bound["offsets"].numel()
@@ -363,11 +471,22 @@ FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._batch_norm_with_update_functional.default: fp32_statistics_kernel(
         aten._batch_norm_with_update_functional.default, running_outputs=(4, 5)),
     aten.native_group_norm_backward.default: native_group_norm_backward,
+    aten.native_layer_norm_backward.default: native_layer_norm_backward,
+    aten._log_softmax_backward_data.default: log_softmax_backward_data,
+    **{op: gradient_like_kernel(op) for op in (
+        aten.hardtanh_backward.default, aten.hardswish_backward.default, aten.logit_backward.default)},
+    **{op: batch_norm_backward_kernel(op) for op in (
+        aten.native_batch_norm_backward.default, aten.batch_norm_backward.default)},
+    aten.mse_loss.default: reduced_loss_kernel(aten.mse_loss.default, _broadcast_of_input_and_target),
+    aten.smooth_l1_loss.default: reduced_loss_kernel(aten.smooth_l1_loss.default, _broadcast_of_input_and_target),
+    aten.binary_cross_entropy.default: reduced_loss_kernel(aten.binary_cross_entropy.default, _input_shape),
+    aten.soft_margin_loss.default: reduced_loss_kernel(aten.soft_margin_loss.default, _input_shape),
     aten._embedding_bag.default: embedding_bag_kernel(aten._embedding_bag.default),
     aten._embedding_bag_forward_only.default: embedding_bag_kernel(aten._embedding_bag_forward_only.default),
 }
 
-__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "bound_arguments", "col2im", "cuda_imitated", "embedding_bag_kernel",
-           "fp32_statistics_kernel",
+__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "batch_norm_backward_kernel", "bound_arguments", "col2im",
+           "cuda_imitated", "embedding_bag_kernel", "fp32_statistics_kernel", "gradient_like_kernel", "log_softmax_backward_data",
+           "native_layer_norm_backward", "reduced_loss_kernel",
            "grouped_mm", "im2col", "imitating_cuda", "lstm_workspace_bytes", "mkldnn_rnn_layer",
            "mkldnn_rnn_layer_backward", "native_group_norm_backward", "op_name"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -35,9 +36,15 @@ BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
 
 
 def parse_option_value(text: str) -> Any:
-    """Turn a `KEY=VALUE` option's text into int, float, bool or str. 'nan' and 'inf' stay
-    text: no option means a non-finite number by them, and as text a factory that wants a
+    """Turn a `KEY=VALUE` option's text into int, float, bool, str, or a list or dict when it is
+    one in JSON (`depths=[2,2,6,2]`: config attributes that hold one per stage). 'nan' and 'inf'
+    stay text: no option means a non-finite number by them, and as text a factory that wants a
     number refuses them by name (see `workloads.base.option_int`)."""
+    if text.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # not JSON after all: the factory that takes it says what it wants
     flag = parse_bool(text) if text.strip() not in ("1", "0") else None  # 1 and 0 stay numbers
     if flag is not None:
         return flag

@@ -288,7 +288,8 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     - `seq_len`: sample length of text tasks (default the config's maximum, at most 512).
     - `padded`: variable-length samples, pads labelled -100 and masked out by `attention_mask`.
     - `dtype`: the weights' dtype (float32 by default; bfloat16, float16, float64).
-    - `image_size`: image side for image tasks (default the config's `image_size`, else 224).
+    - `image_size`: image side for image tasks (default the config's `image_size`, else 224); the
+      config's `image_size`, where it has one, is set to it, so the model is built for it.
     - `name`: the workload's name in case ids (default `hf-<model_type>`).
 
     Raises WorkloadError (one line) for an unknown task or dtype, or a sequence longer than the
@@ -319,8 +320,12 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     if task == "image-cls":
         if padded:
             raise WorkloadError("padded=true applies to text tasks, not image-cls")
-        size = image_size or getattr(config, "image_size", None) or DEFAULT_IMAGE_SIZE
+        configured = getattr(config, "image_size", None)
+        size = image_size or configured or DEFAULT_IMAGE_SIZE
         size = int(size[0] if isinstance(size, (list, tuple)) else size)  # some configs give (h, w)
+        if image_size and configured is not None:
+            # The model is built for its config's size (ViT's position embeddings refuse another).
+            config.image_size = [size, size] if isinstance(configured, (list, tuple)) else size
         channels = int(getattr(config, "num_channels", 3))
         make_batch = image_batch_maker(channels, size, num_labels, weight_dtype)
         count = None
