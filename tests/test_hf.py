@@ -21,6 +21,7 @@ pytest.importorskip("transformers")  # the [hf] extra; .ci/run installs it
 from accumbench.cases import Case  # noqa: E402
 from accumbench.cli import main  # noqa: E402
 from accumbench.equivalence import CheckConfig, check_workload  # noqa: E402
+from accumbench.equivalence.diagnose import loss_takes_num_items  # noqa: E402
 from accumbench.estimate_assumptions import assumptions_for  # noqa: E402
 from accumbench.meters.estimate import EstimateMeter  # noqa: E402
 from accumbench.runner import Runner  # noqa: E402
@@ -104,6 +105,47 @@ def test_estimate_equals_cpu_meter_on_other_model_types(arch, cpu_runner, estima
         measured = measure(cpu_runner, spec, options, scenario, micro, accum)
         estimated = measure(estimate_runner, spec, options, scenario, micro, accum)
         assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
+
+
+# Encoder-decoder LMs (task seq2seq-lm): T5 with relative position buckets, BART with learned ones.
+T5 = ("hf:t5", (("d_model", 32), ("d_ff", 64), ("num_layers", 2), ("num_heads", 2), ("d_kv", 16),
+                ("vocab_size", 500), ("seq_len", 16), ("target_len", 8), ("padded", True), ("dropout_rate", 0.0)))
+BART = ("hf:bart", (("d_model", 32), ("encoder_layers", 1), ("decoder_layers", 1), ("encoder_attention_heads", 2),
+                    ("decoder_attention_heads", 2), ("encoder_ffn_dim", 64), ("decoder_ffn_dim", 64),
+                    ("vocab_size", 500), ("seq_len", 16), ("padded", True)))
+
+
+@pytest.mark.parametrize("model", [T5, pytest.param(BART, marks=pytest.mark.slow)], ids=["t5", "bart"])
+def test_encoder_decoder_lms_train_on_their_labels_and_the_estimate_equals_the_cpu_meter(
+        model, cpu_runner, estimate_runner):
+    spec, options = model
+    workload = load_workload(spec, dict(options))
+    assert workload.options["task"] == "seq2seq-lm"  # inferred: an encoder-decoder config
+    batch = workload.make_batch(4, torch.Generator().manual_seed(0))
+    target_len = dict(options).get("target_len", dict(options)["seq_len"])
+    assert batch["input_ids"].shape == (4, 16) and batch["labels"].shape == (4, target_len)
+    assert workload.count_loss_elements(batch) == int((batch["labels"] != -100).sum())  # no shift
+    assert workload.tokens_per_sample == 16 + target_len
+    for scenario, micro, accum in (("large-batch", 4, 1), ("accumulated", 2, 2)):
+        measured = measure(cpu_runner, spec, options, scenario, micro, accum)
+        estimated = measure(estimate_runner, spec, options, scenario, micro, accum)
+        assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
+
+
+def test_check_on_t5_names_its_loss_that_ignores_num_items_in_batch():
+    # T5 (and BART) compute their mean cross-entropy in the forward: HF's num_items_in_batch fix
+    # does not reach it, and the check says what to do instead.
+    workload = load_workload(T5[0], dict(T5[1]))
+    config = CheckConfig(accum_steps=(2,), micro_batch=2, loss_norm="both", optimizer_step=False, grad_scaler=False)
+    mean, token = check_workload(workload, config)
+    (cause,) = mean.causes
+    assert cause.kind == "token-mean" and not mean.equivalent
+    assert "ignores `num_items_in_batch`" in cause.fix and "compute_loss_func" in cause.fix
+    assert token.rel_error <= 1e-12
+    gpt2 = load_workload("hf:gpt2-tiny", {"padded": True})
+    batch = gpt2.make_batch(2, torch.Generator().manual_seed(0))
+    assert loss_takes_num_items(gpt2.build_model(), batch)
+    assert not loss_takes_num_items(workload.build_model(), workload.make_batch(2, torch.Generator().manual_seed(0)))
 
 
 def test_image_size_builds_the_model_for_that_size():
@@ -234,6 +276,7 @@ def invoke(*args: str):
     (["--workload", "hf:vit-tiny", "--workload-opt", "image_size=0"],
      "error: workload hf:vit-tiny: option image_size must be at least 1, got 0"),
     (["--workload", "hf:vit-tiny", "--workload-opt", "dtype=5"], "error: workload hf:vit-tiny: option dtype takes one of"),
+    (["--workload", "hf:gpt2-tiny", "--workload-opt", "target_len=8"], "error: target_len applies to seq2seq-lm, not causal-lm"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = invoke("estimate", "--device-kind", "cpu", *args, "--micro-batch", "2", "--accum-steps", "1")

@@ -29,6 +29,7 @@ from accumbench.equivalence.diagnose import (
     dropout_cause,
     dropout_layers,
     is_hf_model,
+    loss_takes_num_items,
     random_forward_cause,
     running_stats,
     token_mean_cause,
@@ -245,7 +246,9 @@ def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], 
         causes.append(batchnorm_cause(bn))
         counterfactuals[BATCHNORM_EVAL] = probe.compare(ModelSetting(batchnorm_eval=True), loss_norm).rel_error
     if token_cause:
-        causes.append(token_mean_cause(counts, hf_model))
+        honoured = not hf_model or not isinstance(probe.micro_batches[0], dict) or \
+            loss_takes_num_items(probe.model, probe.micro_batches[0])
+        causes.append(token_mean_cause(counts, hf_model, honoured))
         counterfactuals[TOKEN_NORM] = probe.compare(AS_IS, "token").rel_error
     if dropout:
         causes.append(dropout_cause(dropout))

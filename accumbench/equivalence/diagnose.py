@@ -138,9 +138,28 @@ def is_hf_model(model: nn.Module) -> bool:
                for c in type(model).__mro__)
 
 
-def token_mean_cause(counts: Sequence[int], hf_model: bool = False) -> Cause:
+def loss_takes_num_items(model: nn.Module, batch: dict) -> bool:
+    """Does this Hugging Face model's own loss divide by a `num_items_in_batch` it is given?
+    Causal and masked LMs' losses do (transformers' `ForCausalLMLoss`); encoder-decoder LMs
+    (T5, BART) compute a mean cross-entropy in their forward and ignore it. Found by asking: the
+    loss with counts 1 and 2 (in eval mode, so dropout draws nothing) differs only if it divides."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            losses = [model(**batch, num_items_in_batch=count).loss for count in (1, 2)]
+    except TypeError:  # a forward that takes no such argument
+        return False
+    finally:
+        model.train(was_training)
+    return not torch.equal(losses[0], losses[1])
+
+
+def token_mean_cause(counts: Sequence[int], hf_model: bool = False, num_items_honoured: bool = True) -> Cause:
     """A mean loss per micro-batch over different numbers of valid tokens, divided by N; for a
-    Hugging Face model, named as HF Trainer's accumulation bug and its `num_items_in_batch` fix."""
+    Hugging Face model, named as HF Trainer's accumulation bug and its `num_items_in_batch` fix,
+    or (`num_items_honoured` False: the model's loss ignores that count) the loss to compute
+    instead."""
     total = sum(counts)
     shown = ", ".join(str(c) for c in counts[:8]) + (", ..." if len(counts) > 8 else "")
     explanation = (
@@ -158,12 +177,21 @@ def token_mean_cause(counts: Sequence[int], hf_model: bool = False) -> Cause:
         explanation += (
             " This is Hugging Face Trainer's gradient-accumulation bug: the model's own loss (labels "
             "!= -100, shifted by one for causal LMs) is a per-micro-batch mean over a varying number of "
-            "valid tokens, and Trainer divided it by the accumulation steps (fixed in transformers 4.46)."
+            "valid tokens, and Trainer divided it by the accumulation steps (fixed in transformers 4.46"
+            + (")." if num_items_honoured else " for the models whose loss takes `num_items_in_batch`; this "
+               "one's does not).")
         )
         fix = ("pass `num_items_in_batch` (the accumulation window's total count of labels != -100, after "
                "the causal shift) to the model's loss, `model(**batch, num_items_in_batch=total)`, which "
                "sums the per-token losses and divides by it, as Trainer does since transformers 4.46; that "
                "is normalising by the window's total valid tokens: `--loss-norm token` here")
+        if not num_items_honoured:
+            fix = ("this model's own loss ignores `num_items_in_batch` (its forward takes the mean "
+                   "cross-entropy itself; called with two different counts, it returned the same loss), so "
+                   "passing the count changes nothing: compute the loss from the logits, the per-token "
+                   "cross-entropies over labels != -100 summed and divided by the accumulation window's total "
+                   "count (with Trainer: a `compute_loss_func`, which receives that count as "
+                   "`num_items_in_batch`): `--loss-norm token` here")
     return Cause(kind="token-mean", summary=summary, explanation=explanation, fix=fix,
                  counterfactual=TOKEN_NORM)
 

@@ -40,7 +40,7 @@ from accumbench.hf_configs import hf_example_path, hf_examples
 from accumbench.workloads.base import Workload, WorkloadError, option_bool, option_int
 
 IGNORE_INDEX = -100  # HF's (and torch's) ignore_index for labels
-TASKS = ("causal-lm", "seq-cls", "masked-lm", "image-cls")
+TASKS = ("causal-lm", "seq2seq-lm", "seq-cls", "masked-lm", "image-cls")
 INSTALL_HINT = "pip install 'accumbench[hf]'"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,14 +50,16 @@ MASK_PROBABILITY = 0.15  # masked-lm: BERT's share of masked positions
 # The Auto class of each task and the loss the model computes (HF's LOSS_MAPPING key, set on the
 # model so that e.g. GPT2LMHeadModel, whose class name does not say ForCausalLM, takes it without
 # a warning).
-_AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq-cls": "AutoModelForSequenceClassification",
-                 "masked-lm": "AutoModelForMaskedLM", "image-cls": "AutoModelForImageClassification"}
+_AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq2seq-lm": "AutoModelForSeq2SeqLM",
+                 "seq-cls": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM",
+                 "image-cls": "AutoModelForImageClassification"}
+# (Encoder-decoder LMs compute their cross-entropy in their own forward: no loss type to set.)
 _LOSS_TYPES = {"causal-lm": "ForCausalLM", "seq-cls": "ForSequenceClassification",
                "masked-lm": "ForMaskedLM", "image-cls": "ForImageClassification"}
 # Which task an `architectures` entry of a config.json names.
 _ARCHITECTURE_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
-                       ("ForMaskedLM", "masked-lm"), ("ForSequenceClassification", "seq-cls"),
-                       ("ForImageClassification", "image-cls"))
+                       ("ForConditionalGeneration", "seq2seq-lm"), ("ForMaskedLM", "masked-lm"),
+                       ("ForSequenceClassification", "seq-cls"), ("ForImageClassification", "image-cls"))
 
 
 def _transformers():
@@ -139,7 +141,7 @@ def _reject_unknown(model: str, config: Any, unused: dict[str, Any]) -> None:
         kind = type(config).__name__ if config is not None else "its config"
         raise WorkloadError(
             f"hf:{model}: unknown option(s) {', '.join(sorted(unused))}: neither a workload option "
-            f"(task, seq_len, padded, dtype, image_size) nor an attribute of {kind}")
+            f"({', '.join(WORKLOAD_OPTIONS)}) nor an attribute of {kind}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,15 +151,19 @@ def _first_line(exc: BaseException) -> str:
 
 def infer_task(config) -> str:
     """The task a config is made for: from its `architectures`, else the first Auto mapping
-    (causal LM, masked LM, image classification) that knows its model type."""
+    (encoder-decoder LM, causal LM, masked LM, image classification) that knows its model type.
+    Encoder-decoder only for an encoder-decoder config (`is_encoder_decoder`: T5, BART), as
+    vision- and audio-language models' `...ForConditionalGeneration` are decoders over features."""
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     for architecture in getattr(config, "architectures", None) or ():
         for marker, task in _ARCHITECTURE_TASKS:
-            if marker in architecture:
+            if marker in architecture and (task != "seq2seq-lm" or encoder_decoder):
                 return task
     from transformers.models.auto import modeling_auto as auto
 
     model_type = getattr(config, "model_type", None)
-    for task, names in (("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+    seq2seq = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES if encoder_decoder else {}
+    for task, names in (("seq2seq-lm", seq2seq), ("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
                         ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
                         ("image-cls", auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)):
         if model_type in names:
@@ -183,8 +189,8 @@ def _lengths(n: int, seq_len: int, padded: bool, generator: torch.Generator, low
     return torch.randint(max(low, seq_len // 8), seq_len + 1, (n,), generator=generator)
 
 
-def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad_id: int, num_labels: int
-                     ) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad_id: int, num_labels: int,
+                     target_len: int | None = None) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
     """Batch maker for the text tasks: a dict of `input_ids`, `labels` (HF's convention) and,
     when padded, `attention_mask`.
 
@@ -193,6 +199,9 @@ def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad
     micro-batches carry different numbers of valid labels. causal-lm: labels are the input ids
     (the model shifts them). masked-lm: 15% of the valid positions, and at least one per sample,
     are replaced by the last vocabulary id and labelled. seq-cls: one class per sample.
+    seq2seq-lm: labels are `target_len` other random ids, padded (-100) to their own random
+    lengths as `DataCollatorForSeq2Seq` pads them; the model shifts them right into its
+    decoder's input.
     """
     mask_id = vocab_size - 1
 
@@ -209,10 +218,14 @@ def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad
             ids = torch.where(masked, torch.full_like(ids, mask_id), ids)
         elif task == "seq-cls":
             labels = torch.randint(0, num_labels, (n,), generator=generator)
+        elif task == "seq2seq-lm":
+            labels = torch.randint(0, vocab_size, (n, target_len), generator=generator)
+            target_lengths = _lengths(n, target_len, padded, generator, low=1)
+            labels[torch.arange(target_len).unsqueeze(0) >= target_lengths.unsqueeze(1)] = IGNORE_INDEX
         else:
             labels = ids.clone()
         ids[pad] = pad_id
-        if task != "seq-cls":
+        if task in ("causal-lm", "masked-lm"):  # labels aligned with the input
             labels[pad] = IGNORE_INDEX
         batch = {"input_ids": ids, "labels": labels}
         if padded:
@@ -280,12 +293,13 @@ def _skip_weight_init_on_fake_tensors(transformers) -> Iterator[None]:
 
 def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, padded: bool = False,
                 dtype: str | torch.dtype | None = None, image_size: int | None = None,
-                name: str | None = None) -> Workload:
+                target_len: int | None = None, name: str | None = None) -> Workload:
     """A `Workload` for a transformers `PretrainedConfig`, with random weights (`from_config`).
 
-    - `task`: causal-lm, seq-cls, masked-lm or image-cls (default: what the config's
+    - `task`: causal-lm, seq2seq-lm, seq-cls, masked-lm or image-cls (default: what the config's
       `architectures` name, else what its model type supports first).
     - `seq_len`: sample length of text tasks (default the config's maximum, at most 512).
+    - `target_len`: seq2seq-lm's label length (default `seq_len`).
     - `padded`: variable-length samples, pads labelled -100 and masked out by `attention_mask`.
     - `dtype`: the weights' dtype (float32 by default; bfloat16, float16, float64).
     - `image_size`: image side for image tasks (default the config's `image_size`, else 224); the
@@ -296,9 +310,10 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     config's position embeddings.
     """
     transformers = _transformers()
-    given = {"task": task, "seq_len": seq_len, "padded": padded, "dtype": dtype, "image_size": image_size}
+    given = {"task": task, "seq_len": seq_len, "padded": padded, "dtype": dtype, "image_size": image_size,
+             "target_len": target_len}
     typed = _typed_options(name or f"hf-{getattr(config, 'model_type', 'model')}", given)
-    seq_len, padded, image_size = typed["seq_len"], typed["padded"], typed["image_size"]
+    seq_len, padded, image_size, target_len = typed["seq_len"], typed["padded"], typed["image_size"], typed["target_len"]
     config = copy.deepcopy(config)
     task = task or infer_task(config)
     if task not in TASKS:
@@ -313,6 +328,8 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     if type(config) not in auto_class._model_mapping:
         raise WorkloadError(f"transformers has no {task} model for a {config.model_type!r} config "
                             f"({_AUTO_CLASSES[task]}); choose another task")
+    if target_len is not None and task != "seq2seq-lm":
+        raise WorkloadError(f"target_len applies to seq2seq-lm, not {task}")
     options: dict[str, Any] = {"task": task, "padded": bool(padded)}
     if dtype is not None:
         options["dtype"] = str(weight_dtype).removeprefix("torch.")
@@ -342,12 +359,19 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         pad_id = config.pad_token_id if isinstance(getattr(config, "pad_token_id", None), int) else 0
         # Sequence classification of decoder models finds each sample's last token by the pad id.
         config.pad_token_id = pad_id
-        make_batch = text_batch_maker(task, int(config.vocab_size), length, bool(padded), pad_id, num_labels)
+        targets = None
+        if task == "seq2seq-lm":
+            targets = int(target_len) if target_len is not None else length
+            options["target_len"] = targets
+            # The decoder's first input when the model shifts the labels right (T5: the pad id).
+            if getattr(config, "decoder_start_token_id", None) is None:
+                config.decoder_start_token_id = pad_id
+        make_batch = text_batch_maker(task, int(config.vocab_size), length, bool(padded), pad_id, num_labels, targets)
         count = count_label_tokens(shift=task == "causal-lm") if task != "seq-cls" else \
             (lambda batch: int(batch["labels"].shape[0]))
-        tokens_per_sample = length
+        tokens_per_sample = length + (targets or 0)  # an encoder-decoder reads the source and the target
         options["seq_len"] = length
-        shape = f"seq {length}" + (", padded variable-length" if padded else "")
+        shape = f"seq {length}" + (f" -> {targets}" if targets else "") + (", padded variable-length" if padded else "")
 
     def build_model() -> torch.nn.Module:
         # Quiet: from_config logs nothing the user can act on (generation defaults, tied weights).
@@ -358,7 +382,8 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
                 model = auto_class.from_config(config, dtype=weight_dtype)
         finally:
             transformers.logging.set_verbosity(verbosity)
-        model.loss_type = _LOSS_TYPES[task]
+        if task in _LOSS_TYPES:
+            model.loss_type = _LOSS_TYPES[task]
         # Training keeps no KV cache (as Trainer's recipes set): a cache holds every layer's
         # keys and values through the forward, which checkpointing would otherwise free (tiny
         # Llama, 4 x 2, checkpointed: a 2.51 MiB peak with the cache, 2.36 MiB without).
@@ -398,7 +423,7 @@ def checkpoint_blocks(model_class: type) -> str | None:
     return "|".join(names) or None
 
 
-WORKLOAD_OPTIONS = ("task", "seq_len", "padded", "dtype", "image_size")
+WORKLOAD_OPTIONS = ("task", "seq_len", "padded", "dtype", "image_size", "target_len")
 
 
 def _typed_options(workload: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -413,6 +438,8 @@ def _typed_options(workload: str, options: dict[str, Any]) -> dict[str, Any]:
         typed["seq_len"] = option_int(workload, "seq_len", typed["seq_len"], minimum=2)  # a causal LM shifts by one
     if typed.get("image_size") is not None:
         typed["image_size"] = option_int(workload, "image_size", typed["image_size"])
+    if typed.get("target_len") is not None:
+        typed["target_len"] = option_int(workload, "target_len", typed["target_len"])
     if typed.get("task") is not None and not isinstance(typed["task"], str):
         raise WorkloadError(f"workload {workload}: option task takes one of {', '.join(TASKS)}, got {typed['task']!r}")
     dtype = typed.get("dtype")
@@ -450,6 +477,8 @@ def hf(model: str, **options: Any) -> Workload:
         parts.append(_name_part(task))
     if workload_opts.get("seq_len") is not None:
         parts.append(f"s{workload_opts['seq_len']}")
+    if workload_opts.get("target_len") is not None:
+        parts.append(f"t{workload_opts['target_len']}")
     if workload_opts.get("image_size") is not None:
         parts.append(f"i{workload_opts['image_size']}")
     if workload_opts.get("padded"):
