@@ -148,6 +148,11 @@ def test_check_on_t5_names_its_loss_that_ignores_num_items_in_batch():
     assert not loss_takes_num_items(workload.build_model(), workload.make_batch(2, torch.Generator().manual_seed(0)))
 
 
+def test_a_list_option_reads_plainly_in_the_name():
+    spec, options = OTHER_ARCHITECTURES["swin"]
+    assert load_workload(spec, dict(options)).name == "hf-swin-i32-depths=1_1-embed_dim=16-num_heads=2_2-window_size=4"
+
+
 def test_image_size_builds_the_model_for_that_size():
     # ViT's position embeddings are sized by its config's image_size: without setting it, 48x48
     # images fail ("Input image size (48*48) doesn't match model (32*32)").

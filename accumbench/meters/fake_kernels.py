@@ -52,8 +52,8 @@ Each one below says what CUDA's kernel does; the one allocation only the CPU ker
 - `aten.native_layer_norm_backward`, `aten._log_softmax_backward_data`: the real kernels
   (layer_norm.cpp and its CUDA twin: `empty_like` of the contiguous input and parameters;
   SoftMax.cpp's structured meta, shared by CUDA) make their gradients contiguous, where the
-  meta kernels follow the incoming gradient's strides. A transposed gradient (Swin's pooler, a `transpose` before
-  the norm) then made the estimate copy it once more at the next `reshape`.
+  meta kernels follow the incoming gradient's strides. A transposed gradient (Swin's pooler,
+  a `transpose` after the norm) then made the estimate copy it once more at the next `reshape`.
 - `aten.hardtanh_backward` (ReLU6), `aten.hardswish_backward`, `aten.logit_backward`: the real
   kernels are elementwise (TensorIterator), whose output takes the layout of its first input,
   the incoming gradient, where the meta kernels (decompositions into `where`) take the input's.
@@ -339,10 +339,10 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
 
 # --- gradients the real kernels make contiguous, or like the input -----------------------------
 
-def _in_format(tensor: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+def _in_format(tensor: torch.Tensor | None, like: torch.Tensor | None = None) -> torch.Tensor | None:
     """`tensor` as a fresh tensor with its sizes and dtype in the memory format the real kernel
     gives it: `like`'s suggested format (channels-last when `like` is), else contiguous.
-    Returned as is when its strides are already those."""
+    Returned as is when its strides are already those (or it is None: a gradient not asked for)."""
     memory_format = torch.contiguous_format if like is None else suggest_memory_format(like)
     if tensor is None or tensor.is_contiguous(memory_format=memory_format):
         return tensor
@@ -485,8 +485,8 @@ FAKE_KERNELS: dict[object, Callable[..., object]] = {
     aten._embedding_bag_forward_only.default: embedding_bag_kernel(aten._embedding_bag_forward_only.default),
 }
 
-__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "batch_norm_backward_kernel", "bound_arguments", "col2im",
-           "cuda_imitated", "embedding_bag_kernel", "fp32_statistics_kernel", "gradient_like_kernel", "log_softmax_backward_data",
-           "native_layer_norm_backward", "reduced_loss_kernel",
-           "grouped_mm", "im2col", "imitating_cuda", "lstm_workspace_bytes", "mkldnn_rnn_layer",
-           "mkldnn_rnn_layer_backward", "native_group_norm_backward", "op_name"]
+__all__ = ["FAKE_KERNELS", "MKLDNN_LSTM_MODE", "UnmodelledOp", "batch_norm_backward_kernel",
+           "bound_arguments", "col2im", "cuda_imitated", "embedding_bag_kernel", "fp32_statistics_kernel",
+           "gradient_like_kernel", "grouped_mm", "im2col", "imitating_cuda", "log_softmax_backward_data",
+           "lstm_workspace_bytes", "mkldnn_rnn_layer", "mkldnn_rnn_layer_backward",
+           "native_group_norm_backward", "native_layer_norm_backward", "op_name", "reduced_loss_kernel"]

@@ -452,6 +452,12 @@ def _name_part(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(value)).strip("-")
 
 
+def _option_text(value: Any) -> str:
+    """An option's value as a case id shows it: a list's items joined by "_" (depths=2_2_6_2, not
+    depths=-2-2-6-2, which reads as negative numbers)."""
+    return "_".join(_option_text(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 def hf(model: str, **options: Any) -> Workload:
     """The `hf:<model>` factory: `<model>` as `resolve_hf_config` takes it; options `task`,
     `seq_len`, `padded`, `dtype`, `image_size` (see `hf_workload`); any other option is a config
@@ -485,7 +491,7 @@ def hf(model: str, **options: Any) -> Workload:
         parts.append("padded")
     if workload_opts.get("dtype") is not None:
         parts.append(_name_part(workload_opts["dtype"]))
-    parts += [_name_part(f"{k}={v}") for k, v in sorted(options.items())]
+    parts += [_name_part(f"{k}={_option_text(v)}") for k, v in sorted(options.items())]
     workload = hf_workload(config, name="-".join(parts), **workload_opts)
     return dataclasses.replace(workload, options={"model": model, **workload.options, **options})
 
