@@ -111,8 +111,9 @@ class Case:
 
     @property
     def options_dict(self) -> dict[str, Any]:
-        """The workload factory's keyword options."""
-        return dict(self.options)
+        """The workload factory's keyword options, lists and dicts as fresh mutable copies (a
+        factory may fill in a table it is given: transformers adds `rope_parameters` defaults)."""
+        return {key: _mutable(value) for key, value in self.options}
 
     def label(self) -> str:
         """A short human description for progress lines (levers named when on, so two cases
@@ -134,6 +135,15 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return immutable_list(_hashable(item) for item in value)
     return immutable_dict({key: _hashable(item) for key, item in value.items()})
+
+
+def _mutable(value: Any) -> Any:
+    """`value` with its (immutable) lists and dicts copied into plain ones."""
+    if isinstance(value, list):
+        return [_mutable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _mutable(item) for key, item in value.items()}
+    return value
 
 
 def case_id(workload_name: str, case: Case, optimizer: str, world_size: int = 1) -> str:

@@ -148,9 +148,18 @@ def test_check_on_t5_names_its_loss_that_ignores_num_items_in_batch():
     assert not loss_takes_num_items(workload.build_model(), workload.make_batch(2, torch.Generator().manual_seed(0)))
 
 
-def test_a_list_option_reads_plainly_in_the_name():
+def test_list_and_table_options_reach_the_config_and_read_plainly_in_the_name():
     spec, options = OTHER_ARCHITECTURES["swin"]
     assert load_workload(spec, dict(options)).name == "hf-swin-i32-depths=1_1-embed_dim=16-num_heads=2_2-window_size=4"
+    # A table transformers fills in (rope_theta's default): the case hands the factory a copy it may change.
+    # (An immutable one failed: "'immutable_dict' object does not support mutation".)
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    small = (("hidden_size", 32), ("intermediate_size", 64), ("num_attention_heads", 2), ("num_hidden_layers", 1),
+             ("num_key_value_heads", 1), ("vocab_size", 100))
+    case = Case("hf:llama", "large-batch", 2, 1, (("rope_parameters", rope), *small), warmup=1, steps=1)
+    workload = load_workload(case.workload, case.options_dict)
+    assert "-rope_parameters=rope_type-linear_factor-2.0_rope_theta-10000.0-" in workload.name
+    assert workload.build_model().config.rope_parameters["factor"] == 2.0
 
 
 def test_image_size_builds_the_model_for_that_size():

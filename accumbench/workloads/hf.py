@@ -454,7 +454,10 @@ def _name_part(value: Any) -> str:
 
 def _option_text(value: Any) -> str:
     """An option's value as a case id shows it: a list's items joined by "_" (depths=2_2_6_2, not
-    depths=-2-2-6-2, which reads as negative numbers)."""
+    depths=-2-2-6-2, which reads as negative numbers), a table's as key-value (rope_parameters=
+    rope_type-linear_factor-2.0)."""
+    if isinstance(value, dict):
+        return "_".join(f"{key}-{_option_text(item)}" for key, item in value.items())
     return "_".join(_option_text(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
 
 
