@@ -94,6 +94,10 @@ OTHER_ARCHITECTURES = {
                                  ("num_stages", 2))),
     "deberta-v2": ("hf:deberta-v2", (("hidden_size", 64), ("num_hidden_layers", 2), ("num_attention_heads", 4),
                                      ("intermediate_size", 128), ("vocab_size", 1000), ("seq_len", 32))),
+    # The image-classification mapping names two classes for LeViT (and DeiT): with and without
+    # the distillation head. transformers' own from_config failed on a config naming none.
+    "levit": ("hf:levit", (("image_size", 64), ("hidden_sizes", [16, 32, 48]), ("num_attention_heads", [1, 2, 3]),
+                           ("depths", [1, 1, 1]), ("key_dim", [8, 8, 8]))),
 }
 
 
@@ -160,6 +164,12 @@ def test_list_and_table_options_reach_the_config_and_read_plainly_in_the_name():
     workload = load_workload(case.workload, case.options_dict)
     assert "-rope_parameters=rope_type-linear_factor-2.0_rope_theta-10000.0-" in workload.name
     assert workload.build_model().config.rope_parameters["factor"] == 2.0
+
+
+def test_a_model_type_the_auto_mapping_gives_two_classes_builds_the_first():
+    workload = load_workload("hf:deit", {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
+                                         "num_attention_heads": 2, "intermediate_size": 64})
+    assert type(workload.build_model()).__name__ == "DeiTForImageClassification"
 
 
 def test_image_size_builds_the_model_for_that_size():

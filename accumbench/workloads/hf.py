@@ -379,7 +379,9 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         transformers.logging.set_verbosity_error()
         try:
             with _skip_weight_init_on_fake_tensors(transformers):
-                model = auto_class.from_config(config, dtype=weight_dtype)
+                # The class the Auto class would pick, built as it builds it (its own from_config
+                # fails where the mapping names several classes and the config no architecture).
+                model = _model_class(auto_class, config)._from_config(config, dtype=weight_dtype)
         finally:
             transformers.logging.set_verbosity(verbosity)
         if task in _LOSS_TYPES:
@@ -403,8 +405,15 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         options=options,
         description=f"transformers {type(config).__name__.removesuffix('Config')} {task}, {shape}, "
                     f"random weights ({str(weight_dtype).removeprefix('torch.')})",
-        checkpoint_blocks=checkpoint_blocks(auto_class._model_mapping[type(config)]),
+        checkpoint_blocks=checkpoint_blocks(_model_class(auto_class, config)),
     )
+
+
+def _model_class(auto_class, config) -> type:
+    """The class `auto_class.from_config(config)` builds: the first, where the Auto mapping
+    names several (LeViT's classifier, with and without its distillation head)."""
+    mapped = auto_class._model_mapping[type(config)]
+    return mapped[0] if isinstance(mapped, (list, tuple)) else mapped
 
 
 def checkpoint_blocks(model_class: type) -> str | None:
