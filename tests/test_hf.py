@@ -152,6 +152,22 @@ def test_check_on_t5_names_its_loss_that_ignores_num_items_in_batch():
     assert not loss_takes_num_items(workload.build_model(), workload.make_batch(2, torch.Generator().manual_seed(0)))
 
 
+def test_token_classification_tags_every_valid_token_and_berts_loss_ignores_num_items(cpu_runner, estimate_runner):
+    spec, options = "hf:bert-tiny", (("task", "token-cls"), ("padded", True), ("num_labels", 5))
+    workload = load_workload(spec, dict(options))
+    batch = workload.make_batch(4, torch.Generator().manual_seed(0))
+    assert batch["labels"].shape == batch["input_ids"].shape and int(batch["labels"].max()) < 5
+    assert ((batch["labels"] == -100) == (batch["attention_mask"] == 0)).all()  # every valid token tagged
+    measured = measure(cpu_runner, spec, options, "accumulated", 2, 2)
+    estimated = measure(estimate_runner, spec, options, "accumulated", 2, 2)
+    assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
+    config = CheckConfig(accum_steps=(2,), micro_batch=2, loss_norm="both", optimizer_step=False, grad_scaler=False)
+    mean, token = check_workload(workload, config)
+    # BertForTokenClassification takes a plain CrossEntropyLoss in its forward: the count changes nothing.
+    assert not mean.equivalent and "ignores `num_items_in_batch`" in mean.causes[0].fix
+    assert token.rel_error <= 1e-12
+
+
 def test_list_and_table_options_reach_the_config_and_read_plainly_in_the_name():
     spec, options = OTHER_ARCHITECTURES["swin"]
     assert load_workload(spec, dict(options)).name == "hf-swin-i32-depths=1_1-embed_dim=16-num_heads=2_2-window_size=4"

@@ -140,9 +140,11 @@ def is_hf_model(model: nn.Module) -> bool:
 
 def loss_takes_num_items(model: nn.Module, batch: dict) -> bool:
     """Does this Hugging Face model's own loss divide by a `num_items_in_batch` it is given?
-    Causal and masked LMs' losses do (transformers' `ForCausalLMLoss`); encoder-decoder LMs
-    (T5, BART) compute a mean cross-entropy in their forward and ignore it. Found by asking: the
-    loss with counts 1 and 2 (in eval mode, so dropout draws nothing) differs only if it divides."""
+    Causal LMs' losses do (transformers' `ForCausalLMLoss`); many heads compute a mean
+    cross-entropy in their forward and ignore it (in transformers 5.24: BERT's and RoBERTa's
+    masked-LM and token-classification heads, Llama's token classification, T5, BART). Found by
+    asking: the loss with counts 1 and 2 (in eval mode, so dropout draws nothing) differs only
+    if it divides."""
     was_training = model.training
     model.eval()
     try:

@@ -40,7 +40,7 @@ from accumbench.hf_configs import hf_example_path, hf_examples
 from accumbench.workloads.base import Workload, WorkloadError, option_bool, option_int
 
 IGNORE_INDEX = -100  # HF's (and torch's) ignore_index for labels
-TASKS = ("causal-lm", "seq2seq-lm", "seq-cls", "masked-lm", "image-cls")
+TASKS = ("causal-lm", "seq2seq-lm", "seq-cls", "token-cls", "masked-lm", "image-cls")
 INSTALL_HINT = "pip install 'accumbench[hf]'"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,15 +51,16 @@ MASK_PROBABILITY = 0.15  # masked-lm: BERT's share of masked positions
 # model so that e.g. GPT2LMHeadModel, whose class name does not say ForCausalLM, takes it without
 # a warning).
 _AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "seq2seq-lm": "AutoModelForSeq2SeqLM",
-                 "seq-cls": "AutoModelForSequenceClassification", "masked-lm": "AutoModelForMaskedLM",
-                 "image-cls": "AutoModelForImageClassification"}
+                 "seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
+                 "masked-lm": "AutoModelForMaskedLM", "image-cls": "AutoModelForImageClassification"}
 # (Encoder-decoder LMs compute their cross-entropy in their own forward: no loss type to set.)
 _LOSS_TYPES = {"causal-lm": "ForCausalLM", "seq-cls": "ForSequenceClassification",
-               "masked-lm": "ForMaskedLM", "image-cls": "ForImageClassification"}
+               "token-cls": "ForTokenClassification", "masked-lm": "ForMaskedLM", "image-cls": "ForImageClassification"}
 # Which task an `architectures` entry of a config.json names.
 _ARCHITECTURE_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
                        ("ForConditionalGeneration", "seq2seq-lm"), ("ForMaskedLM", "masked-lm"),
-                       ("ForSequenceClassification", "seq-cls"), ("ForImageClassification", "image-cls"))
+                       ("ForSequenceClassification", "seq-cls"), ("ForTokenClassification", "token-cls"),
+                       ("ForImageClassification", "image-cls"))
 
 
 def _transformers():
@@ -102,7 +103,8 @@ def resolve_hf_config(model: str, overrides: dict[str, Any] | None = None):
     mapping = transformers.CONFIG_MAPPING
     if model in mapping:
         config_class = mapping[model]
-        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+        # num_labels sizes a classifier's head but is stored as id2label, so to_dict() omits it.
+        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | {"num_labels"}
         _reject_unknown(model, None, {k: v for k, v in overrides.items() if k not in known})
         try:
             return transformers.AutoConfig.for_model(model, **overrides)
@@ -199,6 +201,7 @@ def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad
     micro-batches carry different numbers of valid labels. causal-lm: labels are the input ids
     (the model shifts them). masked-lm: 15% of the valid positions, and at least one per sample,
     are replaced by the last vocabulary id and labelled. seq-cls: one class per sample.
+    token-cls: one class per token (named-entity tagging), -100 on pads.
     seq2seq-lm: labels are `target_len` other random ids, padded (-100) to their own random
     lengths as `DataCollatorForSeq2Seq` pads them; the model shifts them right into its
     decoder's input.
@@ -218,6 +221,8 @@ def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad
             ids = torch.where(masked, torch.full_like(ids, mask_id), ids)
         elif task == "seq-cls":
             labels = torch.randint(0, num_labels, (n,), generator=generator)
+        elif task == "token-cls":
+            labels = torch.randint(0, num_labels, (n, seq_len), generator=generator)
         elif task == "seq2seq-lm":
             labels = torch.randint(0, vocab_size, (n, target_len), generator=generator)
             target_lengths = _lengths(n, target_len, padded, generator, low=1)
@@ -225,7 +230,7 @@ def text_batch_maker(task: str, vocab_size: int, seq_len: int, padded: bool, pad
         else:
             labels = ids.clone()
         ids[pad] = pad_id
-        if task in ("causal-lm", "masked-lm"):  # labels aligned with the input
+        if task in ("causal-lm", "masked-lm", "token-cls"):  # labels aligned with the input
             labels[pad] = IGNORE_INDEX
         batch = {"input_ids": ids, "labels": labels}
         if padded:
@@ -296,7 +301,7 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
                 target_len: int | None = None, name: str | None = None) -> Workload:
     """A `Workload` for a transformers `PretrainedConfig`, with random weights (`from_config`).
 
-    - `task`: causal-lm, seq2seq-lm, seq-cls, masked-lm or image-cls (default: what the config's
+    - `task`: causal-lm, seq2seq-lm, seq-cls, token-cls, masked-lm or image-cls (default: what the config's
       `architectures` name, else what its model type supports first).
     - `seq_len`: sample length of text tasks (default the config's maximum, at most 512).
     - `target_len`: seq2seq-lm's label length (default `seq_len`).
