@@ -154,7 +154,7 @@ def loss_takes_num_items(model: nn.Module, batch: dict) -> bool:
         return False
     finally:
         model.train(was_training)
-    return not torch.equal(losses[0], losses[1])
+    return all(loss is not None for loss in losses) and not torch.equal(losses[0], losses[1])
 
 
 def token_mean_cause(counts: Sequence[int], hf_model: bool = False, num_items_honoured: bool = True) -> Cause:
