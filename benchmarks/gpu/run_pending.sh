@@ -12,6 +12,8 @@
 #
 # Checks still pending, run by default in this order (expected seconds, by their authors; actual
 # on the H200 of 2026-11-30 where it ran):
+#   fakekernels 20  the estimate's fake kernels vs CUDA's real ones: gradient layouts, reduced
+#                 losses' storage, each call's internal scratch (fake_kernels_cuda.py; session 11)
 #   optstep   60  the optimizer step alone vs the model's ops for it       (issue 15, open)
 #   constants 40  the model's device constants by microbenchmarks, now with GPT-2's attention
 #                 (issue 15: the GEMM and convolution efficiencies the h100 kind uses)
@@ -41,9 +43,9 @@ if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 start=$(date +%s)
-order=(optstep constants repeats core hf adaptive)
+order=(fakekernels optstep constants repeats core hf adaptive)
 known=("${order[@]}" steptime issue12 ddp fsdp levers moe)
-declare -A expected=([optstep]=60 [constants]=40 [repeats]=240 [issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=210 [moe]=300 [levers]=240 [core]=300
+declare -A expected=([fakekernels]=20 [optstep]=60 [constants]=40 [repeats]=240 [issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=210 [moe]=300 [levers]=240 [core]=300
                      [hf]=600 [adaptive]=600)
 wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=("${order[@]}")
 for name in "${wanted[@]}"; do
@@ -53,6 +55,7 @@ done
 command_for() {  # the check's command line, on CUDA or as its own CPU dry run
   local d=$out/$1
   case $1 in
+    fakekernels) echo "python3 benchmarks/gpu/fake_kernels_cuda.py $d ${dry:+--device cpu}" ;;
     optstep)  echo "python3 benchmarks/gpu/optimizer_step.py $d ${dry:+--device cpu}" ;;
     constants) echo "python3 benchmarks/gpu/speed_constants.py $d ${dry:+--device cpu}" ;;
     repeats)  echo "bash benchmarks/gpu/steptime_repeats.sh $d ${dry:+--dry-run} ${own_reference:+--reference}" ;;
