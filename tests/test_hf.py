@@ -317,6 +317,8 @@ def invoke(*args: str):
      "error: workload hf:vit-tiny: option image_size must be at least 1, got 0"),
     (["--workload", "hf:vit-tiny", "--workload-opt", "dtype=5"], "error: workload hf:vit-tiny: option dtype takes one of"),
     (["--workload", "hf:gpt2-tiny", "--workload-opt", "target_len=8"], "error: target_len applies to seq2seq-lm, not causal-lm"),
+    # Whisper's type maps to a causal LM too (its decoder alone): not a guess to make silently.
+    (["--workload", "hf:whisper"], "error: cannot tell the task of a 'whisper' config: an encoder-decoder whose encoder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = invoke("estimate", "--device-kind", "cpu", *args, "--micro-batch", "2", "--accum-steps", "1")

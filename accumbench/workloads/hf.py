@@ -165,6 +165,12 @@ def infer_task(config) -> str:
 
     model_type = getattr(config, "model_type", None)
     seq2seq = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES if encoder_decoder else {}
+    if encoder_decoder and model_type not in seq2seq:
+        # Whisper's type also maps to a causal LM: its decoder alone, not what fine-tuning trains.
+        raise WorkloadError(
+            f"cannot tell the task of a {model_type!r} config: an encoder-decoder whose encoder reads no "
+            f"text (speech, images); pass task=one of {', '.join(TASKS)} to train what transformers has "
+            "for it (causal-lm: the decoder alone)")
     for task, names in (("seq2seq-lm", seq2seq), ("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
                         ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
                         ("image-cls", auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)):
