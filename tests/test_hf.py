@@ -26,7 +26,7 @@ from accumbench.estimate_assumptions import assumptions_for  # noqa: E402
 from accumbench.meters.estimate import EstimateMeter  # noqa: E402
 from accumbench.runner import Runner  # noqa: E402
 from accumbench.workloads import WorkloadError, load_workload  # noqa: E402
-from accumbench.workloads.hf import hf_example_path, hf_examples, hf_workload, resolve_hf_config  # noqa: E402
+from accumbench.workloads.hf import hf_example_path, hf_examples, hf_workload, infer_task, resolve_hf_config  # noqa: E402
 
 # (spec, options): padded causal LMs, a masked LM, an image classifier.
 ARCHITECTURES = {
@@ -180,6 +180,15 @@ def test_list_and_table_options_reach_the_config_and_read_plainly_in_the_name():
     workload = load_workload(case.workload, case.options_dict)
     assert "-rope_parameters=rope_type-linear_factor-2.0_rope_theta-10000.0-" in workload.name
     assert workload.build_model().config.rope_parameters["factor"] == 2.0
+
+
+def test_an_encoder_model_type_trains_as_a_masked_lm_not_as_its_decoder_mode():
+    # transformers maps bert, roberta, electra... to a causal LM as well (BertLMHeadModel, for
+    # is_decoder=True); chosen first, hf:bert trained a bidirectional encoder on next tokens.
+    from transformers import AutoConfig
+
+    assert [infer_task(AutoConfig.for_model(t)) for t in ("bert", "roberta", "electra", "llama", "gpt2", "t5")] == \
+        ["masked-lm", "masked-lm", "masked-lm", "causal-lm", "causal-lm", "seq2seq-lm"]
 
 
 def test_a_model_type_the_auto_mapping_gives_two_classes_builds_the_first():

@@ -153,7 +153,8 @@ def _first_line(exc: BaseException) -> str:
 
 def infer_task(config) -> str:
     """The task a config is made for: from its `architectures`, else the first Auto mapping
-    (encoder-decoder LM, causal LM, masked LM, image classification) that knows its model type.
+    (encoder-decoder LM, masked LM for a config that is no decoder, causal LM, masked LM, image
+    classification) that knows its model type.
     Encoder-decoder only for an encoder-decoder config (`is_encoder_decoder`: T5, BART), as
     vision- and audio-language models' `...ForConditionalGeneration` are decoders over features."""
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
@@ -171,8 +172,12 @@ def infer_task(config) -> str:
             f"cannot tell the task of a {model_type!r} config: an encoder-decoder whose encoder reads no "
             f"text (speech, images); pass task=one of {', '.join(TASKS)} to train what transformers has "
             "for it (causal-lm: the decoder alone)")
-    for task, names in (("seq2seq-lm", seq2seq), ("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-                        ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+    masked = auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    # BERT, RoBERTa, ELECTRA... map to a causal LM too (their decoder mode, is_decoder=True); a
+    # config that says it is no decoder is an encoder, pretrained and fine-tuned as a masked LM.
+    encoder = masked if getattr(config, "is_decoder", None) is False else {}
+    for task, names in (("seq2seq-lm", seq2seq), ("masked-lm", encoder),
+                        ("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), ("masked-lm", masked),
                         ("image-cls", auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)):
         if model_type in names:
             return task
