@@ -357,6 +357,18 @@ def test_data_dependent_ops_take_the_real_result_sizes_and_bytes():
     assert count == 3
 
 
+def test_a_float_mask_from_the_batch_keeps_its_value_past_1_mib_except_while_building():
+    # Longformer reads `.any().item()` of a (batch, 1, seq, seq) float mask made from the batch's
+    # attention mask: at batch 2 and seq 512 it is 2 MiB, past the 1 MiB kept while the model is built.
+    attention = torch.ones(2, 512, dtype=torch.long)
+    with FakeTensorMode(allow_non_fake_inputs=True), KnownValues() as values:
+        mask = (attention[:, None, None, :] * torch.ones(2, 1, 512, 1)).float()  # 2 MiB of known floats
+        assert bool((mask > 0).flatten().any().item())
+        with values.building():
+            weight = torch.ones(2, 1, 512, 512)
+        assert values.value_of(weight) is None and values.value_of(torch.ones(512, 512)) is not None
+
+
 def test_routing_assumptions():
     balanced = routing_indices((6, 4), -1, 4, 2, "balanced")
     assert balanced.tolist() == [[0, 1], [2, 3], [0, 1], [2, 3], [0, 1], [2, 3]]

@@ -464,7 +464,7 @@ class EstimateMeter(Meter):
             raise ValueError("the estimate meter runs on fake CPU tensors: use torch.device('cpu')")
         # No .to(device): fake tensors are made on the CPU already, and Module.to would try to
         # swap each fake parameter with itself.
-        with self._fake():
+        with self._fake(), self._values.building():
             model = workload.build_model()
         # Weights are random: the step must not depend on values the cpu meter does not share.
         self._values.forget(model.parameters())

@@ -9,7 +9,7 @@ all three:
 - **The value-producing part runs for real on small real tensors.** Every tensor whose value
   does not depend on the model's weights (the batch, `arange`/`zeros` constants, masks and
   position ids made from them, routing indices, counts, offsets) keeps a real copy beside its
-  fake one (integer and boolean tensors up to 64 MiB, floating ones up to 1 MiB): an op whose
+  fake one (up to 64 MiB; floating ones only up to 1 MiB while the model is built): an op whose
   inputs all have one runs for real on them too.
   A data-dependent op then runs for real, and its fake result gets the real result's sizes,
   strides and storage bytes. While the model is built, its own values are kept as well (weight
@@ -64,9 +64,10 @@ from accumbench.estimate_assumptions import MOE_ROUTINGS
 from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, bound_arguments, op_name
 
 aten = torch.ops.aten
-# Largest tensors whose values are kept: integer and boolean ones (indices, masks, one-hot
-# routing) up to 64 MiB, floating ones (constants, weights while the model is built) up to 1 MiB,
-# so that building a large model never materialises its weights.
+# Largest tensors whose values are kept: 64 MiB (indices, masks, one-hot routing, float masks
+# made from the batch: Longformer's (batch, 1, seq, seq) float mask decides an `.item()`), but
+# floating ones only up to 1 MiB while the model is built, so that building a large model
+# never materialises its weights.
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_FLOAT_BYTES = 1 << 20
 # Ops whose indices output routes tokens: (op, index of the indices output).
@@ -175,6 +176,7 @@ class KnownValues(TorchDispatchMode):
         self.assumption_read = False
         self.batch_decided: str | None = None  # the first op whose sizes the batch's values decided
         self._deciding_nothing = 0  # > 0 inside code whose reads decide no size
+        self._building = 0  # > 0 while the model is built: floating values kept up to max_float_bytes
 
     # --- values --------------------------------------------------------------------------
     def value_of(self, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -219,6 +221,16 @@ class KnownValues(TorchDispatchMode):
             self.batch_decided = op_name(func)
 
     @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """While the model is built, floating tensors' values are kept only up to
+        `max_float_bytes`: its weights are floating, and most are larger."""
+        self._building += 1
+        try:
+            yield
+        finally:
+            self._building -= 1
+
+    @contextlib.contextmanager
     def deciding_nothing(self) -> Iterator[None]:
         """Code run in here reads values from the batch that decide no size (a check that only
         logs a warning): `batch_decided` does not count them."""
@@ -229,7 +241,8 @@ class KnownValues(TorchDispatchMode):
             self._deciding_nothing -= 1
 
     def _small(self, out: Any) -> bool:
-        return all(t.untyped_storage().nbytes() <= (self.max_float_bytes if t.is_floating_point() else self.max_bytes)
+        return all(t.untyped_storage().nbytes() <= (self.max_float_bytes if self._building and t.is_floating_point()
+                                                    else self.max_bytes)
                    for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
 
     def _real(self, func, args, kwargs, tensors: list[torch.Tensor]) -> Any:
