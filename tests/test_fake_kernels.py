@@ -23,7 +23,8 @@ from accumbench.meters.fake_kernels import (
     imitating_cuda,
     lstm_workspace_bytes,
 )
-from accumbench.meters.known_values import KnownValues, routing_indices
+from accumbench.meters.estimate import conversions_to_what_it_is_are_no_ops
+from accumbench.meters.known_values import KnownValues, known_tensors_look_real, routing_indices
 from accumbench.runner import Runner
 
 TOY = str(Path(__file__).parent / "workloads" / "toy_moe.py")
@@ -367,6 +368,28 @@ def test_a_float_mask_from_the_batch_keeps_its_value_past_1_mib_except_while_bui
         with values.building():
             weight = torch.ones(2, 1, 512, 512)
         assert values.value_of(weight) is None and values.value_of(torch.ones(512, 512)) is not None
+
+
+def test_a_module_converted_to_what_it_is_keeps_its_fake_parameters():
+    # Switch Transformers casts its router to the router dtype in every forward; torch swaps a
+    # fake parameter with its conversion, which fails when that is the parameter itself.
+    with conversions_to_what_it_is_are_no_ops():
+        with FakeTensorMode():
+            layer = torch.nn.Linear(4, 4)
+            weight = layer.weight
+            assert layer.to(torch.float32) is layer and layer.weight is weight
+        real = torch.nn.Linear(4, 4)
+        assert real.to(torch.float64).weight.dtype == torch.float64  # a conversion that converts is torch's
+
+
+def test_a_known_scalar_formats_as_its_value():
+    # Switch Transformers runs `self[f"expert_{index}"]` with a 0-dim tensor index.
+    with FakeTensorMode(allow_non_fake_inputs=True), KnownValues() as values, known_tensors_look_real(values):
+        index = torch.tensor([2, 5])[1] + 0
+        assert f"expert_{index}" == "expert_5"
+        weight = torch.ones(())
+        values.forget([weight])  # a weight's value: unknown to the estimate
+        assert f"{weight}".startswith("FakeTensor")  # formats as before
 
 
 def test_routing_assumptions():

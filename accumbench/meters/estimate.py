@@ -320,6 +320,29 @@ class LoggingTracker(LiveBytesTracker):
         return out
 
 
+@contextlib.contextmanager
+def conversions_to_what_it_is_are_no_ops() -> Iterator[None]:
+    """`module.to(dtype)` where every parameter and buffer already is that dtype does nothing,
+    as on real tensors. torch swaps each fake parameter with its conversion instead (`Module._apply`
+    always swaps a FakeTensor), which fails when the conversion is the parameter itself
+    ("_apply(): Couldn't swap Linear.weight"): Switch Transformers' router casts its classifier
+    to the router dtype in every forward."""
+    original = torch.nn.Module._apply
+
+    def _apply(module, fn, recurse=True):
+        tensors = [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
+        with torch.no_grad():
+            if tensors and all(fn(tensor) is tensor for tensor in tensors):
+                return module
+        return original(module, fn, recurse)
+
+    torch.nn.Module._apply = _apply
+    try:
+        yield
+    finally:
+        torch.nn.Module._apply = original
+
+
 # --- attention ---------------------------------------------------------------------------------
 
 def cuda_attention_kernel(assumed: str, dtype: torch.dtype, head_dim: int, has_mask: bool) -> str:
@@ -448,6 +471,7 @@ class EstimateMeter(Meter):
         stack.enter_context(self._mode)
         stack.enter_context(self._values)
         stack.enter_context(known_tensors_look_real(self._values))
+        stack.enter_context(conversions_to_what_it_is_are_no_ops())
         return stack
 
     def release(self, device: torch.device) -> None:
@@ -587,4 +611,5 @@ def describe_kind(assumptions: DeviceAssumptions) -> str:
 
 
 __all__ = ["EstimateMeter", "LoggingTracker", "Replay", "StepProfile", "attention_backward_scratch",
+           "conversions_to_what_it_is_are_no_ops",
            "cuda_attention_kernel", "describe_kind", "estimate_measurement"]

@@ -118,7 +118,30 @@ def known_tensors_look_real(values: "KnownValues") -> Iterator[None]:
 
     Then transformers' `warn_if_padding_and_no_attention_mask` runs as in the real step, and
     reads the batch (is the pad token among the first and last ids?) only to log a warning: what
-    it reads decides no size (`KnownValues.deciding_nothing`)."""
+    it reads decides no size (`KnownValues.deciding_nothing`).
+
+    A 0-dim tensor of known value also formats as its value, as a real one does (`Tensor.__format__`
+    reads `.item()` for a plain tensor only): Switch Transformers names the expert to run by
+    `f"expert_{index}"`."""
+    def __format__(tensor, spec):
+        if tensor.dim() == 0 and values.value_of(tensor) is not None:
+            return tensor.item().__format__(spec)
+        return torch.Tensor.__format__(tensor, spec)
+
+    previous = FakeTensor.__dict__.get("__format__")  # entered again inside itself: put back what was
+    FakeTensor.__format__ = __format__
+    try:
+        with _transformers_sees_known_tensors_as_real(values):
+            yield
+    finally:
+        if previous is None:
+            del FakeTensor.__format__
+        else:
+            FakeTensor.__format__ = previous
+
+
+@contextlib.contextmanager
+def _transformers_sees_known_tensors_as_real(values: "KnownValues") -> Iterator[None]:
     module = sys.modules.get("transformers.utils.import_utils")
     original = getattr(module, "is_fake_tensor", None)
     if original is None:
