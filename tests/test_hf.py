@@ -205,6 +205,12 @@ def test_image_size_builds_the_model_for_that_size():
     images = workload.make_batch(2, torch.Generator().manual_seed(0))["pixel_values"]
     assert images.shape == (2, 3, 48, 48)
     assert model(pixel_values=images).logits.shape == (2, 10)
+    # CLIP keeps its image size in its vision sub-config (set here by a JSON table option).
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    clip = load_workload("hf:clip", {"task": "image-cls", "image_size": 32, "vision_config": {**small, "patch_size": 8},
+                                     "text_config": small})
+    pixels = clip.make_batch(2, torch.Generator().manual_seed(0))["pixel_values"]
+    assert clip.build_model()(pixel_values=pixels).logits.shape[0] == 2 and pixels.shape[-1] == 32
 
 
 def test_check_finds_hf_trainers_padded_mean_loss_and_token_norm_removes_it():

@@ -353,13 +353,15 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
     if task == "image-cls":
         if padded:
             raise WorkloadError("padded=true applies to text tasks, not image-cls")
-        configured = getattr(config, "image_size", None)
+        # CLIP- and SigLIP-style classifiers keep the image settings in their vision sub-config.
+        vision = config if hasattr(config, "image_size") else getattr(config, "vision_config", None) or config
+        configured = getattr(vision, "image_size", None)
         size = image_size or configured or DEFAULT_IMAGE_SIZE
         size = int(size[0] if isinstance(size, (list, tuple)) else size)  # some configs give (h, w)
         if image_size and configured is not None:
             # The model is built for its config's size (ViT's position embeddings refuse another).
-            config.image_size = [size, size] if isinstance(configured, (list, tuple)) else size
-        channels = int(getattr(config, "num_channels", 3))
+            vision.image_size = [size, size] if isinstance(configured, (list, tuple)) else size
+        channels = int(getattr(vision, "num_channels", 3))
         make_batch = image_batch_maker(channels, size, num_labels, weight_dtype)
         count = None
         tokens_per_sample = None
