@@ -1,8 +1,9 @@
 """The model zoo: does the estimate equal the cpu meter on every causal-LM architecture that the
-installed transformers ships?
+installed transformers ships (and, with --task, every masked-LM, encoder-decoder or image type)?
 
     nice python benchmarks/zoo.py --out results/zoo/             # every type, ~1 h on 2 cores
     python benchmarks/zoo.py --types mixtral,llama,gpt2 --out /tmp/zoo/
+    python benchmarks/zoo.py --task image-cls --out results/zoo-image-cls/   # ~5 min
     accumbench run --device cpu --workload benchmarks/zoo.py:build --workload-opt model_type=olmoe \\
         --micro-batch 2 --accum-steps 1,2                         # one type, as a plug-in
 
@@ -15,6 +16,11 @@ and with `accumbench estimate --device-kind cpu` (large batch mb=2 and accumulat
 crash costs one row. Output in `--out`: `cpu.jsonl`, `estimate.jsonl` (the records),
 `table.md` (one row per type) and `summary.json` (tried, ran, estimated, byte-equal, every
 failure with its reason).
+
+With `--task masked-lm|seq2seq-lm|image-cls` the types are those of that task's Auto mapping,
+each built by `accumbench.workloads.hf.hf_workload` (the model's own loss, HF's labels) from the
+same tiny recipe, sequence 32 or 32 x 32 images, LayerDrop off (it skips layers at random in
+training, so the two meters would drop different ones).
 
 Mixture-of-experts types run with transformers' default experts implementation (`grouped_mm`:
 sizes do not depend on routing). `--eager-moe TYPES` also runs those types with the per-expert
@@ -71,6 +77,13 @@ POPULAR = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_
            "olmoe", "mamba", "mamba2", "granite", "cohere", "stablelm", "nemotron", "exaone4", "llama4_text",
            "gpt_oss", "deepseek_v3", "jamba", "dbrx"}
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+# --task: the Auto mapping whose types are swept; LayerDrop off (see the module docstring).
+TASK_MAPPINGS = {"masked-lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+                 "seq2seq-lm": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                 "image-cls": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
+NO_LAYERDROP = {"layerdrop": 0.0, "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0,
+                "speech_encoder_layerdrop": 0.0}
+IMAGE_SIZE = 32
 
 
 def tiny_config(model_type: str, **overrides):
@@ -142,9 +155,23 @@ MOE_350M = {"hidden_size": 768, "num_hidden_layers": 8, "num_attention_heads": 1
             "max_position_embeddings": 4096}
 
 
-def build(model_type: str = "llama", seq_len: int = SEQ_LEN, experts: str = "default", size: str = "tiny") -> Workload:
+def task_workload(model_type: str, task: str, seq_len: int = SEQ_LEN) -> Workload:
+    """The tiny recipe's model of `model_type` for `task` (masked-lm, seq2seq-lm, image-cls) as
+    `hf:` builds it, LayerDrop off."""
+    from accumbench.workloads.hf import hf_workload
+
+    config = tiny_config(model_type, **NO_LAYERDROP)
+    sizes = {"image_size": IMAGE_SIZE} if task == "image-cls" else {"seq_len": seq_len}
+    return hf_workload(config, task=task, name=f"zoo-{task}-{model_type}", **sizes)
+
+
+def build(model_type: str = "llama", seq_len: int = SEQ_LEN, experts: str = "default", size: str = "tiny",
+          task: str = "causal-lm") -> Workload:
     """Plug-in factory: `--workload benchmarks/zoo.py:build --workload-opt model_type=mixtral`
-    (`size=moe-350m`: the GPU check's OLMoE-shaped model instead of the tiny recipe)."""
+    (`size=moe-350m`: the GPU check's OLMoE-shaped model instead of the tiny recipe; `task`: the
+    tiny model for another task, see `task_workload`)."""
+    if task != "causal-lm":
+        return task_workload(model_type, task, seq_len)
     if size not in ("tiny", "moe-350m"):
         raise ValueError(f"size must be tiny or moe-350m, got {size!r}")
     name = f"zoo-{model_type}" + ("" if experts == "default" else f"-{experts}") + ("" if size == "tiny" else f"-{size}")
@@ -179,7 +206,7 @@ def cases_for(spec: str, options: dict) -> list:
             Case(spec, "accumulated", 2, 2, opts, warmup=1, steps=1)]
 
 
-def run_one(model_type: str, experts: str) -> dict:
+def run_one(model_type: str, experts: str, task: str = "causal-lm") -> dict:
     """Build, run on the cpu meter, estimate; the outcome and the records of one type."""
     from accumbench.estimate import estimate_cases
     from accumbench.estimate_assumptions import assumptions_for
@@ -187,9 +214,11 @@ def run_one(model_type: str, experts: str) -> dict:
 
     spec = f"{Path(__file__).resolve()}:build"
     options = {"model_type": model_type} if experts == "default" else {"model_type": model_type, "experts": experts}
+    if task != "causal-lm":
+        options["task"] = task
     try:
         config = tiny_config(model_type)
-        workload = causal_lm_workload(config, "probe")
+        workload = causal_lm_workload(config, "probe") if task == "causal-lm" else task_workload(model_type, task)
         workload.build_model()
     except Exception as exc:
         return {"type": model_type, "experts": experts, "outcome": "skipped",
@@ -237,7 +266,7 @@ def judge(result: dict) -> dict:
                       f"(baseline {e['baseline_allocated']} vs {c['baseline_allocated']})"}
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], task: str = "causal-lm") -> dict:
     """Counts over the default-implementation rows, and every failure with its reason."""
     main = [r for r in rows if r["experts"] == "default"]
     ran = [r for r in main if r["outcome"] in ("byte-equal", "within-routing-bound", "differs", "estimate-failed")]
@@ -245,7 +274,10 @@ def summarise(rows: list[dict]) -> dict:
     equal = [r for r in ran if r["outcome"] in ("byte-equal", "within-routing-bound")]
     return {
         "transformers": __import__("transformers").__version__, "torch": torch.__version__,
-        "cases": "large-batch mb=2 and accumulated mb=2 x2, seq 32, AdamW(foreach), fp32",
+        "task": task,
+        "cases": f"large-batch mb=2 and accumulated mb=2 x2, "
+                 f"{f'{IMAGE_SIZE}x{IMAGE_SIZE} images' if task == 'image-cls' else 'seq 32'}, AdamW(foreach), fp32"
+                 + ("" if task == "causal-lm" else ", LayerDrop off"),
         "types": len(main), "not_reached": sum(r["outcome"] == "not-reached" for r in main),
         "tried": sum(r["outcome"] != "not-reached" for r in main),
         "skipped": sum(r["outcome"] == "skipped" for r in main),
@@ -282,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "zoo")
-    parser.add_argument("--types", help="comma-separated model types (default: every causal-LM type)")
+    parser.add_argument("--types", help="comma-separated model types (default: every type of the task)")
+    parser.add_argument("--task", default="causal-lm", choices=["causal-lm", *TASK_MAPPINGS],
+                        help="the Auto mapping swept (default causal-lm; the others by hf_workload)")
     parser.add_argument("--eager-moe", default="mixtral,qwen3_moe,olmoe,qwen2_moe",
                         help="MoE types also run with the per-expert loop (routing decides sizes)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per type")
@@ -293,14 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         torch.set_num_threads(1)
-        print(json.dumps(run_one(*args.one)))
+        print(json.dumps(run_one(*args.one, args.task)))
         return 0
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto import modeling_auto
 
-    types = args.types.split(",") if args.types else sorted(
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, key=lambda t: (t not in POPULAR, t))
-    jobs = [(t, "default") for t in types] + [(t, "eager") for t in (args.eager_moe or "").split(",")
-                                                if t and (not args.types or t in types)]
+    mapping = getattr(modeling_auto, TASK_MAPPINGS.get(args.task, "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"))
+    types = args.types.split(",") if args.types else sorted(mapping, key=lambda t: (t not in POPULAR, t))
+    eager = (args.eager_moe or "").split(",") if args.task == "causal-lm" else []
+    jobs = [(t, "default") for t in types] + [(t, "eager") for t in eager if t and (not args.types or t in types)]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -308,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         model_type, experts = job
         t0 = time.perf_counter()
         try:
-            result = pool.apply_async(run_one, job).get(timeout=args.timeout)
+            result = pool.apply_async(run_one, (*job, args.task)).get(timeout=args.timeout)
         except multiprocessing.TimeoutError:
             result = {"type": model_type, "experts": experts, "outcome": "crashed",
                       "reason": f"took over {args.timeout} s"}
@@ -346,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(judge(result))
             print(f"[{index}/{len(jobs)}] {result['type']} ({result['experts']}): {rows[-1]['outcome']} "
                   f"{rows[-1].get('reason', '')[:150]} ({result.get('seconds', '-')} s)", flush=True)
-    summary = summarise(rows)
+    summary = summarise(rows, args.task)
     summary["wall_s"] = round(time.perf_counter() - started)
     (args.out / "table.md").write_text(table(rows))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -134,6 +134,9 @@ def test_encoder_decoder_lms_train_on_their_labels_and_the_estimate_equals_the_c
         measured = measure(cpu_runner, spec, options, scenario, micro, accum)
         estimated = measure(estimate_runner, spec, options, scenario, micro, accum)
         assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
+    # No KV cache in the decoder, which keeps its own copy of the config: set after the build, the
+    # first model built kept one (+ its keys and values at the peak) and the next did not.
+    assert not workload.build_model().get_decoder().config.use_cache
 
 
 def test_check_on_t5_names_its_loss_that_ignores_num_items_in_batch():
