@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     """Sweep the types (each in its own process), write the records, table and summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "zoo")
+    parser.add_argument("--out", type=Path, help="output folder (default results/zoo, or results/zoo-TASK)")
     parser.add_argument("--types", help="comma-separated model types (default: every type of the task)")
     parser.add_argument("--task", default="causal-lm", choices=["causal-lm", *TASK_MAPPINGS],
                         help="the Auto mapping swept (default causal-lm; the others by hf_workload)")
@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only write the table and summary from OUT/raw (what a sweep left)")
     parser.add_argument("--one", nargs=2, metavar=("TYPE", "EXPERTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "results" / ("zoo" if args.task == "causal-lm" else f"zoo-{args.task}")
     if args.one:
         torch.set_num_threads(1)
         print(json.dumps(run_one(*args.one, args.task)))
