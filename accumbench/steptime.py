@@ -141,22 +141,27 @@ def is_training_batch_norm(func: Any, args: tuple, kwargs: dict) -> bool:
     return True
 
 
-def written_in_place(func: Any, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
-    """The tensors an op writes through its arguments (`Tensor(a!)` in its schema) and does not
-    return: the lists of an in-place foreach op (`_foreach_mul_` returns nothing), a fused
-    optimizer's states. An in-place op that returns its `self` (`add_`) has it counted as its
-    output already."""
+def written_arguments(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors an op writes through its arguments (`Tensor(a!)` or `Tensor(a!)[]` in its
+    schema): `add_`'s self, the lists of an in-place foreach op, a fused optimizer's states."""
     schema = getattr(func, "_schema", None)
     if schema is None or not schema.is_mutable:
         return []
-    returned = {id(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
     written = []
     for i, argument in enumerate(schema.arguments):
         if argument.alias_info is None or not argument.alias_info.is_write:
             continue
         value = args[i] if i < len(args) else kwargs.get(argument.name)
-        written.extend(t for t in tree_leaves(value) if isinstance(t, torch.Tensor) and id(t) not in returned)
+        written.extend(t for t in tree_leaves(value) if isinstance(t, torch.Tensor))
     return written
+
+
+def written_in_place(func: Any, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
+    """The tensors an op writes through its arguments and does not return (`written_arguments`
+    less its outputs): `_foreach_mul_` returns nothing; an in-place op that returns its `self`
+    (`add_`) has it counted as its output already."""
+    returned = {id(t) for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+    return [t for t in written_arguments(func, args, kwargs) if id(t) not in returned]
 
 
 def tensor_bytes(tree: Any) -> int:
@@ -474,4 +479,5 @@ def ratio_error(measured: Sequence[float], predicted: Sequence[float], groups: S
 
 __all__ = ["COPY_IN", "DTYPES", "KERNEL", "OUTSIDE", "OpTable", "OpTally", "PairOrder", "SpeedConstants", "StepTime",
            "VIEW", "grouped_mm_flops", "is_training_batch_norm", "kernel_seconds", "op_flops", "optimizer_step_start",
-           "pair_order", "predict_step_time", "ratio_error", "spearman", "tensor_bytes", "written_in_place"]
+           "pair_order", "predict_step_time", "ratio_error", "spearman", "tensor_bytes", "written_arguments",
+           "written_in_place"]

@@ -62,6 +62,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from accumbench.estimate_assumptions import MOE_ROUTINGS
 from accumbench.meters.fake_kernels import FAKE_KERNELS, UnmodelledOp, bound_arguments, op_name
+from accumbench.steptime import written_arguments
 
 aten = torch.ops.aten
 # Largest tensors whose values are kept: 64 MiB (indices, masks, one-hot routing, float masks
@@ -299,8 +300,7 @@ class KnownValues(TorchDispatchMode):
                 return self._data_dependent(func, args, kwargs, tensors, known, assumed)
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UnmodelledOp(op_name(func), f"its fake kernel failed ({first[:160]})") from None
-        written = [a for a, arg in zip(args, func._schema.arguments)
-                   if arg.alias_info is not None and arg.alias_info.is_write and isinstance(a, torch.Tensor)]
+        written = written_arguments(func, args, kwargs)
         if known and self._small(out):
             try:
                 self._remember(out, self._real(func, args, kwargs, tensors), assumed,

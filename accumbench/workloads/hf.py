@@ -399,15 +399,17 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         if getattr(part, "use_cache", None):
             part.use_cache = False
 
+    # The class the Auto class would pick, built as it builds it (its own from_config fails where
+    # the mapping names several classes and the config no architecture).
+    model_class = _model_class(auto_class, config)
+
     def build_model() -> torch.nn.Module:
         # Quiet: from_config logs nothing the user can act on (generation defaults, tied weights).
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         try:
             with _skip_weight_init_on_fake_tensors(transformers):
-                # The class the Auto class would pick, built as it builds it (its own from_config
-                # fails where the mapping names several classes and the config no architecture).
-                model = _model_class(auto_class, config)._from_config(config, dtype=weight_dtype)
+                model = model_class._from_config(config, dtype=weight_dtype)
         finally:
             transformers.logging.set_verbosity(verbosity)
         if task in _LOSS_TYPES:
@@ -426,7 +428,7 @@ def hf_workload(config, *, task: str | None = None, seq_len: int | None = None, 
         options=options,
         description=f"transformers {type(config).__name__.removesuffix('Config')} {task}, {shape}, "
                     f"random weights ({str(weight_dtype).removeprefix('torch.')})",
-        checkpoint_blocks=checkpoint_blocks(_model_class(auto_class, config)),
+        checkpoint_blocks=checkpoint_blocks(model_class),
     )
 
 
@@ -493,11 +495,12 @@ def _option_text(value: Any) -> str:
 
 def hf(model: str, **options: Any) -> Workload:
     """The `hf:<model>` factory: `<model>` as `resolve_hf_config` takes it; options `task`,
-    `seq_len`, `padded`, `dtype`, `image_size` (see `hf_workload`); any other option is a config
-    attribute (hidden_size=2048, num_hidden_layers=4, ...).
+    `seq_len`, `padded`, `dtype`, `image_size`, `target_len` (see `hf_workload`); any other
+    option is a config attribute (hidden_size=2048, num_hidden_layers=4, ...).
 
     The name in case ids is `hf-<model>` (a Hub id's "/" as "--"), then the task when it is not
-    the config's own, the sequence length when given, -padded, the dtype and the overrides.
+    the config's own, the sequence (and target) length and the image size when given, -padded,
+    the dtype and the overrides.
     """
     if not model:
         raise WorkloadError(f"hf: needs a model, e.g. hf:gpt2-small (examples: {', '.join(hf_examples())})")
