@@ -31,12 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from accumbench.meters.fake_kernels import FAKE_KERNELS  # noqa: E402
-
-
-def layout(tensor: torch.Tensor) -> tuple:
-    """What decides the bytes a tensor holds and whether a later op copies it."""
-    return tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype), tensor.untyped_storage().nbytes()
+from accumbench.meters.fake_kernels import FAKE_KERNELS, storage_layout  # noqa: E402
 
 
 class OpLog(TorchDispatchMode):
@@ -53,7 +48,7 @@ class OpLog(TorchDispatchMode):
         kernel = FAKE_KERNELS.get(func) if self.kernels else None
         out = kernel(*args, **kwargs) if kernel is not None else func(*args, **kwargs)
         if func.namespace != "prim":  # prim.device and kin: queries, no tensors made
-            self.ops.append((str(func), [layout(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]))
+            self.ops.append((str(func), [storage_layout(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]))
         return out
 
 

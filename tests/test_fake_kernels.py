@@ -22,6 +22,7 @@ from accumbench.meters.fake_kernels import (
     grouped_mm,
     imitating_cuda,
     lstm_workspace_bytes,
+    storage_layout,
 )
 from accumbench.meters.estimate import conversions_to_what_it_is_are_no_ops
 from accumbench.meters.known_values import KnownValues, known_tensors_look_real, routing_indices
@@ -38,10 +39,6 @@ needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason="no oneDNN bf16 o
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def layout(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.untyped_storage().nbytes())
-
-
 def real_and_fake(op, *args) -> tuple[list, list]:
     """Layouts of every output of `op` on real tensors and of its fake kernel (FAKE_KERNELS) on
     fake copies of them."""
@@ -49,7 +46,7 @@ def real_and_fake(op, *args) -> tuple[list, list]:
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = FAKE_KERNELS[op](*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
     as_list = lambda out: list(out) if isinstance(out, (tuple, list)) else [out]  # noqa: E731
-    return [layout(t) for t in as_list(real)], [layout(t) for t in as_list(fake)]
+    return [storage_layout(t) for t in as_list(real)], [storage_layout(t) for t in as_list(fake)]
 
 
 # --- grouped_mm: the fake kernel allocates what the real CPU kernel allocates ------------------
@@ -75,7 +72,7 @@ def test_grouped_mm_fake_kernel_allocates_what_the_real_kernel_does(dtype, a_sha
         a = torch.randn(3, a_shape[1], a_shape[2], generator=g).to(dtype)
     offs = torch.tensor(offsets, dtype=torch.int32) if offsets else None
     try:
-        real = layout(torch._grouped_mm(a, b, offs))
+        real = storage_layout(torch._grouped_mm(a, b, offs))
     except RuntimeError:
         real = None
     mode = FakeTensorMode()
@@ -83,7 +80,7 @@ def test_grouped_mm_fake_kernel_allocates_what_the_real_kernel_does(dtype, a_sha
         fa, fb = mode.from_tensor(a), mode.from_tensor(b)
         fo = mode.from_tensor(offs) if offs is not None else None
         try:
-            fake = layout(grouped_mm(fa, fb, fo))
+            fake = storage_layout(grouped_mm(fa, fb, fo))
         except RuntimeError:
             fake = None
     assert fake == real
@@ -353,8 +350,8 @@ def test_data_dependent_ops_take_the_real_result_sizes_and_bytes():
         known = mask * 2  # fake, value known
         nonzero, rows, unique = torch.nonzero(known), torch.where(known > 0)[0], torch.unique(known)
         count = int((known > 0).sum().item())
-    assert layout(nonzero) == layout(torch.nonzero(mask * 2))
-    assert layout(rows) == layout(torch.where(mask > 0)[0]) and layout(unique) == layout(torch.unique(mask * 2))
+    assert storage_layout(nonzero) == storage_layout(torch.nonzero(mask * 2))
+    assert storage_layout(rows) == storage_layout(torch.where(mask > 0)[0]) and storage_layout(unique) == storage_layout(torch.unique(mask * 2))
     assert count == 3
 
 

@@ -303,6 +303,14 @@ def _argument_names(op) -> tuple[str, ...]:
     return tuple(argument.name for argument in op._schema.arguments)
 
 
+def storage_layout(tensor: torch.Tensor | None) -> tuple | None:
+    """What a fake kernel must reproduce of a real kernel's output: shape, strides, dtype and
+    storage bytes (the bytes it holds, and whether a later op copies it). None for None."""
+    if tensor is None:
+        return None
+    return tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype), tensor.untyped_storage().nbytes()
+
+
 def bound_arguments(op, args: tuple, kwargs: dict) -> dict:
     """An op's arguments by their names in its schema (dispatch passes most positionally)."""
     return {**dict(zip(_argument_names(op), args)), **kwargs}

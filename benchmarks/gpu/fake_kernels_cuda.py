@@ -27,7 +27,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from accumbench.meters.fake_kernels import FAKE_KERNELS, imitating_cuda  # noqa: E402
+from accumbench.meters.fake_kernels import FAKE_KERNELS, imitating_cuda, storage_layout  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -82,8 +82,7 @@ def calls(device: torch.device) -> list[tuple[str, object, tuple]]:
 def layouts(result) -> list:
     """Shape, strides, dtype and storage bytes of every tensor the op returned."""
     tensors = list(result) if isinstance(result, (tuple, list)) else [result]
-    return [None if t is None else [list(t.shape), list(t.stride()), str(t.dtype), t.untyped_storage().nbytes()]
-            for t in tensors]
+    return [storage_layout(t) for t in tensors]
 
 
 def real_call(op, args: tuple, device: torch.device) -> tuple[list, int | None]:
