@@ -56,6 +56,7 @@ from accumbench.records import Record
 from accumbench.levers import Levers
 from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case
 from accumbench.scenarios import TrainingState, loss_weights
+from accumbench.textfmt import format_bytes
 from accumbench.timeline import Timeline
 
 MAX_MICRO_STEPS = 2  # micro-steps 3..N repeat micro-step 2 where checked (see the module docstring)
@@ -390,9 +391,9 @@ def predicted_oom(record: Record, assumptions: DeviceAssumptions) -> Record:
         return record
     return dataclasses.replace(
         record, status="oom",
-        error=(f"predicted peak {record.peak_allocated / 2**30:.2f} GiB exceeds the {assumptions.label}'s "
-               f"usable {usable / 2**30:.2f} GiB (total {assumptions.total_memory_bytes / 2**30:.2f} GiB "
-               f"less a {assumptions.reserve_bytes / 2**30:.2f} GiB reserve)"),
+        error=(f"predicted peak {format_bytes(record.peak_allocated)} exceeds the {assumptions.label}'s "
+               f"usable {format_bytes(usable)} (total {format_bytes(assumptions.total_memory_bytes)} "
+               f"less a {format_bytes(assumptions.reserve_bytes)} reserve)"),
     )
 
 

@@ -7,9 +7,10 @@ Pure functions over observations (measured records, or estimates made on the spo
    large batch (one micro-step), the others accumulate.
 2. Each candidate's peak is predicted: the observation at that micro-batch when there is one
    (accumulated peaks do not depend on N), else the straight line `fit_memory_line` fits through
-   the observations of the same kind (one micro-step, or accumulating). A measured OOM at a
-   micro-batch rules out that micro-batch and every larger one of the same kind (a one-step OOM
-   also rules out accumulating at that micro-batch and above: accumulating holds more).
+   the observations of the same kind (one micro-step, or accumulating). An OOM at a micro-batch
+   (measured, or an estimate above the device's usable memory) rules out that micro-batch and
+   every larger one of the same kind, whatever the budget (a one-step OOM also rules out
+   accumulating at that micro-batch and above: accumulating holds more).
 3. A candidate fits when its predicted peak is at most the budget less a safety margin (10% by
    default: fragmentation, other processes, what the prediction cannot see).
 4. Throughput: samples/s measured (or predicted by the estimate meter's step-time model) for
@@ -53,7 +54,12 @@ class PlanError(ValueError):
 
 
 class NothingFits(PlanError):
-    """No candidate fits the budget; the message says what the smallest one needs."""
+    """No candidate fits the budget; the message says what the smallest one needs, and `plan`
+    holds the candidates with no recommendation (for --json)."""
+
+    def __init__(self, message: str, plan: "Plan | None" = None) -> None:
+        super().__init__(message)
+        self.plan = plan
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ class Candidate:
     micro_batch: int
     accum_steps: int
     predicted_peak: int | None
-    peak_source: str  # "measured", "estimated", "measured at 4x32", "fit", "fit + gradients", "measured OOM", "unknown"
+    peak_source: str  # "measured", "estimated", "measured at 4x32", "fit", "fit + gradients", "measured OOM",
+    # "estimated, OOM" (a peak above the device's memory), "unknown"
     samples_per_s: float | None
     speed_source: str | None  # "measured", "estimated", "from mb=M xN" (borrowed), None: unknown
     fits: bool
@@ -115,13 +122,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Plan:
-    """The candidates of an effective batch under a budget, and the recommendation."""
+    """The candidates of an effective batch under a budget, and the recommendation (None only
+    in a `NothingFits`'s plan)."""
 
     effective_batch: int
     budget_bytes: int
     margin: float
     candidates: tuple[Candidate, ...]
-    recommended: Candidate
+    recommended: Candidate | None
     reason: str
     lines: dict[str, MemoryFit] = field(default_factory=dict)
     source: str = ""
@@ -140,7 +148,7 @@ class Plan:
 
     def slowdown(self, candidate: Candidate) -> float | None:
         """How many times slower than the recommendation a candidate runs (None: unknown)."""
-        best = self.recommended.samples_per_s
+        best = self.recommended.samples_per_s if self.recommended else None
         if not best or not candidate.samples_per_s:
             return None
         return best / candidate.samples_per_s
@@ -148,7 +156,7 @@ class Plan:
     def speed_ratio(self, candidate: Candidate) -> Ratio | None:
         """The recommendation's samples/s over the candidate's, with its interval where one can
         be given (see `speed_ratio`)."""
-        return speed_ratio(self.recommended, candidate, self.drift)
+        return speed_ratio(self.recommended, candidate, self.drift) if self.recommended else None
 
 
 def speed_ratio(a: Candidate | Observation, b: Candidate | Observation, drift: float = 0.0) -> Ratio | None:
@@ -202,32 +210,35 @@ def memory_lines(observations: Iterable[Observation]) -> dict[str, MemoryFit]:
 
 
 def _peak(kind: str, micro: int, accum: int, observations: Sequence[Observation], lines: dict[str, MemoryFit],
-          exact_source: str) -> tuple[int | None, str]:
+          exact_source: str) -> tuple[int | None, str, bool]:
+    """The candidate's predicted peak, where it comes from, and whether an observation says it
+    runs out of memory (a measured OOM, or an estimate above the device's usable memory: it does
+    not fit whatever the budget says)."""
     same = [o for o in observations if o.kind == kind]
     # Accumulating holds at least what one micro-step holds, so a one-step OOM rules it out too.
-    ooms = [o.micro_batch for o in observations if o.status == "oom" and o.peak_allocated is None
-            and (o.kind == kind or o.kind == SINGLE)]
-    if ooms and micro >= min(ooms):
-        return None, "measured OOM"
+    ooms = [o for o in observations if o.status == "oom" and (o.kind == kind or o.kind == SINGLE)]
+    out_of_memory = bool(ooms) and micro >= min(o.micro_batch for o in ooms)
     exact = [o for o in same if o.micro_batch == micro and o.peak_allocated is not None
              and o.status in ("ok", "oom")]
     if exact:
         # An accumulated peak does not depend on N: another N's peak stands in, and says so.
         donor = max(exact, key=lambda o: (o.accum_steps == accum, o.peak_allocated))
-        if donor.accum_steps == accum:
-            return donor.peak_allocated, exact_source
-        return donor.peak_allocated, f"{exact_source} at {donor.micro_batch}x{donor.accum_steps}"
+        source = exact_source if donor.accum_steps == accum else \
+            f"{exact_source} at {donor.micro_batch}x{donor.accum_steps}"
+        return donor.peak_allocated, source + (", OOM" if out_of_memory else ""), out_of_memory
+    if out_of_memory:
+        return None, f"{'estimated' if exact_source == 'estimated' else 'measured'} OOM", True
     if kind in lines:
-        return int(math.ceil(lines[kind].predict(micro))), "fit"
+        return int(math.ceil(lines[kind].predict(micro))), "fit", False
     if kind == SINGLE and ACCUMULATED in lines:
         # One micro-step holds no gradients across micro-steps: the accumulating line bounds it.
-        return int(math.ceil(lines[ACCUMULATED].predict(micro))), "fit (accumulating line)"
+        return int(math.ceil(lines[ACCUMULATED].predict(micro))), "fit (accumulating line)", False
     if kind == ACCUMULATED and SINGLE in lines:
         params = next((o.parameters for o in observations if o.parameters), None)
         if params:
             # Accumulating adds one fp32 copy of the gradients that persists across micro-steps.
-            return int(math.ceil(lines[SINGLE].predict(micro))) + 4 * params, "fit + gradients"
-    return None, "unknown"
+            return int(math.ceil(lines[SINGLE].predict(micro))) + 4 * params, "fit + gradients", False
+    return None, "unknown", False
 
 
 def _speed(micro: int, accum: int, observations: Sequence[Observation]
@@ -268,10 +279,10 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     candidates = []
     for micro, accum in divisor_pairs(effective_batch):
         kind = SINGLE if accum == 1 else ACCUMULATED
-        peak, peak_source = _peak(kind, micro, accum, observations, lines, exact_source)
+        peak, peak_source, out_of_memory = _peak(kind, micro, accum, observations, lines, exact_source)
         speed, speed_source, donor = _speed(micro, accum, observations)
         candidates.append(Candidate(micro, accum, peak, peak_source, speed, speed_source,
-                                    fits=peak is not None and peak <= limit,
+                                    fits=peak is not None and not out_of_memory and peak <= limit,
                                     step_times=donor.step_times if donor else (),
                                     speed_error=donor.speed_error if donor else None))
     known = [c for c in candidates if c.predicted_peak is not None]
@@ -281,11 +292,13 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     fitting = [c for c in candidates if c.fits]
     if not fitting:
         smallest = min(known, key=lambda c: c.predicted_peak)
-        raise NothingFits(
-            f"no configuration of effective batch {effective_batch} fits in {format_bytes(budget_bytes)} "
-            f"({format_bytes(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
-            f"{smallest.micro_batch} x {smallest.accum_steps}, needs {format_bytes(smallest.predicted_peak)}"
-        )
+        message = (f"no configuration of effective batch {effective_batch} fits in {format_bytes(budget_bytes)} "
+                   f"({format_bytes(limit)} usable with a {margin:.0%} margin): the smallest, micro-batch "
+                   f"{smallest.micro_batch} x {smallest.accum_steps}, needs {format_bytes(smallest.predicted_peak)}")
+        if smallest.predicted_peak <= limit:  # it fits the budget, not the device
+            message += " and runs out of the device's memory"
+        raise NothingFits(message, Plan(effective_batch, budget_bytes, margin, tuple(candidates), None, message,
+                                        lines, source, workload))
     timed = [StepTimes(o.step_times) for o in observations if len(o.step_times) >= 2]
     drift = typical_spread(timed) or 0.0
     rated = [c for c in fitting if c.samples_per_s]
@@ -302,7 +315,7 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
     else:
         best = max(fitting, key=lambda c: c.micro_batch)
         reason = ("the largest micro-batch that fits (no throughput measured; larger micro-batches "
-                  "keep the GPU busier)")
+                  "keep the device busier)")
     return Plan(effective_batch, budget_bytes, margin, tuple(candidates), best, reason, lines, source, workload,
                 drift)
 
@@ -472,7 +485,7 @@ def _interval(ratio: Ratio | None) -> list[float] | None:
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    """The plan as plain data (for --json)."""
+    """The plan as plain data (for --json); "recommended" is None in a `NothingFits`'s plan."""
     def cand(c: Candidate) -> dict[str, Any]:
         return {"micro_batch": c.micro_batch, "accum_steps": c.accum_steps, "predicted_peak": c.predicted_peak,
                 "peak_source": c.peak_source, "samples_per_s": c.samples_per_s, "speed_source": c.speed_source,
@@ -485,7 +498,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                         "r2": f.r2 if f.points >= MIN_POINTS_FOR_R2 else None, "points": f.points}
                   for k, f in plan.lines.items()},
         "candidates": [cand(c) for c in plan.ranked()],
-        "recommended": cand(plan.recommended), "reason": plan.reason,
+        "recommended": cand(plan.recommended) if plan.recommended else None, "reason": plan.reason,
     }
 
 

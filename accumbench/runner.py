@@ -104,7 +104,7 @@ def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int
     With a `meter`, the meter builds the model (the estimate meter makes it of fake tensors).
     The DDP runner passes `wrap` (the model in DistributedDataParallel) and `make_batches`
     (this rank's shards of the global micro-batches and their loss weights)."""
-    check_compatible(case.scenario, workload)
+    check_compatible(case.scenario, workload, case.loss_norm)
     options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
     torch.manual_seed(seed)
     model = meter.build_model(workload, device) if meter else workload.build_model().to(device)

@@ -176,7 +176,7 @@ def loss_weights(workload: Workload, micro_batches: Sequence[Any], loss_norm: st
     if loss_norm == "mean":
         return [1.0 / n] * n
     if workload.count_loss_elements is None:
-        raise ValueError(f"loss_norm='token' needs a workload that counts loss elements; {workload.name} does not")
+        raise ValueError(token_norm_unsupported(workload))
     counts = [workload.count_loss_elements(b) for b in micro_batches]
     total = sum(counts)
     return [c / total for c in counts]
@@ -268,8 +268,16 @@ def needs_retain_graph(scenario: str, workload: Workload) -> bool:
     return scenario == "multitask-sequential" and workload.layout != "separate"
 
 
-def check_compatible(scenario: str, workload: Workload) -> None:
-    """Raise ValueError with a clear message when the scenario cannot run this workload."""
+def token_norm_unsupported(workload: Workload) -> str:
+    """The one-line refusal of loss_norm='token' for a workload that counts no loss elements."""
+    return f"loss_norm='token' needs a workload that counts loss elements; {workload.name} does not"
+
+
+def check_compatible(scenario: str, workload: Workload, loss_norm: str = "mean") -> None:
+    """Raise ValueError with a clear message when the scenario (with this loss normalisation)
+    cannot run this workload."""
+    if loss_norm == "token" and workload.count_loss_elements is None:
+        raise ValueError(token_norm_unsupported(workload))
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if scenario in MULTITASK_SCENARIOS and not workload.is_multitask:

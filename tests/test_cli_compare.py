@@ -297,6 +297,17 @@ def test_baseline_update_refuses_mixed_setups(files):
     assert not Path("new.jsonl").exists()
 
 
+def test_baseline_update_says_when_the_setup_changes(files):
+    write_records("h100.jsonl", [record("gpt-tiny/accumulated/mb2/acc4", 4_000_000, QUICK, meter="cuda",
+                                        device_name="NVIDIA H100")])
+    result = invoke("baseline", "update", "base.jsonl", "h100.jsonl", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "note:    the baseline changes setup: meter=cpu device='cpu (x86_64, 2 threads)'" in result.output
+    assert "-> meter=cuda device='NVIDIA H100'" in result.output
+    same = invoke("baseline", "update", "base.jsonl", "cur.jsonl", "--dry-run")
+    assert "changes setup" not in same.output
+
+
 def test_baseline_update_with_unreadable_results_exits_2(files):
     Path("bad.jsonl").write_text("{not json\n")
     result = invoke("baseline", "update", "base.jsonl", "bad.jsonl", "--yes")

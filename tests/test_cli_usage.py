@@ -29,3 +29,11 @@ def test_a_bad_value_the_command_checks_itself_is_still_one_line():
     result = CliRunner().invoke(main, ["run", "--micro-batch", "x"], prog_name="accumbench")
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("error: --micro-batch")
+
+
+@pytest.mark.parametrize("args", [[], ["baseline"]])
+def test_a_group_with_no_command_shows_its_help_not_an_error(args):
+    result = CliRunner().invoke(main, args, prog_name="accumbench")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: accumbench") and "error:" not in result.stderr
+    assert "Commands:" in result.stderr

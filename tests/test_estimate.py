@@ -202,7 +202,7 @@ def test_a_peak_above_the_device_memory_is_a_predicted_oom():
     small = assumptions_for("h100", {"total_memory_bytes": "64MiB", "reserve_bytes": "0"})
     record = estimate_cases([case("mlp", "large-batch", 2)], small)[0]
     assert record.status == "oom" and record.peak_allocated > 64 * MIB  # two cuBLAS workspaces alone
-    assert "exceeds the H100's usable 0.06 GiB" in record.error
+    assert "exceeds the H100's usable 64.0 MiB (total 64.0 MiB less a 0 B reserve)" in record.error
     ok = dataclasses.replace(record, status="ok", error=None, peak_allocated=10)
     assert predicted_oom(ok, small) is ok
 

@@ -343,6 +343,25 @@ def test_report_puts_each_lever_beside_its_eager_twin():
     assert sorted(frame["variant"]) == ["ckpt-blocks", "compile", "eager"]
 
 
+def test_levers_figure_draws_only_what_ran_and_no_speed_panel_for_estimates():
+    import dataclasses
+
+    from accumbench.records import records_to_frame
+    from accumbench.report.data import prepare
+    from accumbench.report.levers import levers_figure
+
+    eager, ckpt = lever_record(4_000_000, 0.10), lever_record(3_000_000, 0.125, checkpoint="blocks")
+    failed = [dataclasses.replace(r, status="error", error="boom", peak_allocated=None) for r in (eager, ckpt)]
+    assert levers_figure(prepare(records_to_frame(failed))[0]) is None  # nothing ran: no empty axes
+    # Estimates have no measured samples/s: one panel, and a predicted OOM gets no bar.
+    estimated = [dataclasses.replace(r, meter="estimate", device_name="estimate: H100") for r in (eager, ckpt)]
+    estimated[0] = dataclasses.replace(estimated[0], status="oom", error="predicted peak exceeds the device")
+    figure = levers_figure(prepare(records_to_frame(estimated))[0])
+    (memory_ax,) = figure.axes
+    widths = [bar.get_width() for container in memory_ax.containers for bar in container]
+    assert widths == [0.0, pytest.approx(3_000_000 / 2**20)]  # eager OOM, ckpt-blocks in MiB
+
+
 # --- plan across levers ------------------------------------------------------------------------------
 
 def test_plan_across_levers_recommends_what_fits_and_says_what_checkpointing_costs():

@@ -23,6 +23,7 @@ from accumbench.plan import (
     memory_lines,
     observations_from_records,
     orders,
+    plan_to_dict,
     select_records,
 )
 from accumbench.records import Record, write_records
@@ -441,3 +442,86 @@ def test_observations_carry_measured_step_times_and_the_estimates_ratio_error():
     m, e = observations_from_records([measured, estimated])
     assert m.step_times == (0.1, 0.2) and m.speed_error is None and not m.speed_predicted
     assert e.step_times == () and e.speed_error == 1.37 and e.speed_predicted
+
+
+def test_an_estimate_above_the_devices_memory_never_fits_whatever_the_budget():
+    # The estimate meter keeps the peak of a case it predicts out of memory (status "oom"): the
+    # peak is shown, but no budget, however large, makes that micro-batch or a larger one fit.
+    obs = observations() + [Observation(8, 1, "oom", line_peak(8, 1))]
+    plan = make_plan(8, 1000 * GIB, obs, exact_source="estimated")
+    by_pair = {(c.micro_batch, c.accum_steps): c for c in plan.candidates}
+    assert by_pair[(8, 1)].predicted_peak == line_peak(8, 1)
+    assert by_pair[(8, 1)].peak_source == "estimated, OOM" and not by_pair[(8, 1)].fits
+    assert by_pair[(4, 2)].fits and plan.recommended.micro_batch == 4
+    # Beyond it, where only the line predicts: accumulating holds more than one micro-step.
+    wider = {(c.micro_batch, c.accum_steps): c for c in make_plan(64, 1000 * GIB, obs, exact_source="estimated").candidates}
+    for pair in ((8, 8), (32, 2), (64, 1)):
+        assert wider[pair].peak_source == "estimated OOM" and not wider[pair].fits
+    assert wider[(4, 16)].fits
+
+
+def test_when_nothing_fits_the_error_carries_the_candidates_with_no_recommendation():
+    with pytest.raises(NothingFits) as caught:
+        make_plan(64, 2 * GIB, observations())
+    unfit = caught.value.plan
+    assert unfit.recommended is None and len(unfit.candidates) == len(divisor_pairs(64))
+    data = plan_to_dict(unfit)
+    assert data["recommended"] is None and not any(c["fits"] for c in data["candidates"])
+    assert data["reason"] == str(caught.value)
+
+
+def test_plan_checks_levers_and_knobs_against_the_workload_before_estimating():
+    runner = CliRunner()
+    for args, message in [(["--freeze", "nomatch"], "--freeze 'nomatch' matches no parameter"),
+                          (["--checkpoint", "nomatch"], "--checkpoint 'nomatch' matches no module"),
+                          (["--loss-norm", "token"], "needs a workload that counts loss elements")]:
+        result = runner.invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny", *args,
+                                      "--effective-batch", "8", "--memory-budget", "1GiB", "--device-kind", "cpu"])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "estimating" not in result.output
+
+
+def test_plan_json_when_nothing_fits_lists_what_each_candidate_needs():
+    result = CliRunner().invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny", "--json",
+                                       "--effective-batch", "4", "--memory-budget", "1KiB", "--device-kind", "cpu"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["recommended"] is None and len(data["candidates"]) == 3
+    assert all(c["predicted_peak"] > 1024 and not c["fits"] for c in data["candidates"])
+
+
+def test_plan_says_when_the_budget_is_more_than_the_device_holds():
+    result = CliRunner().invoke(main, ["plan", "--workload", "mlp", "--workload-opt", "size=tiny",
+                                       "--effective-batch", "4", "--memory-budget", "100GiB",
+                                       "--assume", "total_memory_bytes=200MiB", "--assume", "reserve_bytes=0"])
+    assert result.exit_code == 0, result.output
+    assert "note: the budget (100 GiB) is more than the H100's usable 200 MiB" in result.stderr
+
+
+def _estimated_results(tmp_path):
+    records = [_record(case_id=f"c{m}", meter="estimate", device_name="estimate: H100", micro_batch=m,
+                       accum_steps=8 // m, scenario="large-batch" if m == 8 else "accumulated",
+                       peak_allocated=1000 + 100 * m, samples_per_s=100.0 * m, step_times_s=(),
+                       assumptions={"kind": "h100", "speed_ratio_error": 1.5}) for m in (1, 2, 4, 8)]
+    path = tmp_path / "estimates.jsonl"
+    write_records(path, records)
+    return path
+
+
+def test_plan_from_results_takes_the_users_speed_ratio_error_and_refuses_flags_it_would_ignore(tmp_path):
+    path = _estimated_results(tmp_path)
+    runner = CliRunner()
+    base = ["plan", "--results", str(path), "--effective-batch", "8", "--memory-budget", "1MiB", "--json"]
+
+    def interval(*extra):
+        result = runner.invoke(main, [*base, *extra])
+        assert result.exit_code == 0, result.output
+        return next(c["slowdown_interval"] for c in json.loads(result.stdout)["candidates"] if c["micro_batch"] == 4)
+
+    assert interval() == pytest.approx([2 / 1.5, 2 * 1.5])  # the records' own error
+    assert interval("--assume", "speed_ratio_error=3") == pytest.approx([2 / 3, 2 * 3])
+    for extra, message in [(["--assume", "flop_efficiency=0.5"], "with --results only --assume speed_ratio_error"),
+                           (["--assume", "speed_ratio_error=0.5"], "speed_ratio_error must be a finite factor"),
+                           (["--device-kind", "a100"], "--device-kind chooses the device of estimates made here")]:
+        result = runner.invoke(main, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)

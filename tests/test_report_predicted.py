@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from accumbench.cli import main
-from accumbench.records import read_records
+from accumbench.records import read_records, write_records
 from accumbench.report.build import build_report
 
 TINY = ["--workload", "mlp", "--workload-opt", "size=tiny", "--micro-batch", "2,4", "--accum-steps", "1"]
@@ -32,3 +32,49 @@ def test_report_draws_predicted_vs_measured_and_keeps_predictions_out_of_through
     estimate_section = next(s for s in report.sections if "estimate" in s.title)
     throughput = [b for b in estimate_section.blocks if b.kind.name == "throughput_vs_effective_batch"]
     assert all(b.png is None and not b.findings for b in throughput)
+
+
+def _pair_of_files(tmp_path):
+    """Hand-made estimates and measurements of the same three cases (tokens counted too), one
+    file each: two sections, so the predicted-vs-measured figure joins them."""
+    from test_report import H100, rec
+
+    measured, predicted = [], []
+    for micro, seconds in ((8, 0.04), (16, 0.05), (32, 0.08)):
+        common = dict(micro=micro, peak_allocated=micro * 2**20)
+        measured.append(rec(**common, step_times_s=[seconds] * 6, samples_per_s=micro / seconds,
+                            tokens_per_s=512 * micro / seconds))
+        predicted.append(rec(**common, meter="estimate", device_name=f"estimate: {H100}", step_times_s=[],
+                             samples_per_s=1.2 * micro / seconds, tokens_per_s=1.2 * 512 * micro / seconds))
+    paths = tmp_path / "measured.jsonl", tmp_path / "predicted.jsonl"
+    write_records(paths[0], measured)
+    write_records(paths[1], predicted)
+    return paths
+
+
+def test_the_page_and_summary_show_predicted_vs_measured_across_sections(tmp_path):
+    report = build_report(list(_pair_of_files(tmp_path)), tmp_path / "report")
+    across = report.sections[-1]
+    assert across.across and [s.across for s in report.sections] == [False, False, True]
+    block = across.blocks[0]
+    assert block.kind.name == "predicted_vs_measured_throughput" and block.png is not None
+    assert block.findings == ("Predicted samples/s are within 20% of the measured (median over 3 cases); the worst "
+                              "is +20% (gpt/large-batch/mb8/acc1).",)
+    table = block.tables[0]
+    assert [c.value for c in table.column("error")] == pytest.approx([0.2] * 3)
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert 'id="across-predicted_vs_measured_throughput"' in page and "in 2 sections" in page
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "Predicted (estimate meter, no GPU) vs measured samples/s, worst first:" in summary
+    assert "| gpt | gpt/large-batch/mb32/acc1 | 400.0 | 480.0 | +20.0% |" in summary
+
+
+def test_predicted_tokens_per_second_are_drawn_nowhere(tmp_path):
+    report = build_report(list(_pair_of_files(tmp_path)), tmp_path / "report")
+    estimate_section = next(s for s in report.sections if "estimate" in s.title)
+    kinds = {b.kind.name: b for b in estimate_section.blocks}
+    assert "tokens_vs_effective_batch" not in kinds
+    throughput = kinds["throughput_vs_effective_batch"].tables[0]
+    assert all(cell.value is None for cell in throughput.column("tokens/s"))
+    measured_section = report.sections[0]
+    assert "tokens_vs_effective_batch" in {b.kind.name for b in measured_section.blocks}

@@ -40,8 +40,9 @@ class OneLineUsageError(click.UsageError):
 
 def _one_line(exc: click.UsageError, command_path: str | None = None) -> OneLineUsageError:
     """`exc` as a `OneLineUsageError`; `command_path` names the command when click gave no context
-    (an option's missing value is found before the command's context exists)."""
-    if isinstance(exc, OneLineUsageError):
+    (an option's missing value is found before the command's context exists). A group run with
+    no command stays as click raises it: its help, shown as help (exit 2)."""
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
         return exc
     return OneLineUsageError(exc.format_message(), exc.ctx, command_path)
 

@@ -257,7 +257,7 @@ def validate_cases(runner, cases) -> None:
         try:
             workload = runner.workload(case)
             default_optimizer_label(workload)  # case ids name the optimizer: a factory that fails stops here
-            check_compatible(case.scenario, workload)
+            check_compatible(case.scenario, workload, case.loss_norm)
             if Levers.of(case).active:
                 check_levers(workload)
             if case.compile and runner.meter.name == "estimate":

@@ -82,7 +82,7 @@ def _check_cases(dcases):
     workloads = WorkloadCache()
     for dcase in dcases:
         try:
-            check_compatible(dcase.case.scenario, workloads.get(dcase.case))
+            check_compatible(dcase.case.scenario, workloads.get(dcase.case), dcase.case.loss_norm)
             if dcase.case.compile:
                 raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
         except (WorkloadError, ValueError) as exc:

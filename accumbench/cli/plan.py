@@ -101,8 +101,12 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     except ValueError as exc:
         fail_input(f"--memory-budget: {exc}")
     if budget <= 0:
-        fail_input(f"--memory-budget must be positive, got {memory_budget!r}")
+        fail_input(f"--memory-budget must be at least 1 byte, got {memory_budget!r}")
     margin_value = _fraction(margin)
+    if results:
+        speed_error = _check_results_flags(assume)
+    else:
+        _note_budget_beyond_device(budget, device_assumptions(device_kind, assume))
     if not results and lever_settings().get("compile"):
         # Without --results every candidate is estimated, and the estimate refuses --compile:
         # say so now (exit 2), not after estimating each candidate in turn (exit 1).
@@ -131,7 +135,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     try:
         if results:
             observations, source, exact, name, pool = _from_results(results, workload, family, amp, set_to_none,
-                                                                    loss_norm, world_size)
+                                                                    loss_norm, world_size, speed_error)
         else:
             if workload is None:
                 fail_input("give --workload to estimate, or --results with measured records")
@@ -147,6 +151,8 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                          source=source, workload=name)
     except NothingFits as exc:
         click.echo(f"no configuration fits: {exc}", err=True)
+        if as_json and exc.plan is not None:  # what each candidate needs, for a tool to read
+            click.echo(json.dumps(plan_to_dict(exc.plan), indent=2))
         made = None
     except PlanError as exc:
         fail_input(str(exc))
@@ -164,7 +170,44 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
         sys.exit(1)
 
 
-def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1):
+def _check_results_flags(assume) -> float | None:
+    """With --results the plan is for the results' device: --device-kind given on the command line
+    would be silently ignored, and of --assume only the step-time model's ratio error
+    (`speed_ratio_error`, which widens estimated speed ratios) still means something: exit 2
+    for the others; return that error factor (None when not given)."""
+    from click.core import ParameterSource
+
+    from accumbench.estimate_assumptions import parse_overrides
+
+    if click.get_current_context().get_parameter_source("device_kind") == ParameterSource.COMMANDLINE:
+        fail_input("--device-kind chooses the device of estimates made here; with --results the plan is "
+                   "for the device the results were measured (or estimated) on")
+    try:
+        keys = set(parse_overrides(assume))
+    except ValueError as exc:
+        fail_input(str(exc))
+    if keys - {"speed_ratio_error"}:
+        fail_input(f"--assume {sorted(keys - {'speed_ratio_error'})[0]} changes estimates made here; with --results "
+                   "only --assume speed_ratio_error applies (to the results' estimated speeds)")
+    # Any kind types and checks the value as the estimate would.
+    return device_assumptions("h100", assume).speed_ratio_error if keys else None
+
+
+def _note_budget_beyond_device(budget: int, assumptions) -> None:
+    """Say when the budget is more than the device kind holds: the estimate's out-of-memory
+    verdict, not the budget, then decides what fits."""
+    from accumbench.textfmt import format_bytes
+
+    usable = assumptions.usable_memory_bytes
+    if usable is not None and budget > usable:
+        click.echo(f"note: the budget ({format_bytes(budget)}) is more than the {assumptions.label}'s usable "
+                   f"{format_bytes(usable)}; a configuration predicted above that runs out of memory and never "
+                   "fits (--assume total_memory_bytes=... for a larger device)", err=True)
+
+
+def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1, speed_error=None):
+    import dataclasses
+
     from accumbench.plan import observations_from_records, select_records
     from accumbench.records import RecordError, read_records
 
@@ -199,8 +242,11 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
     meter = chosen[0].meter
     source = f"{'estimates' if meter == 'estimate' else 'measured results'} on {chosen[0].device_name} " \
              f"({', '.join(str(p) for p in paths)})"
-    return (observations_from_records(chosen), source, "estimated" if meter == "estimate" else "measured",
-            chosen[0].workload, pool)
+    observations = observations_from_records(chosen)
+    if speed_error is not None:  # the user's own bound on the step-time model's ratio error
+        observations = [dataclasses.replace(o, speed_error=speed_error) if o.speed_predicted else o
+                        for o in observations]
+    return (observations, source, "estimated" if meter == "estimate" else "measured", chosen[0].workload, pool)
 
 
 def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None:
@@ -230,13 +276,18 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None
 
 def _from_estimates(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind, assume,
                     world_size=1) -> list:
-    """The estimate records of every candidate (rank 0's under FSDP); exit 1 when one failed."""
-    from accumbench.estimate import estimate_cases
+    """The estimate records of every candidate (rank 0's under FSDP); exit 2 when the levers or
+    knobs do not fit the workload (checked on one case of each scenario before estimating
+    anything), exit 1 when an estimate failed."""
+    from accumbench.cli.common import validate_cases
+    from accumbench.estimate import estimate_cases, estimate_runner
     from accumbench.plan import candidate_cases
 
     assumptions = device_assumptions(device_kind, assume)
     cases = candidate_cases(spec, options, effective_batch, family, amp=amp, set_to_none=set_to_none,
                             loss_norm=loss_norm, **lever_settings())
+    runner = estimate_runner(assumptions)
+    validate_cases(runner, list({case.scenario: case for case in cases}.values()))
     progress = _progress(f"estimating {len(cases)} candidate(s) for {assumptions.label}"
                          + (f", rank 0 of {world_size} (FSDP)" if world_size > 1 else ""), len(cases))
     if world_size > 1:
@@ -246,7 +297,7 @@ def _from_estimates(spec, options, effective_batch, family, amp, set_to_none, lo
         records = estimate_fsdp([FsdpCase(c, no_sync=c.scenario == "accumulated") for c in cases],
                                 assumptions, world_size, on_record=progress)
     else:
-        records = estimate_cases(cases, assumptions, on_record=progress)
+        records = estimate_cases(cases, assumptions, runner=runner, on_record=progress)
     errors = [r for r in records if r.status == "error"]
     if errors:
         click.echo(f"cannot plan: estimating {errors[0].case_id} failed: {errors[0].error}", err=True)

@@ -42,4 +42,4 @@ def report(results: tuple[Path, ...], out_dir: Path, title: str) -> None:
     figures = sum(1 for f in result.files if f.suffix == ".png")
     click.echo(f"wrote {out_dir / 'index.html'}, {out_dir / 'summary.md'} and {figures} "
                f"figure(s) (PNG + SVG): {result.records} case(s) in "
-               f"{len(result.sections)} section(s)")
+               f"{sum(not s.across for s in result.sections)} section(s)")

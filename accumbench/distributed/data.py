@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 import torch.utils._pytree as pytree
 
+from accumbench.scenarios import token_norm_unsupported
 from accumbench.workloads import Workload
 
 
@@ -39,6 +40,6 @@ def ddp_loss_weights(workload: Workload, global_batches: Sequence[Any], shards: 
     if loss_norm == "mean":
         return [1.0 / n] * n
     if workload.count_loss_elements is None:
-        raise ValueError(f"loss_norm='token' needs a workload that counts loss elements; {workload.name} does not")
+        raise ValueError(token_norm_unsupported(workload))
     total = sum(workload.count_loss_elements(b) for b in global_batches)
     return [world_size * workload.count_loss_elements(s) / total for s in shards]

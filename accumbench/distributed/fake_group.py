@@ -67,7 +67,7 @@ class FsdpEstimator:
         """Rank 0's sharded model of fake tensors, its optimizer and its micro-batch slices.
         Call inside the meter's `case_context()`."""
         case = fcase.case
-        check_compatible(case.scenario, workload)
+        check_compatible(case.scenario, workload, case.loss_norm)
         torch.manual_seed(self.seed)
         with torch.device("meta"):
             model = workload.build_model()

@@ -101,6 +101,13 @@ def plan_update(
             f"a baseline holds one setup, these records come from {len(setups)}: {listed}. "
             "Keep one baseline file per device (e.g. results/baseline-cpu.jsonl, results/baseline-h100.jsonl)"
         )
+    before_setups = sorted({(r.meter, r.device_name, r.torch_version) for r in previous.values()})
+    if before_setups and before_setups != setups:
+        # Every old number is then incomparable with the new ones: say so, a silent switch of
+        # device under a CI gate would pass anything.
+        described = ["; ".join(f"meter={m} device={d!r} torch={t}" for m, d, t in group)
+                     for group in (before_setups, setups)]
+        notes.append(f"the baseline changes setup: {described[0]} -> {described[1]}")
     errors = [k for k, r in fresh.items() if r.status == "error"]
     if errors:
         notes.append(f"{len(errors)} case(s) have status 'error' and will be baselined as such: {', '.join(errors)}")

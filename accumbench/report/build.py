@@ -78,10 +78,11 @@ FIGURES: tuple[FigureKind, ...] = (
         "The estimate meter's predicted samples/s (the step-time model, no GPU) against the measured, "
         "for the cases the files hold both of; the band is +-25%. Predictions appear nowhere else.",
         lambda f, fits: predicted.predicted_vs_measured(f),
-        lambda f, fits: (),
+        lambda f, fits: (predicted.predicted_table(f),),
         lambda f, fits: predicted.predicted_findings(f),
         "no case has both a predicted and a measured throughput",
         optional=True,
+        across_sections=True,
     ),
     FigureKind(
         "memory_vs_micro_batch", "Peak memory vs micro-batch, with the fitted line",
@@ -268,6 +269,8 @@ def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_
         slug = f"section-{number}"
         blocks, absent = [], []
         for kind in FIGURES:
+            if kind.across_sections and not single:
+                continue  # built from every section's rows below
             fig = kind.build(rows, sec_fits)
             kind_tables = tuple(t for t in kind.tables(rows, sec_fits) if t.rows)
             if fig is None and not kind_tables:
@@ -293,13 +296,20 @@ def _write_report(results: pd.DataFrame | Sequence[str | os.PathLike[str]], out_
                                       tuple(findings.noise_findings(rows))))
 
     if not single:
+        across = []
         for kind in FIGURES:
             fig = kind.build(frame, fits)
             if fig is not None:
                 add_footer(fig, provenance_text(frame))
-                save(fig, out, kind.name)
+                png = save(fig, out, kind.name)
                 written += [out / f"{kind.name}.png", out / f"{kind.name}.svg"]
                 top[kind.name] = fig
+                if kind.across_sections:
+                    across.append(FigureBlock(kind, kind.name, png, tuple(t for t in kind.tables(frame, fits) if t.rows),
+                                              tuple(kind.findings(frame, fits))))
+        if across:  # the page shows them once, after the sections they join
+            sections.append(SectionReport("Across sections", "across", tables.environment_table(frame),
+                                          tuple(across), (), tables.failures_table(frame.iloc[0:0]), across=True))
 
     index = out / "index.html"
     files = frame["source"].nunique()

@@ -81,8 +81,8 @@ def prepare(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Validate a results frame and add the derived columns the report reads.
 
     Added columns: `section` (0, 1, ... in order of appearance), `section_title`, `line` (the
-    legend label of the line a record belongs to), `line_order`, `variant`, `samples_per_s_`,
-    `tokens_per_sample_`, `step_q25_s`, `step_q75_s`, `step_median_s`, `step_times_` (a
+    legend label of the line a record belongs to), `line_order`, `variant`, `samples_per_s_` and
+    `tokens_per_s_` (measured only: none for the estimate meter's predictions), `tokens_per_sample_`, `step_q25_s`, `step_q75_s`, `step_median_s`, `step_times_` (a
     `StepTimes`), `samples_ci_low_`/`samples_ci_high_` (95% interval of samples/s), `predicted_peak` (for
     cases that ran out of memory: the memory line's value at their micro-batch). Returns the
     new frame and notes (strings) about what was dropped or is missing. Raises
@@ -305,6 +305,7 @@ def _add_throughput(frame: pd.DataFrame) -> pd.DataFrame:
     ok = (frame["status"] == "ok") & (frame["meter"] != "estimate")
     return frame.assign(
         samples_per_s_=samples.where(ok),
+        tokens_per_s_=tokens.where(ok),
         tokens_per_sample_=(tokens / samples).where(ok),
         step_q25_s=q25,
         step_median_s=median,

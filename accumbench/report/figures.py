@@ -144,7 +144,7 @@ def _memory_panel(ax: Axes, panel: Panel, styles: dict[str, dict]) -> int:
 
 THROUGHPUT_METRICS = {
     "samples": ("samples_per_s_", "samples/s"),
-    "tokens": ("tokens_per_s", "tokens/s"),
+    "tokens": ("tokens_per_s_", "tokens/s"),
 }
 
 

@@ -181,9 +181,10 @@ def render_page(title: str, sections: Sequence[SectionReport], notes: Sequence[s
 
     `records` and `files` are counted in the subtitle.
     """
+    own = sum(not s.across for s in sections)
     subtitle = (f"{_plural(records, 'case')} from {_plural(files, 'results file')}, in "
-                f"{_plural(len(sections), 'section')}: one per results file and device, "
-                "never merged.")
+                f"{_plural(own, 'section')}: one per results file and device, never merged"
+                + ("; then the figures that set them side by side." if own < len(sections) else "."))
     notes_html = ""
     if notes:
         items = "".join(f"<li>{escape(n)}</li>" for n in notes)

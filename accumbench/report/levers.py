@@ -40,17 +40,27 @@ def lever_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def levers_figure(frame: pd.DataFrame) -> Figure | None:
-    """Peak memory and samples/s per lever setting, per configuration measured with a lever."""
+    """Peak memory and samples/s per lever setting, per configuration measured with a lever; bars
+    only for cases that ran (an OOM or error has no bar; the table says why), the throughput
+    panel only when some case has a measured one (estimates have none); None when nothing ran."""
     data = lever_rows(frame)
     if data.empty:
         return None
+    data = data.assign(**{column: pd.to_numeric(data[column], errors="coerce").where(data["status"] == "ok")
+                          for column in ("peak_allocated", "samples_per_s_")})
+    if data["peak_allocated"].isna().all():
+        return None
     configs = list(dict.fromkeys(data["config_"]))
     labels = [EAGER] + sorted(set(data["lever_"]) - {EAGER})
-    fig, (memory_ax, speed_ax) = grid(2, (PANEL_SIZE[0], max(3.0, 0.9 + 0.35 * len(configs) * len(labels))))
+    panels = [("peak_allocated", "peak memory")]
+    if data["samples_per_s_"].notna().any():
+        panels.append(("samples_per_s_", "throughput (samples/s)"))
+    fig, axes = grid(len(panels), (PANEL_SIZE[0], max(3.0, 0.9 + 0.35 * len(configs) * len(labels))))
     height = 0.8 / len(labels)
-    unit_name, unit_bytes = memory_unit(float(pd.to_numeric(data["peak_allocated"], errors="coerce").max()))
-    for ax, column, title, unit in ((memory_ax, "peak_allocated", f"peak memory ({unit_name})", unit_bytes),
-                                    (speed_ax, "samples_per_s_", "throughput (samples/s)", 1.0)):
+    unit_name, unit_bytes = memory_unit(float(data["peak_allocated"].max()))
+    for ax, (column, title) in zip(axes, panels):
+        unit = unit_bytes if column == "peak_allocated" else 1.0
+        title = f"{title} ({unit_name})" if column == "peak_allocated" else title
         for j, label in enumerate(labels):
             rows = data[data["lever_"] == label]
             values = dict(zip(rows["config_"], rows[column])) if column in rows else {}

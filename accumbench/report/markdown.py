@@ -74,7 +74,7 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
             out += ["_" + _escape(" · ".join(facts)) + "_", ""]
         if section.noise:
             out += ["_" + _escape(" ".join(section.noise)) + "_", ""]
-        for name in ("memory_vs_effective_batch", "throughput_vs_effective_batch"):
+        for name in ("memory_vs_effective_batch", "throughput_vs_effective_batch", "predicted_vs_measured_throughput"):
             block = next((b for b in section.blocks if b.kind.name == name), None)
             if block is not None and block.findings:
                 out += [f"- {_escape(s)}" for s in block.findings] + [""]
@@ -114,6 +114,10 @@ def render_summary(title: str, sections: Sequence[SectionReport], notes: Sequenc
                                                    "ranks", "synchronisation", "reduce-scatters per step",
                                                    "all-gathers per step", "peak allocated (max over ranks)",
                                                    "samples/s (all ranks)"]), ""]
+        predicted = _find(section, "predicted")
+        if predicted is not None:
+            out += ["Predicted (estimate meter, no GPU) vs measured samples/s, worst first:", "",
+                    render_markdown_table(predicted), ""]
         equivalence = _find(section, "equivalence")
         if equivalence is not None:
             out += ["Gradient equivalence:", "",

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from accumbench.report.layout import PALETTE, SCENARIO_MARKERS
+from accumbench.report.tables import Cell, Table, number, text
 
 
 def predicted_vs_measured_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +66,17 @@ def predicted_vs_measured(frame: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def predicted_table(frame: pd.DataFrame) -> Table:
+    """Every case with both speeds: measured and predicted samples/s and the prediction's error,
+    worst first (no rows without such cases)."""
+    rows = predicted_vs_measured_rows(frame)
+    rows = rows.reindex(rows["error"].abs().sort_values(ascending=False).index)
+    return Table("predicted", ("workload", "case", "measured samples/s", "predicted samples/s", "error"), tuple(
+        (text(r.workload), text(r.case_id), number(r.measured, lambda v: f"{v:,.1f}"),
+         number(r.predicted, lambda v: f"{v:,.1f}"), Cell(f"{r.error:+.1%}", r.error))
+        for r in rows.itertuples()))
+
+
 def predicted_findings(frame: pd.DataFrame) -> list[str]:
     """One line: how far the predictions are from the measurements."""
     rows = predicted_vs_measured_rows(frame)
@@ -76,4 +88,4 @@ def predicted_findings(frame: pd.DataFrame) -> list[str]:
             f"{len(rows)} cases); the worst is {worst['error']:+.0%} ({worst['case_id']})."]
 
 
-__all__ = ["predicted_findings", "predicted_vs_measured", "predicted_vs_measured_rows"]
+__all__ = ["predicted_findings", "predicted_table", "predicted_vs_measured", "predicted_vs_measured_rows"]

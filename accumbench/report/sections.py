@@ -22,7 +22,10 @@ class FigureKind:
     `build(frame, fits)`, `tables(frame, fits)` and `findings(frame, fits)` get the rows of one
     section (or all rows, for the top-level file) and the memory fits of those rows. `absent`
     says why the figure is missing when `build` returns None; `optional` figures are then left
-    out without a word (e.g. tokens/s for a workload without tokens).
+    out without a word (e.g. tokens/s for a workload without tokens). An `across_sections`
+    figure joins rows of different sections (predictions and the measurements of another
+    device): with several sections it is built once from every row and shown in a section of
+    its own after theirs.
     """
 
     name: str
@@ -33,7 +36,7 @@ class FigureKind:
     findings: Callable[[pd.DataFrame, pd.DataFrame], list[str]]
     absent: str
     optional: bool = False
-
+    across_sections: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class FigureBlock:
 
 @dataclass(frozen=True)
 class SectionReport:
-    """Everything the page shows for one section (one device and results file)."""
+    """Everything the page shows for one section (one device and results file, or the figures
+    across them)."""
 
     title: str
     slug: str
@@ -64,3 +68,6 @@ class SectionReport:
     failures: Table
     # How noisy the section's machine was, and (cpu meter) what its throughput is worth.
     noise: tuple[str, ...] = ()
+    # True for the section of figures that join the others (predicted vs measured): it holds no
+    # results of its own, so counts of sections leave it out.
+    across: bool = False

@@ -114,7 +114,7 @@ def throughput_table(frame: pd.DataFrame) -> Table:
         rows.append((
             text(r.workload), text(case_text(r)), number(r.effective_batch),
             number(r.samples_per_s_, lambda v: format_rate(v, "")), text(interval),
-            number(r.tokens_per_s, lambda v: format_rate(v, "")),
+            number(r.tokens_per_s_, lambda v: format_rate(v, "")),
             number(r.step_median_s, format_seconds), text(spread),
             number(len(r.step_times_s)), text(getattr(r, "stop_reason", None)),
         ))
