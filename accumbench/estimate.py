@@ -24,7 +24,15 @@ the group's steps; each is taken only where what it rests on was checked for tha
   micro-batches are the smallest size's with the sizes scaled the same way (`BatchShape`: the
   numbers in a batch's tensors are constant or proportional between the two ends, and take the
   values that gives at this size); never when the batch's values decide sizes. Otherwise it is
-  profiled. What stays assumed: that a size in between runs the ops the two ends ran.
+  profiled. What it assumes, that a size in between runs the ops the two ends ran, is checked
+  at the middle one of those sizes, which is profiled and must equal its replay (a model that
+  pads the batch to a multiple of 8 rows fails it); what stays assumed is that the others run
+  as the ends and the middle do.
+
+Neither shortcut is taken, and each case is estimated on its own as a run is (seeded, built,
+stepped), when random draws or the model's buffers decide a size or a value read on the host
+(`KnownValues.state_decided`: blocks skipped with `torch.rand`, a regulariser every 5th forward
+that a buffer counts): such a step differs from one micro-step, and one step, to the next.
 
 A size profiled on the model another size warmed up must start from what lives between steps
 in a run at that size. With `zero_grad(set_to_none=False)` the gradients live on, laid out by
@@ -124,7 +132,9 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     try:
         with meter.case_context():
             profiled = _profile_group(runner, workload, cases)
-            if meter.routing_read:  # the peak depends on assumed routing: each case states both bounds
+            # Assumed routing decided sizes (each case states both bounds), or random draws or
+            # the model's state did (no case can borrow another's profile): each on its own.
+            if meter.routing_read or meter.state_decided:
                 records = None
             else:
                 records = [record for record, _ in profiled]
@@ -210,13 +220,28 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
                     scale = proportional(steady[(low, micro_steps)], low, steady[(top, micro_steps)], top)
                     if scale is None:
                         why = f"the logs at micro-batches {low} and {top} are not constant or proportional"
+                check = None
+                candidates = [size for size in regular[1:-1]
+                              if scale is not None and uniform(size, micro_steps) and shapes[size][0] == rule(size)]
+                if candidates:
+                    # What replay assumes, that a size in between runs the ops the two ends ran,
+                    # is checked at one of them (a model that pads the batch to a multiple of 8
+                    # runs 16 rows at 12): the middle one is profiled, and must be its replay.
+                    check = candidates[len(candidates) // 2]
+                    checked, expected = profile(check, micro_steps), scale(check)
+                    if (checked.shape(), checked.sizes()) != (expected.shape(), expected.sizes()):
+                        scale, why = None, (f"the log profiled at micro-batch {check} is not the one replayed "
+                                            f"from micro-batches {low} and {top}")
                 for size in regular[1:-1]:
-                    if scale is not None and uniform(size, micro_steps) and shapes[size][0] == rule(size):
+                    if scale is not None and size in candidates and size != check:
                         replayed[size] = scale(size)
                         continue
-                    unreplayed[size] = why or (
-                        "its micro-batches differ in shape" if not uniform(size, micro_steps)
-                        else f"its micro-batches are not those of micro-batch {low} scaled to it")
+                    if scale is not None and size == check:
+                        unreplayed[size] = f"profiled (checks the replay of the sizes between {low} and {top})"
+                    else:
+                        unreplayed[size] = why or (
+                            "its micro-batches differ in shape" if not uniform(size, micro_steps)
+                            else f"its micro-batches are not those of micro-batch {low} scaled to it")
                     profile(size, micro_steps)
         for size, steps in set(keys.values()):
             if steps != micro_steps:
@@ -234,7 +259,8 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
         else:
             profile_ = steady[(size, steps)]
             if steps == micro_steps and size in unreplayed:
-                notes.append(f"profiled, not replayed: {unreplayed[size]}")
+                why = unreplayed[size]
+                notes.append(why if why.startswith("profiled") else f"profiled, not replayed: {why}")
         if steps != micro_steps:
             why = ("its micro-batches differ in shape" if not uniform(size, steps)
                    else f"sizes depend on the batch's values ({meter.batch_decided})")

@@ -169,6 +169,8 @@ class DeviceAssumptions:
             if value < 0 or (value == 0 and name not in ZERO_OK_SPEED_FIELDS):
                 raise ValueError(f"{name} must be {'non-negative' if name in ZERO_OK_SPEED_FIELDS else 'positive'}, "
                                  f"got {value!r}")
+            if name.endswith("_efficiency") and value > 1:  # a fraction of the data sheet's peak
+                raise ValueError(f"{name} is a fraction of the peak, at most 1, got {value!r}")
         error = self.speed_ratio_error
         if error is not None and (isinstance(error, bool) or not isinstance(error, (int, float))
                                   or not math.isfinite(error) or error < 1):

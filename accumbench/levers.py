@@ -312,9 +312,16 @@ def apply_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
             if names else "; it has none"
         raise LeverError(f"--lora targets={spec.targets!r} matches no linear layer of the model "
                          f"(nn.Linear, or transformers' Conv1D){found}")
-    for name, linear in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
+    parents = [(name, child, model.get_submodule(parent_name) if parent_name else model, linear)
+               for name, linear in targets for parent_name, _, child in [name.rpartition(".")]]
+    unadaptable = [name for name, _, parent, _ in parents if isinstance(parent, nn.MultiheadAttention)]
+    if unadaptable:
+        # MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward instead of
+        # calling the layer: an adapter there would never run (and its weight is gone).
+        raise LeverError(f"--lora cannot adapt {unadaptable[0]}: nn.MultiheadAttention reads its out_proj's "
+                         "weight instead of calling the layer; target other linear layers (e.g. linear1|linear2 "
+                         "of nn.TransformerEncoderLayer)")
+    for _, child, parent, linear in parents:
         setattr(parent, child, LoRALinear(linear, spec.r, spec.scaling, spec.dropout))
     return [name for name, _ in targets]
 

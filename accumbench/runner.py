@@ -23,7 +23,7 @@ from accumbench.cases import Case, case_id
 from accumbench.environment import peak_flops, provenance, utc_timestamp
 from accumbench.levers import Levers, levered_record, measure_levered, trainable_parameters, with_levers
 from accumbench.meters import Meter, meter_for
-from accumbench.meters.base import Measurement
+from accumbench.meters.base import LAZY_MODULES, Measurement
 from accumbench.meters.timing import StepPolicy
 from accumbench.records import Record
 from accumbench.stats import StepTimes
@@ -38,6 +38,7 @@ from accumbench.scenarios import (
     new_training_state,
 )
 from accumbench.workloads import Workload, WorkloadError, load_workload
+from accumbench.workloads.base import seed_host_generators
 
 DEFAULT_SEED = 0
 
@@ -106,8 +107,10 @@ def prepare_case(case: Case, workload: Workload, device: torch.device, seed: int
     (this rank's shards of the global micro-batches and their loss weights)."""
     check_compatible(case.scenario, workload, case.loss_norm)
     options = StepOptions(amp=case.amp, set_to_none=case.set_to_none, loss_norm=case.loss_norm)
-    torch.manual_seed(seed)
+    seed_host_generators(seed)
     model = meter.build_model(workload, device) if meter else workload.build_model().to(device)
+    if any(torch.nn.parameter.is_lazy(p) for p in model.parameters()):
+        raise ValueError(LAZY_MODULES)
     if wrap is not None:
         model = wrap(model)
     state = new_training_state(workload, model, device, options)

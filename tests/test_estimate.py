@@ -81,6 +81,37 @@ def test_a_tensor_a_module_keeps_between_steps_is_counted_by_both_meters(cpu_run
     assert estimated.baseline_allocated == measured.baseline_allocated >= 1024 * 16 * 4
 
 
+def test_deep_copied_and_converted_fake_parameters_are_counted_as_real_ones(cpu_runner, cpu_estimator, plugin_path):
+    # nn.TransformerEncoder deep-copies its layer, and the model is converted with .to(bf16) in
+    # build_model: a copy once belonged to a copy of the fake mode (each later op then gave its
+    # views storages of their own), and the conversion failed ("Couldn't swap").
+    encoder = f"{plugin_path}:torch_encoder"
+    for the_case in (case(encoder, "large-batch", 4, options=(("bf16", False),)),
+                     case(encoder, "large-batch", 4, options=()), case(encoder, "accumulated", 2, 2, options=())):
+        measured, estimated = cpu_runner.measure(the_case), cpu_estimator.measure(the_case)
+        assert measured.status == estimated.status == "ok", (measured.error, estimated.error)
+        assert estimated.peak_allocated == measured.peak_allocated
+        assert estimated.baseline_allocated == measured.baseline_allocated
+        assert estimated.parameters == measured.parameters  # the tie survives the conversion
+
+
+def test_pythons_random_is_seeded_so_a_case_repeats_to_the_byte(cpu_runner, cpu_estimator, plugin_path):
+    import random
+
+    the_case = case(f"{plugin_path}:python_random", "large-batch", 4, options=())
+    peaks = set()
+    for state in (1, 2):
+        random.seed(state)  # whatever ran before
+        peaks |= {cpu_runner.measure(the_case).peak_allocated, cpu_estimator.measure(the_case).peak_allocated}
+    assert len(peaks) == 1
+
+
+def test_lazy_modules_are_refused_in_one_line_by_both_meters(cpu_runner, cpu_estimator, plugin_path):
+    the_case = case(f"{plugin_path}:lazy", "large-batch", 4, options=())
+    for record in (cpu_runner.measure(the_case), cpu_estimator.measure(the_case)):
+        assert record.status == "error" and record.error.startswith("ValueError: the model has lazy modules")
+
+
 @pytest.mark.slow  # estimates six GPT cases twice: ~5 s on 2 cores (.ci/run's slow step runs it)
 def test_grouped_replay_equals_estimating_each_case(h100_estimator):
     cases = [case("gpt", scenario, micro, accum, amp="bf16")

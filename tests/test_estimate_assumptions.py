@@ -18,6 +18,7 @@ from accumbench.estimate_assumptions import MIB, assumptions_for
     ("launch_seconds", "-1e-6", "launch_seconds must be non-negative"),
     ("flop_efficiency", "0", "flop_efficiency must be positive"),
     ("peak_flops_bf16", "-1", "peak_flops_bf16 must be positive"),
+    ("flop_efficiency", "2", "flop_efficiency is a fraction of the peak, at most 1"),
     # nothing usable: every case would be predicted out of memory ("usable -1.00 GiB")
     ("total_memory_bytes", "0", "total_memory_bytes (0 B) must be larger than reserve_bytes (1.00 GiB)"),
     ("reserve_bytes", "100TiB", "must be larger than reserve_bytes (100 TiB): nothing would be usable"),

@@ -75,11 +75,34 @@ def test_a_size_whose_batch_is_not_the_smaller_one_scaled_is_profiled(cpu_runner
 
 def test_regular_workloads_keep_the_shortcuts(cpu_runner):
     # A fixed-shape workload still replays the size in between and repeats micro-step 2.
-    cases = [Case("mlp", "accumulated", micro, 4, warmup=1, steps=1) for micro in (2, 4, 8)]
+    cases = [Case("mlp", "accumulated", micro, 4, warmup=1, steps=1) for micro in (2, 4, 6, 8)]
     records = assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
     assert "replayed from micro-batches 2 and 8" in notes(records[1])
+    assert "profiled (checks the replay of the sizes between 2 and 8)" in notes(records[2])
     assert all("micro-steps 3..4 repeat micro-step 2" in notes(r) for r in records)
     assert not any("profiled in full" in notes(r) or "not replayed" in notes(r) for r in records)
+
+
+def test_replay_is_checked_at_a_size_in_between(cpu_runner):
+    # The model pads the batch to a multiple of 8 rows: the logs at 8 and 16 are proportional,
+    # 12 runs 16 rows, and 10 and 14 would be replayed wrongly from 8 and 16 but for the check.
+    cases = [plugin_case("pad8", "large-batch", micro) for micro in (8, 10, 12, 14, 16)]
+    records = assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
+    assert "the log profiled at micro-batch 12 is not the one replayed from micro-batches 8 and 16" in notes(records[1])
+    regular = assert_estimates_equal_the_cpu_meter(cpu_runner, [Case("mlp", "large-batch", micro, 1, warmup=1, steps=1)
+                                                                for micro in (2, 3, 4, 8)])
+    assert "profiled (checks the replay of the sizes between 2 and 8)" in notes(regular[2])
+    assert "replayed from micro-batches 2 and 8" in notes(regular[1])
+
+
+@pytest.mark.parametrize("factory", ["periodic", "layer_drop"])
+def test_sizes_random_draws_or_the_models_state_decide_are_estimated_case_by_case(cpu_runner, factory):
+    # A regulariser every 5th forward (a buffer counts them), or blocks skipped with torch.rand:
+    # no micro-step repeats another, and no size can borrow another's profile.
+    cases = [plugin_case(factory, "accumulated", 4, 8), plugin_case(factory, "large-batch", 8),
+             plugin_case(factory, "large-batch", 16)]
+    records = assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
+    assert not any("repeat micro-step 2" in notes(r) or "replayed" in notes(r) for r in records)
 
 
 def test_batch_shapes_abstract_the_batch_dimension_only():

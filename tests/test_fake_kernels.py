@@ -24,7 +24,7 @@ from accumbench.meters.fake_kernels import (
     lstm_workspace_bytes,
     storage_layout,
 )
-from accumbench.meters.estimate import conversions_to_what_it_is_are_no_ops
+from accumbench.meters.estimate import fake_modules_convert_in_place
 from accumbench.meters.known_values import KnownValues, known_tensors_look_real, routing_indices
 from accumbench.runner import Runner
 
@@ -370,7 +370,7 @@ def test_a_float_mask_from_the_batch_keeps_its_value_past_1_mib_except_while_bui
 def test_a_module_converted_to_what_it_is_keeps_its_fake_parameters():
     # Switch Transformers casts its router to the router dtype in every forward; torch swaps a
     # fake parameter with its conversion, which fails when that is the parameter itself.
-    with conversions_to_what_it_is_are_no_ops():
+    with fake_modules_convert_in_place():
         with FakeTensorMode():
             layer = torch.nn.Linear(4, 4)
             weight = layer.weight

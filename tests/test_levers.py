@@ -197,6 +197,12 @@ def test_bad_lever_settings_are_one_line_errors():
     with pytest.raises(LeverError, match=r"matches no linear layer .*; its linear layers are named 0, 2, lm_head, "
                                          r"proj, qkv$"):
         apply_levers(load_workload("gpt", dict(TINY)).build_model(), Levers(lora="r=4,targets=q_proj"))
+    # MultiheadAttention never calls its out_proj: an adapter there would never run.
+    encoder = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    with pytest.raises(LeverError, match=r"cannot adapt self_attn.out_proj: nn.MultiheadAttention reads"):
+        apply_levers(encoder, Levers(lora="r=2,targets=out_proj|linear1"))
+    assert {n for n, p in apply_levers(encoder, Levers(lora="r=2,targets=linear1")).named_parameters()
+            if p.requires_grad} == {"linear1.lora_A", "linear1.lora_B"}
 
 
 def test_case_ids_carry_levers_only_when_on():

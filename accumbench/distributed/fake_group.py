@@ -30,6 +30,7 @@ from accumbench.runner import DEFAULT_SEED, PreparedCase, identity_fields, optim
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.levers import ESTIMATE_REFUSES_COMPILE, LeverError, Levers, with_levers
 from accumbench.workloads import load_workload
+from accumbench.workloads.base import seed_host_generators
 
 
 @contextlib.contextmanager
@@ -68,7 +69,7 @@ class FsdpEstimator:
         Call inside the meter's `case_context()`."""
         case = fcase.case
         check_compatible(case.scenario, workload, case.loss_norm)
-        torch.manual_seed(self.seed)
+        seed_host_generators(self.seed)
         with torch.device("meta"):
             model = workload.build_model()
         shard_model(model, self.mesh, case.amp, fcase.reshard_after_forward, fcase.wrap)

@@ -44,7 +44,7 @@ from accumbench.equivalence.gradients import (
 from accumbench.equivalence.optimizer_step import update_errors
 from accumbench.equivalence.precision import DTYPES, TOLERANCES, deterministic, keep_float64
 from accumbench.scenarios import LOSS_NORMS, loss_weights
-from accumbench.workloads.base import Workload
+from accumbench.workloads.base import Workload, seed_host_generators
 
 LOSS_NORM_CHOICES = (*LOSS_NORMS, "both")
 DEFAULT_ACCUM_STEPS = (2, 4, 8)
@@ -211,7 +211,7 @@ class _Probe:
     def _run(self, setting: ModelSetting, batches: list[Any], weights: list[float], loss_norm: str,
              seed: int) -> _Run:
         model = apply_setting(copy.deepcopy(self.model), setting)
-        torch.manual_seed(seed)  # reproducible random draws (dropout) in every run
+        seed_host_generators(seed)  # reproducible random draws (dropout) in every run
         grads = step_gradients(self.workload, model, batches, weights, loss_norm)
         return _Run(grads, running_stats(model))
 
@@ -277,7 +277,7 @@ def check_workload(workload: Workload, config: CheckConfig | None = None) -> lis
         workload = keep_float64(workload)
     results: list[EquivalenceResult] = []
     with deterministic():
-        torch.manual_seed(config.seed)
+        seed_host_generators(config.seed)
         model = workload.build_model().to(dtype).train()
         bn = batchnorm_layers(model)
         dropout = dropout_layers(model)

@@ -28,7 +28,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from accumbench.estimate_assumptions import DeviceAssumptions
-from accumbench.meters.base import Measurement, Meter, Step, check_counts, live_tensors, trace_with_tracker
+from accumbench.meters.base import (LAZY_MODULES, Measurement, Meter, Step, check_counts, live_tensors,
+                                    trace_with_tracker)
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
 from accumbench.meters.known_values import MOE_ROUTINGS, KnownValues, known_tensors_look_real
 from accumbench.meters.tracker import LiveBytesTracker, local_tensor
@@ -321,26 +322,62 @@ class LoggingTracker(LiveBytesTracker):
 
 
 @contextlib.contextmanager
-def conversions_to_what_it_is_are_no_ops() -> Iterator[None]:
-    """`module.to(dtype)` where every parameter and buffer already is that dtype does nothing,
-    as on real tensors. torch swaps each fake parameter with its conversion instead (`Module._apply`
-    always swaps a FakeTensor), which fails when the conversion is the parameter itself
-    ("_apply(): Couldn't swap Linear.weight"): Switch Transformers' router casts its classifier
-    to the router dtype in every forward."""
+def fake_modules_convert_in_place() -> Iterator[None]:
+    """`module.to(dtype)`, `.half()`, `.double()` on a model of fake tensors convert as on real
+    tensors: each parameter keeps its identity (weight ties and optimizer references hold) and
+    takes the converted data (`param.data = ...`), and a conversion to what a tensor already is
+    does nothing. torch swaps each fake parameter with its conversion instead (`Module._apply`
+    always swaps a FakeTensor), which fails on the fake mode's own references to the parameter
+    ("_apply(): Couldn't swap Linear.weight"): a model built with `.to(torch.bfloat16)`, or
+    Switch Transformers' router, which casts itself to the router dtype in every forward."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
     original = torch.nn.Module._apply
 
     def _apply(module, fn, recurse=True):
         tensors = [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
+        if not any(isinstance(t, FakeTensor) for t in tensors):
+            return original(module, fn, recurse)
         with torch.no_grad():
-            if tensors and all(fn(tensor) is tensor for tensor in tensors):
+            if all(fn(tensor) is tensor for tensor in tensors):
                 return module
-        return original(module, fn, recurse)
+        if recurse:
+            for child in module.children():
+                child._apply(fn)  # this function again (it is the class's while patched)
+        for param in module._parameters.values():
+            if param is None:
+                continue
+            with torch.no_grad():
+                applied = fn(param)
+                if applied is not param:
+                    param.data = applied
+                if param.grad is not None and (grad := fn(param.grad)) is not param.grad:
+                    param.grad.data = grad
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = fn(buffer)
+        return module
 
     torch.nn.Module._apply = _apply
     try:
         yield
     finally:
         torch.nn.Module._apply = original
+
+
+def _one_fake_mode():
+    """A `FakeTensorMode` (allowing real inputs, which become constants) that a deep copy leaves
+    as it is. A fake tensor keeps its mode in its `__dict__`, and `copy.deepcopy` of a fake
+    parameter (`nn.TransformerEncoder` clones its layer, an EMA copy) copies that dict: the copy
+    then belonged to a copy of the mode, which each later op treated as a foreign tensor and
+    gave a storage of its own (20 KiB too many on a one-layer encoder)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    class OneFakeTensorMode(FakeTensorMode):
+        def __deepcopy__(self, memo):
+            return self
+
+    return OneFakeTensorMode(allow_non_fake_inputs=True)
 
 
 # --- attention ---------------------------------------------------------------------------------
@@ -443,9 +480,7 @@ class EstimateMeter(Meter):
     @contextlib.contextmanager
     def case_context(self) -> Iterator[None]:
         """A fresh fake-tensor mode per case: nothing is shared between cases."""
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._mode = _one_fake_mode()
         self._values = KnownValues(self.assumptions.moe_routing)
         try:
             yield
@@ -465,13 +500,22 @@ class EstimateMeter(Meter):
         be profiled (accumbench.estimate)."""
         return self._values.batch_decided if self._values is not None else None
 
+    @property
+    def state_decided(self) -> str | None:
+        """The first op (or host read) of this case where random draws or the model's buffers
+        decided a size or a value read on the host (`KnownValues.state_decided`), or None. A run
+        then steps differently with each draw and each step taken before, so a case cannot
+        borrow another's profile: `accumbench.estimate` estimates each such case on its own,
+        seeded and stepped as a run is."""
+        return self._values.state_decided if self._values is not None else None
+
     def _fake(self) -> contextlib.ExitStack:
         """The fake-tensor mode and, over it, the values that resolve data-dependent ops."""
         stack = contextlib.ExitStack()
         stack.enter_context(self._mode)
         stack.enter_context(self._values)
         stack.enter_context(known_tensors_look_real(self._values))
-        stack.enter_context(conversions_to_what_it_is_are_no_ops())
+        stack.enter_context(fake_modules_convert_in_place())
         return stack
 
     def release(self, device: torch.device) -> None:
@@ -489,9 +533,15 @@ class EstimateMeter(Meter):
         # No .to(device): fake tensors are made on the CPU already, and Module.to would try to
         # swap each fake parameter with itself.
         with self._fake(), self._values.building():
-            model = workload.build_model()
+            try:
+                model = workload.build_model()
+            except RuntimeError as exc:
+                if "UninitializedParameter" in str(exc):  # a lazy module run once to size it
+                    raise ValueError(LAZY_MODULES) from exc
+                raise
         # Weights are random: the step must not depend on values the cpu meter does not share.
         self._values.forget(model.parameters())
+        self._values.mark_state(model.buffers())
         return model
 
     def measure(self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int,
@@ -611,5 +661,4 @@ def describe_kind(assumptions: DeviceAssumptions) -> str:
 
 
 __all__ = ["EstimateMeter", "LoggingTracker", "Replay", "StepProfile", "attention_backward_scratch",
-           "conversions_to_what_it_is_are_no_ops",
-           "cuda_attention_kernel", "describe_kind", "estimate_measurement"]
+           "cuda_attention_kernel", "describe_kind", "estimate_measurement", "fake_modules_convert_in_place"]

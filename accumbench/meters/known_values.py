@@ -196,9 +196,12 @@ class KnownValues(TorchDispatchMode):
         self._assumed = WeakIdKeyDictionary()  # fake tensor -> True when its value is assumed
         self._stale = WeakIdKeyDictionary()    # fake storage -> True once written without values
         self._from_batch = WeakIdKeyDictionary()  # fake tensor -> True when its value came from the batch
+        # fake tensor -> True when its value came from a random draw or the model's own state
+        self._unrepeatable = WeakIdKeyDictionary()
         self.routing_calls = 0
         self.assumption_read = False
         self.batch_decided: str | None = None  # the first op whose sizes the batch's values decided
+        self.state_decided: str | None = None  # ... that random draws or the model's buffers decided
         self._deciding_nothing = 0  # > 0 inside code whose reads decide no size
         self._building = 0  # > 0 while the model is built: floating values kept up to max_float_bytes
 
@@ -219,7 +222,15 @@ class KnownValues(TorchDispatchMode):
                 self._values.pop(tensor, None)
                 self._stale[tensor.untyped_storage()] = True
 
-    def _remember(self, fake: Any, real: Any, assumed: bool, from_batch: bool = False) -> None:
+    def mark_state(self, tensors) -> None:
+        """Mark these tensors (the model's buffers once it is built) as state a step may change:
+        a counter a forward increments and reads decides differently in each micro-step."""
+        for tensor in tensors:
+            if isinstance(tensor, FakeTensor):
+                self._unrepeatable[tensor] = True
+
+    def _remember(self, fake: Any, real: Any, assumed: bool, from_batch: bool = False,
+                  unrepeatable: bool = False) -> None:
         fakes, reals = tree_flatten(fake)[0], tree_flatten(real)[0]
         if len(fakes) != len(reals):
             return
@@ -227,7 +238,8 @@ class KnownValues(TorchDispatchMode):
             if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and f.shape == r.shape \
                     and f.dtype == r.dtype:
                 self._values[f] = r
-                for marks, marked in ((self._assumed, assumed), (self._from_batch, from_batch)):
+                for marks, marked in ((self._assumed, assumed), (self._from_batch, from_batch),
+                                      (self._unrepeatable, unrepeatable)):
                     if marked:
                         marks[f] = True
                     else:
@@ -239,10 +251,22 @@ class KnownValues(TorchDispatchMode):
         return any(t in self._from_batch if isinstance(t, FakeTensor) else func not in LIFT_OPS
                    for t in tensors)
 
+    def _is_unrepeatable(self, func, tensors: list[torch.Tensor]) -> bool:
+        """Whether `func` draws random numbers, or any input holds values from a draw or from
+        the model's state: values another step, or the same step at another size, may not see."""
+        return torch.Tag.nondeterministic_seeded in func.tags or \
+            any(isinstance(t, FakeTensor) and t in self._unrepeatable for t in tensors)
+
     def _decided_by_batch(self, func, tensors: list[torch.Tensor]) -> None:
-        """Note (once) that the batch's values decided what `func` did, when they did."""
-        if self.batch_decided is None and not self._deciding_nothing and self._is_from_batch(func, tensors):
+        """Note (once each) that the batch's values, or values drawn at random or read from the
+        model's state, decided what `func` did, when they did (not while the model is built:
+        weight initialisation reads its own random draws)."""
+        if self._deciding_nothing or self._building:
+            return
+        if self.batch_decided is None and self._is_from_batch(func, tensors):
             self.batch_decided = op_name(func)
+        if self.state_decided is None and self._is_unrepeatable(func, tensors):
+            self.state_decided = op_name(func)
 
     @contextlib.contextmanager
     def building(self) -> Iterator[None]:
@@ -304,7 +328,8 @@ class KnownValues(TorchDispatchMode):
         if known and self._small(out):
             try:
                 self._remember(out, self._real(func, args, kwargs, tensors), assumed,
-                               self._is_from_batch(func, tensors))
+                               self._is_from_batch(func, tensors),
+                               self._is_unrepeatable(func, tensors))
                 return out
             except Exception:  # a value is a help, never a requirement: forget it
                 pass
@@ -342,7 +367,7 @@ class KnownValues(TorchDispatchMode):
         self._decided_by_batch(func, tensors)
         real = self._real(func, args, kwargs, tensors)
         out = tree_map(_fake_like, real)
-        self._remember(out, real, assumed, self._is_from_batch(func, tensors))
+        self._remember(out, real, assumed, self._is_from_batch(func, tensors), self._is_unrepeatable(func, tensors))
         return out
 
     def _sized_by_some(self, func, args, kwargs) -> Any:

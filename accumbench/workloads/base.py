@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -115,3 +117,14 @@ class Workload:
         """Build this workload's optimizer over the model's parameters."""
         factory = self.build_optimizer or default_optimizer
         return factory(model.parameters())
+
+
+def seed_host_generators(seed: int) -> None:
+    """Seed every global generator a workload's model, batches or step may draw from: torch's,
+    Python's `random`, and numpy's when something loaded numpy. A model that drops layers with
+    `random.random()` must build and step alike in every run, or its peak is not repeatable."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)

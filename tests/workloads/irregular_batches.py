@@ -20,6 +20,9 @@ of the first micro-batch size, and sizes decided by the batch's values.
   estimate refuses.
 - `packed`: `pack_padded_sequence` with lengths from the batch into an LSTM, which the estimate
   refuses, saying why.
+- `pad8`, `periodic`, `layer_drop` (`Irregular`): sizes that neither the batch's shapes nor its
+  values tell: the batch padded to a multiple of 8 rows inside the model, a regulariser every
+  5th forward counted by a buffer, blocks skipped with `torch.rand` (LayerDrop).
 
 Used as `--workload tests/workloads/irregular_batches.py:dynamic_length`.
 """
@@ -224,3 +227,44 @@ class Packed(nn.Module):
 def packed() -> Workload:
     """`pack_padded_sequence` into an LSTM: refused by the estimate, saying why."""
     return _classifier("irregular-packed", Packed)
+
+
+class Irregular(nn.Module):
+    """A classifier of token batches whose step sizes follow `kind` (see the module docstring)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(4))
+        self.wide = nn.Linear(16, 256)
+        self.head = nn.Linear(16, 4)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, tokens):
+        x = self.embed(tokens).mean(1)
+        rows = x.shape[0]
+        if self.kind == "pad8":
+            x = F.pad(x, (0, 0, 0, -(-rows // 8) * 8 - rows))
+        self.calls += 1
+        for block in self.blocks:
+            if self.kind == "layer_drop" and torch.rand(()) < 0.5:
+                continue
+            x = x + torch.relu(block(x))
+        out = self.head(x)[:rows]
+        if self.kind == "periodic" and int(self.calls) % 5 == 0:
+            wide = self.wide(x[:rows])
+            out = out + 1e-6 * torch.einsum("bi,bj->bij", wide, wide).mean((1, 2)).unsqueeze(-1)
+        return out
+
+
+def pad8() -> Workload:
+    return _classifier("pad8", lambda: Irregular("pad8"))
+
+
+def periodic() -> Workload:
+    return _classifier("periodic", lambda: Irregular("periodic"))
+
+
+def layer_drop() -> Workload:
+    return _classifier("layer-drop", lambda: Irregular("layer_drop"))

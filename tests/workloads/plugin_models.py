@@ -128,3 +128,54 @@ def build_raises() -> Workload:
     """The single plug-in whose build_model raises: refused (exit 2) where a command builds the
     model to check it (check, levers), never a traceback."""
     return Workload(**{**single().__dict__, "name": "plugin-mlp-build-raises", "build_model": lambda: 1 / 0})
+
+
+class _TiedEncoder(nn.Module):
+    """Token classifier over torch's own TransformerEncoder, head tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        # TransformerEncoder deep-copies its layer for each of its layers.
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)))
+
+
+def _tokens(n, generator):
+    tokens = torch.randint(0, 50, (n, 12), generator=generator)
+    return tokens, tokens
+
+
+def torch_encoder(bf16: bool = True) -> Workload:
+    """Deep-copied layers (nn.TransformerEncoder), a tied head and, with `bf16`, the whole model
+    converted with `.to(torch.bfloat16)` in build_model: what the estimate's fake tensors must
+    copy and convert as real ones are."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return Workload(name=f"plugin-encoder-{'bf16' if bf16 else 'fp32'}", build_model=lambda: _TiedEncoder().to(dtype),
+                    make_batch=_tokens, loss=lambda out, batch: F.cross_entropy(out.flatten(0, 1).float(),
+                                                                               batch[1].flatten()))
+
+
+def _randomly_wide():
+    import random
+
+    width = 8 + int(random.random() * 1000)
+    return nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 4))
+
+
+def python_random() -> Workload:
+    """The single plug-in with a hidden width drawn from Python's `random` at build time: its
+    peak repeats only when every run seeds `random` alike."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-random", "build_model": _randomly_wide})
+
+
+def lazy() -> Workload:
+    """The single plug-in made of lazy layers: refused in one line by every meter."""
+    return Workload(**{**single().__dict__, "name": "plugin-mlp-lazy",
+                       "build_model": lambda: nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(4))})
+
