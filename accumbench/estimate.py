@@ -453,9 +453,9 @@ class EstimateRunner:
         return {**self.runner.shared_settings(), "assumptions": self.assumptions.describe()}
 
     def case_settings(self, case: Case) -> dict:
-        """Nothing per case: an estimate profiles one warm-up and one steady step, whatever the
-        case asks."""
-        return {}
+        """The workload factory's options given: an estimate profiles one warm-up and one steady
+        step, whatever the case asks."""
+        return {"workload_options": case.options_dict}
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
             progress=None, stop: Callable[[], bool] | None = None) -> list[Record]:

@@ -26,7 +26,11 @@ METERS = ("cuda", "cpu", "estimate")
 BREAKDOWN_CATEGORIES = ("params", "grads", "optimizer", "activations", "other")
 # The settings that change the numbers: `run --resume` refuses a file whose records carry other
 # values than the request would (a record without the field, e.g. an older file, is not compared).
-RESUME_SETTINGS = ("warmup_steps", "steps_setting", "seed", "meter", "device_name", "torch_version", "assumptions")
+RESUME_SETTINGS = ("warmup_steps", "steps_setting", "seed", "meter", "device_name", "torch_version", "assumptions",
+                   "workload_options")
+# Of those, the settings that belong to one case (a plug-in factory's options need not show in the
+# case id): a record of a case the request does not select is never held to them.
+CASE_ONLY_SETTINGS = ("workload_options",)
 STOP_REASONS = ("ci-target", "time-cap", "fixed")
 # Integers a reader turns into numpy int64 columns (report, plan) or multiplies: anything above
 # int64 is a corrupted or hand-edited file, and would raise OverflowError there.

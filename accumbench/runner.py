@@ -317,8 +317,10 @@ class Runner:
         return {k: self._provenance[k] for k in ("seed", "meter", "device_name", "torch_version")}
 
     def case_settings(self, case: Case) -> dict[str, Any]:
-        """The per-case settings a record of `case` carries (warm-up and the step policy)."""
-        return {"warmup_steps": case.warmup, "steps_setting": case_policy(case, self.timing).setting}
+        """The per-case settings a record of `case` carries (warm-up, the step policy and the
+        workload factory's options given)."""
+        return {"warmup_steps": case.warmup, "steps_setting": case_policy(case, self.timing).setting,
+                "workload_options": case.options_dict}
 
     def measure(self, case: Case) -> Record:
         """Measure one case; never raises for a failing case (OOM and errors become records),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from accumbench.records import Record
+from accumbench.records import CASE_ONLY_SETTINGS, Record
 from accumbench.results_file import ResultsFile, ResultsFileError, ResultsWriteError
 
 
@@ -32,7 +32,7 @@ def _claim(cases: Sequence[Any], runner: Any, results: ResultsFile) -> tuple[str
         expected = {runner.case_id(case): runner.case_settings(case) for case in cases}
         # Records of cases this request does not select are held to its settings too when those
         # are the same for every case (one --steps for all): a file keeps one setting.
-        settings = list(expected.values())
+        settings = [{k: v for k, v in s.items() if k not in CASE_ONLY_SETTINGS} for s in expected.values()]
         uniform = settings[0] if settings and all(s == settings[0] for s in settings) else None
         conflict = results.settings_conflict(lambda case_id: expected.get(case_id, uniform),
                                              runner.shared_settings())

@@ -160,6 +160,24 @@ def test_resume_holds_cases_the_file_has_not_yet_to_its_settings_too(copy_of, ne
     assert len(read_records(copy_of)) == 1
 
 
+@pytest.mark.parametrize("command", ["run", "estimate"])
+def test_resume_refuses_a_plugin_case_measured_with_other_options_its_id_does_not_show(
+        tmp_path, plugin_path, monkeypatch, command):
+    out = tmp_path / "r.jsonl"
+    case = ["--workload", f"{plugin_path}:unnamed_width", "--micro-batch", "2", "--accum-steps", "1"]
+    extra = ["--device", "cpu", "--steps", "1", "--warmup", "1"] if command == "run" else ["--device-kind", "cpu"]
+    first = invoke(command, *case, *extra, "--workload-opt", "width=32", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    monkeypatch.setattr("accumbench.runner.Runner.measure", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr("accumbench.estimate.estimate_group", lambda *a, **k: pytest.fail("estimated"))
+    other = invoke(command, *case, *extra, "--workload-opt", "width=64", "--out", str(out), "--resume")
+    assert other.exit_code == 2, other.output
+    assert "measured with workload_options.width=32" in other.output and "workload_options.width=64" in other.output
+    same = invoke(command, *case, *extra, "--workload-opt", "width=32", "--out", str(out), "--resume")
+    assert same.exit_code == 0, same.output
+    assert len(read_records(out)) == 1
+
+
 def test_resume_and_overwrite_exclude_each_other(copy_of, never_measure):
     result = invoke("run", *TINY, "--out", str(copy_of), "--resume", "--overwrite")
     assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output

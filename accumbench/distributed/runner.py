@@ -154,9 +154,11 @@ class DistributedRunner:
         return {k: self._provenance[k] for k in ("seed", "meter", "device_name", "torch_version")}
 
     def case_settings(self, dcase: DdpCase) -> dict[str, Any]:
-        """The per-case settings a record of `dcase` carries (the warm-up DDP really runs)."""
+        """The per-case settings a record of `dcase` carries (the warm-up DDP really runs, the
+        workload factory's options given)."""
         return {"warmup_steps": ddp_warmup(dcase.case.warmup),
-                "steps_setting": StepPolicy.fixed(ddp_steps(dcase.case.steps)).setting}
+                "steps_setting": StepPolicy.fixed(ddp_steps(dcase.case.steps)).setting,
+                "workload_options": dcase.case.options_dict}
 
     def case_id(self, dcase: DistributedCase) -> str:
         """The id the case's record will carry."""

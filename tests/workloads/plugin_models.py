@@ -179,3 +179,9 @@ def lazy() -> Workload:
     return Workload(**{**single().__dict__, "name": "plugin-mlp-lazy",
                        "build_model": lambda: nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.LazyLinear(4))})
 
+
+
+def unnamed_width(width: int = 32) -> Workload:
+    """The single plug-in with a hidden layer of `width`, a setting its name does not show."""
+    return Workload(**{**single().__dict__, "build_model": lambda: nn.Sequential(
+        nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 4))})
