@@ -158,7 +158,7 @@ def test_device_mismatch_exits_2(files):
     result = invoke("compare", "base.jsonl", "cur.jsonl")
     assert result.exit_code == 2
     assert result.stderr.startswith(
-        "Error: refusing to compare results measured on different devices, meters or torch versions:\n"
+        "error: refusing to compare results measured on different devices, meters or torch versions:\n"
         "  meter: baseline 'cpu' vs current 'cuda' (1 case(s))\n"
         "  device_name: baseline 'cpu (x86_64, 2 threads)' vs current 'NVIDIA H100' (1 case(s))\n"
     )
@@ -171,7 +171,7 @@ def test_corrupt_baseline_exits_2_naming_file_and_line(files):
     Path("base.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2] + "\n")
     result = invoke("compare", "base.jsonl", "cur.jsonl")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: cannot read the baseline results: base.jsonl:2: not valid JSON")
+    assert result.stderr.startswith("error: cannot read the baseline results: base.jsonl:2: not valid JSON")
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_foreign_or_empty_baseline_exits_2(files, content, message):
 def test_missing_file_exits_2(files):
     result = invoke("compare", "nope.jsonl", "cur.jsonl")
     assert result.exit_code == 2
-    assert "Error: cannot read the baseline results: nope.jsonl: no such file" in result.stderr
+    assert "error: cannot read the baseline results: nope.jsonl: no such file" in result.stderr
 
 
 @pytest.mark.parametrize("option, value, message", [

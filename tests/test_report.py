@@ -696,3 +696,14 @@ def test_figures_say_what_made_them_and_keep_lines_and_predictions_apart(tmp_pat
     assert r2["mlp"] == "—" and r2["gpt"] != "—"
     assert any("2 points: a line through them fits by construction" in f for f in fit.findings)
     assert not any("r²" in f for f in fit.findings if f.startswith("mlp"))
+
+
+def test_noise_line_claims_no_spread_when_no_case_has_enough_steps():
+    few = [rec(micro=m, peak_allocated=peak_large(m), step_times_s=[0.1, 0.12, 0.11]) for m in (8, 16)]
+    frame, _ = prepare(records_to_frame(few))
+    (line,) = findings.noise_findings(frame)
+    assert line.startswith("Timing: every one of the 2 timed cases has under 6 step times")
+    enough = [rec(micro=m, peak_allocated=peak_large(m), step_times_s=[0.1, 0.12, 0.11, 0.1, 0.1, 0.1])
+              for m in (8, 16)]
+    frame, _ = prepare(records_to_frame(enough))
+    assert findings.noise_findings(frame)[0].startswith("Timing noise: step times spread by")

@@ -18,9 +18,13 @@ EXIT_OK, EXIT_REGRESSION, EXIT_INPUT = 0, 1, 2
 
 
 class InputError(click.ClickException):
-    """A usage or input problem (unreadable file, mismatched devices): exit status 2."""
+    """A usage or input problem (unreadable file, mismatched devices): exit status 2, said as
+    every command says one (`common.fail_input`: "error: ...")."""
 
     exit_code = EXIT_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
 def _memory_tolerance(ctx: click.Context, param: click.Parameter, value: str):

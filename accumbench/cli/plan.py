@@ -242,6 +242,8 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
     meter = chosen[0].meter
     source = f"{'estimates' if meter == 'estimate' else 'measured results'} on {chosen[0].device_name} " \
              f"({', '.join(str(p) for p in paths)})"
+    if meter == "cpu":  # its ranking is the CPU's, as the report says of its throughput
+        source += "; samples/s measured on the CPU say little about a GPU's"
     observations = observations_from_records(chosen)
     if speed_error is not None:  # the user's own bound on the step-time model's ratio error
         observations = [dataclasses.replace(o, speed_error=speed_error) if o.speed_predicted else o

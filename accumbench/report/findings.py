@@ -60,7 +60,11 @@ def noise_findings(frame: pd.DataFrame) -> list[str]:
         if "step_times_" in ok else []
     out = []
     spread = typical_spread(timed)
-    if spread is not None:
+    if timed and all(len(t) < MIN_STEPS_FOR_RATIO for t in timed):
+        # No case can be told from another: a spread of two or three steps would read as a claim.
+        out.append(f"Timing: every one of the {len(timed)} timed cases has under {MIN_STEPS_FOR_RATIO} step "
+                   f"times, which say nothing about speed (measure more: --steps {MIN_STEPS_FOR_RATIO} or more).")
+    elif spread is not None:
         sentence = (f"Timing noise: step times spread by {format_percent(spread)} of their median "
                     f"(median IQR/median over {len(timed)} timed cases); every speed ratio's interval "
                     f"is widened by that much on each side, for the machine's drift between cases "
