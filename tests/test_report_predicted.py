@@ -34,11 +34,13 @@ def test_report_draws_predicted_vs_measured_and_keeps_predictions_out_of_through
     assert all(b.png is None and not b.findings for b in throughput)
 
 
-def _pair_of_files(tmp_path):
-    """Hand-made estimates and measurements of the same three cases (tokens counted too), one
-    file each: two sections, so the predicted-vs-measured figure joins them."""
+@pytest.fixture(scope="module")
+def paired_report(tmp_path_factory):
+    """A report of hand-made estimates and measurements of the same three cases (tokens counted
+    too), one file each: two sections, so the predicted-vs-measured figure joins them."""
     from test_report import H100, rec
 
+    tmp_path = tmp_path_factory.mktemp("paired")
     measured, predicted = [], []
     for micro, seconds in ((8, 0.04), (16, 0.05), (32, 0.08)):
         common = dict(micro=micro, peak_allocated=micro * 2**20)
@@ -49,11 +51,11 @@ def _pair_of_files(tmp_path):
     paths = tmp_path / "measured.jsonl", tmp_path / "predicted.jsonl"
     write_records(paths[0], measured)
     write_records(paths[1], predicted)
-    return paths
+    return build_report(list(paths), tmp_path / "report")
 
 
-def test_the_page_and_summary_show_predicted_vs_measured_across_sections(tmp_path):
-    report = build_report(list(_pair_of_files(tmp_path)), tmp_path / "report")
+def test_the_page_and_summary_show_predicted_vs_measured_across_sections(paired_report):
+    report = paired_report
     across = report.sections[-1]
     assert across.across and [s.across for s in report.sections] == [False, False, True]
     block = across.blocks[0]
@@ -62,19 +64,18 @@ def test_the_page_and_summary_show_predicted_vs_measured_across_sections(tmp_pat
                               "is +20% (gpt/large-batch/mb8/acc1).",)
     table = block.tables[0]
     assert [c.value for c in table.column("error")] == pytest.approx([0.2] * 3)
-    page = (tmp_path / "report" / "index.html").read_text()
+    page = (report.out_dir / "index.html").read_text()
     assert 'id="across-predicted_vs_measured_throughput"' in page and "in 2 sections" in page
-    summary = (tmp_path / "report" / "summary.md").read_text()
+    summary = (report.out_dir / "summary.md").read_text()
     assert "Predicted (estimate meter, no GPU) vs measured samples/s, worst first:" in summary
     assert "| gpt | gpt/large-batch/mb32/acc1 | 400.0 | 480.0 | +20.0% |" in summary
 
 
-def test_predicted_tokens_per_second_are_drawn_nowhere(tmp_path):
-    report = build_report(list(_pair_of_files(tmp_path)), tmp_path / "report")
-    estimate_section = next(s for s in report.sections if "estimate" in s.title)
+def test_predicted_tokens_per_second_are_drawn_nowhere(paired_report):
+    estimate_section = next(s for s in paired_report.sections if "estimate" in s.title)
     kinds = {b.kind.name: b for b in estimate_section.blocks}
     assert "tokens_vs_effective_batch" not in kinds
     throughput = kinds["throughput_vs_effective_batch"].tables[0]
     assert all(cell.value is None for cell in throughput.column("tokens/s"))
-    measured_section = report.sections[0]
+    measured_section = paired_report.sections[0]
     assert "tokens_vs_effective_batch" in {b.kind.name for b in measured_section.blocks}
