@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from accumbench.equivalence import CheckConfig, EquivalenceResult, cast_floating, check_workload, split_batch
-from accumbench.equivalence.diagnose import BATCHNORM_EVAL, DROPOUT_OFF, TOKEN_NORM, batchnorm_layers
+from accumbench.equivalence.diagnose import BATCHNORM_EVAL, DROPOUT_OFF, EVAL_MODE, TOKEN_NORM, batchnorm_layers
 from accumbench.equivalence.gradients import compare_tensors
 from accumbench.equivalence.precision import KeepFloat64, keep_float64
 from accumbench.equivalence.record import equivalence_case_id, to_record
@@ -171,6 +171,23 @@ def test_functional_randomness_is_found_without_a_dropout_module():
     for r in check(f"{PLUGIN}:noisy_mlp"):
         assert not r.equivalent and r.random_forward and r.dropout_layers == ()
         assert [c.kind for c in r.causes] == ["random-forward"] and r.explained
+
+
+def test_training_only_randomness_explains_nothing_that_eval_mode_still_shows():
+    # Functional dropout over a layer that mixes samples: eval mode removes the randomness and
+    # the difference stays, so the random forward is named but does not explain it.
+    for r in check(f"{PLUGIN}:dropout_centering_mlp"):
+        assert [c.kind for c in r.causes] == ["random-forward"] and r.counterfactuals[EVAL_MODE] > 0.1
+        assert not r.explained
+    # Noise drawn in eval mode too cannot be switched off: named, and taken as the reason.
+    assert all(EVAL_MODE not in r.counterfactuals and r.explained for r in check(f"{PLUGIN}:noisy_mlp"))
+
+
+def test_batchnorm_without_running_statistics_claims_no_eval_mode_evidence():
+    for r in check(f"{PLUGIN}:bn_no_stats_mlp"):
+        assert [c.kind for c in r.causes] == ["batchnorm"] and r.causes[0].counterfactual is None
+        assert BATCHNORM_EVAL not in r.counterfactuals and r.explained
+    assert "evidence" not in format_diagnosis(check(f"{PLUGIN}:bn_no_stats_mlp"))
 
 
 def test_a_difference_no_diagnosis_knows_is_unexplained():

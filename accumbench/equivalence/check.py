@@ -20,11 +20,13 @@ from accumbench.equivalence.diagnose import (
     ALL_REMOVED,
     BATCHNORM_EVAL,
     DROPOUT_OFF,
+    EVAL_MODE,
     TOKEN_NORM,
     Cause,
     ModelSetting,
     apply_setting,
     batchnorm_cause,
+    batchnorm_eval_applies,
     batchnorm_layers,
     dropout_cause,
     dropout_layers,
@@ -134,7 +136,8 @@ class EquivalenceResult:
     @property
     def explained(self) -> bool:
         """Equivalent, or not for a diagnosed reason: switching the causes off makes it
-        equivalent, or a cause cannot be switched off from outside (random forward)."""
+        equivalent, or a cause cannot be switched off from outside (a random forward that eval
+        mode does not make deterministic, BatchNorm without running statistics)."""
         if self.equivalent:
             return True
         if not self.causes:
@@ -237,14 +240,17 @@ class _Probe:
 
 
 def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], random_rest: bool,
-              counts: list[int] | None, hf_model: bool = False) -> tuple[list[Cause], dict[str, float]]:
+              counts: list[int] | None, hf_model: bool = False, tolerance: float = 0.0
+              ) -> tuple[list[Cause], dict[str, float]]:
     """The causes that apply to this comparison and the error with each switched off."""
     causes: list[Cause] = []
     counterfactuals: dict[str, float] = {}
     token_cause = loss_norm == "mean" and counts is not None and len(set(counts)) > 1
     if bn:
-        causes.append(batchnorm_cause(bn))
-        counterfactuals[BATCHNORM_EVAL] = probe.compare(ModelSetting(batchnorm_eval=True), loss_norm).rel_error
+        switchable = batchnorm_eval_applies(probe.model)
+        causes.append(batchnorm_cause(bn, switchable))
+        if switchable:
+            counterfactuals[BATCHNORM_EVAL] = probe.compare(ModelSetting(batchnorm_eval=True), loss_norm).rel_error
     if token_cause:
         honoured = not hf_model or not isinstance(probe.micro_batches[0], dict) or \
             loss_takes_num_items(probe.model, probe.micro_batches[0])
@@ -253,10 +259,17 @@ def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], 
     if dropout:
         causes.append(dropout_cause(dropout))
         counterfactuals[DROPOUT_OFF] = probe.compare(ModelSetting(dropout_off=True), loss_norm).rel_error
+    eval_mode = False
     if random_rest:
-        causes.append(random_forward_cause())
+        # Randomness hides any other difference (a loss that mixes the samples of a micro-batch
+        # behind functional dropout): it explains the difference only where switching it off
+        # shows that, and eval mode switches off what draws only in training.
+        eval_mode = not probe.is_random(ModelSetting(eval_mode=True), tolerance)
+        causes.append(random_forward_cause(eval_mode))
+        if eval_mode:
+            counterfactuals[EVAL_MODE] = probe.compare(ModelSetting(eval_mode=True), loss_norm).rel_error
     if len(counterfactuals) > 1:
-        everything_off = ModelSetting(batchnorm_eval=bool(bn), dropout_off=bool(dropout))
+        everything_off = ModelSetting(batchnorm_eval=bool(bn), dropout_off=bool(dropout), eval_mode=eval_mode)
         counterfactuals[ALL_REMOVED] = probe.compare(everything_off, "token" if token_cause else loss_norm).rel_error
     return causes, counterfactuals
 
@@ -305,7 +318,7 @@ def check_workload(workload: Workload, config: CheckConfig | None = None) -> lis
                 comparison = probe.compare(AS_IS, loss_norm)
                 # Causes explain a difference: an equivalent result has none to explain.
                 causes, counterfactuals = ([], {}) if comparison.rel_error <= config.tolerance else \
-                    _diagnose(probe, loss_norm, bn, dropout, random_rest, counts, is_hf_model(model))
+                    _diagnose(probe, loss_norm, bn, dropout, random_rest, counts, is_hf_model(model), config.tolerance)
                 drift = None
                 if bn:
                     drift = compare_tensors(probe.accumulated(AS_IS, loss_norm).stats, probe.large(AS_IS).stats).rel_error

@@ -22,6 +22,7 @@ from torch import nn
 BATCHNORM_EVAL = "batchnorm-eval"
 TOKEN_NORM = "token-norm"
 DROPOUT_OFF = "dropout-off"
+EVAL_MODE = "eval-mode"
 ALL_REMOVED = "all-causes-removed"
 
 
@@ -48,6 +49,7 @@ class ModelSetting:
 
     batchnorm_eval: bool = False
     dropout_off: bool = False
+    eval_mode: bool = False  # the whole model in eval mode: what training-only randomness checks
 
 
 def batchnorm_layers(model: nn.Module) -> list[str]:
@@ -77,7 +79,10 @@ def dropout_layers(model: nn.Module) -> list[str]:
 
 def apply_setting(model: nn.Module, setting: ModelSetting) -> nn.Module:
     """Switch causes off in place: BatchNorm to eval mode (running statistics, per sample);
-    dropout probability to 0. Returns the model."""
+    dropout probability to 0; the whole model to eval mode (functional dropout and stochastic
+    depth draw only in training). Returns the model."""
+    if setting.eval_mode:
+        model.eval()
     if setting.batchnorm_eval:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -110,8 +115,15 @@ def _names(layers: Sequence[str], limit: int = 4) -> str:
     return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
-def batchnorm_cause(layers: Sequence[str]) -> Cause:
-    """BatchNorm normalises each micro-batch with its own statistics."""
+def batchnorm_eval_applies(model: nn.Module) -> bool:
+    """Whether eval mode changes a BatchNorm layer of the model: only one that keeps running
+    statistics then normalises with them (one without normalises by the batch either way)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def batchnorm_cause(layers: Sequence[str], switchable: bool = True) -> Cause:
+    """BatchNorm normalises each micro-batch with its own statistics; `switchable`: some layer
+    keeps running statistics, so eval mode is the counterfactual (else there is none)."""
     return Cause(
         kind="batchnorm",
         summary=f"BatchNorm ({_names(layers)}): statistics per micro-batch",
@@ -127,7 +139,7 @@ def batchnorm_cause(layers: Sequence[str]) -> Cause:
             "or use micro-batches large enough that their statistics are stable; frozen BatchNorm "
             "(eval mode, as in fine-tuning) accumulates exactly"
         ),
-        counterfactual=BATCHNORM_EVAL,
+        counterfactual=BATCHNORM_EVAL if switchable else None,
     )
 
 
@@ -214,8 +226,10 @@ def dropout_cause(layers: Sequence[str]) -> Cause:
     )
 
 
-def random_forward_cause() -> Cause:
-    """The forward pass draws random numbers that no module setting switches off."""
+def random_forward_cause(eval_mode_deterministic: bool = False) -> Cause:
+    """The forward pass draws random numbers that no module setting switches off; when eval
+    mode makes it deterministic (functional dropout and stochastic depth draw only in training),
+    eval mode is the counterfactual: without one, the randomness would hide any other cause."""
     return Cause(
         kind="random-forward",
         summary="random forward pass (not a dropout module)",
@@ -226,7 +240,7 @@ def random_forward_cause() -> Cause:
         ),
         fix="make the forward deterministic for the check (a flag that turns the randomness off), "
             "then check again",
-        counterfactual=None,
+        counterfactual=EVAL_MODE if eval_mode_deterministic else None,
     )
 
 

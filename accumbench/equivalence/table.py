@@ -8,13 +8,15 @@ from typing import Iterable, Sequence
 
 from accumbench.equivalence.check import EquivalenceResult
 from accumbench.textfmt import text_table
-from accumbench.equivalence.diagnose import ALL_REMOVED, CAUSE_LABELS, BATCHNORM_EVAL, DROPOUT_OFF, TOKEN_NORM
+from accumbench.equivalence.diagnose import (ALL_REMOVED, BATCHNORM_EVAL, CAUSE_LABELS, DROPOUT_OFF, EVAL_MODE,
+                                             TOKEN_NORM)
 
 WIDTH = 100
 COUNTERFACTUAL_TEXT = {
     BATCHNORM_EVAL: "with BatchNorm in eval mode (running statistics)",
     TOKEN_NORM: "with --loss-norm token",
     DROPOUT_OFF: "with dropout off",
+    EVAL_MODE: "with the model in eval mode (what draws only in training off)",
     ALL_REMOVED: "with every cause above switched off",
 }
 

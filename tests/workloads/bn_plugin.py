@@ -5,6 +5,8 @@
 - `dropout_mlp`: an `nn.Dropout(p=0.5)` module named `drop`.
 - `noisy_mlp`: Gaussian noise added in forward with `torch.randn_like`: randomness that no
   module setting switches off.
+- `bn_no_stats_mlp`, `dropout_centering_mlp`: BatchNorm without running statistics; functional
+  dropout (training only) over a layer that mixes samples.
 - `centering_mlp`: subtracts the batch mean of the hidden layer (a hand-made layer that mixes
   samples, which no diagnosis knows): not equivalent and unexplained.
 - `float32_only_mlp`: forward multiplies by a float32 tensor it makes itself, so a float64
@@ -34,18 +36,23 @@ class MLP(nn.Module):
         self.fc = nn.Linear(D_IN, HIDDEN)
         if defect == "bn":
             self.stem_bn = nn.BatchNorm1d(HIDDEN)
+        if defect == "bn_no_stats":
+            self.stem_bn = nn.BatchNorm1d(HIDDEN, track_running_stats=False)
         if defect == "dropout":
             self.drop = nn.Dropout(p=0.5)
         self.head = nn.Linear(HIDDEN, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if self.defect == "bn":
+        if self.defect in ("bn", "bn_no_stats"):
             h = self.stem_bn(h)
         elif self.defect == "dropout":
             h = self.drop(h)
         elif self.defect == "noise":
             h = h + 0.1 * torch.randn_like(h)
+        elif self.defect == "dropout_centering":
+            # Functional dropout over a layer that mixes samples: the randomness hides the mixing.
+            h = F.dropout(h - h.mean(dim=0, keepdim=True), 0.2, self.training)
         elif self.defect == "centering":
             # Mixes the samples of a batch: each sample's output depends on the others.
             h = h - h.mean(dim=0, keepdim=True)
@@ -102,3 +109,13 @@ def dict_batch_mlp() -> Workload:
 
     return Workload(name="mlp-dict", build_model=lambda: MLP(""), make_batch=make_batch,
                     loss=lambda output, batch: F.cross_entropy(output, batch["targets"]))
+
+
+def bn_no_stats_mlp() -> Workload:
+    """MLP with a BatchNorm1d that keeps no running statistics: eval mode cannot switch it off."""
+    return _workload("bn_no_stats")
+
+
+def dropout_centering_mlp() -> Workload:
+    """MLP whose functional dropout (training only) hides a layer that mixes samples."""
+    return _workload("dropout_centering")
