@@ -169,6 +169,7 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
     state = prepared.state
     first = meter.profile(prepared.step, state)
     steady: dict[tuple[int, int], StepProfile] = {(high, micro_steps): meter.profile(prepared.step, state)}
+    growth = meter.growth_note()
 
     def profile(size: int, steps: int) -> StepProfile:
         """The steady step at `size` with `steps` micro-batches, from the state a run of that
@@ -274,6 +275,8 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
             case_first = None
             notes.append("first-step peak: profiled at the group's largest micro-batch only" if size != high else
                          f"first-step peak: profiled with the group's first {micro_steps} micro-batches only")
+        if growth:
+            notes.append(growth)
         results.append((_record(runner, case, workload, state, profile_, case_first, steps, notes), profile_))
     return results
 

@@ -106,6 +106,19 @@ def test_pythons_random_is_seeded_so_a_case_repeats_to_the_byte(cpu_runner, cpu_
     assert len(peaks) == 1
 
 
+def test_tensors_a_module_keeps_in_a_list_are_counted_and_a_growing_list_is_said(cpu_runner, cpu_estimator,
+                                                                                 plugin_path):
+    # A bank of the last 3 activations is full after the warm-up: both meters hold all of it.
+    full = case(f"{plugin_path}:memory_bank", "accumulated", 2, 4, options=())
+    measured, estimated = cpu_runner.measure(full), cpu_estimator.measure(full)
+    assert estimated.peak_allocated == measured.peak_allocated
+    assert not any("more alive between steps" in note for note in estimated.assumptions["applied"])
+    # One of 50 still fills up over the run's steps: the estimate's two steps say so.
+    growing = case(f"{plugin_path}:memory_bank", "accumulated", 2, 4, options=(("size", 50),))
+    for record in (cpu_estimator.measure(growing), estimate_cases([growing], assumptions_for("cpu"))[0]):
+        assert "more alive between steps than it found" in "; ".join(record.assumptions["applied"])
+
+
 def test_lazy_modules_are_refused_in_one_line_by_both_meters(cpu_runner, cpu_estimator, plugin_path):
     the_case = case(f"{plugin_path}:lazy", "large-batch", 4, options=())
     for record in (cpu_runner.measure(the_case), cpu_estimator.measure(the_case)):

@@ -103,6 +103,10 @@ def flat_tensors(obj: Any) -> Iterable[torch.Tensor]:
     return [leaf for leaf in pytree.tree_leaves(obj) if isinstance(leaf, torch.Tensor)]
 
 
+# nn.Module's own dicts of parameters, buffers and submodules (counted as such, not as "other").
+_MODULE_REGISTRIES = ("_parameters", "_buffers", "_modules")
+
+
 def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
     """The device tensors alive between steps, by breakdown category. The host micro-batches
     are not among them: each micro-step copies its own to the device."""
@@ -113,14 +117,16 @@ def live_tensors(state: TrainingState) -> dict[str, list[torch.Tensor]]:
     ]
     alive = {"params": params, "grads": grads, "optimizer": optimizer_state}
     # DDP's gradient buckets; the fp16 GradScaler's scale and growth tracker; tensors a module
-    # keeps as plain attributes (a cache its forward replaces each step). The cpu meter's own
-    # tracker has counted those made in the warm-up since then; a fresh tracker must adopt them.
+    # keeps as plain attributes, alone or in lists and dicts (a cache its forward replaces each
+    # step, a memory bank of past activations). The cpu meter's own tracker has counted those
+    # made in the warm-up since then; a fresh tracker must adopt them.
     scaler = state.scaler
     other = list(state.held_buffers) + [
         t for t in (getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None))
         if isinstance(t, torch.Tensor)]
-    other += [value for module in state.model.modules() for value in vars(module).values()
-              if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)]
+    kept = [value for module in state.model.modules() for name, value in vars(module).items()
+            if name not in _MODULE_REGISTRIES and isinstance(value, (torch.Tensor, list, tuple, dict))]
+    other += [t for t in flat_tensors(kept) if not isinstance(t, torch.nn.Parameter)]
     if other:
         alive["other"] = other
     return alive

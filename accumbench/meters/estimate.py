@@ -35,6 +35,7 @@ from accumbench.meters.known_values import MOE_ROUTINGS, KnownValues, known_tens
 from accumbench.meters.tracker import LiveBytesTracker, local_tensor
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
+from accumbench.textfmt import format_bytes
 from accumbench.steptime import OpTable, OpTally, op_flops, predict_step_time
 
 # --- the allocation log ------------------------------------------------------------------------
@@ -365,6 +366,13 @@ def fake_modules_convert_in_place() -> Iterator[None]:
         torch.nn.Module._apply = original
 
 
+def _storage_bytes(alive: dict[str, list[torch.Tensor]]) -> int:
+    """Bytes of the distinct storages among these tensors."""
+    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+                for tensors in alive.values() for t in tensors}
+    return sum(storages.values())
+
+
 def _one_fake_mode():
     """A `FakeTensorMode` (allowing real inputs, which become constants) that a deep copy leaves
     as it is. A fake tensor keeps its mode in its `__dict__`, and `copy.deepcopy` of a fake
@@ -476,6 +484,7 @@ class EstimateMeter(Meter):
         self.last_profiles: tuple[StepProfile, StepProfile] | None = None
         self._mode = None
         self._values: KnownValues | None = None
+        self.grown_bytes = 0  # what the last profiled step left alive between steps beyond what it found
 
     @contextlib.contextmanager
     def case_context(self) -> Iterator[None]:
@@ -550,7 +559,7 @@ class EstimateMeter(Meter):
         first = self.profile(step, state)
         steady = self.profile(step, state)
         self.last_profiles = (first, steady)
-        return estimate_measurement(steady, self.assumptions, first,
+        return estimate_measurement(steady, self.assumptions, first, self.growth_note(),
                                     routing_peaks=self.routing_peaks(step, state, steady))
 
     def routing_peaks(self, step: Step, state: TrainingState, steady: StepProfile) -> dict[str, int] | None:
@@ -586,6 +595,7 @@ class EstimateMeter(Meter):
             return attention_backward_scratch(kernel, query)
 
         tracker = LoggingTracker(state.device.type, scratch if cuda else None, cuda=cuda)
+        before = _storage_bytes(self._alive_between_steps(state))
         tracker.adopt(self._alive_between_steps(state))
         tracker.start_step()
         if state.scaler is not None and not isinstance(state.scaler, _NoSyncGradScaler):
@@ -603,7 +613,17 @@ class EstimateMeter(Meter):
                 step()
         finally:
             state.observer = previous_observer
+        self.grown_bytes = _storage_bytes(self._alive_between_steps(state)) - before
         return tracker.profile()
+
+    def growth_note(self) -> str | None:
+        """What to say when the last profiled step left more alive between steps than it found
+        (after the warm-up step, which makes the optimizer state): a list or cache the model
+        grows, whose later, larger self the estimate's two steps do not see; else None."""
+        if self.grown_bytes <= 0:
+            return None
+        return (f"the steady step left {format_bytes(self.grown_bytes)} more alive between steps than it found "
+                "(a cache or bank the model grows?): a run's later steps may peak higher than estimated")
 
     def trace(self, step: Step, state: TrainingState):
         """The live-bytes curve of one more fake step, counted as the estimate counts (the

@@ -185,3 +185,24 @@ def unnamed_width(width: int = 32) -> Workload:
     """The single plug-in with a hidden layer of `width`, a setting its name does not show."""
     return Workload(**{**single().__dict__, "build_model": lambda: nn.Sequential(
         nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 4))})
+
+
+class _Bank(nn.Module):
+    """Keeps the last `size` detached hidden activations in a Python list (a memory bank)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+        self.body = nn.Linear(16, 64)
+        self.head = nn.Linear(64, 4)
+        self.bank = []
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        self.bank = (self.bank + [h.detach().clone()])[-self.size:]
+        return self.head(h)
+
+
+def memory_bank(size: int = 3) -> Workload:
+    """The single plug-in's batches through `_Bank(size)`."""
+    return Workload(**{**single().__dict__, "name": f"plugin-bank{size}", "build_model": lambda: _Bank(size)})
