@@ -156,6 +156,58 @@ def test_launcher_runs_torchrun_standalone_and_shares_the_cpu_cores():
     assert "OMP_NUM_THREADS" not in launch_env(2, "cuda", {})
 
 
+def test_a_sigterm_for_the_launcher_stops_torchrun_before_the_launcher_lets_go(tmp_path, monkeypatch):
+    # A scheduler's SIGTERM for the launcher alone left torchrun and its ranks writing to the
+    # results file after the launcher released its lock; it is passed on and waited for.
+    import signal
+    import threading
+
+    import accumbench.distributed.launch as launch
+
+    marker = tmp_path / "stopped"
+    child = textwrap.dedent(f"""
+        import signal, sys, time
+        def stop(*_):
+            time.sleep(0.3)  # still running when the launcher would have returned
+            open({str(marker)!r}, "w").write("stopped")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("ready", flush=True)
+        time.sleep(30)
+    """)
+    monkeypatch.setattr(launch, "torchrun_command", lambda n, args: [sys.executable, "-c", child])
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = launch.launch_torchrun(2, [], "cpu")
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGTERM and marker.read_text() == "stopped"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("codes, expected, said", [({1: 2, 0: -15}, 2, ""), ({1: 1, 0: -15}, 1, "rank 1 exited with code 1"),
+                                                  ({0: -9}, -9, "rank 0 exited with code -9")])
+def test_torchrun_wrapper_ends_a_failed_rank_in_one_line(monkeypatch, capsys, codes, expected, said):
+    # A rank that stopped on bad input (exit 2, having said why) makes the job exit 2; any other
+    # failure is named in one line, never torchrun's forty-line report.
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from accumbench.distributed import torchrun
+
+    def fail(argv):
+        raise ChildFailedError("accumbench", {rank: ProcessFailure(rank, 100 + rank, code, "")
+                                              for rank, code in codes.items()})
+
+    monkeypatch.setattr(torch.distributed.run, "main", fail)
+    code = torchrun.main([])
+    assert code == (expected if expected > 0 else 1)
+    err = capsys.readouterr().err
+    assert (said in err) if said else err == ""
+
+
 def test_ranks_hand_the_exit_code_to_the_launcher(tmp_path):
     exit_file = tmp_path / "code"
     env = {"ACCUMBENCH_DDP_EXIT_FILE": str(exit_file)}

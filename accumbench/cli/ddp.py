@@ -100,9 +100,13 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     """Check the input in this process (one clear error, not one per rank), then run torchrun."""
     import torch
 
-    from accumbench.distributed import launch_torchrun
+    from accumbench.distributed import DistributedError, launch_torchrun, timeout_from_env
     from accumbench.runner import default_optimizer_label
 
+    try:
+        timeout_from_env()  # each rank reads it: a bad value is said once, here
+    except DistributedError as exc:
+        fail_input(str(exc))
     if torch_device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
         fail_input(f"--nproc-per-node {nproc_per_node} needs {nproc_per_node} GPUs; "
                    f"{torch.cuda.device_count()} visible")

@@ -72,8 +72,9 @@ from accumbench.cli.common import (
               show_default=True, help="FSDP: free the gathered parameters after each unit's forward "
                                       "(all-gather them again in backward), or keep them.")
 @click.option("--fsdp-wrap", default=None, metavar="PATTERN",
-              help="FSDP: shard the modules whose qualified name matches this fnmatch pattern, e.g. "
-                   "'blocks.*' (default: ModuleList elements, else top-level children).")
+              help="FSDP: shard the outermost modules whose qualified name matches this fnmatch pattern, "
+                   "e.g. 'blocks.*' (the blocks, not also their submodules; default: ModuleList elements, "
+                   "else top-level children).")
 def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, accum_steps, amp, set_to_none,
         loss_norm, warmup, steps, out_path, resume, overwrite, list_only, seed, timeline=False,
         nproc_per_node=None, distributed=False, parallel="ddp", reshard_after_forward="true",

@@ -83,11 +83,14 @@ def fsdp_case_id(workload_name: str, fcase: FsdpCase, optimizer: str, world_size
 
 def fsdp_units(model: nn.Module, pattern: str | None = None) -> list[str]:
     """Qualified names of the modules to `fully_shard` (besides the root), parents after their
-    children: matches of `pattern`, else ModuleList elements, else top-level children with
-    parameters. Raises ValueError when a pattern matches nothing."""
+    children: the outermost matches of `pattern` (fnmatch's `*` crosses dots, so `blocks.*`
+    also matches `blocks.0.attn.qkv`, inside the block it means), else ModuleList elements,
+    else top-level children with parameters. Raises ValueError when a pattern matches nothing."""
     named = [(name, module) for name, module in model.named_modules() if name]
     if pattern is not None:
-        names = [name for name, _ in named if fnmatch.fnmatchcase(name, pattern)]
+        matched = [name for name, _ in named if fnmatch.fnmatchcase(name, pattern)]
+        names = [name for name in matched
+                 if not any(name.startswith(outer + ".") for outer in matched if outer != name)]
         if not names:
             raise ValueError(f"--fsdp-wrap {pattern!r} matches no module of {type(model).__name__} "
                              f"(names look like: {', '.join(n for n, _ in named[:5])})")

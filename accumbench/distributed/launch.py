@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,11 +42,26 @@ def launch_torchrun(nproc_per_node: int, run_args: Sequence[str], device_type: s
         exit_file = Path(tmp) / "exit-code"
         env = {**launch_env(nproc_per_node, device_type), EXIT_FILE_ENV: str(exit_file)}
         process = subprocess.Popen(command, env=env)
+        stopped_by: list[int] = []
+
+        def stop(signum, frame) -> None:
+            # A SIGTERM or SIGHUP for the launcher alone (a job scheduler, a closed terminal)
+            # would leave torchrun and its ranks writing to the results file after the launcher
+            # let go of its lock: pass it on, and wait for them below.
+            stopped_by.append(signum)
+            process.send_signal(signum)
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
         try:
             returncode = process.wait()
         except KeyboardInterrupt:  # torchrun got the Ctrl-C too and stops its ranks; wait for them
             process.wait()
             return 130
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if stopped_by:
+            return 128 + stopped_by[0]
         try:
             return int(exit_file.read_text().strip())
         except (OSError, ValueError):
