@@ -75,6 +75,10 @@ def test_collective_fields_take_the_max_over_ranks_and_count_per_unit():
     (["estimate", "--world-size", "2"], "--world-size needs --parallel fsdp"),
     (["estimate", "--parallel", "fsdp", "--world-size", "2", "--workload", "gpt", "--fsdp-wrap", "nothing.*",
       "--micro-batch", "2", "--list"], None),
+    (["estimate", "--parallel", "fsdp", "--world-size", "2", "--workload", "gpt", "--fsdp-wrap", "nothing.*",
+      "--micro-batch", "2"], "--fsdp-wrap 'nothing.*' matches no module of GPT"),
+    (["run", "--nproc-per-node", "2", "--device", "cpu", "--parallel", "fsdp", "--workload", "gpt", "--fsdp-wrap",
+      "nothing.*", "--micro-batch", "2"], "--fsdp-wrap 'nothing.*' matches no module of GPT"),
 ])
 def test_fsdp_input_errors_are_one_line_and_exit_2(args, message, tmp_path):
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "x.jsonl")])
@@ -141,8 +145,9 @@ def test_fake_group_estimate_for_a_gpu_kind_predicts_step_time():
     fcases, _ = fsdp_cases([CASE])
     for record in estimate_fsdp(fcases[:1], assumptions_for("h100"), WORLD):
         assert record.status == "ok", record.error
-        assert record.predicted_step_time_s > 0 and record.samples_per_s > 0
-        assert record.measured_steps == 0
+        assert record.predicted_step_time_s > 0 and record.measured_steps == 0
+        # The job's samples/s, as a run's record sums its ranks': every rank steps as rank 0.
+        assert record.samples_per_s == pytest.approx(record.effective_batch / record.predicted_step_time_s)
 
 # --- two gloo ranks (torch.multiprocessing), slow ------------------------------------------
 

@@ -321,6 +321,12 @@ def test_sections_split_by_meter_and_world_size_and_name_them():
     frame, _ = prepared(records)
     assert list(dict.fromkeys(frame["section_title"])) == [
         f"{H100} · cuda meter", f"{H100} · estimate meter", "unknown device · cuda meter · 2 processes"]
+    # DDP and FSDP records appended to one file are other steps: a section each.
+    both = [rec(micro=8, peak_allocated=GiB, world_size=2, distributed={"no_sync": True}),
+            rec(micro=8, peak_allocated=GiB // 2, world_size=2, distributed={"parallel": "fsdp", "no_sync": True})]
+    frame, _ = prepared(both)
+    assert list(dict.fromkeys(frame["section_title"])) == [f"{H100} · cuda meter · 2 processes · DDP",
+                                                           f"{H100} · cuda meter · 2 processes · FSDP"]
 
 
 def test_odd_records_make_a_report_not_a_traceback(tmp_path):

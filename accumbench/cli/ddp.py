@@ -72,19 +72,27 @@ def relaunch_args(ctx: click.Context, device_type: str) -> list[str]:
     return args
 
 
-def _check_cases(dcases):
+def _check_cases(dcases, build: bool = True):
     """Load every workload and check every scenario fits it, before anything runs; return the
-    loaded workloads (a `runner.WorkloadCache`)."""
+    loaded workloads (a `runner.WorkloadCache`). With `build`, also build each model on the meta
+    device to check an `--fsdp-wrap` pattern (`--list` builds nothing)."""
+    from accumbench.distributed.fsdp import check_wrap
     from accumbench.runner import WorkloadCache
     from accumbench.scenarios import check_compatible
     from accumbench.workloads import WorkloadError
 
     workloads = WorkloadCache()
+    wraps_checked = set()
     for dcase in dcases:
         try:
-            check_compatible(dcase.case.scenario, workloads.get(dcase.case), dcase.case.loss_norm)
+            workload = workloads.get(dcase.case)
+            check_compatible(dcase.case.scenario, workload, dcase.case.loss_norm)
             if dcase.case.compile:
                 raise ValueError("--compile is not measured under DDP yet; run it without --nproc-per-node")
+            wrap = getattr(dcase, "wrap", None)
+            if build and (id(workload), wrap) not in wraps_checked:
+                check_wrap(workload, wrap)
+                wraps_checked.add((id(workload), wrap))
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
     return workloads
@@ -110,7 +118,7 @@ def _launch(torch_device, dcases, skipped, out_path, resume, overwrite, list_onl
     if torch_device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
         fail_input(f"--nproc-per-node {nproc_per_node} needs {nproc_per_node} GPUs; "
                    f"{torch.cuda.device_count()} visible")
-    workloads = _check_cases(dcases)
+    workloads = _check_cases(dcases, build=not list_only)
     if list_only:
         for dcase in dcases:
             workload = workloads.get(dcase.case)

@@ -18,6 +18,7 @@ def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int 
     under run's rules; None with --list) as soon as it exists."""
     from accumbench.distributed.fsdp import fsdp_cases
     from accumbench.results_file import ResultsFileError, ResultsWriteError
+    from accumbench.distributed.fsdp import check_wrap
     from accumbench.runner import default_optimizer_label
     from accumbench.workloads import WorkloadError, load_workload
 
@@ -33,6 +34,8 @@ def estimate_fsdp_command(cases, assumptions, *, parallel: str, world_size: int 
             if key not in names:
                 workload = load_workload(*key[:1], fcase.case.options_dict)
                 names[key] = (workload.name, default_optimizer_label(workload))
+                if not list_only:  # --list builds nothing
+                    check_wrap(workload, fcase.wrap)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))
 

@@ -145,8 +145,8 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                                            f"estimates ({estimated[0].device_name})", "estimated")
             name = workload.name
         if world_size > 1:  # the plan is per rank: say so wherever it names the batch
-            name += f" on {world_size} ranks (FSDP; micro-batch x steps and peak per rank, " \
-                    f"{per_rank} of the {effective_batch} samples each)"
+            name += f" on {world_size} ranks (FSDP; the job's effective batch {effective_batch}; below, the " \
+                    f"effective batch, micro-batch x steps and peak are one rank's, samples/s the job's)"
         made = make_plan(per_rank, budget, observations, margin_value, exact_source=exact,
                          source=source, workload=name)
     except NothingFits as exc:

@@ -111,8 +111,11 @@ class FsdpEstimator:
         fields["case_id"] = fcase.case_id(workload.name, optimizer, self.world_size)
         fields["effective_batch"] = case.effective_batch * self.world_size
         # Merged, not passed side by side: the speed fields restate `measured_steps`.
-        fields.update(speed_fields(measurement, case, workload, measurement.flops_per_step,
-                                   self._provenance["device_name"]))
+        speed = speed_fields(measurement, case, workload, measurement.flops_per_step, self._provenance["device_name"])
+        for key in ("samples_per_s", "tokens_per_s"):
+            if speed.get(key):  # every rank steps as rank 0: the job's rate, as a run's records sum the ranks'
+                speed[key] *= self.world_size
+        fields.update(speed)
         return Record(
             run_id=self.run_id, **self._provenance, **fields, world_size=self.world_size,
             status="ok", peak_allocated=measurement.peak_allocated,

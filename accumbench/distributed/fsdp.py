@@ -103,6 +103,15 @@ def fsdp_units(model: nn.Module, pattern: str | None = None) -> list[str]:
     return sorted(names, key=lambda n: -n.count("."))  # inner units first
 
 
+def check_wrap(workload: Any, pattern: str | None) -> None:
+    """Raise ValueError (one line) when `pattern` names no module of the workload's model, built
+    on the meta device (no memory), before a job launches for it."""
+    if pattern is not None:
+        with torch.device("meta"):
+            model = workload.build_model()
+        fsdp_units(model, pattern)
+
+
 def mixed_precision_policy(amp: str) -> Any:
     """FSDP2's `MixedPrecisionPolicy` for `--amp`: parameters gathered and computed in the AMP
     dtype, gradients reduced in fp32; None without AMP (FSDP's default: no casts)."""

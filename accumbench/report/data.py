@@ -5,7 +5,8 @@ the columns the report needs but records do not store (sections, line labels, th
 its spread), computed once here so that figures and tables agree.
 
 Sections: records are never merged across devices or files. A section is one results file on
-one device, as measured by one meter, at one world size (`SECTION_KEYS`); each gets its own part
+one device, as measured by one meter, at one world size and way of going parallel (DDP or
+FSDP: `SECTION_KEYS`); each gets its own part
 of the page and its own panels in every figure.
 """
 
@@ -25,7 +26,7 @@ from accumbench.records import Record, iter_records, records_to_frame
 from accumbench.stats import StepTimes, typical_spread
 from accumbench.report.units import is_missing
 
-SECTION_KEYS = ("source", "meter", "device_name", "world_size")
+SECTION_KEYS = ("source", "meter", "device_name", "world_size", "parallel_")
 
 # Columns without which no figure can be drawn. Anything else a record may lack is filled with
 # None, so a hand-made frame with only these columns still makes a (smaller) report.
@@ -156,6 +157,9 @@ def _with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("source", "meter", "device_name"):
         frame[column] = frame[column].fillna("").astype(str)
     frame["world_size"] = frame["world_size"].fillna(1).astype(int)
+    # DDP and FSDP records of one file are other steps, never lines of one figure.
+    frame["parallel_"] = [d.get("parallel", "ddp") if isinstance(d, dict) else ""
+                          for d in frame.get("distributed", pd.Series([None] * len(frame), index=frame.index))]
     for column in ("micro_batch", "accum_steps", "effective_batch"):
         frame[column] = frame[column].astype(int)
     frame["step_times_s"] = [tuple(t) if isinstance(t, (list, tuple)) else ()
@@ -173,12 +177,14 @@ def _assign_sections(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _section_title(key: tuple, several_sources: bool) -> str:
-    source, meter, device, world_size = key
+    source, meter, device, world_size, parallel = key
     title = device or "unknown device"
     if meter:
         title += f" · {meter} meter"
     if world_size > 1:
         title += f" · {world_size} processes"
+    if parallel:
+        title += f" · {parallel.upper()}"
     if several_sources:
         title += f" · {Path(source).name}"
     return title
