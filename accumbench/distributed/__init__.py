@@ -12,8 +12,9 @@ What a distributed record means (one per case, `world_size` = N ranks):
   global batch does not depend on N. `effective_batch` is global: samples per optimizer step
   over all ranks (`micro_batch * accum_steps * world_size`).
 - `peak_allocated` (and the other memory fields) is the max over ranks; `step_times_s` holds,
-  per measured step, the slowest rank's time; `samples_per_s` and `tokens_per_s` are summed over
-  ranks; `flops_per_step` is summed over ranks and `mfu` divides by N devices' peak.
+  per measured step, the slowest rank's time; `samples_per_s` and `tokens_per_s` are the job's
+  (`effective_batch` over the median of those times: a synchronous job goes at its slowest
+  rank's pace); `flops_per_step` is summed over ranks and `mfu` divides by N devices' peak.
 - `distributed` = {"backend", "no_sync", "bucket_cap_mb", "buckets", "allreduces_per_step",
   "allreduces_per_bucket_per_step", "allreduce_time_s_per_step", "allreduce_timing",
   "per_rank_peak_allocated", "per_rank_samples_per_s", "per_rank_allreduce_time_s_per_step",

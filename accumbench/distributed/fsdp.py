@@ -1,7 +1,7 @@
 """Gradient accumulation under FSDP2 (`torch.distributed.fsdp.fully_shard`), on every rank.
 
 What an FSDP record means: as a DDP record (see `accumbench.distributed`: `micro_batch` per
-rank, `effective_batch` global, memory the max over ranks, samples/s summed over ranks), with
+rank, `effective_batch` global, memory the max over ranks, samples/s the job's), with
 the `distributed` block saying `"parallel": "fsdp"` and counting FSDP's collectives instead of
 DDP's all-reduces: `allgathers_per_step`, `reducescatters_per_step` (calls per optimizer step on
 one rank), their bytes (all-gather output, reduce-scatter input) and time (per rank, from call to

@@ -20,6 +20,7 @@ from accumbench.distributed.results import RankResult, measured_result, merge_re
 from accumbench.distributed.runner import DistributedRunner, ddp_steps, rank_batches
 from accumbench.meters.timing import StepPolicy
 from accumbench.environment import utc_timestamp
+from accumbench.levers import Levers
 from accumbench.records import Record
 from accumbench.runner import (
     DEFAULT_SEED,
@@ -108,7 +109,7 @@ class FsdpRunner(DistributedRunner):
         if self.trace_timelines:
             self._timeline = meter.trace(prepared.step, prepared.state)
         return measured_result(self.context.rank, prepared.state, prepared.state.model, measurement, flops,
-                               collectives=window.stats)
+                               Levers.of(case).freezes, collectives=window.stats)
 
     def _record(self, fcase: FsdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
         case = fcase.case

@@ -28,6 +28,7 @@ class RankResult:
     collective: bool = False  # the failure looks like waiting on another rank (timeout, peer gone)
     optimizer: str = ""
     parameters: int | None = None
+    trainable_parameters: int | None = None  # with frozen parameters (a lever): those that train
     flops: int | None = None
     peak_allocated: int | None = None
     first_step_peak_allocated: int | None = None
@@ -40,14 +41,16 @@ class RankResult:
 
 
 def measured_result(rank: int, state: Any, model: Any, measurement: Any, flops: int | None,
-                    **stats: Any) -> RankResult:
+                    freezes: bool = False, **stats: Any) -> RankResult:
     """What one rank measured without error: the meter's `measurement` of a case whose
-    `TrainingState` is `state`, counting the parameters of the unwrapped `model`, plus the
-    runner's communication `stats` (`comm=` for DDP, `collectives=` for FSDP)."""
+    `TrainingState` is `state`, counting the parameters of the unwrapped `model` (and, when the
+    case `freezes` some, those that train), plus the runner's communication `stats` (`comm=`
+    for DDP, `collectives=` for FSDP)."""
     return RankResult(
         rank=rank,
         optimizer=optimizer_label(state.optimizer),
         parameters=sum(p.numel() for p in model.parameters()),  # DTensors: the full shapes
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad) if freezes else None,
         flops=flops,
         peak_allocated=measurement.peak_allocated,
         first_step_peak_allocated=measurement.first_step_peak_allocated,
@@ -74,8 +77,10 @@ def failed_result(rank: int, exc: BaseException) -> RankResult:
 
 def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, tokens_per_sample: int | None,
                   device_name: str, amp: str) -> dict[str, Any]:
-    """Record fields from every rank's result: outcome, memory (max over ranks), speed (summed
-    over ranks), and the `distributed` block's per-rank lists. Pure: testable without processes."""
+    """Record fields from every rank's result: outcome, memory (max over ranks), speed (every
+    rank's samples over the median of each step's slowest rank: a synchronous job goes at that
+    pace, so summing each rank's own rate would overstate it when ranks differ), and the
+    `distributed` block's per-rank lists. Pure: testable without processes."""
     failed = [r for r in results if r.status != "ok"]
     if failed:
         root = [r for r in failed if not r.collective] or failed
@@ -90,10 +95,10 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
     worst = max(results, key=lambda r: r.peak_allocated or 0)
     medians = [StepTimes(r.step_times_s).median for r in results]
     per_rank_speed = [effective_batch_per_rank / m if m > 0 else None for m in medians]
-    samples_per_s = sum(per_rank_speed) if all(per_rank_speed) else None
     step_times = tuple(max(times) for times in zip(*(r.step_times_s for r in results)))
     slowest = StepTimes(step_times)
     median = slowest.median
+    samples_per_s = effective_batch_per_rank * len(results) / median if step_times and median > 0 else None
     flops = sum(r.flops for r in results) if all(r.flops is not None for r in results) else None
     peak = peak_flops(device_name, amp)
     reserved = [r.peak_reserved for r in results if r.peak_reserved is not None]
@@ -115,6 +120,7 @@ def merge_results(results: Sequence[RankResult], effective_batch_per_rank: int, 
         "peak_reserved": max(reserved) if reserved else None,
         "breakdown": worst.breakdown,
         "parameters": results[0].parameters,
+        "trainable_parameters": results[0].trainable_parameters,
         "step_times_s": step_times,
         "median_step_time_ci_s": slowest.median_ci(),
         "stop_reason": "fixed",

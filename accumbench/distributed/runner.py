@@ -218,7 +218,7 @@ class DistributedRunner:
             prepared.state.held_buffers = list(counter.buffers.values())
             self._timeline = meter.trace(prepared.step, prepared.state)
         return measured_result(self.context.rank, prepared.state, prepared.state.model.module, measurement,
-                               flops, comm=window.stats)
+                               flops, Levers.of(case).freezes, comm=window.stats)
 
     def _record(self, dcase: DdpCase, workload: Workload, results: Sequence[RankResult]) -> Record:
         case = dcase.case

@@ -115,7 +115,8 @@ FIGURES: tuple[FigureKind, ...] = (
         "(DDP all-reduces one bucket of gradients at a time: buckets × accumulation steps without "
         "no_sync(), buckets with it). Middle: time from each bucket's gradients being ready to its "
         "all-reduce finishing, summed per step (it overlaps the backward, so it is time in "
-        "communication, not time added to the step). Right: samples/s summed over ranks. Memory "
+        "communication, not time added to the step). Right: samples/s of all ranks (the job, at its "
+        "slowest rank's pace). Memory "
         "is the same either way (DDP's buckets exist in both); the memory figures show both "
         "lines. Micro-batches are per rank; the effective batch counts every rank's samples.",
         lambda f, fits: communication.communication_figure(f),
@@ -131,7 +132,8 @@ FIGURES: tuple[FigureKind, ...] = (
         "set_requires_gradient_sync(False) on all but the last. Left: gradient reduce-scatters per "
         "optimizer step on one rank (one per FSDP unit and synchronised micro-step). Middle: the "
         "peak (max over ranks): skipping the sync keeps the unsharded gradients between "
-        "micro-steps. Right: samples/s summed over ranks. Micro-batches are per rank. Only what "
+        "micro-steps. Right: samples/s of all ranks (the job, at its slowest rank's pace). Micro-batches "
+        "are per rank. Only what "
         "was run is shown: multi-GPU numbers come from multi-GPU runs, not from this CPU.",
         lambda f, fits: fsdp.fsdp_figure(f),
         lambda f, fits: (fsdp.fsdp_table(f),),

@@ -31,7 +31,7 @@ SYNC_COLORS = {DDP_SYNC_TEXT: "#ff7f0e", DDP_NO_SYNC_TEXT: "#1f77b4"}
 PANELS = (
     ("allreduces_per_step_", "gradient all-reduces per optimizer step"),
     ("allreduce_ms_per_step_", "time in all-reduces per optimizer step (ms, slowest rank)"),
-    ("samples_per_s_", "throughput (samples/s, summed over ranks)"),
+    ("samples_per_s_", "throughput (samples/s, all ranks)"),
 )
 
 
@@ -78,7 +78,7 @@ def communication_figure(frame: pd.DataFrame) -> Figure | None:
 
 def communication_table(frame: pd.DataFrame) -> Table:
     """Every DDP record: how it synchronised, buckets, all-reduces and their time per optimizer
-    step, throughput summed over ranks, and each rank's peak."""
+    step, throughput of all ranks, and each rank's peak."""
     data = distributed_rows(frame)
     rows = []
     for r in in_display_order(data).itertuples():

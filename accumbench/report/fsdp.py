@@ -28,7 +28,7 @@ SYNC_COLORS = {FSDP_SYNC_TEXT: "#ff7f0e", FSDP_NO_SYNC_TEXT: "#1f77b4"}
 PANELS = (
     ("reducescatters_per_step_", "gradient reduce-scatters per optimizer step (one rank)"),
     ("peak_mib_", "peak allocated (MiB, max over ranks)"),
-    ("samples_per_s_", "throughput (samples/s, summed over ranks)"),
+    ("samples_per_s_", "throughput (samples/s, all ranks)"),
 )
 
 
@@ -76,7 +76,7 @@ def fsdp_figure(frame: pd.DataFrame) -> Figure | None:
 
 def fsdp_table(frame: pd.DataFrame) -> Table:
     """Every FSDP record: synchronisation, units, all-gathers and reduce-scatters per step with
-    their bytes and time, throughput summed over ranks, peak (max over ranks) and each rank's."""
+    their bytes and time, throughput of all ranks, peak (max over ranks) and each rank's."""
     data = fsdp_rows(frame)
     rows = []
     for r in in_display_order(data).itertuples():
