@@ -261,3 +261,13 @@ def test_table_rows_and_diagnosis_text():
     diagnosis = format_diagnosis(results)
     assert diagnosis.startswith("convnet-bn-tiny: not equivalent") and "mlp-tiny" not in diagnosis
     assert "with BatchNorm in eval mode" in diagnosis and "running statistics" in diagnosis
+
+
+def test_worst_tensors_leave_those_whose_gradient_is_zero_last():
+    # An attention key's bias has a zero gradient (softmax ignores a shift): its relative error
+    # is rounding noise, never "the worst parameter".
+    reference = {"weight": torch.tensor([1.0, 2.0]), "key_bias": torch.tensor([1e-17, 0.0])}
+    values = {"weight": torch.tensor([1.1, 2.0]), "key_bias": torch.tensor([3e-17, 0.0])}
+    comparison = compare_tensors(values, reference)
+    assert [name for name, _ in comparison.worst(2)] == ["weight", "key_bias"]
+    assert comparison.per_tensor[1][1] == pytest.approx(2.0)  # still reported, in its place

@@ -107,6 +107,13 @@ def test_a_failing_workload_is_an_error_record_with_a_hint(tmp_path):
     assert [r.status for r in records] == ["error", "error"] and "dtype" in records[0].error
 
 
+def test_nan_gradients_are_blamed_on_the_batch_or_loss_not_the_grad_scaler(tmp_path):
+    result = invoke("--workload", f"{PLUGIN}:nan_mlp", "--accum-steps", "2", "--out", str(tmp_path / "c.jsonl"))
+    assert result.exit_code == 1
+    assert "the large batch's gradients are not finite (nan or inf) in float64, without any GradScaler" in result.stderr
+    assert "GradScaler found" not in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--accum-steps", "2,x"], "--accum-steps takes comma-separated positive integers"),
     (["--workload", "nope"], "unknown workload 'nope'"),

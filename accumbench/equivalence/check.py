@@ -299,6 +299,10 @@ def check_workload(workload: Workload, config: CheckConfig | None = None) -> lis
             large_batch = cast_floating(workload.make_batch(config.micro_batch * accum_steps, generator), dtype)
             micro_batches = split_batch(large_batch, accum_steps)
             probe = _Probe(workload, model, large_batch, micro_batches, config.seed)
+            if not all(torch.isfinite(g).all() for g in probe.large(AS_IS).grads.values()):
+                # Said before any check runs on them (the GradScaler's would blame itself).
+                raise ValueError(f"the large batch's gradients are not finite (nan or inf) in {config.dtype}, "
+                                 "without any GradScaler: the batch or the loss makes them so")
             random_as_is = probe.is_random(AS_IS, config.tolerance)
             # Randomness left once dropout modules are off: something else in forward draws numbers.
             random_rest = probe.is_random(ModelSetting(dropout_off=True), config.tolerance) if dropout else random_as_is

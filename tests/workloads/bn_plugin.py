@@ -5,8 +5,8 @@
 - `dropout_mlp`: an `nn.Dropout(p=0.5)` module named `drop`.
 - `noisy_mlp`: Gaussian noise added in forward with `torch.randn_like`: randomness that no
   module setting switches off.
-- `bn_no_stats_mlp`, `dropout_centering_mlp`: BatchNorm without running statistics; functional
-  dropout (training only) over a layer that mixes samples.
+- `bn_no_stats_mlp`, `dropout_centering_mlp`, `nan_mlp`: BatchNorm without running statistics;
+  functional dropout (training only) over a layer that mixes samples; nan outputs.
 - `centering_mlp`: subtracts the batch mean of the hidden layer (a hand-made layer that mixes
   samples, which no diagnosis knows): not equivalent and unexplained.
 - `float32_only_mlp`: forward multiplies by a float32 tensor it makes itself, so a float64
@@ -53,6 +53,8 @@ class MLP(nn.Module):
         elif self.defect == "dropout_centering":
             # Functional dropout over a layer that mixes samples: the randomness hides the mixing.
             h = F.dropout(h - h.mean(dim=0, keepdim=True), 0.2, self.training)
+        elif self.defect == "nan":
+            h = h * float("nan")  # a loss that is nan from the start
         elif self.defect == "centering":
             # Mixes the samples of a batch: each sample's output depends on the others.
             h = h - h.mean(dim=0, keepdim=True)
@@ -119,3 +121,8 @@ def bn_no_stats_mlp() -> Workload:
 def dropout_centering_mlp() -> Workload:
     """MLP whose functional dropout (training only) hides a layer that mixes samples."""
     return _workload("dropout_centering")
+
+
+def nan_mlp() -> Workload:
+    """MLP whose every output is nan: no gradient can be compared."""
+    return _workload("nan")
