@@ -209,6 +209,8 @@ class ResultsFile:
             return
         while True:
             try:
+                # The folder may not exist yet, as for `claim` (a launcher locks before its ranks claim).
+                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
                 fh = open(self.lock_path, "a+", encoding="utf-8")
             except OSError as exc:
                 raise ResultsFileError(f"cannot write {self.path}: {_describe_os_error(exc)}") from None

@@ -134,6 +134,12 @@ def test_merge_results_names_the_rank_that_failed_not_the_one_left_waiting():
                          "cpu", "none")
     assert both == {"status": "error", "error": "rank 0: ValueError: bad (rank 1 failed too)",
                     "traceback": "ValueError: bad\n"}  # the failing rank's traceback (none: never raised)
+    # DDP's advice for unused parameters names a constructor argument the user cannot pass here.
+    unused = failed_result(0, RuntimeError("Expected to have finished reduction in the prior iteration before "
+                                           "starting a new one. ... passing the keyword argument "
+                                           "`find_unused_parameters=True` to DistributedDataParallel, and by"))
+    assert unused.error.startswith("RuntimeError: some parameters got no gradient in the step")
+    assert "--freeze PATTERN" in unused.error
 
 
 def test_context_outside_torchrun_says_how_to_launch():
@@ -147,8 +153,9 @@ def test_context_outside_torchrun_says_how_to_launch():
 def test_timeout_comes_from_the_environment():
     assert timeout_from_env({}) == 300.0
     assert timeout_from_env({"ACCUMBENCH_DIST_TIMEOUT": "2.5"}) == 2.5
-    with pytest.raises(DistributedError, match="positive number of seconds, got 'soon'"):
-        timeout_from_env({"ACCUMBENCH_DIST_TIMEOUT": "soon"})
+    for text in ("soon", "0.001", "-1"):  # a tiny timeout fails setting up the first case's group
+        with pytest.raises(DistributedError, match=f"must be a number of seconds, at least 1, got '{text}'"):
+            timeout_from_env({"ACCUMBENCH_DIST_TIMEOUT": text})
 
 
 def test_launcher_runs_torchrun_standalone_and_shares_the_cpu_cores():

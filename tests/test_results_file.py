@@ -331,3 +331,11 @@ def test_an_interrupted_resume_says_what_it_wrote_and_what_the_file_holds(copy_o
     # The file held large-batch 2; this run wrote large-batch 4 and 8 and accumulated 2 x 2.
     assert f"interrupted: 3 record(s) written this run, 4 in all kept in {copy_of}" in result.output
     assert [(r.micro_batch, r.accum_steps) for r in read_records(copy_of)] == [(2, 1), (4, 1), (8, 1), (2, 2)]
+
+
+def test_a_launcher_locks_a_file_whose_folders_do_not_exist_yet(tmp_path):
+    # `run --nproc-per-node` locks before its ranks claim the file: as `run` does, it makes the folders.
+    out = tmp_path / "new" / "deeper" / "r.jsonl"
+    with ResultsFile(out) as results:
+        results.lock()
+        assert results.lock_path.exists()

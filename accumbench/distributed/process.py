@@ -42,8 +42,12 @@ class DistContext:
         return self.rank == 0
 
 
+MIN_TIMEOUT_S = 1.0  # below it, setting up a case's process group alone times out
+
+
 def timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
-    """The collective timeout in seconds: `$ACCUMBENCH_DIST_TIMEOUT`, else 300."""
+    """The collective timeout in seconds: `$ACCUMBENCH_DIST_TIMEOUT` (at least `MIN_TIMEOUT_S`),
+    else 300."""
     text = environ.get(TIMEOUT_ENV)
     if text is None or not text.strip():
         return DEFAULT_TIMEOUT_S
@@ -51,8 +55,8 @@ def timeout_from_env(environ: Mapping[str, str] = os.environ) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise DistributedError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    if not value >= MIN_TIMEOUT_S:
+        raise DistributedError(f"{TIMEOUT_ENV} must be a number of seconds, at least {MIN_TIMEOUT_S:g}, got {text!r}")
     return value
 
 

@@ -71,6 +71,10 @@ def failed_result(rank: int, exc: BaseException) -> RankResult:
     collective = isinstance(exc, getattr(dist, "DistError", ())) or bool(_COLLECTIVE_TEXT.search(str(exc)))
     oom = is_out_of_memory(exc)
     fields = error_fields(exc)
+    if "find_unused_parameters" in str(exc):  # DDP's advice names a constructor argument the user cannot pass
+        fields["error"] = (f"{type(exc).__name__}: some parameters got no gradient in the step (unused in forward); "
+                           "DDP runs here without find_unused_parameters: freeze them (--freeze PATTERN) or "
+                           "leave them out of the model")
     return RankResult(rank=rank, status=fields["status"], error=fields["error"][:400],
                       traceback=fields["traceback"], collective=collective and not oom)
 
