@@ -172,10 +172,11 @@ def test_a_sigterm_for_the_launcher_stops_torchrun_before_the_launcher_lets_go(t
     # results file after the launcher released its lock; it is passed on and waited for.
     import signal
     import threading
+    import time
 
     import accumbench.distributed.launch as launch
 
-    marker = tmp_path / "stopped"
+    marker, ready = tmp_path / "stopped", tmp_path / "ready"
     child = textwrap.dedent(f"""
         import signal, sys, time
         def stop(*_):
@@ -183,17 +184,23 @@ def test_a_sigterm_for_the_launcher_stops_torchrun_before_the_launcher_lets_go(t
             open({str(marker)!r}, "w").write("stopped")
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
-        print("ready", flush=True)
+        open({str(ready)!r}, "w").write("ready")
         time.sleep(30)
     """)
     monkeypatch.setattr(launch, "torchrun_command", lambda n, args: [sys.executable, "-c", child])
     before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        code = launch.launch_torchrun(2, [], "cpu")
-    finally:
-        timer.cancel()
+
+    def terminate_when_ready():
+        for _ in range(300):  # the child's handler is in place once it wrote `ready`
+            if ready.exists():
+                break
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=terminate_when_ready)
+    sender.start()
+    code = launch.launch_torchrun(2, [], "cpu")
+    sender.join()
     assert code == 128 + signal.SIGTERM and marker.read_text() == "stopped"
     assert signal.getsignal(signal.SIGTERM) is before
 

@@ -83,6 +83,7 @@ def test_regular_workloads_keep_the_shortcuts(cpu_runner):
     assert not any("profiled in full" in notes(r) or "not replayed" in notes(r) for r in records)
 
 
+@pytest.mark.slow  # five sizes on both meters, a few seconds on 2 cores: .ci/run's slow step runs it
 def test_replay_is_checked_at_a_size_in_between(cpu_runner):
     # The model pads the batch to a multiple of 8 rows: the logs at 8 and 16 are proportional,
     # 12 runs 16 rows, and 10 and 14 would be replayed wrongly from 8 and 16 but for the check.
@@ -95,6 +96,7 @@ def test_replay_is_checked_at_a_size_in_between(cpu_runner):
     assert "replayed from micro-batches 2 and 8" in notes(regular[1])
 
 
+@pytest.mark.slow  # each case on its own, on both meters: .ci/run's slow step runs it
 @pytest.mark.parametrize("factory", ["periodic", "layer_drop"])
 def test_sizes_random_draws_or_the_models_state_decide_are_estimated_case_by_case(cpu_runner, factory):
     # A regulariser every 5th forward (a buffer counts them), or blocks skipped with torch.rand:
