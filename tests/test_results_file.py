@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,27 @@ def test_a_launcher_locks_a_file_whose_folders_do_not_exist_yet(tmp_path):
     with ResultsFile(out) as results:
         results.lock()
         assert results.lock_path.exists()
+
+
+def test_an_interrupt_inside_a_finalizer_is_delivered_after_it():
+    # The trackers count each freed storage in a weakref.finalize callback; Ctrl-C landing in
+    # one was printed as "Exception ignored in: <finalize ...>" and lost.
+    import signal
+    import weakref
+
+    from accumbench.session import interrupts_outside_finalizers
+
+    class Held:
+        pass
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_outside_finalizers():
+            held = Held()
+            weakref.finalize(held, lambda: (signal.raise_signal(signal.SIGINT), seen.append("finalizer ran")))
+            del held
+            seen.append("after the free")
+            for _ in range(200):  # the interrupt comes back a few milliseconds later
+                time.sleep(0.01)
+    assert seen == ["finalizer ran", "after the free"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
