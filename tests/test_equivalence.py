@@ -271,3 +271,20 @@ def test_worst_tensors_leave_those_whose_gradient_is_zero_last():
     comparison = compare_tensors(values, reference)
     assert [name for name, _ in comparison.worst(2)] == ["weight", "key_bias"]
     assert comparison.per_tensor[1][1] == pytest.approx(2.0)  # still reported, in its place
+
+
+def test_checkpointed_batchnorm_updates_its_statistics_twice_and_the_check_says_so():
+    from accumbench.levers import Levers, with_levers
+
+    workload = with_levers(load_workload("convnet-bn", {"size": "tiny"}), Levers(checkpoint="ConvStage"))
+    model = workload.build_model()
+    batch = workload.make_batch(4, torch.Generator().manual_seed(0))
+    workload.loss(model(batch[0]), batch).backward()
+    tracked = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert tracked == {2}  # one forward, one recomputation in the backward
+    (result, *_) = check_workload(workload, CheckConfig(accum_steps=(2,), loss_norm="mean", optimizer_step=False,
+                                                        grad_scaler=False))
+    (cause,) = [c for c in result.causes if c.kind == "batchnorm"]
+    assert "run their forward again in the backward and update the running statistics a second time" \
+        in cause.explanation
+    assert cause.fix.endswith("keep BatchNorm layers out of the checkpointed modules")

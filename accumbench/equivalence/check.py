@@ -45,6 +45,7 @@ from accumbench.equivalence.gradients import (
 )
 from accumbench.equivalence.optimizer_step import update_errors
 from accumbench.equivalence.precision import DTYPES, TOLERANCES, deterministic, keep_float64
+from accumbench.levers import checkpointed_modules
 from accumbench.scenarios import LOSS_NORMS, loss_weights
 from accumbench.workloads.base import Workload, seed_host_generators
 
@@ -248,7 +249,9 @@ def _diagnose(probe: _Probe, loss_norm: str, bn: list[str], dropout: list[str], 
     token_cause = loss_norm == "mean" and counts is not None and len(set(counts)) > 1
     if bn:
         switchable = batchnorm_eval_applies(probe.model)
-        causes.append(batchnorm_cause(bn, switchable))
+        checkpointed = checkpointed_modules(probe.model)
+        recomputed = [name for name in bn if any(name == c or name.startswith(c + ".") for c in checkpointed)]
+        causes.append(batchnorm_cause(bn, switchable, recomputed))
         if switchable:
             counterfactuals[BATCHNORM_EVAL] = probe.compare(ModelSetting(batchnorm_eval=True), loss_norm).rel_error
     if token_cause:

@@ -121,9 +121,13 @@ def batchnorm_eval_applies(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def batchnorm_cause(layers: Sequence[str], switchable: bool = True) -> Cause:
+def batchnorm_cause(layers: Sequence[str], switchable: bool = True, recomputed: Sequence[str] = ()) -> Cause:
     """BatchNorm normalises each micro-batch with its own statistics; `switchable`: some layer
-    keeps running statistics, so eval mode is the counterfactual (else there is none)."""
+    keeps running statistics, so eval mode is the counterfactual (else there is none);
+    `recomputed`: the layers activation checkpointing runs again in the backward."""
+    again = (f" With activation checkpointing, {_names(recomputed)} run their forward again in the backward "
+             "and update the running statistics a second time: 2N updates per optimizer step, also "
+             "without accumulation (N = 1).") if recomputed else ""
     return Cause(
         kind="batchnorm",
         summary=f"BatchNorm ({_names(layers)}): statistics per micro-batch",
@@ -132,12 +136,14 @@ def batchnorm_cause(layers: Sequence[str], switchable: bool = True) -> Cause:
             "micro-batches are not one large batch: every sample's output, and so every gradient, depends "
             "on which samples share its micro-batch. The running statistics are also updated N times "
             "(momentum applied each time) from smaller samples, instead of once from the large batch."
+            + again
         ),
         fix=(
             "use a normalisation with per-sample statistics (GroupNorm, LayerNorm), or compute the "
             "statistics over the whole effective batch (SyncBatchNorm-style, across the micro-batches), "
             "or use micro-batches large enough that their statistics are stable; frozen BatchNorm "
             "(eval mode, as in fine-tuning) accumulates exactly"
+            + ("; keep BatchNorm layers out of the checkpointed modules" if recomputed else "")
         ),
         counterfactual=BATCHNORM_EVAL if switchable else None,
     )
