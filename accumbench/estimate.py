@@ -32,7 +32,10 @@ the group's steps; each is taken only where what it rests on was checked for tha
 Neither shortcut is taken, and each case is estimated on its own as a run is (seeded, built,
 stepped), when random draws or the model's buffers decide a size or a value read on the host
 (`KnownValues.state_decided`: blocks skipped with `torch.rand`, a regulariser every 5th forward
-that a buffer counts): such a step differs from one micro-step, and one step, to the next.
+that a buffer counts): such a step differs from one micro-step, and one step, to the next. So
+too when the sizes profiled give gradients to different parameters (a head only large
+micro-batches use): a run at a smaller size makes no optimizer state for the others, which the
+group's model, warmed up at its largest size, holds.
 
 A size profiled on the model another size warmed up must start from what lives between steps
 in a run at that size. With `zero_grad(set_to_none=False)` the gradients live on, laid out by
@@ -131,10 +134,11 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     records: list[Record] | None
     try:
         with meter.case_context():
-            profiled = _profile_group(runner, workload, cases)
-            # Assumed routing decided sizes (each case states both bounds), or random draws or
-            # the model's state did (no case can borrow another's profile): each on its own.
-            if meter.routing_read or meter.state_decided:
+            profiled, graded_alike = _profile_group(runner, workload, cases)
+            # Assumed routing decided sizes (each case states both bounds), random draws or the
+            # model's state did, or some size leaves parameters without gradients that others
+            # give them (its run would have no optimizer state for them): each case on its own.
+            if meter.routing_read or meter.state_decided or not graded_alike:
                 records = None
             else:
                 records = [record for record, _ in profiled]
@@ -157,9 +161,11 @@ def estimate_group(runner: Runner, cases: Sequence[Case],
     return records
 
 
-def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tuple[Record, StepProfile]]:
+def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> tuple[list[tuple[Record, StepProfile]], bool]:
     """Each case's record and steady-step profile: profiled, repeated or replayed (see the
-    module docstring), on one model built at the group's largest micro-batch."""
+    module docstring), on one model built at the group's largest micro-batch; and whether every
+    profiled step gave gradients to the same parameters (else the optimizer state the largest
+    micro-batch made is not what a run at another size has)."""
     meter = runner.meter
     micro_steps = min(cases[0].accum_steps, MAX_MICRO_STEPS)
     shapes = batch_shapes(workload, cases, runner.seed)
@@ -169,6 +175,7 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
     state = prepared.state
     first = meter.profile(prepared.step, state)
     steady: dict[tuple[int, int], StepProfile] = {(high, micro_steps): meter.profile(prepared.step, state)}
+    graded = {meter.graded}
     growth = meter.growth_note()
 
     def profile(size: int, steps: int) -> StepProfile:
@@ -186,6 +193,7 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
                 meter.profile(again.step, state)
             before = _between_steps(state)
             steady[(size, steps)] = meter.profile(again.step, state)
+            graded.add(meter.graded)
             if _between_steps(state) != before:
                 # The step left other tensors between steps than it found (a module keeping a
                 # tensor of the batch's size): a run at this size starts from what it left.
@@ -278,7 +286,7 @@ def _profile_group(runner: Runner, workload, cases: Sequence[Case]) -> list[tupl
         if growth:
             notes.append(growth)
         results.append((_record(runner, case, workload, state, profile_, case_first, steps, notes), profile_))
-    return results
+    return results, len(graded) == 1
 
 
 @dataclasses.dataclass(frozen=True)

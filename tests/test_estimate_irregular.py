@@ -107,6 +107,13 @@ def test_sizes_random_draws_or_the_models_state_decide_are_estimated_case_by_cas
     assert not any("repeat micro-step 2" in notes(r) or "replayed" in notes(r) for r in records)
 
 
+def test_a_size_that_trains_fewer_parameters_is_estimated_on_its_own(cpu_runner):
+    # Below 8 samples a head gets no gradient, so a run there has no AdamW state for it; the
+    # group's model, warmed up at 8, has them: 43,056 B counted that a run never makes.
+    cases = [plugin_case("branch8", "accumulated", micro, 2) for micro in (2, 8)]
+    assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
+
+
 def test_batch_shapes_abstract_the_batch_dimension_only():
     a = batch_shape({"ids": torch.zeros(2, 16, dtype=torch.long), "n": 2, "tag": "x"})
     b = batch_shape({"ids": torch.zeros(4, 16, dtype=torch.long), "n": 4, "tag": "x"})

@@ -244,6 +244,12 @@ class LoggingTracker(LiveBytesTracker):
         self._thread = "forward"
         self._entries = 0
         self._scratch = scratch
+        self.graded: set[int] = set()  # id() of the parameters that received a gradient
+
+    def _on_grad(self, param: torch.Tensor) -> None:
+        """As the parent's, noting that this parameter got a gradient in the step."""
+        self.graded.add(id(param))
+        super()._on_grad(param)
 
     def start_step(self) -> None:
         """Mark where the step starts (after adopting what was alive before it)."""
@@ -485,6 +491,7 @@ class EstimateMeter(Meter):
         self._mode = None
         self._values: KnownValues | None = None
         self.grown_bytes = 0  # what the last profiled step left alive between steps beyond what it found
+        self.graded: frozenset[int] = frozenset()  # the parameters the last profiled step gave gradients
 
     @contextlib.contextmanager
     def case_context(self) -> Iterator[None]:
@@ -614,6 +621,7 @@ class EstimateMeter(Meter):
         finally:
             state.observer = previous_observer
         self.grown_bytes = _storage_bytes(self._alive_between_steps(state)) - before
+        self.graded = frozenset(tracker.graded)
         return tracker.profile()
 
     def growth_note(self) -> str | None:

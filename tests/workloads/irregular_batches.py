@@ -20,9 +20,10 @@ of the first micro-batch size, and sizes decided by the batch's values.
   estimate refuses.
 - `packed`: `pack_padded_sequence` with lengths from the batch into an LSTM, which the estimate
   refuses, saying why.
-- `pad8`, `periodic`, `layer_drop` (`Irregular`): sizes that neither the batch's shapes nor its
-  values tell: the batch padded to a multiple of 8 rows inside the model, a regulariser every
-  5th forward counted by a buffer, blocks skipped with `torch.rand` (LayerDrop).
+- `pad8`, `periodic`, `layer_drop`, `branch8` (`Irregular`): sizes that neither the batch's
+  shapes nor its values tell: the batch padded to a multiple of 8 rows inside the model, a
+  regulariser every 5th forward counted by a buffer, blocks skipped with `torch.rand`
+  (LayerDrop), a head that only micro-batches of 8 or more train (no optimizer state below).
 
 Used as `--workload tests/workloads/irregular_batches.py:dynamic_length`.
 """
@@ -238,6 +239,7 @@ class Irregular(nn.Module):
         self.embed = nn.Embedding(VOCAB, 16)
         self.blocks = nn.ModuleList(nn.Linear(16, 16) for _ in range(4))
         self.wide = nn.Linear(16, 256)
+        self.back = nn.Linear(256, 4)
         self.head = nn.Linear(16, 4)
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
@@ -252,6 +254,8 @@ class Irregular(nn.Module):
                 continue
             x = x + torch.relu(block(x))
         out = self.head(x)[:rows]
+        if self.kind == "branch8" and rows >= 8:  # a head only large micro-batches train
+            out = out + self.back(torch.relu(self.wide(x[:rows])))
         if self.kind == "periodic" and int(self.calls) % 5 == 0:
             wide = self.wide(x[:rows])
             out = out + 1e-6 * torch.einsum("bi,bj->bij", wide, wide).mean((1, 2)).unsqueeze(-1)
@@ -268,3 +272,7 @@ def periodic() -> Workload:
 
 def layer_drop() -> Workload:
     return _classifier("layer-drop", lambda: Irregular("layer_drop"))
+
+
+def branch8() -> Workload:
+    return _classifier("branch8", lambda: Irregular("branch8"))
