@@ -184,7 +184,9 @@ def _throughput_panel(ax: Axes, panel: Panel, styles: dict[str, dict], unit: str
         spread = low.notna() & high.notna()
         if spread.any():
             ax.errorbar(line["effective_batch"][spread], y[spread],
-                        yerr=[(y - low)[spread], (high - y)[spread]], fmt="none",
+                        # Clipped at 0: a recorded rate a rounding away from batch / median (a
+                        # record not made by this version) would put a bar end past the point.
+                        yerr=[(y - low)[spread].clip(lower=0), (high - y)[spread].clip(lower=0)], fmt="none",
                         ecolor=styles[label]["color"], capsize=3, linewidth=1, label="_spread")
     failed = data[data["status"] != "ok"]
     if not failed.empty:
