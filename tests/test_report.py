@@ -718,7 +718,7 @@ def test_noise_line_claims_no_spread_when_no_case_has_enough_steps():
 def test_a_recorded_rate_a_rounding_off_batch_over_median_draws_without_negative_bars():
     # One step time (quartiles = median) and a samples/s not exactly batch / median, as a record
     # from another tool or version may hold: matplotlib refused a bar end a hair past the point.
-    odd = [rec(micro=m, peak_allocated=peak_large(m), step_times_s=[0.1], samples_per_s=m / 0.1 + 0.003)
+    odd = [rec(micro=m, peak_allocated=peak_large(m), step_times_s=[0.0123], samples_per_s=m / 0.0123 + 0.003)
            for m in (8, 16)]
     frame, _ = prepared(odd)
     assert figures.throughput_vs_effective_batch(frame, "samples") is not None
