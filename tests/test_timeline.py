@@ -178,7 +178,7 @@ def test_estimate_timelines_match_the_estimate(tmp_path):
 def test_the_drawn_pair_has_a_readable_sawtooth_and_a_partner():
     import pandas as pd
 
-    from accumbench.report.timelines import _pairs
+    from accumbench.report.timelines import _label, _pairs
 
     cases = [("large-batch", 8, 1), ("large-batch", 64, 1), ("accumulated", 8, 2), ("accumulated", 8, 4),
              ("accumulated", 8, 32), ("accumulated", 64, 2), ("accumulated", 16, 4),  # 16: no large batch
@@ -190,6 +190,13 @@ def test_the_drawn_pair_has_a_readable_sawtooth_and_a_partner():
     # 4 steps at the largest micro-batch that has a large batch to stand beside; the sequential
     # case with 4 steps has no combined partner, so the one with 1 step is drawn.
     assert pairs == [("large-batch", 8, 1, 8, 4), ("multitask-combined", 4, 1, 4, 1)]
+    # Only within one variant: an fp32 large batch is never drawn beside a bf16 accumulation.
+    variants = pd.DataFrame([{"section": 0, "workload": "w", "scenario": s, "micro_batch": 2, "accum_steps": n,
+                              "variant": v} for s, n, v in (("large-batch", 1, "amp=none"), ("accumulated", 4, "amp=bf16"),
+                                                            ("accumulated", 2, "amp=none"))])
+    (left, right), = _pairs(variants, dict.fromkeys(variants.index))
+    assert (left["variant"], right["variant"], right["accum_steps"]) == ("amp=none", "amp=none", 2)
+    assert _label(right) == "w: accumulated, micro-batch 2 x 2 (amp=none)"
 
 
 def test_a_broken_sidecar_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path):

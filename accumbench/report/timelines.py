@@ -63,7 +63,10 @@ def _pairs(frame: pd.DataFrame, timelines: dict[int, Timeline]) -> list[tuple[An
     the first by `_readability`."""
     rows = frame.loc[list(timelines)]
     pairs = []
-    for _, group in rows.groupby(["section", "workload"], sort=False):
+    # Within one variant (amp, levers, ...): an fp32 large batch beside a bf16 accumulation
+    # would show the dtype, not accumulation.
+    keys = ["section", "workload"] + (["variant"] if "variant" in rows else [])
+    for _, group in rows.groupby(keys, sort=False):
         for left_name, right_name in PAIRS:
             rights = group[group["scenario"] == right_name]
             for _, right in sorted(rights.iterrows(), key=lambda item: _readability(item[1])):
@@ -81,8 +84,9 @@ def _pairs(frame: pd.DataFrame, timelines: dict[int, Timeline]) -> list[tuple[An
 def _label(row: Any) -> str:
     steps = f" x {row['accum_steps']}" if row["accum_steps"] > 1 else ""
     sync = ddp_sync_text(row.get("distributed")) if row["scenario"] != "large-batch" else ""
+    variant = row.get("variant") or ""
     return (f"{row['workload']}: {row['scenario']}, micro-batch {row['micro_batch']}{steps}"
-            + (f", {sync}" if sync else ""))
+            + (f", {sync}" if sync else "") + (f" ({variant})" if variant else ""))
 
 
 def _draw(ax, timeline: Timeline, row: Any, scale: int, unit: str) -> None:
