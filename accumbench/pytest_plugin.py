@@ -25,6 +25,9 @@ import pytest
 
 DEFAULT_TOLERANCE = "0.5%"
 MEMORY_KEY = "peak_allocated"
+# What a peak was measured with (benchmarks/test_scenarios.py stores them): peaks of two setups
+# are not compared, as `accumbench compare` refuses them.
+SETUP_KEYS = ("meter", "device_name", "torch_version")
 _RESULT_KEY = pytest.StashKey["list[MemoryFinding]"]()
 
 
@@ -58,7 +61,9 @@ def memory_findings(benchmarks: Any, compared_mapping: Any, tolerance: str) -> l
     """Compare each benchmark's peak with the saved runs' (`{path: {fullname: bench dict}}`).
 
     Benchmarks without `peak_allocated` on both sides are not compared (they are not
-    accumbench benchmarks, or the saved run predates the field).
+    accumbench benchmarks, or the saved run predates the field). Peaks measured with another
+    meter, device or torch (`SETUP_KEYS`, where both sides name them) are a "mismatch", which
+    fails the session as a regression does: a gate comparing them would pass or fail anything.
     """
     from accumbench.gate.checks import MemoryCheck
 
@@ -75,6 +80,12 @@ def memory_findings(benchmarks: Any, compared_mapping: Any, tolerance: str) -> l
             base_info = before.get("extra_info") or {}
             baseline = base_info.get(MEMORY_KEY)
             if baseline is None:
+                continue
+            info = getattr(bench, "extra_info", None) or {}
+            differing = [key for key in SETUP_KEYS if key in info and key in base_info and info[key] != base_info[key]]
+            if differing:
+                reason = "; ".join(f"{key} {base_info[key]!r} saved, {info[key]!r} now" for key in differing)
+                findings.append(MemoryFinding(bench.fullname, str(path), "mismatch", f"not compared: {reason}"))
                 continue
             outcome = check.evaluate(baseline, current)
             findings.append(MemoryFinding(bench.fullname, str(path), outcome.verdict, outcome.reason))
@@ -115,7 +126,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         tolerance,
     )
     config.stash[_RESULT_KEY] = findings
-    if any(f.verdict == "regression" for f in findings) and session.exitstatus == pytest.ExitCode.OK:
+    if any(f.verdict in ("regression", "mismatch") for f in findings) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -126,9 +137,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if findings is None:
         return
     regressions = [f for f in findings if f.verdict == "regression"]
-    terminalreporter.section("accumbench memory gate", sep="-", red=bool(regressions), green=not regressions)
+    mismatches = [f for f in findings if f.verdict == "mismatch"]
+    bad = bool(regressions or mismatches)
+    terminalreporter.section("accumbench memory gate", sep="-", red=bad, green=not bad)
     for f in regressions:
         terminalreporter.line(f"MEMORY REGRESSION {f.fullname}: {f.reason} (vs {f.source})", red=True)
+    for f in mismatches:
+        terminalreporter.line(f"MEMORY NOT COMPARED {f.fullname}: {f.reason} (vs {f.source}); compare runs of "
+                              "one setup", red=True)
     terminalreporter.line(
         f"{len(regressions)} memory regression(s) in {len(findings)} compared benchmark(s), "
         f"tolerance {_tolerance(config)}"

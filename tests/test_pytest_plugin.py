@@ -91,3 +91,18 @@ def test_harmless_without_pytest_benchmark(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_peaks_of_another_meter_device_or_torch_are_not_compared():
+    from types import SimpleNamespace
+
+    from accumbench.pytest_plugin import memory_findings
+
+    now = {"peak_allocated": 1000, "meter": "cpu", "device_name": "cpu", "torch_version": "2.13.0"}
+    saved = {**now, "meter": "cuda", "device_name": "NVIDIA H100", "peak_allocated": 500}
+    bench = SimpleNamespace(fullname="t", extra_info=now)
+    (finding,) = memory_findings([bench], {"0001": {"t": {"extra_info": saved}}}, "0.5%")
+    assert finding.verdict == "mismatch"
+    assert finding.reason == "not compared: meter 'cuda' saved, 'cpu' now; device_name 'NVIDIA H100' saved, 'cpu' now"
+    (same,) = memory_findings([bench], {"0001": {"t": {"extra_info": {**now, "peak_allocated": 1000}}}}, "0.5%")
+    assert same.verdict != "mismatch"
