@@ -106,6 +106,16 @@ def test_bad_suite_file_exits_2_naming_the_file_and_key(tmp_path, text, message)
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_a_case_two_suite_groups_repeat_is_measured_once(tmp_path):
+    suite = tmp_path / "suite.toml"
+    group = '[[group]]\nworkload = "mlp"\noptions = { size = "tiny" }\nscenarios = ["large-batch"]\nmicro_batch = [2]\n'
+    suite.write_text(group + group.replace("[2]", "[2, 4]"))
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--suite", str(suite), "--list"])
+    assert result.exit_code == 0, result.output
+    assert "note: 1 case(s) of the suite repeat another" in result.stderr
+    assert len(result.stdout.strip().splitlines()) == 2  # mb2 and mb4, once each
+
+
 def test_optimizer_factory_that_refuses_a_stand_in_model_still_names_the_case(tmp_path, plugin_path):
     # Case ids name the optimizer; a factory written for the workload's own parameters is
     # asked about them (on the meta device), not about a one-weight stand-in.

@@ -236,6 +236,11 @@ def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_st
             if scenarios:
                 cases = [c for c in cases if c.scenario in scenarios]
             cases = override(cases, **knobs)
+            unique = list(dict.fromkeys(cases))  # two groups, or a knob the flags overrode, can repeat a case
+            if len(unique) < len(cases):
+                click.echo(f"note: {len(cases) - len(unique)} case(s) of the suite repeat another (after the flags' "
+                           "overrides); each is measured once", err=True)
+            cases = unique
     except SuiteError as exc:
         fail_input(str(exc))
     return cases
