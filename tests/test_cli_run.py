@@ -106,6 +106,15 @@ def test_bad_suite_file_exits_2_naming_the_file_and_key(tmp_path, text, message)
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_a_suite_case_its_workload_refuses_is_named_with_the_suite(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[group]]\nworkload = "mlp"\noptions = { size = "huge" }\nscenarios = ["large-batch"]\n'
+                     'micro_batch = [2]\n')
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--suite", str(suite), "--list"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {suite}: case mlp large-batch mb=2 x1: workload factory 'mlp' raised")
+
+
 def test_a_case_two_suite_groups_repeat_is_measured_once(tmp_path):
     suite = tmp_path / "suite.toml"
     group = '[[group]]\nworkload = "mlp"\noptions = { size = "tiny" }\nscenarios = ["large-batch"]\nmicro_batch = [2]\n'

@@ -246,14 +246,15 @@ def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_st
     return cases
 
 
-def validate_cases(runner, cases) -> None:
+def validate_cases(runner, cases, suite: str | None = None) -> None:
     """Load every workload and check every scenario fits it before measuring anything; exit 2
-    with the first problem."""
+    with the first problem (naming the `suite` and the case, when the cases come from one)."""
     from accumbench.scenarios import check_compatible
     from accumbench.workloads import WorkloadError
 
     if not cases:
-        fail_input("no cases selected")
+        fail_input(f"{suite}: no cases selected (its groups, filtered by the flags, make none)" if suite
+                   else "no cases selected")
     from accumbench.levers import Levers, check_levers
 
     from accumbench.runner import default_optimizer_label
@@ -270,7 +271,7 @@ def validate_cases(runner, cases) -> None:
 
                 fail_input(ESTIMATE_REFUSES_COMPILE)
         except (WorkloadError, ValueError) as exc:  # LeverError too: check_levers' failed builds
-            fail_input(str(exc))
+            fail_input(f"{suite}: case {case.label()}: {exc}" if suite else str(exc))
 
 
 def open_results(out_path: Path, command: str, *, resume: bool = False, overwrite: bool = False,

@@ -131,7 +131,7 @@ def estimate(device_kind, assume, suite, workload_spec, workload_opts, scenarios
         fail_input("--reshard-after-forward and --fsdp-wrap are FSDP settings: add --parallel fsdp --world-size W")
     runner = estimate_runner(assumptions, seed,
                              timeline_sink=results.timeline_sink() if timeline and results else None)
-    validate_cases(runner, cases)
+    validate_cases(runner, cases, suite if workload_spec is None else None)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))

@@ -152,7 +152,7 @@ def run(device, suite, workload_spec, workload_opts, scenarios, micro_batch, acc
     results = None if list_only else open_results(out_path, "accumbench run", resume=resume, overwrite=overwrite)
     runner = Runner(torch_device, seed=seed, timeline_sink=results.timeline_sink() if timeline and results else None,
                     timing=timing)
-    validate_cases(runner, cases)
+    validate_cases(runner, cases, suite if workload_spec is None else None)
     if list_only:
         for case in cases:
             click.echo(runner.case_id(case))
