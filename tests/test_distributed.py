@@ -97,7 +97,8 @@ def test_token_weights_make_every_valid_token_of_the_global_batch_weigh_the_same
 
 
 def _ok(rank, peak, times, calls, seconds):
-    return RankResult(rank=rank, optimizer="AdamW(foreach)", parameters=10, flops=100, peak_allocated=peak,
+    return RankResult(rank=rank, optimizer="AdamW(foreach)", parameters=10, trainable_parameters=4, flops=100,
+                      peak_allocated=peak,
                       first_step_peak_allocated=peak + 1, baseline_allocated=peak // 2, breakdown={"grads": rank},
                       step_times_s=times, comm=CommStats(calls, 1, seconds, "wall-clock"))
 
@@ -115,6 +116,7 @@ def test_merge_results_takes_memory_max_over_ranks_and_the_jobs_throughput_at_it
     assert merged["tokens_per_s"] == pytest.approx(16 * 2 * 8 / 0.2)
     assert merged["distributed_stats"]["per_rank_samples_per_s"] == pytest.approx([8 / 0.1, 8 / 0.2])
     assert merged["flops_per_step"] == 200
+    assert (merged["parameters"], merged["trainable_parameters"]) == (10, 4)  # as a single-process record
     stats = merged["distributed_stats"]
     assert stats["per_rank_peak_allocated"] == [1000, 1500]
     assert stats["allreduces_per_step"] == 4.0 and stats["allreduces_per_bucket_per_step"] == 4.0
