@@ -98,6 +98,7 @@ class Meter(abc.ABC):
 LAZY_MODULES = ("the model has lazy modules (nn.LazyLinear, ...) whose parameters do not exist until a "
                 "first forward; give them their input sizes (nn.Linear(in, out)) in build_model")
 
+
 def flat_tensors(obj: Any) -> Iterable[torch.Tensor]:
     """Every tensor inside nested tuples, lists and dicts, in order."""
     return [leaf for leaf in pytree.tree_leaves(obj) if isinstance(leaf, torch.Tensor)]

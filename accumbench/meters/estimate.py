@@ -602,8 +602,10 @@ class EstimateMeter(Meter):
             return attention_backward_scratch(kernel, query)
 
         tracker = LoggingTracker(state.device.type, scratch if cuda else None, cuda=cuda)
-        before = _storage_bytes(self._alive_between_steps(state))
-        tracker.adopt(self._alive_between_steps(state))
+        alive = self._alive_between_steps(state)
+        before = _storage_bytes(alive)
+        tracker.adopt(alive)
+        del alive  # held through the step, a cache the forward replaces would outlive its free
         tracker.start_step()
         if state.scaler is not None and not isinstance(state.scaler, _NoSyncGradScaler):
             state.scaler = _NoSyncGradScaler(state.device.type)

@@ -229,8 +229,10 @@ class KnownValues(TorchDispatchMode):
             if isinstance(tensor, FakeTensor):
                 self._unrepeatable[tensor] = True
 
-    def _remember(self, fake: Any, real: Any, assumed: bool, from_batch: bool = False,
-                  unrepeatable: bool = False) -> None:
+    def _remember(self, fake: Any, real: Any, assumed: bool, func: Any, tensors: list[torch.Tensor]) -> None:
+        """Keep `real` as the value of `fake`, the output of `func` on `tensors`, with the marks
+        its inputs pass on (assumed, from the batch, unrepeatable)."""
+        from_batch, unrepeatable = self._is_from_batch(func, tensors), self._is_unrepeatable(func, tensors)
         fakes, reals = tree_flatten(fake)[0], tree_flatten(real)[0]
         if len(fakes) != len(reals):
             return
@@ -327,9 +329,7 @@ class KnownValues(TorchDispatchMode):
         written = written_arguments(func, args, kwargs)
         if known and self._small(out):
             try:
-                self._remember(out, self._real(func, args, kwargs, tensors), assumed,
-                               self._is_from_batch(func, tensors),
-                               self._is_unrepeatable(func, tensors))
+                self._remember(out, self._real(func, args, kwargs, tensors), assumed, func, tensors)
                 return out
             except Exception:  # a value is a help, never a requirement: forget it
                 pass
@@ -367,7 +367,7 @@ class KnownValues(TorchDispatchMode):
         self._decided_by_batch(func, tensors)
         real = self._real(func, args, kwargs, tensors)
         out = tree_map(_fake_like, real)
-        self._remember(out, real, assumed, self._is_from_batch(func, tensors), self._is_unrepeatable(func, tensors))
+        self._remember(out, real, assumed, func, tensors)
         return out
 
     def _sized_by_some(self, func, args, kwargs) -> Any:

@@ -158,8 +158,7 @@ def _with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = frame[column].fillna("").astype(str)
     frame["world_size"] = frame["world_size"].fillna(1).astype(int)
     # DDP and FSDP records of one file are other steps, never lines of one figure.
-    frame["parallel_"] = [d.get("parallel", "ddp") if isinstance(d, dict) else ""
-                          for d in frame.get("distributed", pd.Series([None] * len(frame), index=frame.index))]
+    frame["parallel_"] = [d.get("parallel", "ddp") if isinstance(d, dict) else "" for d in frame["distributed"]]
     for column in ("micro_batch", "accum_steps", "effective_batch"):
         frame[column] = frame[column].astype(int)
     frame["step_times_s"] = [tuple(t) if isinstance(t, (list, tuple)) else ()
