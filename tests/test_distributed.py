@@ -6,6 +6,7 @@ multi-process tests assert; the end-to-end test launches `accumbench run --nproc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +303,14 @@ FAILING_PLUGIN = textwrap.dedent('''
                 raise ValueError("rank 1 cannot go on")
             return base.loss(output, batch)
         return dataclasses.replace(base, name="failing-gpt", loss=loss)
+
+    def build_fails():
+        base = load_workload("gpt", {"size": "tiny"})
+        def build_model():
+            if os.environ["RANK"] == "1":
+                raise ValueError("rank 1 has no checkpoint")
+            return base.build_model()
+        return dataclasses.replace(base, name="unbuildable-gpt", build_model=build_model)
 ''')
 
 
@@ -359,6 +369,13 @@ def _rank_worker(rank: int, port: int, out_dir: str, plugin: str) -> None:
     failing = Case(f"{plugin}:build", "large-batch", 2, 1, warmup=1, steps=1)
     after = Case("gpt", "large-batch", 2, 1, GPT_TINY, warmup=1, steps=1)
     found["after_failure"] = [runner.measure(DdpCase(c)).to_json() for c in (failing, after)]
+    # A rank that cannot build the model: the others hear of it before DDP's first broadcast,
+    # not after the collective timeout (30 s here).
+    patient = DistributedRunner(dataclasses.replace(groups, context=dataclasses.replace(groups.context, timeout_s=30.0)))
+    unbuildable = Case(f"{plugin}:build_fails", "large-batch", 2, 1, warmup=1, steps=1)
+    started = time.perf_counter()
+    found["unbuildable"] = [patient.measure(DdpCase(c)).to_json() for c in (unbuildable, after)]
+    found["unbuildable_s"] = time.perf_counter() - started
     torch.save(found, Path(out_dir) / f"rank{rank}.pt")
     shutdown()
 
@@ -430,6 +447,16 @@ def test_a_rank_that_fails_makes_the_case_an_error_on_every_rank_and_the_next_ca
         assert failed["error"].startswith("rank 1: ValueError: rank 1 cannot go on")
         assert failed["error"].endswith("(rank 0 gave up waiting for it)")  # its all-reduce timed out
         assert after["status"] == "ok" and after["distributed"]["allreduces_per_step"] == 1
+
+
+@pytest.mark.slow  # the two_ranks fixture spawns two gloo ranks: ~9 s on 2 cores (.ci/run's slow step runs it)
+def test_a_rank_that_cannot_build_the_model_stops_the_others_before_the_collective_timeout(two_ranks):
+    for found in two_ranks:
+        failed, after = (json.loads(r) for r in found["unbuildable"])
+        assert failed["status"] == "error", failed
+        assert failed["error"] == "rank 1: ValueError: rank 1 has no checkpoint (rank 0 gave up waiting for it)"
+        assert after["status"] == "ok"  # the next case runs on the same job
+        assert found["unbuildable_s"] < 20, found["unbuildable_s"]  # the case group's timeout is 30 s
 
 
 # --- end to end: accumbench run --nproc-per-node 2 ---------------------------------------------

@@ -219,7 +219,7 @@ def test_gathered_fsdp_gradients_equal_one_process_over_the_global_batch(two_ran
     from accumbench.runner import prepare_case
 
     workload = load_workload("gpt", dict(GPT_TINY))
-    from accumbench.distributed.fsdp_runner import rank_batches
+    from accumbench.distributed.runner import rank_batches
 
     reference = prepare_case(Case("gpt", "large-batch", MICRO * WORLD * ACCUM, 1, GPT_TINY), workload,
                              torch.device("cpu"))

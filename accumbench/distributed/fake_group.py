@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from accumbench.distributed.collectives import CollectiveCounter
 from accumbench.distributed.fsdp import FsdpCase, mesh_of, observe_storage_resizes, shard_model
-from accumbench.distributed.fsdp_runner import collective_fields, fsdp_block, rank_batches
+from accumbench.distributed.fsdp_runner import collective_fields, fsdp_block
+from accumbench.distributed.runner import rank_batches
 from accumbench.environment import provenance, utc_timestamp
 from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.estimate import EstimateMeter

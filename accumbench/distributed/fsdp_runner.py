@@ -8,7 +8,7 @@ the all-gathers and reduce-scatters and writes the FSDP `distributed` block.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from accumbench.distributed.collectives import CollectiveCounter, CollectiveStat
 from accumbench.distributed.fsdp import FsdpCase, mesh_of, observe_storage_resizes, shard_model
 from accumbench.distributed.process import DistContext
 from accumbench.distributed.results import RankResult, measured_result, merge_results
-from accumbench.distributed.runner import DistributedRunner, ddp_steps, rank_batches
+from accumbench.distributed.runner import DistributedRunner, ddp_steps, prepare_distributed_case
 from accumbench.meters.timing import StepPolicy
 from accumbench.environment import utc_timestamp
 from accumbench.levers import Levers
@@ -28,15 +28,15 @@ from accumbench.runner import (
     count_flops_checking_losses,
     default_optimizer_label,
     identity_fields,
-    prepare_case,
 )
 from accumbench.workloads import Workload
 
 
 def prepare_fsdp_case(fcase: FsdpCase, workload: Workload, context: DistContext, group: Any,
-                      counter: CollectiveCounter | None = None, seed: int = DEFAULT_SEED) -> PreparedCase:
-    """`runner.prepare_case` with the model sharded by FSDP2 over `group` (its collectives
-    counted by `counter`) and this rank's shard of each global micro-batch."""
+                      counter: CollectiveCounter | None = None, seed: int = DEFAULT_SEED,
+                      ready: Callable[[], None] | None = None) -> PreparedCase:
+    """`prepare_distributed_case` with the model sharded by FSDP2 over `group` (its collectives
+    counted by `counter`)."""
     case = fcase.case
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -45,9 +45,7 @@ def prepare_fsdp_case(fcase: FsdpCase, workload: Workload, context: DistContext,
             counter.install(model)
         return model
 
-    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap,
-                            make_batches=lambda _: rank_batches(workload, case, context.rank, context.world_size,
-                                                                seed))
+    prepared = prepare_distributed_case(case, workload, context, seed, wrap, ready)
     prepared.state.skip_sync_until_last = fcase.no_sync
     return prepared
 
@@ -98,9 +96,9 @@ class FsdpRunner(DistributedRunner):
         return observe_storage_resizes()
 
     def _measure_local(self, fcase: FsdpCase, workload: Workload, group: Any, counter: CollectiveCounter,
-                       meter, window) -> RankResult:
+                       meter, window, ready: Callable[[], None]) -> RankResult:
         case = fcase.case
-        prepared = prepare_fsdp_case(fcase, workload, self.context, group, counter, self.seed)
+        prepared = prepare_fsdp_case(fcase, workload, self.context, group, counter, self.seed, ready)
         # Every rank times the same steps: a fixed count, as under DDP.
         measurement = meter.measure(prepared.step, prepared.state, prepared.batches, case.warmup,
                                     ddp_steps(case.steps))
@@ -141,4 +139,4 @@ class FsdpRunner(DistributedRunner):
         )
 
 
-__all__ = ["FsdpRunner", "collective_fields", "fsdp_block", "prepare_fsdp_case", "rank_batches"]
+__all__ = ["FsdpRunner", "collective_fields", "fsdp_block", "prepare_fsdp_case"]

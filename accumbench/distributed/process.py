@@ -112,6 +112,38 @@ class ProcessGroups:
         return box[0]
 
 
+class PeerFailed(RuntimeError):
+    """Another rank could not prepare the case; this one stops before the case's first collective."""
+
+
+class PreparedAgreement:
+    """The ranks agree, on the control group, that each of them prepared the case (model built,
+    levers applied, batches made) before the first collective on the case's group. A rank that
+    failed joins with its error, so the others stop at once instead of waiting out the collective
+    timeout in DDP's first broadcast or FSDP's first all-gather. One agreement per case; every
+    rank joins it exactly once, by `ready` or by `failed`."""
+
+    def __init__(self, groups: ProcessGroups) -> None:
+        self.groups = groups
+        self.joined = False
+
+    def ready(self) -> None:
+        """Join as prepared; raises `PeerFailed` naming the first rank that was not."""
+        failures = [(rank, error) for rank, error in enumerate(self._join(None)) if error is not None]
+        if failures:
+            rank, error = failures[0]
+            raise PeerFailed(f"rank {rank} failed before the first step: {error}")
+
+    def failed(self, exc: BaseException) -> None:
+        """Join as failed, unless this rank already joined (it failed after agreeing)."""
+        if not self.joined:
+            self._join(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
+
+    def _join(self, error: str | None) -> list[str | None]:
+        self.joined = True
+        return self.groups.all_gather(error)
+
+
 def init_distributed(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessGroups:
     """Join the torchrun job: set this rank's GPU, start the default group with a timeout, and
     make the gloo control group. Raises `DistributedError` outside torchrun."""

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch.distributed as dist
 
 from accumbench.distributed.comm import CommStats
+from accumbench.distributed.process import PeerFailed
 from accumbench.environment import peak_flops
 from accumbench.runner import error_fields, is_out_of_memory, optimizer_label
 from accumbench.stats import StepTimes
@@ -62,13 +63,15 @@ def measured_result(rank: int, state: Any, model: Any, measurement: Any, flops: 
     )
 
 
+_DIST_ERRORS = (dist.DistError,) if hasattr(dist, "DistError") else ()
 _COLLECTIVE_TEXT = re.compile(r"timed out|timeout|connection (closed|reset)|gloo|nccl|peer", re.I)
 
 
 def failed_result(rank: int, exc: BaseException) -> RankResult:
     """A rank's failure as data: oom or error, the first line of the message, and whether it
     looks like a consequence of another rank's failure (a collective that timed out)."""
-    collective = isinstance(exc, getattr(dist, "DistError", ())) or bool(_COLLECTIVE_TEXT.search(str(exc)))
+    collective = (isinstance(exc, (PeerFailed, *_DIST_ERRORS))
+                  or bool(_COLLECTIVE_TEXT.search(str(exc))))
     oom = is_out_of_memory(exc)
     fields = error_fields(exc)
     if "find_unused_parameters" in str(exc):  # DDP's advice names a constructor argument the user cannot pass

@@ -15,7 +15,7 @@ from accumbench.cases import Case
 from accumbench.distributed.cases import DdpCase, DistributedCase
 from accumbench.distributed.comm import AllReduceCounter, CommWindowTimer, ddp_meter
 from accumbench.distributed.data import ddp_loss_weights, shard_batch
-from accumbench.distributed.process import DistContext, ProcessGroups
+from accumbench.distributed.process import DistContext, PreparedAgreement, ProcessGroups
 from accumbench.distributed.results import RankResult, failed_result, measured_result, merge_results
 from accumbench.environment import provenance, utc_timestamp
 from accumbench.meters.base import Measurement, Meter
@@ -83,22 +83,38 @@ def rank_batches(workload: Workload, case: Case, rank: int, world_size: int, see
     return shards, ddp_loss_weights(workload, global_batches, shards, case.loss_norm, world_size)
 
 
+def prepare_distributed_case(case: Case, workload: Workload, context: DistContext, seed: int,
+                             wrap: Callable[[torch.nn.Module], torch.nn.Module],
+                             ready: Callable[[], None] | None = None) -> PreparedCase:
+    """`runner.prepare_case` with the model wrapped by `wrap` (DDP or FSDP, collectives on the
+    case's group) and this rank's shard of each global micro-batch. Every rank builds the same
+    initial model from the seed. `ready`, when given, is called once the model is built and the
+    batches made, before `wrap`'s first collective (the ranks' `PreparedAgreement`)."""
+    made: list[tuple[list[Any], list[float]]] = []
+
+    def prepare_then_wrap(model: torch.nn.Module) -> torch.nn.Module:
+        # The batches come before the wrap, so a rank whose batches fail says so at the
+        # agreement; rank_batches seeds its own generator from `seed` (as prepare_case would).
+        made.append(rank_batches(workload, case, context.rank, context.world_size, seed))
+        if ready is not None:
+            ready()
+        return wrap(model)
+
+    return prepare_case(case, workload, context.device, seed, wrap=prepare_then_wrap,
+                        make_batches=lambda _: made[0])
+
+
 def prepare_ddp_case(dcase: DdpCase, workload: Workload, context: DistContext, group: Any,
                      counter: AllReduceCounter, seed: int = DEFAULT_SEED,
-                     bucket_cap_mb: float | None = None) -> PreparedCase:
-    """`runner.prepare_case` with the model in DDP over `group` (its all-reduces counted by
-    `counter`'s hook) and this rank's shard of each global micro-batch. Every rank builds the
-    same initial model from the seed (DDP also broadcasts rank 0's)."""
-    case = dcase.case
-
+                     bucket_cap_mb: float | None = None, ready: Callable[[], None] | None = None) -> PreparedCase:
+    """`prepare_distributed_case` with the model in DDP over `group` (its all-reduces counted by
+    `counter`'s hook; DDP also broadcasts rank 0's initial model)."""
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         ddp = wrap_ddp(model, context, group, bucket_cap_mb)
         ddp.register_comm_hook(counter, AllReduceCounter.hook)
         return ddp
 
-    # rank_batches seeds its own generator from `seed`: the very one prepare_case would pass.
-    prepared = prepare_case(case, workload, context.device, seed, wrap=wrap,
-                            make_batches=lambda _: rank_batches(workload, case, context.rank, context.world_size, seed))
+    prepared = prepare_distributed_case(dcase.case, workload, context, seed, wrap, ready)
     prepared.state.skip_sync_until_last = dcase.no_sync
     return prepared
 
@@ -172,12 +188,14 @@ class DistributedRunner:
         group = self.groups.new_case_group()
         counter = self._new_counter(group)
         meter, window = ddp_meter(self.context.device.type, counter)
+        agreement = PreparedAgreement(self.groups)
         try:
             with self._measure_context():
-                local = self._measure_local(dcase, workload, group, counter, meter, window)
+                local = self._measure_local(dcase, workload, group, counter, meter, window, agreement.ready)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing case is data; the other ranks must hear of it
+            agreement.failed(exc)
             local = failed_result(self.context.rank, exc)
             exc.__traceback__ = None  # its frames hold the case's tensors
         finally:
@@ -203,10 +221,10 @@ class DistributedRunner:
         return contextlib.nullcontext()
 
     def _measure_local(self, dcase: DdpCase, workload: Workload, group: Any, counter: AllReduceCounter,
-                       meter: Meter, window: CommWindowTimer) -> RankResult:
+                       meter: Meter, window: CommWindowTimer, ready: Callable[[], None]) -> RankResult:
         case = dcase.case
         prepared = prepare_ddp_case(dcase, workload, self.context, group, counter, self.seed,
-                                    self.bucket_cap_mb)
+                                    self.bucket_cap_mb, ready)
         measurement: Measurement = meter.measure(prepared.step, prepared.state, prepared.batches,
                                                  ddp_warmup(case.warmup), ddp_steps(case.steps))
         # After measuring, on every rank (the step all-reduces); also checks the losses are finite.
