@@ -175,7 +175,8 @@ class Record:
     def validate(self) -> None:
         """Raise `RecordError` when a field holds a value the contract does not allow: a wrong
         type (a string that is a list, a count that is text or a float), an integer beyond
-        int64, a negative or non-finite number, or a status, meter or stop reason not known."""
+        int64, a negative or non-finite number, an effective batch other than micro-batch x
+        steps x world size, or a status, meter or stop reason not known."""
         self._validate_types()
         if self.status not in STATUSES:
             raise RecordError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
@@ -186,6 +187,11 @@ class Record:
             if not is_integer(value) or value < 1:
                 raise RecordError(f"{name} must be a positive integer, got {value!r}")
             _check_not_too_large(name, value)
+        # Every reader groups and plots by the effective batch: one that disagrees with the
+        # configuration it names is a hand-edited or corrupted record.
+        if self.effective_batch != self.micro_batch * self.accum_steps * self.world_size:
+            raise RecordError(f"effective_batch {self.effective_batch} is not micro_batch x accum_steps x world_size "
+                              f"({self.micro_batch} x {self.accum_steps} x {self.world_size})")
         for name in ("peak_allocated", "first_step_peak_allocated", "peak_reserved",
                      "baseline_allocated", "device_total_memory", "flops_per_step"):
             value = getattr(self, name)

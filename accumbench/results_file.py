@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from accumbench.records import RESUME_SETTINGS, Record, RecordError, iter_records
-from accumbench.timeline import Timeline, append_timeline, sidecar_path
+from accumbench.timeline import Timeline, append_timeline, backup_suffix, sidecar_path
 
 LOCK_HOLDER_ENV = "ACCUMBENCH_RESULTS_LOCK"  # set by a launcher that holds the lock for its children
 
@@ -162,7 +162,7 @@ class ResultsFile:
         sidecar = sidecar_path(self.path)
         n = 0
         while True:
-            suffix = ".bak" if n == 0 else f".bak.{n}"
+            suffix = backup_suffix(n)
             targets = [p.with_name(p.name + suffix) for p in (self.path, sidecar)]
             if not any(t.exists() for t in targets):
                 break

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,6 +118,15 @@ def sidecar_path(results_path: str | os.PathLike[str]) -> Path:
     return results_path.with_name(results_path.stem + ".timelines.jsonl")
 
 
+def backup_suffix(n: int) -> str:
+    """The suffix of a results file's n-th backup (`--overwrite` moves the file and its sidecar
+    to the first free one): `.bak`, then `.bak.1`, `.bak.2`, ..."""
+    return ".bak" if n == 0 else f".bak.{n}"
+
+
+_BACKUP_SUFFIX = re.compile(r"\.bak(\.[0-9]+)?$")
+
+
 def append_timeline(path: str | os.PathLike[str], timeline: Timeline) -> None:
     """Append one timeline line to a sidecar file."""
     with open(path, "a", encoding="utf-8") as fh:
@@ -151,8 +161,12 @@ def find_timeline(results_path: str | os.PathLike[str], reference: str, case_id:
 
 def timelines_of(results_path: str | os.PathLike[str], reference: str) -> dict[tuple[str, str], Timeline]:
     """The timelines of the sidecar a record's `timeline` field names, by (case_id, run_id);
-    empty when the sidecar is missing (or not a file)."""
+    empty when the sidecar is missing (or not a file). The records of a backup name the sidecar
+    as it was called before `--overwrite` moved both: a backup's sidecar carries its suffix."""
     path = Path(results_path).parent / reference
+    backup = _BACKUP_SUFFIX.search(Path(results_path).name)
+    if backup is not None:
+        path = path.with_name(path.name + backup.group(0))
     if not path.is_file():
         return {}
     return {(t.case_id, t.run_id): t for t in read_timelines(path)}

@@ -161,7 +161,8 @@ def test_select_records_names_the_mixed_setting():
 
 def test_plan_from_results_leaves_multi_process_records_out(tmp_path):
     single = _record(case_id="one", micro_batch=2, accum_steps=4, peak_allocated=1000, samples_per_s=100.0)
-    ddp = _record(case_id="ddp", micro_batch=2, accum_steps=4, peak_allocated=900, samples_per_s=300.0, world_size=2)
+    ddp = _record(case_id="ddp", micro_batch=2, accum_steps=4, peak_allocated=900, samples_per_s=300.0, world_size=2,
+                  effective_batch=16)
     path = tmp_path / "mixed.jsonl"
     write_records(path, [single, ddp])
     args = ["plan", "--results", str(path), "--effective-batch", "8", "--memory-budget", "1GiB", "--json"]

@@ -70,6 +70,20 @@ def test_invalid_values_are_rejected():
         make_record(peak_allocated=None).validate()
 
 
+def test_an_effective_batch_other_than_its_configuration_is_rejected_with_the_line(tmp_path):
+    good = make_record()
+    assert good.effective_batch == good.micro_batch * good.accum_steps * good.world_size
+    path = tmp_path / "edited.jsonl"
+    append_record(path, good)
+    data = json.loads(good.to_json())
+    data["accum_steps"] += 1  # edited by hand: the effective batch no longer follows
+    path.write_text(path.read_text() + json.dumps(data) + "\n")
+    with pytest.raises(RecordError, match=r"edited.jsonl:2: effective_batch \d+ is not micro_batch x accum_steps"):
+        read_records(path)
+    with pytest.raises(RecordError, match="world_size"):
+        make_record(world_size=2).validate()  # under DDP every rank adds its micro-batches
+
+
 def test_missing_file_and_directory_are_clear(tmp_path):
     with pytest.raises(RecordError, match="no such file"):
         read_records(tmp_path / "absent.jsonl")

@@ -198,6 +198,22 @@ def test_overwrite_never_destroys_an_earlier_backup(tmp_path):
     assert out.read_text() == ""  # the third was set aside too; the file starts afresh
 
 
+def test_a_backups_records_find_the_timelines_that_were_set_aside_with_them(tmp_path):
+    # The records name their sidecar as it was called when written; --overwrite then moves
+    # both. A report of the backup must read the backup's sidecar, not the new run's.
+    from accumbench.timeline import Timeline, append_timeline, sidecar_path, timelines_of
+
+    out = tmp_path / "r.jsonl"
+    for run in ("older", "old", "new"):
+        with ResultsFile(out, overwrite=True) as results:
+            results.claim()
+        out.write_text(json.dumps({"run": run}) + "\n")  # stands for the run's records
+        append_timeline(sidecar_path(out), Timeline(bytes=(0, 8), marks=(), source="tracker", case_id="c", run_id=run))
+    reference = sidecar_path(out).name  # what every record's `timeline` field holds
+    for path, run in ((out, "new"), (tmp_path / "r.jsonl.bak.1", "old"), (tmp_path / "r.jsonl.bak", "older")):
+        assert list(timelines_of(path, reference)) == [("c", run)], path
+
+
 def test_estimate_refuses_an_existing_file_without_a_flag(copy_of, never_measure):
     before = copy_of.read_text()
     result = invoke("estimate", *CASE, "--out", str(copy_of))

@@ -343,7 +343,7 @@ def test_the_validation_pools_only_runs_of_the_reference_device(validation, tmp_
     from gate_helpers import record
 
     def run(device: str, seconds: float, case: str = "a"):
-        return record(case, times=(seconds,) * 4, device_name=device, micro_batch=8, accum_steps=1)
+        return record(case, times=(seconds,) * 4, device_name=device, micro_batch=32, accum_steps=1)
 
     write_records(tmp_path / "ref.jsonl", [run("H100", 0.010), run("H100", 0.020, "b")])
     write_records(tmp_path / "r1.jsonl", [run("H100", 0.012), run("H200", 0.005)])
