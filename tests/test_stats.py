@@ -97,6 +97,27 @@ def test_adaptive_timing_stops_at_the_cap_when_noisy():
     assert StepTimes(times).ci_half_width() > 0.001
 
 
+def test_the_cap_counts_timed_steps_not_a_one_off_cost_between_them():
+    # The first interval imports scipy (seconds on a loaded machine): counted against the
+    # cap, it cut the first case of every run to its first 6 steps.
+    import time
+
+    from accumbench.meters.timing import time_with_policy
+
+    rng = random.Random(0)
+    calls = []
+
+    def time_steps(n):
+        if not calls:
+            time.sleep(0.1)  # twice the cap, outside the steps
+        calls.append(n)
+        return tuple(rng.uniform(0.0009, 0.0011) for _ in range(n))
+
+    times, reason = time_with_policy(time_steps, StepPolicy(ci_target=1e-6, time_cap_s=0.05))
+    assert reason == "time-cap" and len(calls) > 1
+    assert 0.05 <= sum(times) < 0.05 * 1.6 and len(times) >= 45
+
+
 def test_a_fixed_count_times_exactly_that_many():
     clock = FakeClock(sd=0.02)
     times, reason = timed_steps(WallClockTimer(clock), clock.step, StepPolicy.fixed(7))

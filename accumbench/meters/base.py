@@ -189,9 +189,7 @@ def check_counts(warmup: int, steps: "int | StepPolicy") -> None:
 
 def timed_steps(timer: Any, step: Step, steps: "int | StepPolicy") -> tuple[tuple[float, ...], str]:
     """Time `step` with `timer` (a `time_steps(step, n)` object) as `steps` says: a fixed count
-    or adaptively; returns (step times, stop reason). The timer's `clock`, when it has one,
-    also measures the time cap, so a fake clock drives both in tests."""
+    or adaptively; returns (step times, stop reason)."""
     from accumbench.meters.timing import as_policy, time_with_policy
 
-    clock = getattr(timer, "clock", time.perf_counter)
-    return time_with_policy(lambda n: timer.time_steps(step, n), as_policy(steps), clock)
+    return time_with_policy(lambda n: timer.time_steps(step, n), as_policy(steps))
