@@ -111,6 +111,24 @@ def test_too_few_step_times_are_not_tested():
     assert result.exit_code == 0
 
 
+def test_a_slowdown_the_scatter_hides_and_an_untested_one_are_said_not_counted_ok():
+    from accumbench.gate.checks import UNRESOLVED
+    from accumbench.gate.compare import UNRESOLVED as CASE_UNRESOLVED
+    from accumbench.gate.table import render_text
+
+    rng = random.Random(3)
+    scattered = [t * rng.choice((1.0, 2.0)) for t in noisy(rng, 0.010, 40)]  # a neighbour halves some steps
+    slower = [1.3 * t for t in scattered]
+    result = compare_results([record("a", times=scattered), record("b", times=[0.01] * 5)],
+                             [record("a", times=slower), record("b", times=[0.05] * 5)])
+    a, b = result.cases
+    assert a.throughput.verdict == UNRESOLVED and a.verdict == CASE_UNRESOLVED == UNRESOLVED
+    assert result.exit_code == 0  # never gated
+    text = render_text(result)
+    assert "within the runs' own scatter" in text and "not resolved" in text
+    assert "(0 improved, 1 ok, 0 slower but not gated, 1 not resolved; throughput not tested in 1;" in text
+
+
 @pytest.mark.parametrize("field, value", [("meter", "estimate"), ("torch_version", "2.12.0+cpu")])
 def test_different_meter_or_torch_is_refused(field, value):
     with pytest.raises(MismatchError, match=re.escape(f"vs current '{value}'")):

@@ -23,6 +23,7 @@ SAME = "same"
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
 UNTESTED = "untested"  # the data cannot decide (too few samples): never gated
+UNRESOLVED = "unresolved"  # beyond the tolerance but within the runs' own scatter: never gated
 NOT_AVAILABLE = "n/a"  # nothing to compare (no step times, a side not ok)
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -211,7 +212,7 @@ class ThroughputCheck:
         elif change < -threshold:
             verdict, reason = IMPROVEMENT, f"{what} beyond -{bound} and {test} < {self.alpha:g}"
         elif abs(change) > self.tolerance:
-            verdict, reason = SAME, (
+            verdict, reason = UNRESOLVED, (
                 f"{what} is within the runs' own scatter (IQR {noise:.0%} of the median; {test}): "
                 "not resolved by one run per side, re-run on a quieter machine"
             )

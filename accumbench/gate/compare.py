@@ -28,6 +28,7 @@ from accumbench.gate.checks import (
     NOT_AVAILABLE,
     REGRESSION,
     SAME,
+    UNRESOLVED,
     CommunicationCheck,
     EquivalenceCheck,
     MemoryCheck,
@@ -36,9 +37,10 @@ from accumbench.gate.checks import (
     Tolerance,
 )
 
-# Case verdicts, worst first; WARNING is an ungated regression (throughput on foreign CI machines).
-VERDICTS = (REGRESSION, "warning", IMPROVEMENT, SAME)
+# Case verdicts, worst first; WARNING is an ungated regression (throughput on foreign CI machines),
+# UNRESOLVED a throughput change beyond the tolerance that the runs' scatter hides (never gated).
 WARNING = "warning"
+VERDICTS = (REGRESSION, WARNING, UNRESOLVED, IMPROVEMENT, SAME)
 
 # Provenance that must agree for numbers to be comparable.
 IDENTITY_FIELDS = ("meter", "device_name", "torch_version")
@@ -259,11 +261,14 @@ def _compare_case(
             verdict = REGRESSION
         elif any(o.verdict == REGRESSION for o in outcomes):
             verdict = WARNING
+        elif any(o.verdict == UNRESOLVED for o in outcomes):
+            verdict = UNRESOLVED
         elif any(o.verdict == IMPROVEMENT for o in outcomes):
             verdict = IMPROVEMENT
         else:
             verdict = SAME
-        reasons = tuple(f"{name}: {o.reason}" for name, o in labels if o.verdict in (REGRESSION, IMPROVEMENT))
+        reasons = tuple(f"{name}: {o.reason}" for name, o in labels
+                        if o.verdict in (REGRESSION, UNRESOLVED, IMPROVEMENT))
     else:
         memory = Outcome(NOT_AVAILABLE, "not ok on both sides",
                          _bytes(base.get("peak_allocated")), _bytes(cur.get("peak_allocated")))

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from accumbench.gate.checks import IMPROVEMENT, NOT_AVAILABLE, REGRESSION, SAME, UNTESTED, format_bytes
+from accumbench.gate.checks import IMPROVEMENT, NOT_AVAILABLE, REGRESSION, SAME, UNRESOLVED, UNTESTED, format_bytes
 from accumbench.gate.compare import VERDICTS, WARNING, CaseComparison, Comparison
 from accumbench.gate.stats import samples_needed
 from accumbench.textfmt import text_table
@@ -19,6 +19,7 @@ from accumbench.textfmt import text_table
 VERDICT_LABELS = {
     REGRESSION: "REGRESSION",
     WARNING: "slower (not gated)",
+    UNRESOLVED: "not resolved",
     IMPROVEMENT: "improved",
     SAME: "ok",
 }
@@ -114,6 +115,8 @@ def _details(comparison: Comparison, bullet: str, code) -> list[str]:
     sections = (
         ("Regressions", comparison.with_verdict(REGRESSION)),
         ("Slower, not gated", comparison.with_verdict(WARNING)),
+        ("Not resolved: a change beyond the tolerance but within the runs' scatter, never gated",
+         comparison.with_verdict(UNRESOLVED)),
         ("Improvements", comparison.with_verdict(IMPROVEMENT)),
     )
     for title, cases in sections:
@@ -153,9 +156,12 @@ def _headline(comparison: Comparison) -> str:
 def _summary_line(comparison: Comparison) -> str:
     counts = comparison.counts()
     verdict = "FAIL" if comparison.failed else "PASS"
+    # A case whose throughput was not tested is "ok" on memory only: say how many, beside it.
+    untested = sum(c.throughput.verdict == UNTESTED for c in comparison.cases)
     return (
         f"{verdict}: {_headline(comparison)} in {len(comparison.cases)} compared case(s) "
-        f"({counts[IMPROVEMENT]} improved, {counts[SAME]} ok, {counts[WARNING]} slower but not gated; "
+        f"({counts[IMPROVEMENT]} improved, {counts[SAME]} ok, {counts[WARNING]} slower but not gated, "
+        f"{counts[UNRESOLVED]} not resolved; throughput not tested in {untested}; "
         f"{counts['only_baseline']} only in baseline, {counts['only_current']} only in current)"
     )
 
