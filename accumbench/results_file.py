@@ -309,19 +309,34 @@ class ResultsFile:
                     continue
                 have, want = getattr(record, name, None), wanted[name]
                 if isinstance(have, dict) and isinstance(want, dict):
-                    # A block of settings (an estimate's assumptions): the keys the request
-                    # names, each as a setting of its own; the record's others (what was applied
-                    # to the case) are not settings.
-                    differing = next((key for key in want if key in have and have[key] != want[key]), None)
+                    # A block of settings, each key a setting of its own. The workload factory's
+                    # options are all given by the user: one given on one side only differs too.
+                    # An estimate's assumptions hold what was applied to the case besides the
+                    # keys a request names: only those are compared.
+                    keys = sorted(set(have) | set(want)) if name == "workload_options" else [
+                        key for key in want if key in have]
+                    differing = next((key for key in keys if have.get(key, _NOT_GIVEN) != want.get(key, _NOT_GIVEN)),
+                                     None)
                     if differing is None:
                         continue
-                    name, have, want = f"{name}.{differing}", have[differing], want[differing]
+                    name, have, want = (f"{name}.{differing}", have.get(differing, _NOT_GIVEN),
+                                        want.get(differing, _NOT_GIVEN))
                 if have is None or want is None or have == want:
                     continue
                 return (f"cannot resume: {self.path} was measured with {name}={have!r} (case {record.case_id}), "
                         f"this run asks for {name}={want!r}; use the same settings, or another --out, "
                         "or --overwrite")
         return None
+
+
+class _NotGiven:
+    """An option one side did not give (its repr reads as such in the refusal)."""
+
+    def __repr__(self) -> str:
+        return "(not given)"
+
+
+_NOT_GIVEN = _NotGiven()
 
 
 def _write_line(fh: Any, line: str) -> None:

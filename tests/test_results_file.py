@@ -174,6 +174,10 @@ def test_resume_refuses_a_plugin_case_measured_with_other_options_its_id_does_no
     other = invoke(command, *case, *extra, "--workload-opt", "width=64", "--out", str(out), "--resume")
     assert other.exit_code == 2, other.output
     assert "measured with workload_options.width=32" in other.output and "workload_options.width=64" in other.output
+    # An option given on one side only differs as well (the factory's default may be another).
+    left_out = invoke(command, *case, *extra, "--out", str(out), "--resume")
+    assert left_out.exit_code == 2 and "workload_options.width=32" in left_out.output
+    assert "this run asks for workload_options.width=(not given)" in left_out.output
     same = invoke(command, *case, *extra, "--workload-opt", "width=32", "--out", str(out), "--resume")
     assert same.exit_code == 0, same.output
     assert len(read_records(out)) == 1
