@@ -131,7 +131,9 @@ class ResultsFile:
         self.lock()
         try:
             done = self._prepare()
-            self._fh = open(self.path, "a", encoding="utf-8")
+            # Unbuffered: a write the disk refuses leaves nothing pending that a later flush or
+            # close could add to the file after the partial line is cut away.
+            self._fh = open(self.path, "ab", buffering=0)
         except ResultsFileError:
             self.release()
             raise
@@ -268,12 +270,12 @@ class ResultsFile:
         if self._fh is None:
             raise RuntimeError("ResultsFile.append before claim()")
         line = record.to_json() + "\n"
-        start = self._fh.tell()
+        start = os.fstat(self._fh.fileno()).st_size
         try:
             _write_line(self._fh, line)
         except OSError as exc:
             try:
-                self._fh.truncate(start)
+                os.ftruncate(self._fh.fileno(), start)
             except OSError:
                 pass
             raise ResultsWriteError(
@@ -340,9 +342,11 @@ _NOT_GIVEN = _NotGiven()
 
 
 def _write_line(fh: Any, line: str) -> None:
-    """Write, flush and fsync one line (a seam the tests replace to simulate a full disk)."""
-    fh.write(line)
-    fh.flush()
+    """Write one line to an unbuffered binary file, all of it, and fsync it (a seam the tests
+    replace to simulate a full disk)."""
+    data = memoryview(line.encode("utf-8"))
+    while data:
+        data = data[fh.write(data):]
     os.fsync(fh.fileno())
 
 

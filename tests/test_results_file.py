@@ -123,7 +123,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_keeps_every_complete_record(tmp_p
     def fill_up(fh, line):
         calls.append(line)
         if len(calls) == 2:
-            fh.write(line[:10])  # a partial line reaches the file before the disk fills
+            fh.write(line[:10].encode())  # a partial line reaches the file before the disk fills
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fh, line)
 
