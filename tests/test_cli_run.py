@@ -65,6 +65,7 @@ def test_plugin_workload_runs_every_scenario_it_supports(tmp_path, plugin_path):
          "error: workload shared-trunk: option seq_len must be at least 1, got 0"),
         (["--workload", "{plugin}:build_raises", "--freeze", "x", "--list"],
          "error: workload plugin-mlp-build-raises: build_model raised ZeroDivisionError: division by zero"),
+        (["--workload", "mlp", "--out", ""], "Invalid value for '--out': the path is empty"),  # not '.'
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, plugin_path, args, message):

@@ -9,6 +9,7 @@ import click
 
 from accumbench.cases import MAX_MICRO_BATCH
 from accumbench.cli.common import (
+    OutPath,
     SEED,
     fail_input,
     int_list,
@@ -49,7 +50,7 @@ DEFAULT_WORKLOADS: tuple[tuple[str, dict], ...] = (
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the model and the batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch; tiny models run fastest on one.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_path", type=OutPath(dir_okay=False, path_type=Path), default=None,
               help="Write one record per workload, N and loss norm to this JSONL file (scenario "
                    "'equivalence'), for `report` and `compare`.")
 @click.option("--append", is_flag=True, help="Add to an existing --out file (e.g. next to `run` results).")

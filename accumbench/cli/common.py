@@ -12,6 +12,17 @@ import click
 # Re-exported: the commands (and tests) format bytes as `accumbench.cli.common.format_bytes`.
 from accumbench.textfmt import format_bytes  # noqa: F401
 
+class OutPath(click.Path):
+    """`click.Path` for what a command writes: an empty value (which pathlib reads as the
+    current folder) is refused like any other bad path, in one line."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The path, or a usage error (exit 2) for an empty one."""
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 SCENARIO_NAMES = ["large-batch", "accumulated", "multitask-combined", "multitask-sequential"]
 SINGLE_LOSS_DEFAULT = ("large-batch", "accumulated")
 MULTITASK_DEFAULT = ("multitask-combined", "multitask-sequential")

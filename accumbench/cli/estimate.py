@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from accumbench.cli.common import (
+    OutPath,
     SEED,
     SUITE_RULES,
     case_selection_options,
@@ -49,7 +50,7 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "flop_efficiency=0.6, batch_norm_bandwidth=290e9, speed_ratio_error=1.66 (the README's "
                    "step-time section lists them).")
 @case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out_path", type=OutPath(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
               help="JSONL file of estimate records (meter: estimate), appended as each group is done.")
 @click.option("--resume", is_flag=True,

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from accumbench.cli.common import fail_input
+from accumbench.cli.common import OutPath, fail_input
 
 
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", default="report", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=OutPath(file_okay=False, path_type=Path),
               help="Folder to write index.html, summary.md and the figures into.")
 @click.option("--title", default="accumbench report", show_default=True,
               help="Heading of the page and the summary.")

@@ -9,6 +9,7 @@ import click
 
 from accumbench.cases import MAX_STEPS
 from accumbench.cli.common import (
+    OutPath,
     SEED,
     SUITE_RULES,
     FiniteFloatRange,
@@ -41,7 +42,7 @@ from accumbench.cli.common import (
               help="Adaptive timing: at most this many seconds of timed steps per case (default "
                    "0.5 on cpu, 2 on cuda: the smoke suite under a minute on 2 CPU cores, the "
                    "default suite under ten minutes on an H100). Ignored with --steps.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out_path", type=OutPath(dir_okay=False, path_type=Path),
               default=Path("results/run.jsonl"), show_default=True, help="JSONL file; one record is appended per case.")
 @click.option("--resume", is_flag=True,
               help="Skip the cases already in --out (ok or oom) and append the rest; refused when the file was "
