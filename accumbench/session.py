@@ -9,7 +9,7 @@ stop)`, `is_writer`, `share(value)` and the resume settings (`shared_settings()`
 
 Exit codes: 0 every case measured (OOM counts as measured), 1 some case failed with an error or
 the results file could not be written, 2 the results file cannot be used as asked, 130
-interrupted. Every complete record is in the file in every case.
+interrupted (143 SIGTERM, 129 SIGHUP). Every complete record is in the file in every case.
 """
 
 from __future__ import annotations
@@ -69,14 +69,28 @@ def execute(cases: Sequence[Any], runner: Any, results: ResultsFile,
             results.release()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, delivered as Ctrl-C is, so the run ends as it does (every record kept,
+    the lock released, a line saying so) with the signal's exit code (128 + its number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# What each signal's handler is when nobody has set one: only those are taken over.
+_TAKEN_OVER = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+               signal.SIGHUP: signal.SIG_DFL}
+
+
 @contextlib.contextmanager
 def interrupts_outside_finalizers() -> Iterator[None]:
-    """Ctrl-C as KeyboardInterrupt, but never inside a `weakref.finalize` callback. The memory
-    trackers count each freed storage in one, thousands a step; an interrupt landing in one is
-    printed by Python as "Exception ignored in: <finalize ...>" and a traceback, and the step
-    goes on. There the interrupt is delivered again a few milliseconds later, outside it."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """Ctrl-C as KeyboardInterrupt (SIGTERM and SIGHUP as `Terminated`), but never inside a
+    `weakref.finalize` callback. The memory trackers count each freed storage in one, thousands
+    a step; an interrupt landing in one is printed by Python as "Exception ignored in: <finalize
+    ...>" and a traceback, and the step goes on. There the interrupt is delivered again a few
+    milliseconds later, outside it."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     finalizing = weakref.finalize.__call__.__code__
@@ -87,13 +101,16 @@ def interrupts_outside_finalizers() -> Iterator[None]:
                 threading.Timer(0.005, os.kill, (os.getpid(), signum)).start()
                 return
             frame = frame.f_back
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
-    signal.signal(signal.SIGINT, interrupt)
+    taken = [sig for sig, untouched in _TAKEN_OVER.items() if signal.getsignal(sig) is untouched]
+    for sig in taken:
+        signal.signal(sig, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in taken:
+            signal.signal(sig, _TAKEN_OVER[sig])
 
 
 def _measure(cases, runner, results, done, progress, heading, summary) -> int:
@@ -120,13 +137,15 @@ def _measure(cases, runner, results, done, progress, heading, summary) -> int:
 
     try:
         records = runner.run(todo, sink=keep, progress=display, stop=lambda: bool(failure))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _close(display)
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         if writer:
             held = len(results.existing) + len(written)
-            click.echo(f"\ninterrupted: {len(written)} record(s) written this run, {held} in all kept in "
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            click.echo(f"\n{what}: {len(written)} record(s) written this run, {held} in all kept in "
                        f"{results.path}; run again with --resume to measure the rest", err=True)
-        return 130
+        return 128 + signum
     _close(display)
     if writer:
         if summary:

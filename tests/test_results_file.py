@@ -384,3 +384,42 @@ def test_an_interrupt_inside_a_finalizer_is_delivered_after_it():
                 time.sleep(0.01)
     assert seen == ["finalizer ran", "after the free"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_with_its_own_exit_code():
+    import signal
+
+    from accumbench.session import Terminated, interrupts_outside_finalizers
+
+    with pytest.raises(Terminated) as stopped:
+        with interrupts_outside_finalizers():
+            signal.raise_signal(signal.SIGTERM)  # uncaught, it would end the process (exit 143)
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.slow  # a real process measuring gpt tiny, stopped after its first record: ~10 s on 2 cores
+def test_a_run_stopped_by_sigterm_keeps_its_records_says_so_and_drops_the_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "accumbench", "run", "--device", "cpu", "--workload", "gpt",
+                             "--workload-opt", "size=tiny", "--scenario", "large-batch", "--micro-batch",
+                             ",".join(str(n) for n in range(1, 25)), "--steps", "20", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    kept = read_records(out)
+    assert 1 <= len(kept) < 24 and "Traceback" not in output
+    assert f"stopped by SIGTERM: {len(kept)} record(s) written this run" in output and "--resume" in output
+    assert not out.with_name(out.name + ".lock").exists()
