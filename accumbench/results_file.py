@@ -224,8 +224,9 @@ class ResultsFile:
                 fh.close()
                 if os.environ.get(LOCK_HOLDER_ENV) == str(self.lock_path.resolve()):
                     return  # our launcher (torchrun's parent) holds it for this job
-                raise ResultsFileError(f"{self.path} is being written by {holder}; wait for it to finish "
-                                       "or choose another --out") from None
+                elsewhere = " or choose another --out" if self.allowed else ""  # a command that writes --out
+                raise ResultsFileError(f"{self.path} is being written by {holder}; wait for it to finish"
+                                       f"{elsewhere}") from None
             # The holder before us may have removed the file between our open and our lock.
             try:
                 same = os.path.samestat(os.fstat(fh.fileno()), os.stat(self.lock_path))

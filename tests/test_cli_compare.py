@@ -326,6 +326,7 @@ def test_baseline_update_waits_for_a_writer_that_holds_the_file(files):
         result = invoke("baseline", "update", "base.jsonl", "cur.jsonl", "--yes")
         assert result.exit_code == 2
         assert "base.jsonl is being written by pid" in result.stderr and "(accumbench run)" in result.stderr
+        assert "--out" not in result.stderr  # a flag baseline does not have
         assert Path("base.jsonl").read_bytes() == before
     assert invoke("baseline", "update", "base.jsonl", "cur.jsonl", "--yes").exit_code == 0
     assert not Path("base.jsonl.lock").exists()

@@ -158,10 +158,11 @@ def _summary_line(comparison: Comparison) -> str:
     verdict = "FAIL" if comparison.failed else "PASS"
     # A case whose throughput was not tested is "ok" on memory only: say how many, beside it.
     untested = sum(c.throughput.verdict == UNTESTED for c in comparison.cases)
+    unsure = "".join(part for n, part in ((counts[UNRESOLVED], f", {counts[UNRESOLVED]} not resolved"),
+                                          (untested, f"; throughput not tested in {untested}")) if n)
     return (
         f"{verdict}: {_headline(comparison)} in {len(comparison.cases)} compared case(s) "
-        f"({counts[IMPROVEMENT]} improved, {counts[SAME]} ok, {counts[WARNING]} slower but not gated, "
-        f"{counts[UNRESOLVED]} not resolved; throughput not tested in {untested}; "
+        f"({counts[IMPROVEMENT]} improved, {counts[SAME]} ok, {counts[WARNING]} slower but not gated{unsure}; "
         f"{counts['only_baseline']} only in baseline, {counts['only_current']} only in current)"
     )
 
