@@ -211,10 +211,11 @@ class Record:
             raise RecordError("an ok record needs peak_allocated")
         if self.stop_reason is not None and self.stop_reason not in STOP_REASONS:
             raise RecordError(f"stop_reason {self.stop_reason!r} is not one of {', '.join(STOP_REASONS)}")
-        bad_times = [t for t in self.step_times_s if not _non_negative_number(t)]
+        # A timed step takes time: a zero would make every rate and ratio derived from it infinite.
+        bad_times = [t for t in self.step_times_s if not (_non_negative_number(t) and t > 0)]
         if bad_times:
             raise RecordError(
-                f"step_times_s must hold non-negative finite numbers of seconds, got {bad_times[0]!r}"
+                f"step_times_s must hold positive finite numbers of seconds, got {bad_times[0]!r}"
             )
 
     def _validate_types(self) -> None:

@@ -48,7 +48,7 @@ def write_with(path: Path, line_fields: dict, n: int = 3) -> Path:
 ])
 def test_impossible_values_are_refused_naming_file_and_line(tmp_path, fields, named):
     path = write_with(tmp_path / "r.jsonl", fields)
-    with pytest.raises(RecordError, match=rf"r\.jsonl:2: {named} must (be a|hold) non-negative"):
+    with pytest.raises(RecordError, match=rf"r\.jsonl:2: {named} must (be a|hold) (non-negative|positive)"):
         read_records(path)
 
 
@@ -64,6 +64,7 @@ def test_impossible_values_are_refused_naming_file_and_line(tmp_path, fields, na
     ({"amp": 3}, "amp must be a string, got 3"),
     ({"tasks": 5}, "tasks must be a list, got 5"),
     ({"step_times_s": 5}, "step_times_s must be a list, got 5"),
+    ({"step_times_s": [0.01, 0.0]}, "step_times_s must hold positive finite numbers of seconds, got 0.0"),
     ({"median_step_time_ci_s": [1]}, "median_step_time_ci_s must be two non-negative numbers"),
     ({"breakdown": "x"}, "breakdown must be an object"),
     ({"breakdown": {"params": -1}}, "breakdown['params'] must be a non-negative integer"),
