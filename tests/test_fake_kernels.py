@@ -401,8 +401,8 @@ def test_routing_assumptions():
 
 # --- MoE routing: the estimate equals the cpu meter where the cpu meter's routing is the assumption -
 
-def toy_case(route: str, scenario: str = "accumulated", accum: int = 2) -> Case:
-    return Case(f"{TOY}:build", scenario, 2, accum, (("route", route),), warmup=1, steps=1)
+def toy_case(route: str, scenario: str = "accumulated", accum: int = 2, **options) -> Case:
+    return Case(f"{TOY}:build", scenario, 2, accum, (("route", route), *options.items()), warmup=1, steps=1)
 
 
 @pytest.mark.parametrize("routing", ["balanced", pytest.param("worst", marks=pytest.mark.slow)])
@@ -417,6 +417,20 @@ def test_moe_estimate_is_byte_equal_when_the_routing_is_the_assumption(routing):
     peaks = estimated.assumptions["moe_routing_peaks"]
     assert set(peaks) == {"balanced", "worst"} and peaks[routing] == estimated.peak_allocated
     assert f"moe-routing-{routing}" in estimated.assumptions["applied"]
+
+
+@pytest.mark.slow  # two cpu runs and two estimates of three routings' steps each: ~6 s on 2 cores
+def test_each_routings_peak_is_that_of_a_run_routed_so_whichever_routing_is_assumed():
+    # The peak under the routing not assumed was profiled on the state the assumed one left:
+    # optimizer state for the experts it trained, and none for the others.
+    measured = {routing: Runner(torch.device("cpu")).measure(toy_case(routing, separate=True)).peak_allocated
+                for routing in ("balanced", "worst")}
+    assert measured["balanced"] != measured["worst"]
+    for assumed in ("balanced", "worst"):
+        estimated = estimate_runner(assumptions_for("cpu", {"moe_routing": assumed})).measure(
+            toy_case(assumed, separate=True))
+        assert estimated.assumptions["moe_routing_peaks"] == measured, assumed
+        assert estimated.peak_allocated == measured[assumed]
 
 
 @pytest.mark.slow

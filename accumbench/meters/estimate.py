@@ -148,6 +148,14 @@ class Replay:
     breakdown: dict[str, int]
 
 
+def _forget_training(state: TrainingState) -> None:
+    """Back to a case just built: no gradients, no optimizer state (a fake parameter's values
+    do not matter, so the parameters need no reset)."""
+    for parameter in state.model.parameters():
+        parameter.grad = None
+    state.optimizer.state.clear()
+
+
 def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
                          first: StepProfile | None = None, note: str | None = None,
                          accum_steps: int | None = None,
@@ -571,7 +579,12 @@ class EstimateMeter(Meter):
 
     def routing_peaks(self, step: Step, state: TrainingState, steady: StepProfile) -> dict[str, int] | None:
         """When assumed MoE routing decided sizes: the steady peak under each `moe_routing`
-        assumption (one more fake step per other assumption); else None."""
+        assumption, each that of a run whose router always routes so; else None.
+
+        Each other routing starts afresh (no gradients, no optimizer state) with its own warm-up
+        step: on the state the assumed routing left, its steady step would hold optimizer state
+        for the experts the assumed routing trained and none for the others. Then the assumed
+        routing's warm-up runs again, so a timeline traced next starts from its state."""
         if not self.routing_read:
             return None
         chosen = self.assumptions.moe_routing
@@ -580,9 +593,13 @@ class EstimateMeter(Meter):
             for other in MOE_ROUTINGS:
                 if other != chosen:
                     self._values.moe_routing = other
+                    _forget_training(state)
+                    self.profile(step, state)
                     peaks[other] = self.profile(step, state).replay(self.assumptions).peak
         finally:
             self._values.moe_routing = chosen
+        _forget_training(state)
+        self.profile(step, state)
         return {routing: peaks[routing] for routing in MOE_ROUTINGS}
 
     def profile(self, step: Step, state: TrainingState) -> StepProfile:

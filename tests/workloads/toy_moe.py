@@ -13,13 +13,17 @@ VOCAB, SEQ = 64, 8
 
 
 class ToyMoE(nn.Module):
-    def __init__(self, dim: int = 16, experts: int = 4, k: int = 2, route: str = "learned") -> None:
+    def __init__(self, dim: int = 16, experts: int = 4, k: int = 2, route: str = "learned",
+                 separate: bool = False) -> None:
         super().__init__()
         self.experts, self.k, self.route = experts, k, route
         self.embed = nn.Embedding(VOCAB, dim)
         self.router = nn.Linear(dim, experts, bias=False)
-        self.w_in = nn.Parameter(torch.randn(experts, dim, 32) * 0.1)
-        self.w_out = nn.Parameter(torch.randn(experts, 32, dim) * 0.1)
+        w_in, w_out = torch.randn(experts, dim, 32) * 0.1, torch.randn(experts, 32, dim) * 0.1
+        if separate:  # one parameter per expert: an expert no token reaches gets no gradient
+            self.w_in, self.w_out = nn.ParameterList(w_in.unbind()), nn.ParameterList(w_out.unbind())
+        else:
+            self.w_in, self.w_out = nn.Parameter(w_in), nn.Parameter(w_out)
         self.head = nn.Linear(dim, VOCAB)
 
     def forced(self, tokens: int) -> torch.Tensor:
@@ -46,18 +50,18 @@ class ToyMoE(nn.Module):
         return self.head(out).reshape(*ids.shape, VOCAB)
 
 
-def build(route: str = "learned") -> Workload:
+def build(route: str = "learned", separate: bool = False) -> Workload:
     def make_batch(n, g):
         ids = torch.randint(0, VOCAB, (n, SEQ), generator=g)
         return ids, ids
 
     return Workload(
         name=f"toy-moe-{route}",
-        build_model=lambda: ToyMoE(route=route),
+        build_model=lambda: ToyMoE(route=route, separate=separate),
         make_batch=make_batch,
         loss=lambda logits, batch: F.cross_entropy(logits.reshape(-1, VOCAB), batch[1].reshape(-1)),
         tokens_per_sample=SEQ,
-        options={"route": route},
+        options={"route": route, "separate": separate},
     )
 
 
