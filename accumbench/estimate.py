@@ -416,8 +416,8 @@ def _record(runner: Runner, case: Case, workload, state: TrainingState, steady: 
     measurement = estimate_measurement(steady, runner.meter.assumptions, first, "; ".join(notes) or None,
                                        accum_steps=case.accum_steps)
     flops = steady.flops * case.accum_steps // micro_steps
-    record = runner.ok_record(case, workload, state, measurement, flops)
-    return dataclasses.replace(record, warmup_steps=1, measured_steps=1, steps_setting="1")
+    return runner.ok_record(case, workload, state, dataclasses.replace(measurement, warmup_steps=1, measured_steps=1),
+                            flops)
 
 
 def predicted_oom(record: Record, assumptions: DeviceAssumptions) -> Record:

@@ -380,6 +380,9 @@ class Runner:
         fields = {**identity_fields(case, workload, optimizer_label(state.optimizer),
                                     case_policy(case, self.timing)),
                   **speed_fields(measurement, case, workload, flops, self._provenance["device_name"])}
+        if measurement.measured_steps is not None:  # what the meter ran, not what the case asked
+            fields.update(warmup_steps=measurement.warmup_steps, measured_steps=measurement.measured_steps,
+                          steps_setting=str(measurement.measured_steps))
         return Record(
             run_id=self.run_id,
             **self._provenance,

@@ -12,7 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from accumbench.cases import Case
-from accumbench.estimate import batch_shape, estimate_cases
+from accumbench.estimate import batch_shape, estimate_cases, estimate_runner
 from accumbench.estimate_assumptions import assumptions_for
 from accumbench.meters.known_values import KnownValues
 from accumbench.runner import Runner
@@ -23,7 +23,7 @@ PLUGIN = str(Path(__file__).parent / "workloads" / "irregular_batches.py")
 
 
 def plugin_case(factory: str, scenario: str, micro: int, accum: int = 1, **knobs) -> Case:
-    return Case(f"{PLUGIN}:{factory}", scenario, micro, accum, warmup=1, steps=1, **knobs)
+    return Case(f"{PLUGIN}:{factory}", scenario, micro, accum, **{"warmup": 1, "steps": 1, **knobs})
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,22 @@ def test_sizes_random_draws_or_the_models_state_decide_are_estimated_case_by_cas
              plugin_case(factory, "large-batch", 16)]
     records = assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
     assert not any("repeat micro-step 2" in notes(r) or "replayed" in notes(r) for r in records)
+
+
+def test_a_step_the_models_state_decides_is_stepped_as_the_predicted_meter_steps(cpu_runner):
+    # A regulariser every 5th forward: the cpu meter's peak is its one tracked step after the
+    # warm-up (steps 2, 3 and 5 here: only the 5th forward is heavy); the estimate ran one warm-up
+    # and one steady step whatever the case asked, and said so wrongly in the record.
+    cases = [plugin_case("periodic", "large-batch", 8, warmup=warmup) for warmup in (1, 2, 4)]
+    records = assert_estimates_equal_the_cpu_meter(cpu_runner, cases)
+    assert len({r.peak_allocated for r in records}) == 2  # the 5th forward is the heavy one
+    assert [(r.warmup_steps, r.measured_steps, r.steps_setting) for r in records] == [
+        (1, 1, "1"), (2, 1, "1"), (4, 1, "1")]
+    assert "stepped as a run: 4 warm-up and 1 measured step(s)" in notes(records[2])
+    # A GPU kind predicts the cuda meter, whose peak spans every timed step: 4 reach the 5th forward.
+    h100 = estimate_runner(assumptions_for("h100"))
+    one, four = (h100.measure(plugin_case("periodic", "large-batch", 8, steps=steps)) for steps in (1, 4))
+    assert four.peak_allocated > one.peak_allocated and four.measured_steps == 4
 
 
 def test_a_size_that_trains_fewer_parameters_is_estimated_on_its_own(cpu_runner):

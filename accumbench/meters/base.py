@@ -47,6 +47,10 @@ class Measurement:
     # Why timing stopped: 'ci-target', 'time-cap' (adaptive) or 'fixed' (a count); None when
     # nothing was timed (the estimate meter).
     stop_reason: str | None = None
+    # The warm-up and measured steps a meter ran when they are not the case's (the estimate
+    # meter's fake steps); None: the case's warm-up and the timed steps.
+    warmup_steps: int | None = None
+    measured_steps: int | None = None
 
 
 class Meter(abc.ABC):

@@ -21,6 +21,10 @@ from accumbench.meters.tracker import LiveBytesTracker, exact_bytes
 from accumbench.scenarios import TrainingState
 
 
+# Steady steps run tracked after the warm-up: the cpu meter's peak is theirs.
+MEMORY_STEPS = 1
+
+
 class CpuMeter(Meter):
     """Peak memory from `LiveBytesTracker`, step times from a host clock.
 
@@ -32,7 +36,7 @@ class CpuMeter(Meter):
 
     name = "cpu"
 
-    def __init__(self, timer: WallClockTimer | None = None, memory_steps: int = 1) -> None:
+    def __init__(self, timer: WallClockTimer | None = None, memory_steps: int = MEMORY_STEPS) -> None:
         self.timer = timer or WallClockTimer()
         self.memory_steps = memory_steps
 

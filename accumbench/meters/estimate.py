@@ -33,6 +33,8 @@ from accumbench.meters.base import (LAZY_MODULES, Measurement, Meter, Step, chec
 from accumbench.meters.cuda_autocast import cuda_autocast_policy, eligible
 from accumbench.meters.known_values import MOE_ROUTINGS, KnownValues, known_tensors_look_real
 from accumbench.meters.tracker import LiveBytesTracker, local_tensor
+from accumbench.meters.cpu import MEMORY_STEPS
+from accumbench.meters.timing import StepPolicy, as_policy
 from accumbench.records import BREAKDOWN_CATEGORIES
 from accumbench.scenarios import TrainingState
 from accumbench.textfmt import format_bytes
@@ -569,13 +571,31 @@ class EstimateMeter(Meter):
         return model
 
     def measure(self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int,
-                steps: int) -> Measurement:
+                steps: int | StepPolicy) -> Measurement:
+        """One warm-up and one steady fake step. Where the model's state or random draws decide
+        the step (`state_decided`), the case's warm-up steps and then the steps the predicted
+        meter takes its peak over, the largest peak kept: on the cpu kind the cpu meter's one
+        tracked step (`cpu.MEMORY_STEPS`), on a GPU kind every step the cuda meter times (a
+        fixed count, or `StepPolicy.min_steps`, the least an adaptive run times)."""
         check_counts(warmup, steps)
         first = self.profile(step, state)
         steady = self.profile(step, state)
+        ran, note = (1, 1), self.growth_note()
+        if self.state_decided:
+            policy = as_policy(steps)
+            measured = (MEMORY_STEPS if self.assumptions.kind == "cpu"
+                        else policy.steps if policy.steps is not None else policy.min_steps)
+            later = [steady] + [self.profile(step, state) for _ in range(warmup + measured - 2)]
+            steady = max(later[warmup - 1:], key=lambda profile: profile.replay(self.assumptions).peak)
+            ran = (warmup, measured)
+            note = "; ".join(filter(None, (
+                f"stepped as a run: {warmup} warm-up and {measured} measured step(s), the largest peak kept "
+                f"({self.state_decided} decides the step; a run that measures more steps may peak higher)",
+                self.growth_note())))
         self.last_profiles = (first, steady)
-        return estimate_measurement(steady, self.assumptions, first, self.growth_note(),
-                                    routing_peaks=self.routing_peaks(step, state, steady))
+        measurement = estimate_measurement(steady, self.assumptions, first, note,
+                                           routing_peaks=self.routing_peaks(step, state, steady))
+        return replace(measurement, warmup_steps=ran[0], measured_steps=ran[1])
 
     def routing_peaks(self, step: Step, state: TrainingState, steady: StepProfile) -> dict[str, int] | None:
         """When assumed MoE routing decided sizes: the steady peak under each `moe_routing`
