@@ -305,6 +305,37 @@ def test_compiled_case_records_compile_time_apart_from_step_times(runner):
     assert record.peak_allocated == eager.peak_allocated
 
 
+@pytest.mark.slow  # compiles two cases: ~15 s on 2 cores
+def test_a_compiled_cases_timed_steps_run_compiled_in_every_case_of_a_process(runner, plugin_path, monkeypatch):
+    # Under the cpu meter's tracker (a dispatch mode) a compiled forward falls back to eager, and
+    # stayed eager for the rest of the process: the timed steps, and every later compiled case.
+    import sys
+
+    import accumbench.meters.cpu as cpu_meter
+
+    during_timing = []
+    timed_steps = cpu_meter.timed_steps
+
+    def eager_forwards() -> int:  # the plug-in's module, as accumbench loaded it
+        return sum(vars(m)["_CountsEagerForwards"].eager_forwards for m in list(sys.modules.values())
+                   if "_CountsEagerForwards" in getattr(m, "__dict__", {}))
+
+    def counting(timer, step, steps):
+        before = eager_forwards()
+        try:
+            return timed_steps(timer, step, steps)
+        finally:
+            during_timing.append(eager_forwards() - before)
+
+    monkeypatch.setattr(cpu_meter, "timed_steps", counting)
+    for micro in (4, 8):
+        record = runner.measure(Case(f"{plugin_path}:counts_eager_forwards", "large-batch", micro, 1,
+                                     warmup=1, steps=5, compile=True))
+        assert record.status == "ok" and record.compile_time_s > 0, record.error
+    assert during_timing == [0, 0]
+    assert eager_forwards() > 0  # the tracked steps did run eagerly
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 def lever_record(peak: int, step_s: float, **levers) -> "Record":

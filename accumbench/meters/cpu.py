@@ -30,7 +30,8 @@ class CpuMeter(Meter):
 
     The tracker's Python dispatch slows every op, so memory and time come from different
     steps: warm-up and one steady-state step run tracked (memory), then the timed steps run
-    untracked (a fixed count, or adaptively until the median is known). In steady state no storage outlives a step that was not born in a tracked one, so
+    untracked (a fixed count, or adaptively until the median is known); a compiled model's
+    timed steps run first, since under the tracker it falls back to eager. In steady state no storage outlives a step that was not born in a tracked one, so
     nothing is missed.
     """
 
@@ -44,6 +45,11 @@ class CpuMeter(Meter):
         self, step: Step, state: TrainingState, batches: Sequence[Any], warmup: int, steps
     ) -> Measurement:
         check_counts(warmup, steps)
+        # A compiled model runs eagerly under the tracker (a dispatch mode), and from then on:
+        # its steps are timed first, after the compile step its lever ran (levers.measure_compiled).
+        compiled = isinstance(state.model, torch._dynamo.eval_frame.OptimizedModule)
+        if compiled:
+            times, stop_reason = timed_steps(self.timer, step, steps)
         tracker = LiveBytesTracker("cpu")
         tracker.adopt(live_tensors(state))
         previous_observer = state.observer
@@ -63,7 +69,8 @@ class CpuMeter(Meter):
                 peak, breakdown = tracker.peak, dict(tracker.peak_breakdown)
         finally:
             state.observer = previous_observer
-        times, stop_reason = timed_steps(self.timer, step, steps)
+        if not compiled:
+            times, stop_reason = timed_steps(self.timer, step, steps)
         return Measurement(
             peak_allocated=peak,
             first_step_peak_allocated=first_peak,

@@ -206,3 +206,24 @@ class _Bank(nn.Module):
 def memory_bank(size: int = 3) -> Workload:
     """The single plug-in's batches through `_Bank(size)`."""
     return Workload(**{**single().__dict__, "name": f"plugin-bank{size}", "build_model": lambda: _Bank(size)})
+
+
+class _CountsEagerForwards(nn.Module):
+    """An MLP whose forward counts the calls that run eagerly (compiled code skips the count)."""
+
+    eager_forwards = 0
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling():
+            type(self).eager_forwards += 1
+        return self.b(torch.relu(self.a(x)))
+
+
+def counts_eager_forwards() -> Workload:
+    """The single plug-in with a forward that counts its eager runs (`_CountsEagerForwards`):
+    whether a compiled case's timed steps really ran compiled."""
+    return Workload(**{**single().__dict__, "name": "plugin-eager-counter", "build_model": _CountsEagerForwards})
