@@ -447,3 +447,10 @@ def test_lora_adapts_gpt2s_conv1d_layers(cpu_runner, estimate_runner):
     grads = sum(p.numel() * p.element_size() for p in trainable)
     assert accumulated.breakdown["grads"] == grads and accumulated.peak_allocated - large.peak_allocated == grads
     assert (estimated.peak_allocated, estimated.breakdown) == (accumulated.peak_allocated, accumulated.breakdown)
+
+
+def test_the_help_names_every_task_the_hf_workload_takes():
+    from accumbench.hf_configs import TASK_NAMES
+    from accumbench.workloads.hf import TASKS
+
+    assert sorted(TASK_NAMES.split("|")) == sorted(TASKS)

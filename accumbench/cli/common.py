@@ -97,8 +97,9 @@ def lever_options():
                      help="Train only the parameters matching PATTERN (all others frozen), e.g. 'lm_head|ln_f'."),
         click.option("--lora", default=None, metavar="r=N,targets=PATTERN[,alpha=A][,dropout=P]",
                      expose_value=False, callback=_keep_lever,
-                     help="LoRA adapters on the nn.Linear layers matching targets (plain PyTorch); every other "
-                          "parameter frozen unless --trainable names it, e.g. r=8,targets='qkv|proj'."),
+                     help="LoRA adapters on the nn.Linear (and transformers Conv1D) layers matching targets "
+                          "(plain PyTorch); every other parameter frozen unless --trainable names it, "
+                          "e.g. r=8,targets='qkv|proj'."),
         click.option("--compile/--no-compile", "compile", default=None, expose_value=False, callback=_keep_lever,
                      help="torch.compile the model (default backend). Compile time is recorded apart "
                           "(compile_time_s), never in step times. Not with estimate (it says why)."),
@@ -197,9 +198,11 @@ def workload_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-SUITE_RULES = ("With a suite, --scenario keeps only those scenarios and --amp, --set-to-none/--zero-grads, "
-               "--loss-norm, --warmup and --steps override the suite's values; --workload, --workload-opt, "
-               "--micro-batch and --accum-steps define cases and are refused.")
+def suite_rules(overrides: str) -> str:
+    """What a suite keeps and what the command's flags change (`overrides`: the flags that
+    override the suite's values, which differ between run and estimate)."""
+    return (f"With a suite, --scenario keeps only those scenarios and {overrides} override the suite's values; "
+            "--workload, --workload-opt, --micro-batch and --accum-steps define cases and are refused.")
 
 
 def given_on_command_line(*names: str) -> set[str]:
@@ -219,13 +222,13 @@ def check_suite_flags(suite: str | None, workload: str | None, given: set[str]) 
                                          ("accum_steps", "--accum-steps")) if name in given]
         if flags:
             fail_input(f"{', '.join(flags)} define(s) cases with --workload and cannot change a suite "
-                       f"({suite or 'the default suite'}); pass --workload, or drop the flag. " + SUITE_RULES)
+                       f"({suite or 'the default suite'}); pass --workload, or drop the flag")
 
 
 def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_steps, amp, set_to_none,
                  loss_norm, warmup, steps):
     """The cases a command's flags select: from --workload and the grid flags, or from a suite
-    (filtered by --scenario, knobs overridden by the flags that were given; see `SUITE_RULES`)."""
+    (filtered by --scenario, knobs overridden by the flags that were given; see `suite_rules`)."""
     from accumbench.cases import SuiteError, expand_group, load_suite, override
     from accumbench.workloads import WorkloadError, load_workload
 

@@ -11,12 +11,12 @@ import click
 from accumbench.cli.common import (
     OutPath,
     SEED,
-    SUITE_RULES,
     case_selection_options,
     fail_input,
     int_list,
     open_results,
     select_cases,
+    suite_rules,
     validate_cases,
     workload_options,
 )
@@ -49,7 +49,8 @@ def device_assumptions(device_kind: str, assume: tuple[str, ...]):
                    "the step-time model's constants too, e.g. host_op_seconds=5e-6, step_host_seconds=2e-3, "
                    "flop_efficiency=0.6, batch_norm_bandwidth=290e9, speed_ratio_error=1.66 (the README's "
                    "step-time section lists them).")
-@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). " + SUITE_RULES)
+@case_selection_options("smoke, default or a suite .toml file (default: 'default', the GPU suite). "
+                        + suite_rules("--amp, --set-to-none/--zero-grads and --loss-norm"))
 @click.option("--out", "out_path", type=OutPath(dir_okay=False, path_type=Path),
               default=Path("results/estimate.jsonl"), show_default=True,
               help="JSONL file of estimate records (meter: estimate), appended as each group is done.")

@@ -65,7 +65,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
     Lists every (micro-batch, accumulation steps) pair whose product is --effective-batch,
     fastest first, with its predicted peak and samples/s, marks those that fit the budget less
     the margin, recommends the fastest that fits and says what each other fitting pair costs
-    ("8x32: 5.10 GiB (estimated), ~310 samples/s (estimated), 2.1x slower than 32x8"). Every
+    ("8x32: 5.73 GiB (estimated), ~281 samples/s (estimated), 2.2x slower than 32x8 (1.34-3.68x)"). Every
     number says where it comes from: measured, estimated (the estimate meter's prediction),
     fit (a line through peak vs micro-batch), "from mb=1 x16" (samples/s borrowed from the same
     micro-batch at another accumulation count), or nothing when unknown. Predictions come from

@@ -11,13 +11,13 @@ from accumbench.cases import MAX_STEPS
 from accumbench.cli.common import (
     OutPath,
     SEED,
-    SUITE_RULES,
     FiniteFloatRange,
     case_selection_options,
     fail_input,
     int_list,
     open_results,
     select_cases,
+    suite_rules,
     validate_cases,
     workload_options,
 )
@@ -28,7 +28,8 @@ from accumbench.cli.common import (
               help="auto takes CUDA when present. The meter follows the device: cuda (allocator "
                    "statistics, CUDA events) or cpu (deterministic live-tensor bytes, wall clock).")
 @case_selection_options("smoke, default or a suite .toml file. Without --workload and --suite: 'default' "
-                        "on CUDA, 'smoke' on CPU. " + SUITE_RULES)
+                        "on CUDA, 'smoke' on CPU. "
+                        + suite_rules("--amp, --set-to-none/--zero-grads, --loss-norm, --warmup and --steps"))
 @click.option("--warmup", type=click.IntRange(min=1, max=MAX_STEPS), default=None, help="Warm-up steps before measuring (default 2, or the suite's).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=None,
               help="Fix the number of timed optimizer steps (default: adaptive, see --ci-target; "
