@@ -333,7 +333,7 @@ def test_odd_records_make_a_report_not_a_traceback(tmp_path):
     odd = [
         rec(workload="w", scenario="custom-scenario", micro=4, peak_allocated=GiB),
         rec(workload="w", scenario="custom-scenario", micro=8, peak_allocated=2 * GiB,
-            step_times_s=(0.0, 0.0)),  # a zero step time is an unknown rate, not infinity
+            step_times_s=()),  # no step times: an unknown rate (a zero step time is refused on reading)
         rec(workload="w", micro=4, status="error", error="Traceback\nRuntimeError: " + "x" * 400),
         rec(workload="w", micro=8, peak_allocated=3 * GiB, breakdown={"params": 5, "weird": 7}),
         rec(workload="w", micro=16, peak_allocated=4 * GiB, step_times_s=(0.1,)),
