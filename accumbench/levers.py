@@ -108,7 +108,10 @@ def parse_lora(text: str) -> LoRASpec:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise LeverError(f"--lora takes r=N,targets=PATTERN[,alpha=A][,dropout=P], got {text!r}")
+            hint = "; separate targets with '|', e.g. targets=qkv|proj" if not sep and fields.get("targets") else ""
+            raise LeverError(f"--lora takes r=N,targets=PATTERN[,alpha=A][,dropout=P], got {text!r}{hint}")
+        if key.strip() in fields:
+            raise LeverError(f"--lora: {key.strip()} is given twice in {text!r}")
         fields[key.strip()] = value.strip()
     unknown = set(fields) - {"r", "targets", "alpha", "dropout"}
     if unknown:
@@ -121,8 +124,8 @@ def parse_lora(text: str) -> LoRASpec:
         dropout = float(fields.get("dropout", 0.0))
     except ValueError:
         raise LeverError(f"--lora: r must be an integer, alpha and dropout numbers, got {text!r}") from None
-    if r < 1 or not 0.0 <= dropout < 1.0 or (alpha is not None and alpha <= 0):
-        raise LeverError(f"--lora: r >= 1, alpha > 0 and 0 <= dropout < 1 needed, got {text!r}")
+    if r < 1 or not 0.0 <= dropout < 1.0 or (alpha is not None and not 0 < alpha < math.inf):
+        raise LeverError(f"--lora: r >= 1, a finite alpha > 0 and 0 <= dropout < 1 needed, got {text!r}")
     return LoRASpec(r, fields["targets"], alpha, dropout)
 
 

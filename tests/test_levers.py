@@ -183,6 +183,13 @@ def test_lora_wraps_matching_linears_with_frozen_bases():
 def test_bad_lever_settings_are_one_line_errors():
     with pytest.raises(LeverError, match="r=N and targets"):
         parse_lora("r=8")
+    for alpha in ("nan", "inf", "0"):  # a NaN scale trained to a NaN loss on run, and estimated fine
+        with pytest.raises(LeverError, match="a finite alpha > 0"):
+            parse_lora(f"r=2,targets=qkv,alpha={alpha}")
+    with pytest.raises(LeverError, match="targets is given twice"):
+        parse_lora("r=2,targets=qkv,targets=proj")
+    with pytest.raises(LeverError, match=r"separate targets with '\|', e.g. targets=qkv\|proj"):
+        parse_lora("r=2,targets=qkv,proj")  # peft's list, not ours
     with pytest.raises(SuiteError, match="unknown key"):
         Case("gpt", "large-batch", 4, lora="r=8,targets=x,rank=3")
     with pytest.raises(LeverError, match="matches no parameter"):
