@@ -231,14 +231,22 @@ def _checkpointed_class(cls: type) -> type:
     return _CHECKPOINTED[cls]
 
 
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
 def apply_checkpointing(model: nn.Module, pattern: str) -> list[str]:
-    """Checkpoint every module matching `pattern` (outermost of nested matches; never the root).
-    Returns the qualified names wrapped; LeverError when nothing matches."""
+    """Checkpoint every module matching `pattern` (outermost of nested matches; never the root,
+    never a container such as `nn.ModuleList`, whose forward never runs). Returns the qualified
+    names wrapped; LeverError when nothing matches."""
     wrapped: list[str] = []
     for name, module in list(model.named_modules()):
         if not name or any(name.startswith(w + ".") for w in wrapped):
             continue
         if type(module) in _CHECKPOINTED.values():
+            continue
+        # A container's forward never runs (its owner calls the children): checkpointing it would
+        # do nothing, so a match there goes on to its children, which match as they are named.
+        if isinstance(module, _CONTAINERS):
             continue
         if module_matches(name, module, pattern):
             module.__class__ = _checkpointed_class(type(module))

@@ -127,6 +127,15 @@ def test_checkpoint_blocks_means_each_builtin_block(runner):
     assert measure(runner, "large-batch", 16, workload="convnet-gn", checkpoint="blocks").peak_allocated < convnet
 
 
+def test_a_pattern_matching_a_container_checkpoints_the_blocks_in_it():
+    # 'blocks*' matched the ModuleList itself, whose forward never runs: nothing was checkpointed
+    # and the peak was the eager one, without a word.
+    model = with_levers(load_workload("gpt", dict(TINY)), Levers(checkpoint="blocks*")).build_model()
+    assert checkpointed_modules(model) == ["blocks.0", "blocks.1"]
+    with pytest.raises(LeverError, match="matches no module"):  # a container alone is not checkpointed
+        with_levers(load_workload("gpt", dict(TINY)), Levers(checkpoint="ModuleList")).build_model()
+
+
 def test_patterns_match_names_last_components_and_classes():
     model = load_workload("gpt", dict(TINY)).build_model()
     assert set(matching_parameters(model, "blocks.0.attn")) == {
