@@ -98,6 +98,17 @@ def best_option(options: Sequence[LeverOption]) -> LeverOption | None:
     return max(planned, key=lambda o: (o.plan.recommended.micro_batch, -options.index(o)))
 
 
+def exploration_to_dict(options: Sequence[LeverOption]) -> dict[str, Any]:
+    """The exploration as plain data (`plan --json`): each lever setting's plan, or why there
+    is none, and the setting recommended across them."""
+    from accumbench.plan import plan_to_dict
+
+    best = best_option(options)
+    return {"options": [{"levers": o.label, "plan": plan_to_dict(o.plan) if o.plan is not None else None,
+                         "problem": o.problem} for o in options],
+            "recommended": best.label if best is not None else None}
+
+
 def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointing") -> str:
     """The plans side by side, the lever's cost and the overall recommendation, as text."""
     lines = ["", "levers explored:"]

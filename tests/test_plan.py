@@ -201,6 +201,11 @@ def test_plan_from_results_with_checkpointed_twins_explores_the_measured_lever(t
     assert "checkpointing: -50.0 MiB at micro-batch 8 (median -37.5 MiB over 2 configuration(s))" in result.output
     assert "+25% step time there (" in result.output and ", 95% interval; median +25% over the 2)" in result.output
     assert "recommended across levers: ckpt-blocks, micro-batch 8 x 1" in result.output
+    # A tool reading --json gets the same answer (the exploration was left out of it).
+    data = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    assert data["recommended"]["micro_batch"] == 4 and data["levers"]["recommended"] == "ckpt-blocks"
+    options = {o["levers"]: o["plan"]["recommended"] for o in data["levers"]["options"]}
+    assert (options["eager"]["micro_batch"], options["ckpt-blocks"]["micro_batch"]) == (4, 8)
     # Without a twin in the results there is nothing to explore.
     write_records(tmp_path / "eager.jsonl", records[:2])
     alone = CliRunner().invoke(main, ["plan", "--results", str(tmp_path / "eager.jsonl"), *args[3:]])

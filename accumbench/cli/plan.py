@@ -56,7 +56,8 @@ def _fraction(text: str) -> float:
               help="GPUs the effective batch is spread over, sharded with FSDP2 (as run --parallel fsdp): "
                    "micro-batch x steps are per rank, memory is rank 0's (estimated on a fake process group "
                    "with the gradient sync skipped until the last micro-step, or --results of world size W).")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the plan as JSON (the lever exploration under \"levers\", when there is one).")
 @lever_options()
 def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, scenario, amp, set_to_none,
          loss_norm, margin, device_kind, assume, as_json, world_size=1) -> None:
@@ -151,21 +152,38 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                          source=source, workload=name)
     except NothingFits as exc:
         click.echo(f"no configuration fits: {exc}", err=True)
-        if as_json and exc.plan is not None:  # what each candidate needs, for a tool to read
-            click.echo(json.dumps(plan_to_dict(exc.plan), indent=2))
-        made = None
+        made, unfit = None, exc.plan
     except PlanError as exc:
         fail_input(str(exc))
-    if made is not None:
-        click.echo(json.dumps(plan_to_dict(made), indent=2) if as_json else format_plan(made))
-    if not as_json and world_size == 1:  # the lever exploration is single-process
-        # Also when nothing fits as asked: whether checkpointing would make something fit is
-        # then the question. The exit code stays the plan's own (1: nothing fits as asked).
+    else:
+        unfit = None
+    if not as_json and made is not None:
+        click.echo(format_plan(made))
+    # The lever exploration (single-process), also when nothing fits as asked: whether
+    # checkpointing would make something fit is then the question. The exit code stays the
+    # plan's own (1: nothing fits as asked).
+    explored: list | str | None = None
+    if world_size == 1:
         if not results:
-            click.echo(_explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none,
-                                              loss_norm, device_kind, assume, budget, margin_value, estimated, workload))
-        elif (explored := _explore_results(pool, per_rank, budget, margin_value, exact)) is not None:
-            click.echo(explored)
+            explored = _explore_checkpointing(workload_spec, options, effective_batch, family, amp, set_to_none,
+                                              loss_norm, device_kind, assume, budget, margin_value, estimated,
+                                              workload)
+        else:
+            explored = _explore_results(pool, per_rank, budget, margin_value, exact)
+    if as_json:
+        from accumbench.lever_plan import exploration_to_dict
+
+        shown = made if made is not None else unfit  # what each candidate needs, for a tool to read
+        data = plan_to_dict(shown) if shown is not None else {}
+        if explored is not None:
+            data["levers"] = (exploration_to_dict(explored) if isinstance(explored, list)
+                              else {"options": [], "recommended": None, "problem": explored})
+        if data:
+            click.echo(json.dumps(data, indent=2))
+    elif explored is not None:
+        from accumbench.lever_plan import format_exploration
+
+        click.echo(format_exploration(explored) if isinstance(explored, list) else explored)
     if made is None:
         sys.exit(1)
 
@@ -251,13 +269,13 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
     return (observations, source, "estimated" if meter == "estimate" else "measured", chosen[0].workload, pool)
 
 
-def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None:
+def _explore_results(pool, effective_batch, budget, margin, exact) -> list | None:
     """From the results: the plan with checkpointing off and with the one checkpointing setting
     the records also hold (the other levers as given), side by side with what it costs, as
     `_explore_checkpointing` does from estimates; None when the results hold no such twin."""
     import dataclasses
 
-    from accumbench.lever_plan import format_exploration, lever_option
+    from accumbench.lever_plan import lever_option
     from accumbench.levers import Levers
 
     given = Levers(**lever_settings())
@@ -270,10 +288,10 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> str | None
         levers = dataclasses.replace(given, checkpoint=checkpoint)
         chosen = [r for r in pool if Levers.of(r) == levers]
         # Every record feeds the plan's memory lines; the lever's cost is told at this effective
-        # batch's own micro-batches, as the estimates' exploration tells it.
-        own = [r for r in chosen if effective_batch % r.micro_batch == 0]
+        # batch's own configurations, as the estimates' exploration tells it.
+        own = [r for r in chosen if r.micro_batch * r.accum_steps == effective_batch]
         explored.append(lever_option(levers.describe(), chosen, effective_batch, budget, margin, exact, own))
-    return format_exploration(explored)
+    return explored
 
 
 def _from_estimates(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind, assume,
@@ -323,13 +341,13 @@ def _progress(heading: str, total: int):
 
 
 def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_none, loss_norm, device_kind,
-                           assume, budget, margin, planned=None, workload=None) -> str:
+                           assume, budget, margin, planned=None, workload=None) -> list | str:
     """The plan with checkpointing off and on (the other levers as given), side by side, with
     what checkpointing costs (accumbench.lever_plan). `planned`: the main plan's estimate
     records, made with the levers as given, reused for that setting rather than estimated again;
     `workload` (loaded): a checkpoint pattern it cannot resolve (no blocks) is said, not estimated."""
     from accumbench.estimate import estimate_cases
-    from accumbench.lever_plan import LeverOption, format_exploration, lever_option
+    from accumbench.lever_plan import LeverOption, lever_option
     from accumbench.levers import ESTIMATE_REFUSES_COMPILE, Levers, checkpoint_pattern
     from accumbench.plan import candidate_cases
 
@@ -360,4 +378,4 @@ def _explore_checkpointing(spec, options, effective_batch, family, amp, set_to_n
             explored.append(LeverOption(label, None, problem.splitlines()[0][:200], records))
         else:
             explored.append(lever_option(label, records, effective_batch, budget, margin, "estimated"))
-    return format_exploration(explored)
+    return explored
