@@ -402,7 +402,7 @@ def format_plan(plan: Plan) -> str:
     if plan.source:
         lines.append(f"memory from {plan.source}")
     for kind, fit in plan.lines.items():
-        lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {fit.bytes_per_sample / 2**20:,.1f} MiB "
+        lines.append(f"  line ({kind}): {format_bytes(fit.intercept_bytes)} + {format_bytes(fit.bytes_per_sample)} "
                      f"per sample ({fit.quality()})")
     rows = []
     for rank, c in enumerate(plan.ranked(), start=1):

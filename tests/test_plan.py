@@ -316,6 +316,12 @@ def test_format_plan_marks_the_recommendation():
     assert "<- recommended" in text and "recommended: micro-batch 16 x 1" in text
 
 
+def test_a_small_slope_per_sample_reads_in_its_own_unit():
+    # 35 KiB per sample printed as "0.0 MiB per sample".
+    small = [Observation(m, 1, "ok", 600 * 1024 + 35 * 1024 * m, None) for m in (1, 2, 4, 8)]
+    assert "+ 35.0 KiB per sample" in format_plan(make_plan(8, GIB, small))
+
+
 def test_small_amounts_read_in_their_own_unit():
     from accumbench.plan import format_bytes as _gib  # the plan prints bytes as every command does
 
