@@ -346,8 +346,11 @@ def apply_freezing(model: nn.Module, levers: Levers) -> None:
         {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear)}
     if levers.trainable:
         keep = {id(p) for p in matching_parameters(model, levers.trainable).values()}
-        if not keep - adapters:
+        if not keep:
             raise LeverError(f"--trainable {levers.trainable!r} matches no parameter of the model")
+        if not keep - adapters:
+            raise LeverError(f"--trainable {levers.trainable!r} matches only LoRA adapters, which train anyway; "
+                             "name the model's own parameters to train beside them, or leave --trainable out")
         for p in model.parameters():
             p.requires_grad_(id(p) in keep or id(p) in adapters)
     elif levers.lora:
