@@ -158,7 +158,8 @@ def _check_all(workloads, config, dtype, threads, out, as_json, strict, levers=N
             raise
         except Exception as exc:  # a plug-in can raise anything; it becomes an error record
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-            hint = " (a model that makes float32 tensors itself may need --dtype float32)" \
+            hint = (" (an op without float64 support, such as grouped_mm in transformers' MoE experts, or a "
+                    "model that makes float32 tensors itself: try --dtype float32)") \
                 if dtype == "float64" and ("dtype" in message.lower() or "double" in message.lower()) else ""
             failed.append(f"{workload.name}: {message}{hint}")
             new = failure_records(workload.name, workload.options, norms, config, message + hint, run_id,

@@ -118,8 +118,8 @@ def format_diagnosis(results: Sequence[EquivalenceResult]) -> str:
             lines += _wrap(f"{COUNTERFACTUAL_TEXT[ALL_REMOVED]} the error is {_span(removed)}.", "  ")
         if any(not r.explained for r in bad):
             lines += _wrap(
-                "no known cause explains the difference (no BatchNorm, no varying loss elements, no "
-                "randomness found, or switching them off does not help): look for a layer that mixes samples "
+                "no known cause explains the difference (no BatchNorm, no varying loss elements among those "
+                "the workload counts, no randomness found, or switching them off does not help): look for a layer that mixes samples "
                 "of a batch, a loss whose denominator depends on the batch, or state kept between "
                 "forward calls.", "  ")
         worst = max(bad, key=lambda r: r.rel_error)
