@@ -131,6 +131,11 @@ def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointi
             largest = max(costs, key=lambda c: c.micro_batch)
             lines.append(f"  {lever}: {_gib_signed(largest.peak_change)} at micro-batch {largest.micro_batch} "
                          f"(median {_gib_signed(saved)} over {len(costs)} configuration(s)), {_cost_text(costs, largest)}")
+            ratio = largest.time_ratio
+            if lever == "checkpointing" and ratio is not None and ratio.known and ratio.high < 1:
+                # Recomputing the forward only adds work: a faster step is the measurements' doing.
+                lines.append("  (checkpointing only adds work: a step faster with it says the two measurements "
+                             "are not comparable: a noisy run, or other conditions; re-measure both)")
     best = best_option(options)
     if best is not None:
         r = best.plan.recommended

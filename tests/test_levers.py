@@ -502,3 +502,8 @@ def test_a_measured_lever_cost_carries_its_bootstrap_interval():
     text = _exploration(eager, ckpt)
     assert "+1% step time there, not measurably different from no cost (" in text
     assert "the ckpt-blocks plan's 16 x 1 is not measurably slower" in text
+    assert "checkpointing only adds work" not in text
+    # A checkpointed step measured 4x faster than its eager twin (a noisy eager run): said, not believed.
+    eager, ckpt = _lever_records("cuda", 10.0, 40.0, times=times)
+    text = _exploration(eager, ckpt)
+    assert "-75% step time there (" in text and "checkpointing only adds work" in text
