@@ -415,6 +415,9 @@ def test_levers_figure_draws_only_what_ran_and_no_speed_panel_for_estimates():
     (memory_ax,) = figure.axes
     widths = [bar.get_width() for container in memory_ax.containers for bar in container]
     assert widths == [0.0, pytest.approx(3_000_000 / 2**20)]  # eager OOM, ckpt-blocks in MiB
+    # A section of levered records without their eager twins: no "eager" legend entry without bars.
+    figure = levers_figure(prepare(records_to_frame([ckpt, lever_record(3_500_000, 0.09, compile=True)]))[0])
+    assert [container.get_label() for container in figure.axes[0].containers] == ["ckpt-blocks", "compile"]
 
 
 # --- plan across levers ------------------------------------------------------------------------------

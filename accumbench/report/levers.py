@@ -51,7 +51,8 @@ def levers_figure(frame: pd.DataFrame) -> Figure | None:
     if data["peak_allocated"].isna().all():
         return None
     configs = list(dict.fromkeys(data["config_"]))
-    labels = [EAGER] + sorted(set(data["lever_"]) - {EAGER})
+    # Eager on top when the section holds a twin; a legend entry without bars says nothing.
+    labels = [EAGER] * (EAGER in set(data["lever_"])) + sorted(set(data["lever_"]) - {EAGER})
     panels = [("peak_allocated", "peak memory")]
     if data["samples_per_s_"].notna().any():
         panels.append(("samples_per_s_", "throughput (samples/s)"))
