@@ -78,9 +78,10 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-# What each signal's handler is when nobody has set one: only those are taken over.
+# What each signal's handler is when nobody has set one: only those are taken over (no SIGHUP
+# on Windows).
 _TAKEN_OVER = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
-               signal.SIGHUP: signal.SIG_DFL}
+               **({signal.SIGHUP: signal.SIG_DFL} if hasattr(signal, "SIGHUP") else {})}
 
 
 @contextlib.contextmanager

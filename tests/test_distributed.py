@@ -371,7 +371,8 @@ def _rank_worker(rank: int, port: int, out_dir: str, plugin: str) -> None:
     found["after_failure"] = [runner.measure(DdpCase(c)).to_json() for c in (failing, after)]
     # A rank that cannot build the model: the others hear of it before DDP's first broadcast,
     # not after the collective timeout (30 s here).
-    patient = DistributedRunner(dataclasses.replace(groups, context=dataclasses.replace(groups.context, timeout_s=30.0)))
+    patient_context = dataclasses.replace(groups.context, timeout_s=30.0)
+    patient = DistributedRunner(dataclasses.replace(groups, context=patient_context))
     unbuildable = Case(f"{plugin}:build_fails", "large-batch", 2, 1, warmup=1, steps=1)
     started = time.perf_counter()
     found["unbuildable"] = [patient.measure(DdpCase(c)).to_json() for c in (unbuildable, after)]

@@ -196,7 +196,8 @@ def test_bad_lever_settings_are_one_line_errors():
         with pytest.raises(LeverError, match="a finite alpha > 0"):
             parse_lora(f"r=2,targets=qkv,alpha={alpha}")
     with pytest.raises(LeverError, match="matches only LoRA adapters, which train anyway"):
-        apply_levers(load_workload("gpt", dict(TINY)).build_model(), Levers(lora="r=2,targets=qkv", trainable="*.lora_B"))
+        apply_levers(load_workload("gpt", dict(TINY)).build_model(),
+                     Levers(lora="r=2,targets=qkv", trainable="*.lora_B"))
     with pytest.raises(LeverError, match="targets is given twice"):
         parse_lora("r=2,targets=qkv,targets=proj")
     with pytest.raises(LeverError, match=r"separate targets with '\|', e.g. targets=qkv\|proj"):

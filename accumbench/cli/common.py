@@ -12,6 +12,7 @@ import click
 # Re-exported: the commands (and tests) format bytes as `accumbench.cli.common.format_bytes`.
 from accumbench.textfmt import format_bytes  # noqa: F401
 
+
 class OutPath(click.Path):
     """`click.Path` for what a command writes: an empty value (which pathlib reads as the
     current folder) is refused like any other bad path, in one line."""

@@ -119,9 +119,9 @@ def format_diagnosis(results: Sequence[EquivalenceResult]) -> str:
         if any(not r.explained for r in bad):
             lines += _wrap(
                 "no known cause explains the difference (no BatchNorm, no varying loss elements among those "
-                "the workload counts, no randomness found, or switching them off does not help): look for a layer that mixes samples "
-                "of a batch, a loss whose denominator depends on the batch, or state kept between "
-                "forward calls.", "  ")
+                "the workload counts, no randomness found, or switching them off does not help): look for a "
+                "layer that mixes samples of a batch, a loss whose denominator depends on the batch, or state "
+                "kept between forward calls.", "  ")
         worst = max(bad, key=lambda r: r.rel_error)
         names = ", ".join(f"{name} {format_error(err)}" for name, err in worst.worst_parameters)
         lines += _wrap(f"worst parameters (N={worst.accum_steps}, {worst.loss_norm}): {names}", "  ")

@@ -31,8 +31,8 @@ class CpuMeter(Meter):
     The tracker's Python dispatch slows every op, so memory and time come from different
     steps: warm-up and one steady-state step run tracked (memory), then the timed steps run
     untracked (a fixed count, or adaptively until the median is known); a compiled model's
-    timed steps run first, since under the tracker it falls back to eager. In steady state no storage outlives a step that was not born in a tracked one, so
-    nothing is missed.
+    timed steps run first, since under the tracker it falls back to eager. In steady state no
+    storage outlives a step that was not born in a tracked one, so nothing is missed.
     """
 
     name = "cpu"

@@ -23,6 +23,9 @@
 #                 once and the 40 cases twice more (steptime_repeats.sh --reference); then on
 #                 a CPU: python benchmarks/steptime_validation.py OUTDIR/repeats/validation \
 #                 OUTDIR/repeats/default.jsonl --device-kind h200 --repeats OUTDIR/repeats/repeat*.jsonl
+#   levers   240  default suite's checkpoint and compile cases again: the H200's compile rows
+#                 after the first were eager steps (dynamo, once run under the FLOP counter's
+#                 dispatch mode, stayed eager; found 2026-12-01, now reset before each compiled case)
 #   core     300  bare loop vs harness x3, CUDA timelines, noise rate     (issues 2, 4, 8; the H200
 #                 call was cut off in the noise part after 306 s)
 #   hf       600  GPT-2 small, Qwen2.5-0.5B, Llama-3.2-1B vs estimate     (issue 14)
@@ -32,7 +35,6 @@
 #   issue12   60  results file, session, NaN check and lock on CUDA       (issue 12; 42 s)
 #   ddp       60  NCCL DDP at world size 1 with timelines                 (issue 7/8; 30 s)
 #   fsdp     120  NCCL FSDP2 at world size 1, vs its estimate             (issue 17; 31 s)
-#   levers   240  default suite's checkpoint and compile cases            (issue 16; 119 s)
 #   moe      300  OLMoE-shaped MoE estimated and measured                 (issue 18; measured alone, 43 s)
 set -uo pipefail
 out=${1:?usage: run_pending.sh OUTDIR [BUDGET_S] [--dry-run] [CHECK ...]}; shift
@@ -43,8 +45,8 @@ if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 start=$(date +%s)
-order=(fakekernels optstep constants repeats core hf adaptive)
-known=("${order[@]}" steptime issue12 ddp fsdp levers moe)
+order=(fakekernels optstep constants repeats levers core hf adaptive)
+known=("${order[@]}" steptime issue12 ddp fsdp moe)
 declare -A expected=([fakekernels]=20 [optstep]=60 [constants]=40 [repeats]=240 [issue12]=60 [ddp]=60 [fsdp]=120 [steptime]=210 [moe]=300 [levers]=240 [core]=300
                      [hf]=600 [adaptive]=600)
 wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=("${order[@]}")
