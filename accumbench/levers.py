@@ -416,20 +416,42 @@ def with_levers(workload: Any, levers: Levers) -> Any:
     return dataclasses.replace(workload, build_model=build_model, build_optimizer=build_optimizer)
 
 
-def check_levers(levered_workload: Any) -> None:
-    """Build one model of a `with_levers` workload on the meta device (no memory; compile is
-    lazy, so nothing compiles), so a bad pattern fails before anything is measured. Raises
+def check_levers(workload: Any, levers: Levers) -> list[str]:
+    """Build one model of the workload with the levers on the meta device (no memory; compile
+    is lazy, so nothing compiles), so a bad pattern fails before anything is measured. Raises
     LeverError: the lever's own, or one line naming the workload and the exception when its
     `build_model` raises anything else (a plug-in can raise anything; the commands turn the
-    line into exit 2 instead of a traceback)."""
+    line into exit 2 instead of a traceback). Returns a warning per alternative of a `|`
+    pattern that matches nothing while the others do (`unmatched_alternatives`)."""
     try:
         with torch.device("meta"):
-            levered_workload.build_model()
+            with_levers(workload, levers).build_model()
+            return unmatched_alternatives(workload.build_model(), levers, workload)
     except LeverError:
         raise
     except Exception as exc:
         detail = f": {str(exc).splitlines()[0]}" if str(exc).strip() else ""
-        raise LeverError(f"workload {levered_workload.name}: build_model raised {type(exc).__name__}{detail}") from exc
+        raise LeverError(f"workload {workload.name}: build_model raised {type(exc).__name__}{detail}") from exc
+
+
+def unmatched_alternatives(model: nn.Module, levers: Levers, workload: Any = None) -> list[str]:
+    """One line per alternative of a lever's `|` pattern that matches nothing in `model` (the
+    model as built, before any lever): a pattern errs only when no alternative matches (as
+    peft's target_modules), so a typo in one alternative would otherwise pass unseen."""
+    modules = [(name, m) for name, m in model.named_modules() if name]
+    tests: list[tuple[str, str | None, Callable[[str], bool], str]] = [
+        ("--checkpoint", checkpoint_pattern(levers.checkpoint, workload) if levers.checkpoint != CHECKPOINT_NONE
+         else None, lambda g: any(module_matches(n, m, g) for n, m in modules if not isinstance(m, _CONTAINERS)),
+         "module"),
+        ("--lora targets", parse_lora(levers.lora).targets if levers.lora else None,
+         lambda g: any(module_matches(n, m, g) for n, m in modules if linear_features(m) is not None),
+         "linear layer"),
+        ("--freeze", levers.freeze, lambda g: bool(matching_parameters(model, g)), "parameter"),
+        ("--trainable", levers.trainable, lambda g: bool(matching_parameters(model, g)), "parameter"),
+    ]
+    return [f"{flag} {pattern!r}: {g!r} matches no {what} of the model (the other alternatives do)"
+            for flag, pattern, matches, what in tests if pattern and len(globs(pattern)) > 1
+            for g in globs(pattern) if not matches(g)]
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -136,6 +136,27 @@ def test_a_pattern_matching_a_container_checkpoints_the_blocks_in_it():
         with_levers(load_workload("gpt", dict(TINY)), Levers(checkpoint="ModuleList")).build_model()
 
 
+def test_an_alternative_that_matches_nothing_is_a_warning_said_once(tmp_path):
+    from click.testing import CliRunner
+
+    from accumbench.cli import main
+    from accumbench.levers import unmatched_alternatives
+
+    model = load_workload("gpt", dict(TINY)).build_model()
+    # 'h.1' is GPT-2's name for a block; here blocks are blocks.N: only lm_head would train.
+    assert unmatched_alternatives(model, Levers(trainable="h.1|lm_head")) == [
+        "--trainable 'h.1|lm_head': 'h.1' matches no parameter of the model (the other alternatives do)"]
+    assert unmatched_alternatives(model, Levers(lora="r=2,targets=qkv|q_proj", checkpoint="Block|Layer")) == [
+        "--checkpoint 'Block|Layer': 'Layer' matches no module of the model (the other alternatives do)",
+        "--lora targets 'qkv|q_proj': 'q_proj' matches no linear layer of the model (the other alternatives do)"]
+    assert unmatched_alternatives(model, Levers(freeze="wte|lm_head", checkpoint="blocks.*")) == []
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny",
+                                       "--micro-batch", "2,4", "--trainable", "h.1|lm_head", "--list",
+                                       "--out", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: --trainable 'h.1|lm_head': 'h.1' matches no parameter") == 1
+
+
 def test_patterns_match_names_last_components_and_classes():
     model = load_workload("gpt", dict(TINY)).build_model()
     assert set(matching_parameters(model, "blocks.0.attn")) == {

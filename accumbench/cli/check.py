@@ -110,8 +110,10 @@ def check(workload_specs, workload_opts, accum_steps, micro_batch, loss_norm, dt
     workloads = []
     for spec, opts in targets:
         try:
-            workload = with_levers(load_workload(spec, opts), levers)
-            check_levers(workload)  # builds it on the meta device: a build that raises is exit 2
+            base = load_workload(spec, opts)
+            for warning in check_levers(base, levers):  # builds it on the meta device: exit 2 if that raises
+                click.echo(f"warning: {warning}", err=True)
+            workload = with_levers(base, levers)
             norms = loss_norms_for(workload, config.loss_norm)
         except (WorkloadError, ValueError) as exc:
             fail_input(str(exc))

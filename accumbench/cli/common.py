@@ -263,9 +263,10 @@ def select_cases(*, suite, workload, options, scenarios, micro_batches, accum_st
 
 def validate_cases(runner, cases, suite: str | None = None) -> None:
     """Load every workload and check every scenario fits it before measuring anything; exit 2
-    with the first problem (naming the `suite` and the case, when the cases come from one)."""
+    with the first problem (naming the `suite` and the case, when the cases come from one).
+    A lever pattern's alternative that matches nothing is a warning, said once."""
     from accumbench.scenarios import check_compatible
-    from accumbench.workloads import WorkloadError
+    from accumbench.workloads import WorkloadError, load_workload
 
     if not cases:
         fail_input(f"{suite}: no cases selected (its groups, filtered by the flags, make none)" if suite
@@ -274,13 +275,17 @@ def validate_cases(runner, cases, suite: str | None = None) -> None:
 
     from accumbench.runner import default_optimizer_label
 
+    warned: set[str] = set()
     for case in cases:
         try:
             workload = runner.workload(case)
             default_optimizer_label(workload)  # case ids name the optimizer: a factory that fails stops here
             check_compatible(case.scenario, workload, case.loss_norm)
             if Levers.of(case).active:
-                check_levers(workload)
+                for warning in check_levers(load_workload(case.workload, case.options_dict), Levers.of(case)):
+                    if warning not in warned:
+                        warned.add(warning)
+                        click.echo(f"warning: {warning}", err=True)
             if case.compile and runner.meter.name == "estimate":
                 from accumbench.levers import ESTIMATE_REFUSES_COMPILE
 
