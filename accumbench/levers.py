@@ -205,9 +205,9 @@ def matching_parameters(model: nn.Module, pattern: str) -> dict[str, nn.Paramete
     module's name or class), by qualified name (a tied parameter may appear under two names)."""
     found: dict[str, nn.Parameter] = {}
     patterns = globs(pattern)
-    for module_name, module in model.named_modules():
+    for module_name, module in model.named_modules(remove_duplicate=False):  # a layer under each of its names
         hit = module_matches(module_name, module, pattern)
-        for pname, param in module.named_parameters(recurse=hit, prefix=module_name):
+        for pname, param in module.named_parameters(recurse=hit, prefix=module_name, remove_duplicate=False):
             if hit or any(fnmatchcase(pname, g) for g in patterns):
                 found[pname] = param
     return found
@@ -239,7 +239,7 @@ def apply_checkpointing(model: nn.Module, pattern: str) -> list[str]:
     never a container such as `nn.ModuleList`, whose forward never runs). Returns the qualified
     names wrapped; LeverError when nothing matches."""
     wrapped: list[str] = []
-    for name, module in list(model.named_modules()):
+    for name, module in list(model.named_modules(remove_duplicate=False)):  # a module under each of its names
         if not name or any(name.startswith(w + ".") for w in wrapped):
             continue
         if type(module) in _CHECKPOINTED.values():
@@ -313,7 +313,7 @@ def linear_features(module: nn.Module) -> tuple[int, int] | None:
 def apply_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
     """Replace each linear layer (`linear_features`) matching `spec.targets` with a
     `LoRALinear`; returns their names."""
-    targets = [(name, m) for name, m in model.named_modules()
+    targets = [(name, m) for name, m in model.named_modules(remove_duplicate=False)  # every name a layer has
                if name and linear_features(m) is not None and module_matches(name, m, spec.targets)]
     if not targets:
         # Name what there is to target: the last components of the model's linear layers.
@@ -332,8 +332,18 @@ def apply_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
         raise LeverError(f"--lora cannot adapt {unadaptable[0]}: nn.MultiheadAttention reads its out_proj's "
                          "weight instead of calling the layer; target other linear layers (e.g. linear1|linear2 "
                          "of nn.TransformerEncoderLayer)")
+    adapters: dict[int, LoRALinear] = {}
     for _, child, parent, linear in parents:
-        setattr(parent, child, LoRALinear(linear, spec.r, spec.scaling, spec.dropout))
+        setattr(parent, child, adapters.setdefault(id(linear), LoRALinear(linear, spec.r, spec.scaling,
+                                                                           spec.dropout)))
+    # A layer registered under two names (`self.b = self.a`) is one layer: every name that still
+    # holds it gets its adapter, or calls through the other name would bypass it (base frozen).
+    for module in list(model.modules()):
+        if isinstance(module, LoRALinear):
+            continue  # its `base` is the layer itself
+        for key, child in list(module._modules.items()):
+            if child is not None and id(child) in adapters:
+                module._modules[key] = adapters[id(child)]
     return [name for name, _ in targets]
 
 

@@ -157,6 +157,19 @@ def test_an_alternative_that_matches_nothing_is_a_warning_said_once(tmp_path):
     assert result.output.count("warning: --trainable 'h.1|lm_head': 'h.1' matches no parameter") == 1
 
 
+def test_a_layer_under_two_names_is_one_layer_to_every_lever(plugin_path):
+    from accumbench.levers import LoRALinear
+
+    workload = load_workload(f"{plugin_path}:shared_layer")
+    for name in ("a", "b"):
+        model = with_levers(workload, Levers(lora=f"r=2,targets={name}")).build_model()
+        # Both names hold the adapter: the second call did bypass it, through the frozen base.
+        assert isinstance(model.a, LoRALinear) and model.b is model.a
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {"a.lora_A", "a.lora_B"}
+        model = with_levers(workload, Levers(checkpoint=name, freeze=name)).build_model()
+        assert checkpointed_modules(model) == ["a"] and not model.b.weight.requires_grad
+
+
 def test_patterns_match_names_last_components_and_classes():
     model = load_workload("gpt", dict(TINY)).build_model()
     assert set(matching_parameters(model, "blocks.0.attn")) == {

@@ -227,3 +227,21 @@ def counts_eager_forwards() -> Workload:
     """The single plug-in with a forward that counts its eager runs (`_CountsEagerForwards`):
     whether a compiled case's timed steps really ran compiled."""
     return Workload(**{**single().__dict__, "name": "plugin-eager-counter", "build_model": _CountsEagerForwards})
+
+
+class _SharedLayer(nn.Module):
+    """One linear layer registered under two names (`self.b = self.a`) and called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = self.a
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.b(torch.relu(self.a(x))))
+
+
+def shared_layer() -> Workload:
+    """The single plug-in with one layer under two names: a lever on either name is one on both."""
+    return Workload(**{**single().__dict__, "name": "plugin-shared-layer", "build_model": _SharedLayer})
