@@ -117,7 +117,11 @@ def test_a_step_the_models_state_decides_is_stepped_as_the_predicted_meter_steps
     assert [(r.warmup_steps, r.measured_steps, r.steps_setting) for r in records] == [
         (1, 1, "1"), (2, 1, "1"), (4, 1, "1")]
     assert "stepped as a run: 4 warm-up and 1 measured step(s)" in notes(records[2])
-    # A GPU kind predicts the cuda meter, whose peak spans every timed step: 4 reach the 5th forward.
+
+
+@pytest.mark.slow  # two h100 estimates of five fake steps: ~2 s on 2 cores
+def test_a_gpu_kind_steps_a_state_decided_case_over_every_step_the_cuda_meter_times():
+    # The cuda meter's peak spans every timed step: 4 of them reach the 5th forward, 1 does not.
     h100 = estimate_runner(assumptions_for("h100"))
     one, four = (h100.measure(plugin_case("periodic", "large-batch", 8, steps=steps)) for steps in (1, 4))
     assert four.peak_allocated > one.peak_allocated and four.measured_steps == 4

@@ -138,6 +138,7 @@ def test_skipping_sync_costs_the_unsharded_gradients_less_the_sharded_ones(fake_
 
 
 
+@pytest.mark.slow  # an h100 estimate on the fake group: ~2 s on 2 cores
 def test_fake_group_estimate_for_a_gpu_kind_predicts_step_time():
     # A GPU device kind adds the step-time prediction's fields to the record (the cpu kind has none).
     from accumbench.distributed.fake_group import estimate_fsdp

@@ -130,10 +130,9 @@ def test_encoder_decoder_lms_train_on_their_labels_and_the_estimate_equals_the_c
     assert batch["input_ids"].shape == (4, 16) and batch["labels"].shape == (4, target_len)
     assert workload.count_loss_elements(batch) == int((batch["labels"] != -100).sum())  # no shift
     assert workload.tokens_per_sample == 16 + target_len
-    for scenario, micro, accum in (("large-batch", 4, 1), ("accumulated", 2, 2)):
-        measured = measure(cpu_runner, spec, options, scenario, micro, accum)
-        estimated = measure(estimate_runner, spec, options, scenario, micro, accum)
-        assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
+    measured = measure(cpu_runner, spec, options, "accumulated", 2, 2)
+    estimated = measure(estimate_runner, spec, options, "accumulated", 2, 2)
+    assert (estimated.peak_allocated, estimated.breakdown) == (measured.peak_allocated, measured.breakdown)
     # No KV cache in the decoder, which keeps its own copy of the config: set after the build, the
     # first model built kept one (+ its keys and values at the peak) and the next did not.
     assert not workload.build_model().get_decoder().config.use_cache
