@@ -224,6 +224,9 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     text = value.strip()
     if "float" in annotation:
         if text.lower() == "none":
+            if key in SPEED_FIELDS:  # one unknown constant switches the whole step-time model off
+                raise ValueError(f"{key} takes a number (e.g. 989e12, 5e-6), got {value!r}: without it no step "
+                                 "time can be predicted; a kind without speed constants (cpu) predicts none")
             return None
         try:
             number = float(text)

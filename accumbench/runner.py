@@ -258,7 +258,9 @@ def optimizer_label(optimizer: torch.optim.Optimizer) -> str:
 def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops: int | None,
                  device_name: str) -> dict[str, Any]:
     """Throughput from the median step time (robust to the odd slow step), or from the estimate
-    meter's predicted step time (kept in `predicted_step_time_s`); else no speeds."""
+    meter's predicted step time (kept in `predicted_step_time_s`); else no speeds. MFU is
+    against the dense half-precision peak under bf16/fp16 autocast (the device's, or for an
+    estimate the peak its device kind assumes, as `--assume` set it); None otherwise."""
     predicted = measurement.predicted_step_time_s
     if not measurement.step_times_s and not predicted:
         return {"step_times_s": (), "samples_per_s": None, "tokens_per_s": None,
@@ -267,6 +269,9 @@ def speed_fields(measurement: Measurement, case: Case, workload: Workload, flops
     median = times.median if measurement.step_times_s else predicted
     samples_per_s = case.effective_batch / median if median > 0 else None
     peak = peak_flops(device_name, case.amp)
+    assumed = (measurement.assumptions or {}).get(f"peak_flops_{case.amp}")
+    if case.amp in ("bf16", "fp16") and isinstance(assumed, (int, float)) and assumed > 0:
+        peak = assumed
     return {
         "step_times_s": measurement.step_times_s,
         "median_step_time_ci_s": times.median_ci() if measurement.step_times_s else None,

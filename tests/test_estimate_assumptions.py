@@ -32,6 +32,8 @@ from accumbench.estimate_assumptions import MIB, assumptions_for
     # a factor either way: below 1 would put the interval's ends inside the ratio
     ("speed_ratio_error", "0.9", "speed_ratio_error must be a finite factor of at least 1"),
     ("speed_ratio_error", "inf", "speed_ratio_error takes a finite number"),
+    # one unknown speed constant switched the step-time model off, without a word
+    ("launch_seconds", "none", "launch_seconds takes a number (e.g. 989e12, 5e-6), got 'none': without it no step"),
 ])
 def test_bad_values_are_refused_naming_the_key(key, value, message):
     with pytest.raises(ValueError) as caught:

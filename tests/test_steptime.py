@@ -211,6 +211,19 @@ def test_estimate_records_carry_a_predicted_speed_and_overrides_apply(tmp_path):
     assert bad.exit_code == 2 and "flop_efficiency takes a number" in bad.output
 
 
+def test_mfu_is_against_the_peak_the_estimate_assumes(tmp_path):
+    # An assumed peak changed the step time but MFU kept dividing by the data sheet's 989 TFLOP/s.
+    runner = CliRunner()
+    for peak in ("989.4e12", "300e12"):
+        out = tmp_path / f"{peak}.jsonl"
+        result = runner.invoke(main, ["estimate", "--workload", "gpt", "--workload-opt", "size=tiny", "--amp", "bf16",
+                                      "--micro-batch", "4", "--accum-steps", "1", "--scenario", "large-batch",
+                                      "--assume", f"peak_flops_bf16={peak}", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        (record,) = read_records(out)
+        assert record.mfu == pytest.approx(record.flops_per_step / record.predicted_step_time_s / float(peak))
+
+
 def test_the_h100_constants_are_named_and_h200_differs_by_its_data_sheet():
     h100, h200 = assumptions_for("h100"), assumptions_for("h200")
     assert h100.speed() is not None and assumptions_for("cpu").speed() is None
