@@ -38,6 +38,17 @@ def test_padded_gpt_batches_vary_in_valid_tokens():
     assert workload.count_loss_elements((None, labels)) == int(per_sample.sum())
 
 
+def test_a_gpt_sequence_length_is_in_the_name_only_where_it_is_not_the_sizes_own():
+    # seq_len=512 on gpt2 named another workload ('gpt-gpt2-s512'): plan --results and report
+    # found no measured twin for it.
+    assert load_workload("gpt", {"size": "gpt2", "seq_len": 512}).name == "gpt-gpt2"
+    assert load_workload("gpt", {"size": "gpt2", "seq_len": 256}).name == "gpt-gpt2-s256"
+    assert load_workload("gpt", {"size": "tiny", "seq_len": 64, "padded": True}).name == "gpt-tiny-s64-padded"
+    # The multi-task workloads named every length alike: another length compared as the same case.
+    assert load_workload("two-models", {"seq_len": 32}).name == "two-models-tiny"
+    assert load_workload("shared-trunk", {"seq_len": 16}).name == "shared-trunk-tiny-s16"
+
+
 def test_gpt2_size_is_about_124m_parameters():
     from accumbench.workloads.gpt import GPT_SIZES
 

@@ -148,7 +148,10 @@ def gpt(size: str = "tiny", seq_len: int | None = None, padded: bool = False) ->
     """GPT-style LM. Options: `size` (tiny|small|gpt2), `seq_len`, `padded` (variable lengths)."""
     padded = option_bool("gpt", "padded", padded)  # 'maybe' is no boolean (it would be truthy)
     cfg = resolve_gpt_config(size, seq_len)
-    name = f"gpt-{size}" + (f"-s{cfg.seq_len}" if seq_len is not None else "") + ("-padded" if padded else "")
+    # The name shows a sequence length only where it is not the size's own: seq_len=512 for gpt2
+    # is the same workload, whose records must match.
+    other_length = cfg.seq_len != GPT_SIZES[size].seq_len
+    name = f"gpt-{size}" + (f"-s{cfg.seq_len}" if other_length else "") + ("-padded" if padded else "")
     return Workload(
         name=name,
         build_model=lambda: GPT(cfg),

@@ -105,8 +105,10 @@ def _task_forward(model: nn.Module, batch, task: str | None = None):
 def _multitask(layout: str, size: str, seq_len: int | None) -> Workload:
     cfg = resolve_gpt_config(size, seq_len, workload="two-models" if layout == "separate" else "shared-trunk")
     model_cls = TwoModels if layout == "separate" else SharedTrunk
+    # As gpt's: another sequence length is another workload, and its name says so.
+    length = f"-s{cfg.seq_len}" if cfg.seq_len != GPT_SIZES[size].seq_len else ""
     return Workload(
-        name=("two-models" if layout == "separate" else "shared-trunk") + f"-{size}",
+        name=("two-models" if layout == "separate" else "shared-trunk") + f"-{size}{length}",
         build_model=lambda: model_cls(cfg),
         make_batch=_batch(cfg),
         loss=multitask_loss,
