@@ -77,5 +77,8 @@ def test_predicted_tokens_per_second_are_drawn_nowhere(paired_report):
     assert "tokens_vs_effective_batch" not in kinds
     throughput = kinds["throughput_vs_effective_batch"].tables[0]
     assert all(cell.value is None for cell in throughput.column("tokens/s"))
+    # Its samples/s are said as predictions, not as a measurement with "too few steps".
+    assert [c.text for c in throughput.column("samples/s")] == ["~240 predicted", "~384 predicted", "~480 predicted"]
+    assert {c.text for c in throughput.column("samples/s 95% CI")} == {"none (an estimate)"}
     measured_section = paired_report.sections[0]
     assert "tokens_vs_effective_batch" in {b.kind.name for b in measured_section.blocks}

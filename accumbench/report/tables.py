@@ -111,9 +111,14 @@ def throughput_table(frame: pd.DataFrame) -> Table:
                   if not is_missing(r.step_q25_s) else MISSING)
         interval = (f"{format_rate(r.samples_ci_low_, '')} – {format_rate(r.samples_ci_high_, '')}"
                     if not is_missing(r.samples_ci_low_) else "too few steps")
+        samples = number(r.samples_per_s_, lambda v: format_rate(v, ""))
+        if getattr(r, "meter", None) == "estimate":  # predicted, never timed: said as such
+            predicted = pd.to_numeric(pd.Series([r.samples_per_s]), errors="coerce").iloc[0]
+            samples = text(f"~{format_rate(predicted, '')} predicted" if not is_missing(predicted) else MISSING)
+            interval = "none (an estimate)"
         rows.append((
             text(r.workload), text(case_text(r)), number(r.effective_batch),
-            number(r.samples_per_s_, lambda v: format_rate(v, "")), text(interval),
+            samples, text(interval),
             number(r.tokens_per_s_, lambda v: format_rate(v, "")),
             number(r.step_median_s, format_seconds), text(spread),
             number(len(r.step_times_s)), text(getattr(r, "stop_reason", None)),
