@@ -150,6 +150,8 @@ def test_fake_group_estimate_for_a_gpu_kind_predicts_step_time():
         assert record.predicted_step_time_s > 0 and record.measured_steps == 0
         # The job's samples/s, as a run's record sums its ranks': every rank steps as rank 0.
         assert record.samples_per_s == pytest.approx(record.effective_batch / record.predicted_step_time_s)
+        # ... with no interconnect time: an upper bound, and the record says so.
+        assert any(note.startswith("step time without communication") for note in record.assumptions["applied"])
 
 # --- two gloo ranks (torch.multiprocessing), slow ------------------------------------------
 

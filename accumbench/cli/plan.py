@@ -144,6 +144,10 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                                         device_kind, assume, world_size)
             observations, source, exact = (observations_from_records(estimated),
                                            f"estimates ({estimated[0].device_name})", "estimated")
+            if world_size > 1 and any(r.samples_per_s for r in estimated):
+                from accumbench.distributed.fake_group import COMMUNICATION_NOT_MODELLED
+
+                source += f"; samples/s: {COMMUNICATION_NOT_MODELLED}"
             name = workload.name
         if world_size > 1:  # the plan is per rank: say so wherever it names the batch
             name += f" on {world_size} ranks (FSDP; the job's effective batch {effective_batch}; below, the " \

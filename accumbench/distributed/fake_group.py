@@ -28,6 +28,11 @@ from accumbench.estimate_assumptions import DeviceAssumptions
 from accumbench.meters.estimate import EstimateMeter
 from accumbench.records import Record
 from accumbench.runner import DEFAULT_SEED, PreparedCase, identity_fields, optimizer_label, speed_fields
+
+# What an FSDP estimate's predicted speed leaves out (a record's note, and plan's line).
+COMMUNICATION_NOT_MODELLED = ("step time without communication: the all-gathers and reduce-scatters are "
+                              "priced as memory traffic on one GPU, with no interconnect time; the job's "
+                              "samples/s is rank 0's times the world size, an upper bound")
 from accumbench.scenarios import StepOptions, check_compatible, new_training_state
 from accumbench.levers import ESTIMATE_REFUSES_COMPILE, LeverError, Levers, with_levers
 from accumbench.workloads import load_workload
@@ -117,12 +122,17 @@ class FsdpEstimator:
             if speed.get(key):  # every rank steps as rank 0: the job's rate, as a run's records sum the ranks'
                 speed[key] *= self.world_size
         fields.update(speed)
+        assumptions = {**(measurement.assumptions or {}), "predicted_rank": 0}
+        if measurement.predicted_step_time_s:
+            # The fake group moves nothing: its collectives are priced as one GPU's memory
+            # traffic, and no interconnect time is added. Said, so no one reads it as a job's.
+            assumptions["applied"] = [*assumptions.get("applied", []), COMMUNICATION_NOT_MODELLED]
         return Record(
             run_id=self.run_id, **self._provenance, **fields, world_size=self.world_size,
             status="ok", peak_allocated=measurement.peak_allocated,
             first_step_peak_allocated=measurement.first_step_peak_allocated,
             baseline_allocated=measurement.baseline_allocated, breakdown=measurement.breakdown,
-            assumptions={**(measurement.assumptions or {}), "predicted_rank": 0},
+            assumptions=assumptions,
             parameters=parameters, timestamp=utc_timestamp(),
             distributed={"backend": "fake", **fsdp_block(fcase), "per_rank_effective_batch": case.effective_batch,
                          **collectives},
