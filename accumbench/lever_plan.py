@@ -32,6 +32,7 @@ class LeverOption:
     plan: Any
     problem: str | None = None
     records: Sequence[Any] = field(default_factory=tuple)
+    speed_error: float | None = None  # `--assume speed_ratio_error` over the records' own, when given
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ class LeverCost:
     measured: bool = False  # both speeds measured (else predicted, or one of each)
 
 
-def lever_costs(base: Sequence[Any], levered: Sequence[Any]) -> list[LeverCost]:
-    """Per configuration measured (or estimated) both ways, the lever's cost."""
-    plain = {(o.micro_batch, o.accum_steps): (o, r) for o, r in _observed(base) if o.peak_allocated}
-    pairs = [(plain[key], (o, r)) for o, r in _observed(levered)
+def lever_costs(base: Sequence[Any], levered: Sequence[Any], speed_error: float | None = None) -> list[LeverCost]:
+    """Per configuration measured (or estimated) both ways, the lever's cost (`speed_error`: the
+    user's bound on a predicted ratio, as `plan.observations_from_records` takes it)."""
+    plain = {(o.micro_batch, o.accum_steps): (o, r) for o, r in _observed(base, speed_error) if o.peak_allocated}
+    pairs = [(plain[key], (o, r)) for o, r in _observed(levered, speed_error)
              if (key := (o.micro_batch, o.accum_steps)) in plain and o.peak_allocated is not None]
     # The allowance for drift between cases, as plan widens its measured ratios.
     drift = typical_spread([StepTimes(o.step_times) for pair in pairs for o, _ in pair if len(o.step_times) >= 2])
@@ -67,24 +69,26 @@ def lever_costs(base: Sequence[Any], levered: Sequence[Any]) -> list[LeverCost]:
 
 
 def lever_option(label: str, records: Sequence[Any], effective_batch: int, budget: int, margin: float,
-                 exact_source: str, costed: Sequence[Any] | None = None) -> LeverOption:
+                 exact_source: str, costed: Sequence[Any] | None = None,
+                 speed_error: float | None = None) -> LeverOption:
     """One lever setting's plan from its records (estimated or measured): `make_plan` over them,
     or the reason there is none (nothing fits, nothing to predict from). `costed`: the records
-    the lever's cost is told from (default all of them)."""
+    the lever's cost is told from (default all of them); `speed_error`: the user's bound on a
+    predicted ratio (`--assume speed_ratio_error`), kept for the cost."""
     costed = records if costed is None else costed
     try:
-        made = make_plan(effective_batch, budget, observations_from_records(records), margin,
+        made = make_plan(effective_batch, budget, observations_from_records(records, speed_error), margin,
                          exact_source=exact_source)
     except ValueError as exc:  # PlanError, NothingFits included
-        return LeverOption(label, None, str(exc), costed)
-    return LeverOption(label, made, None, costed)
+        return LeverOption(label, None, str(exc), costed, speed_error)
+    return LeverOption(label, made, None, costed, speed_error)
 
 
-def _observed(records: Sequence[Any]) -> list[tuple[Any, Any]]:
+def _observed(records: Sequence[Any], speed_error: float | None = None) -> list[tuple[Any, Any]]:
     """The ok records, each with its `accumbench.plan.Observation` (whose speed source and
     model error `speed_ratio` reads)."""
     ok = [r for r in records if r.status == "ok"]
-    return list(zip(observations_from_records(ok), ok))
+    return list(zip(observations_from_records(ok, speed_error), ok))
 
 
 def best_option(options: Sequence[LeverOption]) -> LeverOption | None:
@@ -125,7 +129,7 @@ def format_exploration(options: Sequence[LeverOption], lever: str = "checkpointi
                      f"{max(c.micro_batch for c in fitting)}; best {r.micro_batch} x {r.accum_steps}, "
                      f"peak {_gib(r.predicted_peak)}{speed}")
     if len(options) == 2:
-        costs = lever_costs(options[0].records, options[1].records)
+        costs = lever_costs(options[0].records, options[1].records, options[0].speed_error)
         if costs:
             saved = statistics.median(c.peak_change for c in costs)
             largest = max(costs, key=lambda c: c.micro_batch)

@@ -320,14 +320,16 @@ def make_plan(effective_batch: int, budget_bytes: int, observations: Sequence[Ob
                 drift)
 
 
-def observations_from_records(records: Iterable[Any]) -> list[Observation]:
-    """Observations from result records (measured or estimated)."""
+def observations_from_records(records: Iterable[Any], speed_error: float | None = None) -> list[Observation]:
+    """Observations from result records (measured or estimated). `speed_error`: the user's own
+    bound on a predicted speed's ratio error (`--assume speed_ratio_error`), in place of the one
+    each estimate record carries."""
     observations = []
     for r in records:
         if r.status not in ("ok", "oom"):
             continue
         predicted = r.meter == "estimate" or getattr(r, "predicted_step_time_s", None) is not None
-        error = (r.assumptions or {}).get("speed_ratio_error") if predicted else None
+        error = (speed_error or (r.assumptions or {}).get("speed_ratio_error")) if predicted else None
         observations.append(Observation(r.micro_batch, r.accum_steps, r.status, r.peak_allocated, r.samples_per_s,
                                         r.parameters, speed_predicted=predicted,
                                         step_times=() if predicted else tuple(r.step_times_s),

@@ -519,6 +519,9 @@ def test_a_predicted_lever_cost_carries_the_step_time_models_error():
     text = _exploration(eager, ckpt)
     assert "+33% step time there (1.11-1.6x; median +33% over the 5)" in text
     assert "recommended across levers: eager, micro-batch 16 x 1\n" in text + "\n"  # the two are told apart
+    # The user's own bound (plan --results --assume speed_ratio_error=3) replaces the records' one.
+    wide = lever_costs(eager, ckpt, speed_error=3.0)[-1].time_ratio
+    assert (wide.low, wide.high) == pytest.approx((4 / 3 / 3, 4 / 3 * 3))
     # ... x1.5 holds no cost: said so, and the recommendation names what each needs in memory.
     eager, ckpt = _lever_records("estimate", 10.0, 7.5, error=1.5)
     text = _exploration(eager, ckpt)

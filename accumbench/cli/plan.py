@@ -173,7 +173,7 @@ def plan(effective_batch, memory_budget, workload_spec, workload_opts, results, 
                                               loss_norm, device_kind, assume, budget, margin_value, estimated,
                                               workload)
         else:
-            explored = _explore_results(pool, per_rank, budget, margin_value, exact)
+            explored = _explore_results(pool, per_rank, budget, margin_value, exact, speed_error)
     if as_json:
         from accumbench.lever_plan import exploration_to_dict
 
@@ -228,8 +228,6 @@ def _note_budget_beyond_device(budget: int, assumptions) -> None:
 
 
 def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_size=1, speed_error=None):
-    import dataclasses
-
     from accumbench.plan import observations_from_records, select_records
     from accumbench.records import RecordError, read_records
 
@@ -266,17 +264,15 @@ def _from_results(paths, workload, family, amp, set_to_none, loss_norm, world_si
              f"({', '.join(str(p) for p in paths)})"
     if meter == "cpu":  # its ranking is the CPU's, as the report says of its throughput
         source += "; samples/s measured on the CPU say little about a GPU's"
-    observations = observations_from_records(chosen)
-    if speed_error is not None:  # the user's own bound on the step-time model's ratio error
-        observations = [dataclasses.replace(o, speed_error=speed_error) if o.speed_predicted else o
-                        for o in observations]
+    observations = observations_from_records(chosen, speed_error)  # the user's bound, when given
     return (observations, source, "estimated" if meter == "estimate" else "measured", chosen[0].workload, pool)
 
 
-def _explore_results(pool, effective_batch, budget, margin, exact) -> list | None:
+def _explore_results(pool, effective_batch, budget, margin, exact, speed_error=None) -> list | None:
     """From the results: the plan with checkpointing off and with the one checkpointing setting
     the records also hold (the other levers as given), side by side with what it costs, as
-    `_explore_checkpointing` does from estimates; None when the results hold no such twin."""
+    `_explore_checkpointing` does from estimates; None when the results hold no such twin.
+    `speed_error`: `--assume speed_ratio_error`, as the main plan takes it."""
     import dataclasses
 
     from accumbench.lever_plan import lever_option
@@ -294,7 +290,8 @@ def _explore_results(pool, effective_batch, budget, margin, exact) -> list | Non
         # Every record feeds the plan's memory lines; the lever's cost is told at this effective
         # batch's own configurations, as the estimates' exploration tells it.
         own = [r for r in chosen if r.micro_batch * r.accum_steps == effective_batch]
-        explored.append(lever_option(levers.describe(), chosen, effective_batch, budget, margin, exact, own))
+        explored.append(lever_option(levers.describe(), chosen, effective_batch, budget, margin, exact, own,
+                                     speed_error))
     return explored
 
 
