@@ -55,6 +55,11 @@ def test_a_median_known_to_worse_than_five_percent_claims_nothing():
     ratio = throughput_ratio(loose, tight)
     assert ratio.too_noisy is not None and ratio.too_noisy > 0.05 and not ratio.differs
     assert ratio_text(ratio).startswith("too noisy to say (a median step time known to ±")
+    # An interval that excludes 1 even so gives the direction, not "too noisy to say" beside it.
+    from accumbench.stats import Ratio
+
+    assert ratio_text(Ratio(0.4, 0.31, 0.50, too_noisy=0.175), "of the combined") == (
+        "between 0.31× and 0.50× of the combined, imprecisely (a median step time known to ±17.5% only)")
 
 
 def test_few_steps_say_nothing_and_batches_scale_the_ratio():

@@ -56,8 +56,9 @@ FIGURES: tuple[FigureKind, ...] = (
         "step-time quartiles, the table gives the rate's 95% interval (rank-based, from the "
         "median's), and the findings compare rates as ratios with bootstrap 95% intervals: an "
         "interval that holds 1 is \"no measurable difference\", and a comparison whose medians are "
-        "known to worse than ±5% is \"too noisy to say\". Small micro-batches under-use the device, so accumulating many "
-        "small steps costs throughput; a micro-batch large enough to fill the device runs close "
+        "known to worse than ±5% is \"too noisy to say\" (or, when its interval excludes 1 even so, "
+        "given as a range \"imprecisely\"). Small micro-batches under-use the device, so accumulating "
+        "many small steps costs throughput; a micro-batch large enough to fill the device runs close "
         "to the large batch.",
         lambda f, fits: figures.throughput_vs_effective_batch(f, "samples"),
         lambda f, fits: (tables.throughput_table(f),),

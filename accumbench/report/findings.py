@@ -30,14 +30,19 @@ def ratio_text(ratio: Ratio | None, what: str = "") -> str:
 
     - interval excludes 1: '0.62× [0.58×, 0.66×] WHAT';
     - interval contains 1: 'no measurable difference (0.93×–1.05×)';
-    - a median known to worse than ±5%: 'too noisy to say (a median ... known to ±12% only; range)';
+    - a median known to worse than ±5%: 'too noisy to say (a median ... known to ±12% only; range)',
+      or, when even that interval excludes 1, 'between 0.31× and 0.50×, imprecisely (a median ...)':
+      the direction holds, no point figure is claimed;
     - no interval (under 6 steps on a side, or no step times): 'too few steps to say'.
     """
     if ratio is None or not ratio.known:
         return TOO_FEW_STEPS
     if ratio.too_noisy is not None:
-        return (f"{TOO_NOISY} (a median step time known to ±{format_percent(ratio.too_noisy)} only; "
-                f"{_x(ratio.low)}–{_x(ratio.high)})")
+        known = f"a median step time known to ±{format_percent(ratio.too_noisy)} only"
+        if ratio.low > 1 or ratio.high < 1:
+            return f"between {_x(ratio.low)} and {_x(ratio.high)}" + (f" {what}" if what else "") + \
+                f", imprecisely ({known})"
+        return f"{TOO_NOISY} ({known}; {_x(ratio.low)}–{_x(ratio.high)})"
     if not ratio.differs:
         return f"{NO_DIFFERENCE} ({_x(ratio.low)}–{_x(ratio.high)})"
     return f"{_x(ratio.value)} [{_x(ratio.low)}, {_x(ratio.high)}]" + (f" {what}" if what else "")
