@@ -222,6 +222,13 @@ def test_mfu_is_against_the_peak_the_estimate_assumes(tmp_path):
         assert result.exit_code == 0, result.output
         (record,) = read_records(out)
         assert record.mfu == pytest.approx(record.flops_per_step / record.predicted_step_time_s / float(peak))
+    # Constants that overflow the step time: no speed at all, said, not 0 samples/s beside no step time.
+    out = tmp_path / "overflow.jsonl"
+    assert runner.invoke(main, ["estimate", *TINY_MLP, "--assume", "host_op_seconds=1e308",
+                                "--out", str(out)]).exit_code == 0
+    for record in read_records(out):
+        assert (record.samples_per_s, record.predicted_step_time_s, record.mfu) == (None, None, None)
+        assert "step-time-model: no finite step time from these constants" in record.assumptions["applied"]
 
 
 def test_the_h100_constants_are_named_and_h200_differs_by_its_data_sheet():

@@ -20,6 +20,7 @@ sizes are constant or proportional to the micro-batch) instead of running every 
 from __future__ import annotations
 
 import contextlib
+import math
 import gc
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -172,9 +173,12 @@ def estimate_measurement(steady: StepProfile, assumptions: DeviceAssumptions,
     predicted = None
     if speed is not None and steady.ops is not None:
         step_time = predict_step_time(steady.ops, speed, accum_steps)
-        predicted = step_time.seconds
-        applied["applied"] = [*applied["applied"], f"step-time-model ({step_time.bound}-bound, "
-                                                    f"{step_time.kernels} kernels)"]
+        if math.isfinite(step_time.seconds):  # assumed constants can overflow it (host_op_seconds=1e308)
+            predicted = step_time.seconds
+            applied["applied"] = [*applied["applied"], f"step-time-model ({step_time.bound}-bound, "
+                                                        f"{step_time.kernels} kernels)"]
+        else:
+            applied["applied"] = [*applied["applied"], "step-time-model: no finite step time from these constants"]
     if note:
         applied["applied"] = [*applied["applied"], note]
     if routing_peaks:
