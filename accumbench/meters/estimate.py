@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import gc
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -547,11 +546,6 @@ class EstimateMeter(Meter):
         stack.enter_context(known_tensors_look_real(self._values))
         stack.enter_context(fake_modules_convert_in_place())
         return stack
-
-    def release(self, device: torch.device) -> None:
-        """Fake tensors hold no device memory: a young-generation collection is enough (a full
-        one costs a quarter of a second per case on a small CPU)."""
-        gc.collect(1)
 
     def build_model(self, workload: Any, device: torch.device) -> torch.nn.Module:
         """The workload's model built under the fake mode: shapes, dtypes, weight tying and
