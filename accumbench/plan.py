@@ -415,7 +415,9 @@ def format_plan(plan: Plan) -> str:
               text_table(("rank", "micro-batch", "accum", "peak", "from", "samples/s", "from", "fits"), rows,
                          right=(0, 1, 2, 3, 5))]
     r = plan.recommended
-    lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), predicted "
+    # "predicted" only where it is: a measured peak is said as measured.
+    peak_word = "measured" if r.peak_source == "measured" else "predicted"
+    lines += ["", f"recommended: micro-batch {r.micro_batch} x {r.accum_steps} accumulation step(s), {peak_word} "
                   f"peak {format_bytes(r.predicted_peak)}: {plan.reason}"]
     costs = [cost_line(plan, c) for c in plan.ranked() if c.fits and c != r and plan.slowdown(c)]
     if costs and any(c.speed_source == "estimated" and c.speed_error for c in plan.candidates):
