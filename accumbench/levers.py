@@ -448,7 +448,7 @@ def unmatched_alternatives(model: nn.Module, levers: Levers, workload: Any = Non
     """One line per alternative of a lever's `|` pattern that matches nothing in `model` (the
     model as built, before any lever): a pattern errs only when no alternative matches (as
     peft's target_modules), so a typo in one alternative would otherwise pass unseen."""
-    modules = [(name, m) for name, m in model.named_modules() if name]
+    modules = [(name, m) for name, m in model.named_modules(remove_duplicate=False) if name]
     tests: list[tuple[str, str | None, Callable[[str], bool], str]] = [
         ("--checkpoint", checkpoint_pattern(levers.checkpoint, workload) if levers.checkpoint != CHECKPOINT_NONE
          else None, lambda g: any(module_matches(n, m, g) for n, m in modules if not isinstance(m, _CONTAINERS)),
