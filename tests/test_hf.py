@@ -270,6 +270,13 @@ def test_batches_follow_hf_conventions():
     assert next(image.build_model().parameters()).dtype == torch.bfloat16
 
 
+def test_a_model_types_experts_implementation_is_an_option():
+    # The per-expert loop (routing decides sizes) of an MoE type: refused as "neither a workload
+    # option nor an attribute", since the config stores it under a private name.
+    config = resolve_hf_config("mixtral", {"num_local_experts": 4, "experts_implementation": "eager"})
+    assert config._experts_implementation == "eager"
+
+
 def test_model_names_resolve_to_configs(tmp_path):
     # A committed example, the same file by path and by folder, a model type with options.
     example = resolve_hf_config("gpt2-tiny")

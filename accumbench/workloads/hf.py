@@ -103,8 +103,11 @@ def resolve_hf_config(model: str, overrides: dict[str, Any] | None = None):
     mapping = transformers.CONFIG_MAPPING
     if model in mapping:
         config_class = mapping[model]
-        # num_labels sizes a classifier's head but is stored as id2label, so to_dict() omits it.
-        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | {"num_labels"}
+        # num_labels sizes a classifier's head but is stored as id2label, so to_dict() omits it;
+        # experts_implementation (eager: a loop over the experts, whose sizes the routing decides)
+        # is a constructor argument stored under a private name.
+        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | {
+            "num_labels", "experts_implementation"}
         _reject_unknown(model, None, {k: v for k, v in overrides.items() if k not in known})
         try:
             return transformers.AutoConfig.for_model(model, **overrides)
