@@ -65,7 +65,7 @@ from accumbench.meters.base import live_tensors
 from accumbench.meters.estimate import EstimateMeter, StepProfile, estimate_measurement
 from accumbench.records import Record
 from accumbench.levers import Levers
-from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case
+from accumbench.runner import DEFAULT_SEED, PreparedCase, Runner, prepare_case, recorded_options
 from accumbench.scenarios import TrainingState, loss_weights
 from accumbench.textfmt import format_bytes
 from accumbench.timeline import Timeline
@@ -466,7 +466,7 @@ class EstimateRunner:
     def case_settings(self, case: Case) -> dict:
         """The workload factory's options given: an estimate profiles one warm-up and one steady
         step, whatever the case asks."""
-        return {"workload_options": case.options_dict}
+        return {"workload_options": recorded_options(case, self.runner.workload(case))}
 
     def run(self, cases: Sequence[Case], sink: Callable[[Record], None] | None = None, skip: Iterable[str] = (),
             progress=None, stop: Callable[[], bool] | None = None) -> list[Record]:

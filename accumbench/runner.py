@@ -221,6 +221,13 @@ def case_policy(case: Case, timing: StepPolicy) -> StepPolicy:
     return StepPolicy.fixed(case.steps) if case.steps is not None else timing
 
 
+def recorded_options(case: Case, workload: Workload) -> dict[str, Any]:
+    """The workload options a record keeps: the factory's resolved ones (defaults included),
+    else those the case gave. `--resume` compares a request's with a record's by this one
+    function, so a default is never "given on one side only"."""
+    return dict(workload.options) or case.options_dict
+
+
 def identity_fields(case: Case, workload: Workload, optimizer_name: str,
                     policy: StepPolicy | None = None) -> dict[str, Any]:
     """The record's identity fields for a case: what ran, with which knobs. `policy`: how its
@@ -240,7 +247,7 @@ def identity_fields(case: Case, workload: Workload, optimizer_name: str,
         "tasks": workload.tasks or None,
         "layout": workload.layout,
         "retain_graph": needs_retain_graph(case.scenario, workload),
-        "workload_options": dict(workload.options) or case.options_dict,
+        "workload_options": recorded_options(case, workload),
         "warmup_steps": case.warmup,
         "measured_steps": case.steps or 0,  # adaptive: the count timed, set with the step times
         "steps_setting": policy.setting,
@@ -325,7 +332,7 @@ class Runner:
         """The per-case settings a record of `case` carries (warm-up, the step policy and the
         workload factory's options given)."""
         return {"warmup_steps": case.warmup, "steps_setting": case_policy(case, self.timing).setting,
-                "workload_options": case.options_dict}
+                "workload_options": recorded_options(case, self.workload(case))}
 
     def measure(self, case: Case) -> Record:
         """Measure one case; never raises for a failing case (OOM and errors become records),

@@ -183,6 +183,23 @@ def test_resume_refuses_a_plugin_case_measured_with_other_options_its_id_does_no
     assert len(read_records(out)) == 1
 
 
+@pytest.mark.parametrize("command", ["run", "estimate"])
+def test_resume_takes_the_same_command_whose_options_the_record_resolved(tmp_path, command):
+    # A record keeps the factory's resolved options (padded=False, seq_len=32 for gpt tiny): a
+    # request that leaves them to their defaults is the same request, not "given on one side only".
+    out = tmp_path / "r.jsonl"
+    extra = ["--device", "cpu", "--steps", "1", "--warmup", "1"] if command == "run" else ["--device-kind", "cpu"]
+    case = ["--workload", "gpt", "--workload-opt", "size=tiny", "--micro-batch", "2"]
+    assert invoke(command, *case, "--accum-steps", "1", *extra, "--out", str(out)).exit_code == 0
+    again = invoke(command, *case, "--accum-steps", "1,2", *extra, "--out", str(out), "--resume")
+    assert again.exit_code == 0, again.output
+    ids = [r.case_id for r in read_records(out)]
+    assert len(ids) == len(set(ids)) == 3  # mb2 kept, then the large batch of 4 and 2 x 2 added
+    other = invoke(command, *case, "--workload-opt", "padded=true", "--accum-steps", "1", *extra, "--out", str(out),
+                   "--resume")  # another workload (gpt-tiny-padded): its own case, measured
+    assert other.exit_code == 0, other.output
+
+
 def test_resume_and_overwrite_exclude_each_other(copy_of, never_measure):
     result = invoke("run", *TINY, "--out", str(copy_of), "--resume", "--overwrite")
     assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output

@@ -29,6 +29,7 @@ from accumbench.runner import (
     default_optimizer_label,
     identity_fields,
     prepare_case,
+    recorded_options,
     run_cases,
 )
 from accumbench.meters.timing import StepPolicy
@@ -174,7 +175,7 @@ class DistributedRunner:
         workload factory's options given)."""
         return {"warmup_steps": ddp_warmup(dcase.case.warmup),
                 "steps_setting": StepPolicy.fixed(ddp_steps(dcase.case.steps)).setting,
-                "workload_options": dcase.case.options_dict}
+                "workload_options": recorded_options(dcase.case, self.workload(dcase))}
 
     def case_id(self, dcase: DistributedCase) -> str:
         """The id the case's record will carry."""
