@@ -254,7 +254,7 @@ def apply_checkpointing(model: nn.Module, pattern: str) -> list[str]:
     if not wrapped:
         raise LeverError(f"--checkpoint {pattern!r} matches no module of the model (patterns are globs over "
                          f"qualified names such as 'blocks.0' and class names such as 'Block' or '*DecoderLayer')"
-                         f"{_repeated_classes(model)}")
+                         f"{_container_hint(model, pattern) or _repeated_classes(model)}")
     return wrapped
 
 
@@ -435,8 +435,8 @@ def check_levers(workload: Any, levers: Levers) -> list[str]:
     pattern that matches nothing while the others do (`unmatched_alternatives`)."""
     try:
         with torch.device("meta"):
-            with_levers(workload, levers).build_model()
-            return unmatched_alternatives(workload.build_model(), levers, workload)
+            levered = with_levers(workload, levers).build_model()
+            return unmatched_alternatives(workload.build_model(), levers, workload, levered)
     except LeverError:
         raise
     except Exception as exc:
@@ -444,11 +444,17 @@ def check_levers(workload: Any, levers: Levers) -> list[str]:
         raise LeverError(f"workload {workload.name}: build_model raised {type(exc).__name__}{detail}") from exc
 
 
-def unmatched_alternatives(model: nn.Module, levers: Levers, workload: Any = None) -> list[str]:
+def unmatched_alternatives(model: nn.Module, levers: Levers, workload: Any = None,
+                           levered: nn.Module | None = None) -> list[str]:
     """One line per alternative of a lever's `|` pattern that matches nothing in `model` (the
-    model as built, before any lever): a pattern errs only when no alternative matches (as
-    peft's target_modules), so a typo in one alternative would otherwise pass unseen."""
+    model as built, before any lever; `--freeze`/`--trainable` also in `levered`, which holds
+    the LoRA adapters): a pattern errs only when no alternative matches (as peft's
+    target_modules), so a typo in one alternative would otherwise pass unseen."""
     modules = [(name, m) for name, m in model.named_modules(remove_duplicate=False) if name]
+
+    def parameters(g: str) -> bool:
+        return any(matching_parameters(m, g) for m in (model, levered) if m is not None)
+
     tests: list[tuple[str, str | None, Callable[[str], bool], str]] = [
         ("--checkpoint", checkpoint_pattern(levers.checkpoint, workload) if levers.checkpoint != CHECKPOINT_NONE
          else None, lambda g: any(module_matches(n, m, g) for n, m in modules if not isinstance(m, _CONTAINERS)),
@@ -456,12 +462,25 @@ def unmatched_alternatives(model: nn.Module, levers: Levers, workload: Any = Non
         ("--lora targets", parse_lora(levers.lora).targets if levers.lora else None,
          lambda g: any(module_matches(n, m, g) for n, m in modules if linear_features(m) is not None),
          "linear layer"),
-        ("--freeze", levers.freeze, lambda g: bool(matching_parameters(model, g)), "parameter"),
-        ("--trainable", levers.trainable, lambda g: bool(matching_parameters(model, g)), "parameter"),
+        ("--freeze", levers.freeze, parameters, "parameter"),
+        ("--trainable", levers.trainable, parameters, "parameter"),
     ]
     return [f"{flag} {pattern!r}: {g!r} matches no {what} of the model (the other alternatives do)"
+            + (_container_hint(model, g) if flag == "--checkpoint" else "")
             for flag, pattern, matches, what in tests if pattern and len(globs(pattern)) > 1
             for g in globs(pattern) if not matches(g)]
+
+
+def _container_hint(model: nn.Module, pattern: str) -> str:
+    """'; 'blocks' names a ModuleList, whose forward never runs: give its members, e.g.
+    'blocks.*'' when the pattern matches containers only; empty otherwise."""
+    containers = [(n, m) for n, m in model.named_modules() if n and isinstance(m, _CONTAINERS)
+                  and module_matches(n, m, pattern)]
+    if not containers:
+        return ""
+    name, module = containers[0]
+    return (f"; {name!r} is a {type(module).__name__}, whose forward never runs: give its members, "
+            f"e.g. '{name}.*'")
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -132,7 +132,8 @@ def test_a_pattern_matching_a_container_checkpoints_the_blocks_in_it():
     # and the peak was the eager one, without a word.
     model = with_levers(load_workload("gpt", dict(TINY)), Levers(checkpoint="blocks*")).build_model()
     assert checkpointed_modules(model) == ["blocks.0", "blocks.1"]
-    with pytest.raises(LeverError, match="matches no module"):  # a container alone is not checkpointed
+    with pytest.raises(LeverError, match=r"matches no module .*; 'blocks' is a ModuleList, whose forward never "
+                                         r"runs: give its members, e.g. 'blocks\.\*'$"):
         with_levers(load_workload("gpt", dict(TINY)), Levers(checkpoint="ModuleList")).build_model()
 
 
@@ -150,6 +151,10 @@ def test_an_alternative_that_matches_nothing_is_a_warning_said_once(tmp_path):
         "--checkpoint 'Block|Layer': 'Layer' matches no module of the model (the other alternatives do)",
         "--lora targets 'qkv|q_proj': 'q_proj' matches no linear layer of the model (the other alternatives do)"]
     assert unmatched_alternatives(model, Levers(freeze="wte|lm_head", checkpoint="blocks.*")) == []
+    # An adapter's name matches in the levered model, where the adapters are.
+    levers = Levers(lora="r=2,targets=qkv", trainable="*.lora_B|lm_head")
+    assert unmatched_alternatives(model, levers, None, with_levers(load_workload("gpt", dict(TINY)),
+                                                                   levers).build_model()) == []
     result = CliRunner().invoke(main, ["run", "--device", "cpu", "--workload", "gpt", "--workload-opt", "size=tiny",
                                        "--micro-batch", "2,4", "--trainable", "h.1|lm_head", "--list",
                                        "--out", str(tmp_path / "r.jsonl")])
