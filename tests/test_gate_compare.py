@@ -127,6 +127,8 @@ def test_a_slowdown_the_scatter_hides_and_an_untested_one_are_said_not_counted_o
     text = render_text(result)
     assert "within the runs' own scatter" in text and "not resolved" in text
     assert "(0 improved, 1 ok, 0 slower but not gated, 1 not resolved; throughput not tested in 1;" in text
+    assert "Throughput not tested (1):" in text and "\n  b\n" in text  # the case is named
+    assert result.counts()["throughput_untested"] == 1  # and counted for --json
 
 
 @pytest.mark.parametrize("field, value", [("meter", "estimate"), ("torch_version", "2.12.0+cpu")])

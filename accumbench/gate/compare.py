@@ -29,6 +29,7 @@ from accumbench.gate.checks import (
     REGRESSION,
     SAME,
     UNRESOLVED,
+    UNTESTED,
     CommunicationCheck,
     EquivalenceCheck,
     MemoryCheck,
@@ -142,6 +143,8 @@ class Comparison:
     def counts(self) -> dict[str, int]:
         """Number of cases per verdict, plus the one-sided cases."""
         out = {v: len(self.with_verdict(v)) for v in VERDICTS}
+        # Across verdicts: the cases whose throughput had too few step times to be tested.
+        out["throughput_untested"] = sum(c.throughput.verdict == UNTESTED for c in self.cases)
         out["only_baseline"] = len(self.only_baseline)
         out["only_current"] = len(self.only_current)
         return out

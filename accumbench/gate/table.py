@@ -129,6 +129,7 @@ def _details(comparison: Comparison, bullet: str, code) -> list[str]:
         alpha = comparison.throughput_check.alpha
         lines += ["", f"Throughput not tested ({len(untested)}): fewer than {samples_needed(alpha)} step times "
                       f"on a side cannot reach p < {alpha:g} (measure more steps: accumbench run --steps N)"]
+        lines += [f"{bullet}{code(c.key)}" for c in untested]
     missing_title = "Only in baseline (missing from current"
     missing_title += ", fails the gate)" if comparison.fail_on_missing else ")"
     for title, keys in ((missing_title, comparison.only_baseline),
@@ -157,7 +158,7 @@ def _summary_line(comparison: Comparison) -> str:
     counts = comparison.counts()
     verdict = "FAIL" if comparison.failed else "PASS"
     # A case whose throughput was not tested is "ok" on memory only: say how many, beside it.
-    untested = sum(c.throughput.verdict == UNTESTED for c in comparison.cases)
+    untested = counts["throughput_untested"]
     unsure = "".join(part for n, part in ((counts[UNRESOLVED], f", {counts[UNRESOLVED]} not resolved"),
                                           (untested, f"; throughput not tested in {untested}")) if n)
     return (
