@@ -112,9 +112,9 @@ def throughput_table(frame: pd.DataFrame) -> Table:
         interval = (f"{format_rate(r.samples_ci_low_, '')} – {format_rate(r.samples_ci_high_, '')}"
                     if not is_missing(r.samples_ci_low_) else "too few steps")
         samples = number(r.samples_per_s_, lambda v: format_rate(v, ""))
-        if getattr(r, "meter", None) == "estimate":  # predicted, never timed: said as such
-            predicted = pd.to_numeric(pd.Series([r.samples_per_s]), errors="coerce").iloc[0]
-            samples = text(f"~{format_rate(predicted, '')} predicted" if not is_missing(predicted) else MISSING)
+        if getattr(r, "meter", None) == "estimate":  # predicted, never timed: said as such (a text
+            # cell: no value a figure or a highlight would read as measured)
+            samples = text(None if is_missing(r.samples_per_s) else f"~{format_rate(r.samples_per_s, '')} predicted")
             interval = "none (an estimate)"
         rows.append((
             text(r.workload), text(case_text(r)), number(r.effective_batch),
