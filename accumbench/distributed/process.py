@@ -134,10 +134,11 @@ class PreparedAgreement:
             rank, error = failures[0]
             raise PeerFailed(f"rank {rank} failed before the first step: {error}")
 
-    def failed(self, exc: BaseException) -> None:
-        """Join as failed, unless this rank already joined (it failed after agreeing)."""
+    def failed(self, error: str) -> None:
+        """Join as failed with `error` (one line), unless this rank already joined (it failed
+        after agreeing)."""
         if not self.joined:
-            self._join(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
+            self._join(error)
 
     def _join(self, error: str | None) -> list[str | None]:
         self.joined = True

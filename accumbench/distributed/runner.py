@@ -196,8 +196,8 @@ class DistributedRunner:
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a failing case is data; the other ranks must hear of it
-            agreement.failed(exc)
             local = failed_result(self.context.rank, exc)
+            agreement.failed(local.error)
             exc.__traceback__ = None  # its frames hold the case's tensors
         finally:
             meter.release(self.context.device)
