@@ -275,17 +275,17 @@ def validate_cases(runner, cases, suite: str | None = None) -> None:
 
     from accumbench.runner import default_optimizer_label
 
-    warned: set[str] = set()
+    checked: set[tuple] = set()  # a suite repeats one workload and levers over many cases
     for case in cases:
         try:
             workload = runner.workload(case)
             default_optimizer_label(workload)  # case ids name the optimizer: a factory that fails stops here
             check_compatible(case.scenario, workload, case.loss_norm)
-            if Levers.of(case).active:
+            key = (case.workload, case.options, Levers.of(case))
+            if Levers.of(case).active and key not in checked:
+                checked.add(key)
                 for warning in check_levers(load_workload(case.workload, case.options_dict), Levers.of(case)):
-                    if warning not in warned:
-                        warned.add(warning)
-                        click.echo(f"warning: {warning}", err=True)
+                    click.echo(f"warning: {warning}", err=True)
             if case.compile and runner.meter.name == "estimate":
                 from accumbench.levers import ESTIMATE_REFUSES_COMPILE
 
