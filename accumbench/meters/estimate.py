@@ -578,7 +578,7 @@ class EstimateMeter(Meter):
         check_counts(warmup, steps)
         first = self.profile(step, state)
         steady = self.profile(step, state)
-        ran, note = (1, 1), self.growth_note()
+        ran, stepped = (1, 1), None
         if self.state_decided:
             policy = as_policy(steps)
             measured = (MEMORY_STEPS if self.assumptions.kind == "cpu"
@@ -586,10 +586,9 @@ class EstimateMeter(Meter):
             later = [steady] + [self.profile(step, state) for _ in range(warmup + measured - 2)]
             steady = max(later[warmup - 1:], key=lambda profile: profile.replay(self.assumptions).peak)
             ran = (warmup, measured)
-            note = "; ".join(filter(None, (
-                f"stepped as a run: {warmup} warm-up and {measured} measured step(s), the largest peak kept "
-                f"({self.state_decided} decides the step; a run that measures more steps may peak higher)",
-                self.growth_note())))
+            stepped = (f"stepped as a run: {warmup} warm-up and {measured} measured step(s), the largest peak kept "
+                       f"({self.state_decided} decides the step; a run that measures more steps may peak higher)")
+        note = "; ".join(filter(None, (stepped, self.growth_note()))) or None  # of the last step profiled
         self.last_profiles = (first, steady)
         measurement = estimate_measurement(steady, self.assumptions, first, note,
                                            routing_peaks=self.routing_peaks(step, state, steady))
